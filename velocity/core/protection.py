@@ -1,0 +1,188 @@
+"""Packet protection (spec "Packet protection", RFC 9001 section 5 with Velocity labels):
+Initial secrets from the client's first DCID, packet keys from traffic secrets, payload AEAD
+(AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305), header protection, key update, and the Retry
+integrity tag.
+
+The wire constants (salt, labels, Retry key and nonce) are one ``WireParams`` value, so the
+same code can be checked against QUIC v1's published vectors with QUIC's constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from velocity.core.errors import PacketDropped, UsageError
+from velocity.core.keyschedule import LABEL_PREFIX, expand_label, extract
+from velocity.core.packet import FORM_LONG, VELOCITY_VERSION, decode_packet_number
+
+SAMPLE_LENGTH = 16
+TAG_LENGTH = 16
+IV_LENGTH = 12
+
+
+class Aead(IntEnum):
+    """AEAD identifiers (the HPKE AEAD registry, RFC 9180 section 7.3)."""
+
+    AES_128_GCM = 0x0001
+    AES_256_GCM = 0x0002
+    CHACHA20_POLY1305 = 0x0003
+
+
+KEY_LENGTH = {Aead.AES_128_GCM: 16, Aead.AES_256_GCM: 32, Aead.CHACHA20_POLY1305: 32}
+
+
+@dataclass(frozen=True, slots=True)
+class WireParams:
+    """The constants that tie packet protection to one wire version."""
+
+    version: int
+    initial_salt: bytes
+    label_prefix: bytes
+    label_client_in: bytes
+    label_server_in: bytes
+    label_key: bytes
+    label_iv: bytes
+    label_hp: bytes
+    label_ku: bytes
+    retry_key: bytes
+    retry_nonce: bytes
+
+
+VELOCITY_PARAMS = WireParams(
+    version=VELOCITY_VERSION,
+    initial_salt=bytes.fromhex("58fd01c07719a766e8ea79dcbb2700aaf3d0e177"),
+    label_prefix=LABEL_PREFIX,
+    label_client_in=b"client in",
+    label_server_in=b"server in",
+    label_key=b"key",
+    label_iv=b"iv",
+    label_hp=b"hp",
+    label_ku=b"ku",
+    retry_key=bytes.fromhex("12c855c49bcb755d3aa4c6dbfabd03be"),
+    retry_nonce=bytes.fromhex("907b76b1fcc4eb1b2926559e"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """Key, IV and header-protection key derived from one traffic secret."""
+
+    key: bytes
+    iv: bytes
+    hp: bytes
+
+
+def derive_key_material(secret: bytes, aead: Aead, hash_name: str,
+                        params: WireParams = VELOCITY_PARAMS) -> KeyMaterial:
+    size = KEY_LENGTH[aead]
+    prefix = params.label_prefix
+    return KeyMaterial(
+        key=expand_label(hash_name, secret, params.label_key, b"", size, prefix),
+        iv=expand_label(hash_name, secret, params.label_iv, b"", IV_LENGTH, prefix),
+        hp=expand_label(hash_name, secret, params.label_hp, b"", size, prefix),
+    )
+
+
+def initial_secrets(dcid: bytes, params: WireParams = VELOCITY_PARAMS) -> tuple[bytes, bytes]:
+    """(client_initial_secret, server_initial_secret) for the client's first DCID."""
+    initial = extract("sha256", params.initial_salt, dcid)
+    prefix = params.label_prefix
+    return (expand_label("sha256", initial, params.label_client_in, b"", 32, prefix),
+            expand_label("sha256", initial, params.label_server_in, b"", 32, prefix))
+
+
+def next_secret(secret: bytes, hash_name: str, params: WireParams = VELOCITY_PARAMS) -> bytes:
+    """The traffic secret after a key update."""
+    return expand_label(hash_name, secret, params.label_ku, b"", len(secret),
+                        params.label_prefix)
+
+
+class PacketKeys:
+    """Protection for one direction of one packet-number space under one traffic secret."""
+
+    __slots__ = ("_aead", "_ecb", "_hp_key", "aead", "hash_name", "material", "secret")
+
+    def __init__(self, secret: bytes, aead: Aead, hash_name: str,
+                 params: WireParams = VELOCITY_PARAMS) -> None:
+        self.secret = secret
+        self.aead = aead
+        self.hash_name = hash_name
+        self.material = derive_key_material(secret, aead, hash_name, params)
+        self._aead: AESGCM | ChaCha20Poly1305
+        if aead == Aead.CHACHA20_POLY1305:
+            self._aead = ChaCha20Poly1305(self.material.key)
+            self._ecb = None
+        else:
+            self._aead = AESGCM(self.material.key)
+            self._ecb = Cipher(algorithms.AES(self.material.hp), modes.ECB()).encryptor()
+        self._hp_key = self.material.hp
+
+    def _mask(self, sample: bytes) -> bytes:
+        if self._ecb is not None:
+            return self._ecb.update(sample)[:5]
+        encryptor = Cipher(algorithms.ChaCha20(self._hp_key, sample), None).encryptor()
+        return encryptor.update(b"\x00" * 5)
+
+    def _nonce(self, packet_number: int) -> bytes:
+        iv = self.material.iv
+        return (int.from_bytes(iv, "big") ^ packet_number).to_bytes(IV_LENGTH, "big")
+
+    def encrypt_packet(self, plain_header: bytes, payload: bytes, packet_number: int) -> bytes:
+        """Seal ``payload`` under ``plain_header`` (which ends with the packet number) and
+        apply header protection. ``packet_number`` is the full packet number."""
+        pn_length = (plain_header[0] & 0x03) + 1
+        if pn_length + len(payload) < 4:
+            raise UsageError("payload too short for a header-protection sample; pad it")
+        protected = self._aead.encrypt(self._nonce(packet_number), payload, plain_header)
+        pn_offset = len(plain_header) - pn_length
+        sample_at = 4 - pn_length
+        mask = self._mask(protected[sample_at : sample_at + SAMPLE_LENGTH])
+        first = plain_header[0] ^ (mask[0] & (0x0F if plain_header[0] & FORM_LONG else 0x1F))
+        pn = bytes(b ^ m for b, m in zip(plain_header[pn_offset:], mask[1:], strict=False))
+        return bytes([first]) + plain_header[1:pn_offset] + pn + protected
+
+    def decrypt_packet(self, packet: bytes, pn_offset: int,
+                       expected_packet_number: int) -> tuple[bytes, bytes, int]:
+        """Remove header protection and open the payload of ``packet`` (one packet, already
+        cut from its datagram). Returns (plain header, payload, full packet number).
+
+        Raises ``PacketDropped`` when the packet is too short to sample or fails
+        authentication: the spec says such packets are discarded."""
+        sample = packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_LENGTH]
+        if len(sample) < SAMPLE_LENGTH:
+            raise PacketDropped("too short for a header-protection sample", field="payload")
+        mask = self._mask(sample)
+        first = packet[0] ^ (mask[0] & (0x0F if packet[0] & FORM_LONG else 0x1F))
+        pn_length = (first & 0x03) + 1
+        pn_bytes = bytes(b ^ m for b, m in
+                         zip(packet[pn_offset : pn_offset + pn_length], mask[1:], strict=False))
+        header = bytes([first]) + packet[1:pn_offset] + pn_bytes
+        packet_number = decode_packet_number(int.from_bytes(pn_bytes, "big"), pn_length,
+                                             expected_packet_number)
+        try:
+            payload = self._aead.decrypt(self._nonce(packet_number),
+                                         packet[pn_offset + pn_length :], header)
+        except InvalidTag:
+            raise PacketDropped("AEAD authentication failed", field="payload") from None
+        return header, payload, packet_number
+
+
+def initial_keys(dcid: bytes, *, is_client: bool,
+                 params: WireParams = VELOCITY_PARAMS) -> tuple[PacketKeys, PacketKeys]:
+    """(send, receive) Initial keys for an endpoint; both use AES-128-GCM and SHA-256."""
+    client, server = initial_secrets(dcid, params)
+    send, receive = (client, server) if is_client else (server, client)
+    return (PacketKeys(send, Aead.AES_128_GCM, "sha256", params),
+            PacketKeys(receive, Aead.AES_128_GCM, "sha256", params))
+
+
+def retry_integrity_tag(retry_without_tag: bytes, original_dcid: bytes,
+                        params: WireParams = VELOCITY_PARAMS) -> bytes:
+    """The Retry integrity tag: AES-128-GCM over the Retry pseudo-packet, empty plaintext."""
+    pseudo = bytes([len(original_dcid)]) + original_dcid + retry_without_tag
+    return AESGCM(params.retry_key).encrypt(params.retry_nonce, b"", pseudo)
