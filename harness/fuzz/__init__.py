@@ -1,0 +1,1 @@
+"""Seeded input generation for fuzzing and property tests."""
