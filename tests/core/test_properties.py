@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.fuzz import strategies as S
+from harness.fuzz import strategies as st_v
 from velocity.core import frames as f
 from velocity.core.buffer import Reader, Writer
 from velocity.core.errors import ProtocolError
@@ -31,12 +31,12 @@ from velocity.core.protection import initial_keys
 
 
 def test_every_frame_class_has_a_strategy() -> None:
-    assert set(S.FRAME_STRATEGIES) == set(f.FRAME_CLASSES)
+    assert set(st_v.FRAME_STRATEGIES) == set(f.FRAME_CLASSES)
 
 
 @pytest.mark.parametrize("cls", f.FRAME_CLASSES, ids=lambda c: c.NAME)
 def test_frame_round_trip(cls: type[f.Frame]) -> None:
-    @given(S.FRAME_STRATEGIES[cls])
+    @given(st_v.FRAME_STRATEGIES[cls])
     def check(frame: f.Frame) -> None:
         space = next(iter(sorted(frame.SPACES)))
         assert f.decode_frames(f.encode_frames([frame]), space) == [frame]
@@ -45,7 +45,7 @@ def test_frame_round_trip(cls: type[f.Frame]) -> None:
 
 
 @given(st.lists(st.sampled_from([c for c in f.FRAME_CLASSES if c is not f.Padding])
-                .flatmap(lambda c: S.FRAME_STRATEGIES[c]), min_size=1, max_size=8))
+                .flatmap(lambda c: st_v.FRAME_STRATEGIES[c]), min_size=1, max_size=8))
 def test_frame_sequence_round_trip(frames: list[f.Frame]) -> None:
     # a STREAM without a length runs to the end of the packet, so only the last may omit it
     frames = [fr if not isinstance(fr, f.Stream) or i == len(frames) - 1
@@ -60,24 +60,24 @@ def _with_payload(header: LongHeader) -> bytes:
     return writer.data() + bytes(header.length - header.pn_length)
 
 
-@given(S.long_headers())
+@given(st_v.long_headers())
 def test_long_header_round_trip(header: LongHeader) -> None:
     assert pull_long_header(_with_payload(header)) == header
 
 
-@given(S.short_headers())
+@given(st_v.short_headers())
 def test_short_header_round_trip(header: ShortHeader) -> None:
     writer = Writer()
     push_short_header(writer, header)
     assert pull_short_header(writer.data() + bytes(20), len(header.dcid)) == header
 
 
-@given(S.retry_packets)
+@given(st_v.retry_packets)
 def test_retry_round_trip(packet: RetryPacket) -> None:
     assert decode_retry(encode_retry(packet)) == packet
 
 
-@given(S.version_negotiations)
+@given(st_v.version_negotiations)
 def test_version_negotiation_round_trip(packet: VersionNegotiation) -> None:
     assert decode_version_negotiation(encode_version_negotiation(packet)) == packet
 
@@ -111,7 +111,7 @@ def test_any_bytes_decode_or_raise_protocol_error(name: str) -> None:
     check()
 
 
-@given(st.sampled_from(f.FRAME_CLASSES).flatmap(lambda c: S.FRAME_STRATEGIES[c]),
+@given(st.sampled_from(f.FRAME_CLASSES).flatmap(lambda c: st_v.FRAME_STRATEGIES[c]),
        st.data())
 def test_mutated_frames_decode_or_raise_protocol_error(frame: f.Frame, data: st.DataObject
                                                        ) -> None:
