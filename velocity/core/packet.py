@@ -108,10 +108,13 @@ class ProtectedHeader:
 
 
 def _cid(reader: Reader, field: str, *, limit: int) -> bytes:
-    length = reader.pull_uint8()
-    if length > limit:
-        raise ProtocolViolation(f"length {length} exceeds {limit}", field=field)
-    return reader.pull_bytes(length)
+    try:
+        length = reader.pull_uint8()
+        if length > limit:
+            raise ProtocolViolation(f"length {length} exceeds {limit}", field=field)
+        return reader.pull_bytes(length)
+    except BufferReadError as exc:
+        raise ProtocolViolation(f"truncated ({exc.reason})", field=field) from None
 
 
 def _pull(reader: Reader, field: str, fn: str) -> int | bytes:
@@ -141,11 +144,8 @@ def parse_header(data: bytes, offset: int = 0, *, short_dcid_length: int) -> Pro
                                reader.position, len(data))
     version = int(_pull(reader, "long.version", "pull_uint32"))
     limit = MAX_CID_LENGTH if version == VELOCITY_VERSION else 255
-    try:
-        dcid = _cid(reader, "long.dcid", limit=limit)
-        scid = _cid(reader, "long.scid", limit=limit)
-    except BufferReadError:
-        raise ProtocolViolation("truncated", field="long.cid") from None
+    dcid = _cid(reader, "long.dcid", limit=limit)
+    scid = _cid(reader, "long.scid", limit=limit)
     if version == 0:
         return ProtectedHeader(PacketType.VERSION_NEGOTIATION, 0, dcid, scid, b"",
                                reader.position, len(data))
