@@ -17,6 +17,7 @@ FIXED_SIZE = [v for v in VECTORS if v["frame"] != "PADDING" and not (
     v["frame"] == "STREAM" and not v["fields"]["explicit_length"])]
 
 
+@pytest.mark.spec("VEL-FRM-005", "VEL-VAR-005")
 @pytest.mark.parametrize("vector", FIXED_SIZE, ids=lambda v: v["frame"])
 def test_every_truncation_names_a_field_of_the_frame(vector: dict[str, object]) -> None:
     """Pull each recorded frame apart byte by byte: each strict prefix must fail with
@@ -35,6 +36,7 @@ def test_record_round_trip_covers_every_frame_class() -> None:
         cls.NAME for cls in f.FRAME_CLASSES}
 
 
+@pytest.mark.spec("VEL-FRM-004")
 @pytest.mark.parametrize("cls", f.FRAME_CLASSES, ids=lambda c: c.NAME)
 def test_space_rules_follow_rfc9000_table3(cls: type[f.Frame]) -> None:
     """Every frame is refused with PROTOCOL_VIOLATION in every packet type Table 3 forbids."""
@@ -51,6 +53,7 @@ def test_space_rules_follow_rfc9000_table3(cls: type[f.Frame]) -> None:
             assert info.value.frame_type == wire[0]
 
 
+@pytest.mark.spec("VEL-FRM-004")
 def test_table3_allowed_spaces() -> None:
     i, z, h, o = (PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE,
                   PacketType.ONE_RTT)
@@ -60,11 +63,13 @@ def test_table3_allowed_spaces() -> None:
     assert f.Stream.SPACES == f.ApplicationClose.SPACES == f.RetireConnectionId.SPACES == {z, o}
 
 
+@pytest.mark.spec("VEL-FRM-014")
 def test_padding_runs_decode_as_one_frame() -> None:
     assert f.decode_frames(b"\x01" + bytes(1000), PacketType.INITIAL) == [f.Ping(),
                                                                          f.Padding(1000)]
 
 
+@pytest.mark.spec("VEL-FRM-001")
 def test_ack_packet_ranges_round_trip() -> None:
     ranges = [(90, 100), (50, 80), (0, 10)]
     ack = f.Ack.from_packet_ranges(ranges, delay=7)
@@ -72,6 +77,7 @@ def test_ack_packet_ranges_round_trip() -> None:
     assert f.decode_frames(f.encode_frames([ack]), PacketType.HANDSHAKE) == [ack]
 
 
+@pytest.mark.spec("VEL-FRM-005")
 def test_ack_range_count_beyond_payload_is_refused_without_looping() -> None:
     wire = bytes.fromhex("0205") + b"\x00" + bytes.fromhex("bfffffff") + b"\x00"
     with pytest.raises(FrameEncodingError) as info:

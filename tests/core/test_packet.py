@@ -21,16 +21,19 @@ from velocity.core.packet import (
 )
 
 
+@pytest.mark.spec("VEL-PKT-007")
 def test_rfc9000_a2_packet_number_encoding_examples() -> None:
     assert packet_number_length(0xAC5C02, 0xABE8B3) == 2
     assert packet_number_length(0xACE8FE, 0xABE8B3) == 3
     assert packet_number_length(0, None) == 1
 
 
+@pytest.mark.spec("VEL-PKT-007")
 def test_rfc9000_a3_packet_number_decoding_example() -> None:
     assert decode_packet_number(0x9B32, 2, 0xA82F30EA + 1) == 0xA82F9B32
 
 
+@pytest.mark.spec("VEL-PKT-007")
 @pytest.mark.parametrize("largest", [0, 255, 65535, 1 << 30])
 def test_packet_numbers_recover_within_the_window(largest: int) -> None:
     for pn in range(largest + 1, largest + 300):
@@ -39,6 +42,7 @@ def test_packet_numbers_recover_within_the_window(largest: int) -> None:
         assert decode_packet_number(truncated, size, largest + 1) == pn
 
 
+@pytest.mark.spec("VEL-VAR-002", "VEL-VAR-003", "VEL-VAR-004")
 def test_varint_encoding_sizes_and_limits() -> None:
     assert encode_varint(37, 2).hex() == "4025"
     assert varint_size((1 << 62) - 1) == 8
@@ -57,6 +61,7 @@ def _initial(dcid: bytes = b"\x01" * 8, length: int = 40) -> bytes:
     return writer.data() + bytes(length - 1)
 
 
+@pytest.mark.spec("VEL-PKT-001", "VEL-VAR-005")
 @pytest.mark.parametrize(("cut", "field"), [(0, "first_byte"), (3, "long.version"),
                                             (5, "long.dcid"), (9, "long.dcid"),
                                             (14, "long.scid"), (15, "initial.token"),
@@ -67,6 +72,7 @@ def test_truncated_long_header_names_the_field(cut: int, field: str) -> None:
     assert info.value.field == field
 
 
+@pytest.mark.spec("VEL-PKT-002", "VEL-PKT-005")
 def test_long_header_rejects_oversized_cids_and_lengths() -> None:
     with pytest.raises(ProtocolViolation) as info:
         parse_header(_initial(dcid=b"\x01" * 21), short_dcid_length=8)
@@ -79,6 +85,7 @@ def test_long_header_rejects_oversized_cids_and_lengths() -> None:
     assert info.value.field == "long.length"
 
 
+@pytest.mark.spec("VEL-PKT-002")
 def test_unknown_versions_are_parsed_only_to_the_invariants() -> None:
     packet = bytearray(_initial(dcid=b"\x02" * 40))
     packet[1:5] = (0x1A2A3A4A).to_bytes(4, "big")
@@ -87,6 +94,7 @@ def test_unknown_versions_are_parsed_only_to_the_invariants() -> None:
     assert header.dcid == b"\x02" * 40
 
 
+@pytest.mark.spec("VEL-PKT-003", "VEL-PKT-004")
 def test_fixed_bit_zero_is_dropped_and_reserved_bits_are_violations() -> None:
     packet = bytearray(_initial())
     packet[0] &= ~0x40
@@ -99,6 +107,7 @@ def test_fixed_bit_zero_is_dropped_and_reserved_bits_are_violations() -> None:
     assert info.value.field == "first_byte"
 
 
+@pytest.mark.spec("VEL-PKT-006")
 def test_coalesced_packets_are_delimited_by_length() -> None:
     first, second = _initial(), _initial(length=60)
     header = parse_header(first + second, short_dcid_length=8)
@@ -107,6 +116,7 @@ def test_coalesced_packets_are_delimited_by_length() -> None:
         first + second)
 
 
+@pytest.mark.spec("VEL-VN-003")
 def test_version_negotiation_needs_a_whole_version_list() -> None:
     base = bytes.fromhex("80") + bytes(4) + b"\x00\x00"
     with pytest.raises(ProtocolViolation) as info:
@@ -118,6 +128,7 @@ def test_version_negotiation_needs_a_whole_version_list() -> None:
         VELOCITY_VERSION,)
 
 
+@pytest.mark.spec("VEL-RTY-002")
 def test_retry_needs_a_token_and_a_tag() -> None:
     base = bytes.fromhex("f0") + VELOCITY_VERSION.to_bytes(4, "big") + b"\x00\x00"
     with pytest.raises(ProtocolViolation) as info:

@@ -34,6 +34,7 @@ def test_every_frame_class_has_a_strategy() -> None:
     assert set(st_v.FRAME_STRATEGIES) == set(f.FRAME_CLASSES)
 
 
+@pytest.mark.spec("VEL-FRM-001")
 @pytest.mark.parametrize("cls", f.FRAME_CLASSES, ids=lambda c: c.NAME)
 def test_frame_round_trip(cls: type[f.Frame]) -> None:
     @given(st_v.FRAME_STRATEGIES[cls])
@@ -44,6 +45,7 @@ def test_frame_round_trip(cls: type[f.Frame]) -> None:
     check()
 
 
+@pytest.mark.spec("VEL-FRM-001", "VEL-FRM-012")
 @given(st.lists(st.sampled_from([c for c in f.FRAME_CLASSES if c is not f.Padding])
                 .flatmap(lambda c: st_v.FRAME_STRATEGIES[c]), min_size=1, max_size=8))
 def test_frame_sequence_round_trip(frames: list[f.Frame]) -> None:
@@ -60,11 +62,13 @@ def _with_payload(header: LongHeader) -> bytes:
     return writer.data() + bytes(header.length - header.pn_length)
 
 
+@pytest.mark.spec("VEL-PKT-001")
 @given(st_v.long_headers())
 def test_long_header_round_trip(header: LongHeader) -> None:
     assert pull_long_header(_with_payload(header)) == header
 
 
+@pytest.mark.spec("VEL-PKT-009", "VEL-PKT-010")
 @given(st_v.short_headers())
 def test_short_header_round_trip(header: ShortHeader) -> None:
     writer = Writer()
@@ -72,11 +76,13 @@ def test_short_header_round_trip(header: ShortHeader) -> None:
     assert pull_short_header(writer.data() + bytes(20), len(header.dcid)) == header
 
 
+@pytest.mark.spec("VEL-RTY-001")
 @given(st_v.retry_packets)
 def test_retry_round_trip(packet: RetryPacket) -> None:
     assert decode_retry(encode_retry(packet)) == packet
 
 
+@pytest.mark.spec("VEL-VN-003")
 @given(st_v.version_negotiations)
 def test_version_negotiation_round_trip(packet: VersionNegotiation) -> None:
     assert decode_version_negotiation(encode_version_negotiation(packet)) == packet
@@ -97,6 +103,7 @@ DECODERS = {
 }
 
 
+@pytest.mark.spec("VEL-FRM-002", "VEL-FRM-005", "VEL-PKT-005")
 @pytest.mark.parametrize("name", DECODERS)
 def test_any_bytes_decode_or_raise_protocol_error(name: str) -> None:
     decode = DECODERS[name]
@@ -111,6 +118,7 @@ def test_any_bytes_decode_or_raise_protocol_error(name: str) -> None:
     check()
 
 
+@pytest.mark.spec("VEL-FRM-002", "VEL-FRM-003", "VEL-FRM-005")
 @given(st.sampled_from(f.FRAME_CLASSES).flatmap(lambda c: st_v.FRAME_STRATEGIES[c]),
        st.data())
 def test_mutated_frames_decode_or_raise_protocol_error(frame: f.Frame, data: st.DataObject

@@ -40,6 +40,7 @@ QUIC_V1 = WireParams(
 DCID = bytes.fromhex("8394c8f03e515708")
 
 
+@pytest.mark.spec("VEL-PROT-001", "VEL-PROT-003", "VEL-PROT-005")
 def test_rfc9001_a1_initial_keys(shared_vectors: Path) -> None:
     a1 = json.loads((shared_vectors / "rfc" / "rfc_kdf_x25519_quic.json").read_text())[
         "rfc9001_appendix_a1_quic_v1_initial"]
@@ -53,6 +54,7 @@ def test_rfc9001_a1_initial_keys(shared_vectors: Path) -> None:
             a1[f"{side}_key"], a1[f"{side}_iv"], a1[f"{side}_hp"])
 
 
+@pytest.mark.spec("VEL-PROT-007", "VEL-PROT-008", "VEL-PROT-011")
 def test_rfc9001_a5_chacha20_short_header() -> None:
     """RFC 9001 Appendix A.5, transcribed: a 1-RTT PING under ChaCha20-Poly1305."""
     secret = bytes.fromhex("9ac312a7f877468ebe69422748ad00a15443f18203a07d6060f688f30f21632b")
@@ -77,6 +79,7 @@ def _initial_header(pn: int, payload_length: int) -> bytes:
     return writer.data()
 
 
+@pytest.mark.spec("VEL-PROT-004", "VEL-PROT-007", "VEL-PROT-008")
 @given(st.integers(0, 0xFFFF), st.binary(min_size=4, max_size=300))
 def test_initial_packets_interoperate_with_aioquic(pn: int, payload: bytes) -> None:
     header = _initial_header(pn, len(payload))
@@ -91,12 +94,14 @@ def test_initial_packets_interoperate_with_aioquic(pn: int, payload: bytes) -> N
     assert receive.decrypt_packet(sealed, len(header) - 2, pn) == (header, payload, pn)
 
 
+@pytest.mark.spec("VEL-RTY-001")
 @given(st.binary(min_size=1, max_size=60))
 def test_retry_tag_matches_aioquic(token: bytes) -> None:
     retry = encode_retry_without_tag(1, b"\x05" * 4, b"\x06" * 8, token)
     assert retry_integrity_tag(retry, DCID, QUIC_V1) == get_retry_integrity_tag(retry, DCID, 1)
 
 
+@pytest.mark.spec("VEL-PROT-006", "VEL-PROT-010")
 @pytest.mark.parametrize("aead", list(Aead))
 @pytest.mark.parametrize("hash_name", ["sha256", "sha384", "sha512"])
 def test_round_trip_and_tamper_under_every_aead(aead: Aead, hash_name: str) -> None:
@@ -113,6 +118,7 @@ def test_round_trip_and_tamper_under_every_aead(aead: Aead, hash_name: str) -> N
             receiver.decrypt_packet(bytes(tampered), 9, 0x0700)
 
 
+@pytest.mark.spec("VEL-PROT-009", "VEL-PROT-010")
 def test_short_packets_are_dropped_and_unsamplable_payloads_refused() -> None:
     keys = PacketKeys(bytes(32), Aead.AES_128_GCM, "sha256")
     with pytest.raises(PacketDropped) as info:
@@ -122,5 +128,6 @@ def test_short_packets_are_dropped_and_unsamplable_payloads_refused() -> None:
         keys.encrypt_packet(b"\x40" + bytes(8) + b"\x00", b"\x01\x00", 0)
 
 
+@pytest.mark.spec("VEL-PROT-002")
 def test_velocity_initial_keys_differ_from_quic_v1() -> None:
     assert initial_secrets(DCID) != initial_secrets(DCID, QUIC_V1)
