@@ -1,0 +1,284 @@
+"""What the client and server handshakes share: the transcript, the events they emit, the
+interfaces they need from outside the core (certificate validation, ticket sealing), the
+anti-replay filter, and the table-driven state machine base."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from velocity.core.buffer import Reader, Writer
+from velocity.core.errors import BufferReadError, InternalError, UnexpectedMessage
+from velocity.core.handshake.messages import (
+    Message,
+    MessageReader,
+    MessageType,
+    decode_message,
+    encode_message,
+)
+from velocity.core.hybrid import Profile
+from velocity.core.kem import KemKey
+from velocity.core.packet import Epoch
+from velocity.core.protection import Aead
+
+ALPN_VELOCITY = b"velocity/1"
+MESSAGE_HASH = 0xFE
+
+
+class Transcript:
+    """The running transcript hash of one handshake (spec VEL-HS-104)."""
+
+    def __init__(self) -> None:
+        self._messages: list[bytes] = []
+        self.hash_name = "sha256"
+
+    def add(self, raw: bytes) -> None:
+        self._messages.append(raw)
+
+    def digest(self, hash_name: str | None = None) -> bytes:
+        return hashlib.new(hash_name or self.hash_name, b"".join(self._messages)).digest()
+
+    def replace_with_message_hash(self, hash_name: str) -> None:
+        """After HELLO_RETRY: CLIENT_HELLO1 becomes 0xfe || u24 Hash.length || Hash(CH1)."""
+        first = hashlib.new(hash_name, self._messages[0]).digest()
+        self._messages[0] = bytes([MESSAGE_HASH]) + len(first).to_bytes(3, "big") + first
+
+    @property
+    def messages(self) -> tuple[bytes, ...]:
+        return tuple(self._messages)
+
+
+class AuthMode(Enum):
+    PDK = "pdk"
+    DISCOVERY = "discovery"
+    RESUMPTION = "resumption"
+
+
+# --- events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeysReady:
+    """Packet keys for ``epoch`` in one direction (``send`` from this endpoint's view)."""
+
+    epoch: Epoch
+    send: bool
+    secret: bytes
+    aead: Aead
+    hash_name: str
+    early: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    alpn: str
+    profile: str
+    aead: str
+    mode: AuthMode
+    early_data_accepted: bool
+    key_id: bytes | None
+    peer_transport_parameters: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackDirected:
+    """The server sent FALLBACK; ``authenticated`` when its MAC verified (VEL-FB-004)."""
+
+    alpn: str
+    host: str
+    port: int
+    reason: int
+    reason_text: str
+    retry_after: int
+    authenticated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKeyLearned:
+    """Discovery mode validated a certificate: the key a client caches for PDK next time."""
+
+    key_id: bytes
+    profile: int
+    encapsulation_key: bytes
+    certificate_chain: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTicket:
+    """A ticket as the client keeps it (spec section 14)."""
+
+    ticket: bytes
+    psk: bytes
+    profile: int
+    aead: int
+    alpn: bytes
+    age_add: int
+    lifetime: int
+    issued_ms: int
+    max_early_data: int
+    server_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TicketIssued:
+    ticket: SessionTicket
+
+
+HandshakeEvent = KeysReady | HandshakeCompleted | FallbackDirected | ServerKeyLearned | TicketIssued
+
+
+# --- interfaces from outside the core ------------------------------------------------
+
+
+class CertificateVerifier(Protocol):
+    def verify(self, chain: Sequence[bytes], profile: Profile, server_name: str | None) -> bytes:
+        """Validate a DER chain (leaf first); return the leaf's ML-KEM encapsulation key or
+        raise ``CertificateInvalid``."""
+        ...
+
+
+class TicketSealer(Protocol):
+    def seal(self, plaintext: bytes, nonce: bytes) -> bytes: ...
+
+    def open(self, ticket: bytes) -> bytes | None:
+        """The plaintext, or None for a ticket this server cannot open."""
+        ...
+
+
+@dataclass(frozen=True)
+class StaticKey:
+    """One static ML-KEM key a server holds, with its certificate chain (leaf first)."""
+
+    profile: Profile
+    key: KemKey
+    key_id: bytes
+    certificate_chain: tuple[bytes, ...] = ()
+
+
+def key_id_for(profile_code: int, encapsulation_key: bytes) -> bytes:
+    """VEL-AUTH-002: SHA-256(u16 profile || encapsulation key)[0..8]."""
+    return hashlib.sha256(profile_code.to_bytes(2, "big") + encapsulation_key).digest()[:8]
+
+
+@dataclass(frozen=True)
+class TicketState:
+    """What a ticket seals (VEL-RES-002)."""
+
+    issued_ms: int
+    profile: int
+    aead: int
+    alpn: bytes
+    max_early_data: int
+    psk: bytes
+
+    def encode(self) -> bytes:
+        writer = Writer()
+        writer.push_uint(self.issued_ms, 8)
+        writer.push_uint16(self.profile)
+        writer.push_uint16(self.aead)
+        writer.push_vec8(self.alpn)
+        writer.push_uint32(self.max_early_data)
+        writer.push_vec8(self.psk)
+        return writer.data()
+
+    @classmethod
+    def decode(cls, data: bytes) -> TicketState | None:
+        reader = Reader(data)
+        try:
+            state = cls(reader.pull_uint(8), reader.pull_uint16(), reader.pull_uint16(),
+                        reader.pull_vec8(), reader.pull_uint32(), reader.pull_vec8())
+        except BufferReadError:
+            return None
+        return state if reader.eof() else None
+
+
+class ReplayFilter:
+    """Bounded anti-replay filter of PSK binders (VEL-RES-007): a binder seen within
+    ``window_ms`` is a replay; when full, everything is refused until entries age out."""
+
+    def __init__(self, capacity: int = 100_000, window_ms: int = 10_000) -> None:
+        self.capacity = capacity
+        self.window_ms = window_ms
+        self._seen: dict[bytes, int] = {}
+        self._order: deque[tuple[int, bytes]] = deque()
+
+    def accept(self, binder: bytes, now_ms: int) -> bool:
+        while self._order and self._order[0][0] <= now_ms - self.window_ms:
+            _, old = self._order.popleft()
+            self._seen.pop(old, None)
+        if binder in self._seen or len(self._seen) >= self.capacity:
+            return False
+        self._seen[binder] = now_ms
+        self._order.append((now_ms, binder))
+        return True
+
+
+# --- state machine base --------------------------------------------------------------
+
+
+Handler = Callable[[Message, bytes], None]
+
+
+@dataclass
+class _Pending:
+    crypto: dict[Epoch, bytearray] = field(
+        default_factory=lambda: {e: bytearray() for e in Epoch})
+    events: deque[HandshakeEvent] = field(default_factory=deque)
+
+
+class HandshakeBase:
+    """Table-driven state machine: ``TRANSITIONS[state]`` maps (epoch, message type) to a
+    handler method name, anything else being UNEXPECTED_MESSAGE (VEL-HS-001, VEL-HS-100);
+    ``MOVES[state]`` lists the states a handler may move to, and ``_transition`` refuses the
+    rest."""
+
+    TRANSITIONS: dict[Enum, dict[tuple[Epoch, MessageType], str]] = {}
+    MOVES: dict[Enum, frozenset[Enum]] = {}
+
+    def __init__(self) -> None:
+        self.state: Enum
+        self.transcript = Transcript()
+        self._readers = {epoch: MessageReader() for epoch in Epoch}
+        self._pending = _Pending()
+        self.now_ms = 0
+
+    def _send(self, epoch: Epoch, message: Message, *, record: bool = True) -> bytes:
+        raw = encode_message(message)
+        if record:
+            self.transcript.add(raw)
+        self._pending.crypto[epoch] += raw
+        return raw
+
+    def _emit(self, event: HandshakeEvent) -> None:
+        self._pending.events.append(event)
+
+    def receive(self, epoch: Epoch, data: bytes, *, now_ms: int) -> None:
+        """Feed in-order CRYPTO data of ``epoch``; raises ``ProtocolError`` on any failure."""
+        self.now_ms = now_ms
+        for msg_type, body, raw in self._readers[epoch].feed(data):
+            table = self.TRANSITIONS.get(self.state, {})
+            try:
+                handler_name = table[(epoch, MessageType(msg_type))]
+            except (KeyError, ValueError):
+                raise UnexpectedMessage(
+                    f"message 0x{msg_type:02x} in {epoch.name} while {self.state.name}",
+                    field="msg_type") from None
+            handler: Handler = getattr(self, handler_name)
+            handler(decode_message(msg_type, body), raw)
+
+    def data_to_send(self, epoch: Epoch) -> bytes:
+        data = bytes(self._pending.crypto[epoch])
+        self._pending.crypto[epoch].clear()
+        return data
+
+    def next_event(self) -> HandshakeEvent | None:
+        return self._pending.events.popleft() if self._pending.events else None
+
+    def _transition(self, new_state: Enum) -> None:
+        if new_state not in self.MOVES.get(self.state, frozenset()):
+            raise InternalError(f"illegal move {self.state.name} -> {new_state.name}")
+        self.state = new_state

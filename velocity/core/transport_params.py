@@ -1,0 +1,138 @@
+"""Transport parameters (spec section 16, RFC 9000 section 18): one dataclass, encoded and
+decoded through one table of (id, name, kind). Unknown and reserved ids are ignored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from velocity.core.buffer import Reader, Writer
+from velocity.core.errors import BufferReadError, TransportParameterError
+
+MAX_STREAMS_LIMIT = 1 << 60
+
+
+@dataclass(frozen=True, slots=True)
+class TransportParameters:
+    original_destination_connection_id: bytes | None = None
+    max_idle_timeout: int = 0
+    stateless_reset_token: bytes | None = None
+    max_udp_payload_size: int = 65527
+    initial_max_data: int = 0
+    initial_max_stream_data_bidi_local: int = 0
+    initial_max_stream_data_bidi_remote: int = 0
+    initial_max_stream_data_uni: int = 0
+    initial_max_streams_bidi: int = 0
+    initial_max_streams_uni: int = 0
+    ack_delay_exponent: int = 3
+    max_ack_delay: int = 25
+    disable_active_migration: bool = False
+    active_connection_id_limit: int = 2
+    initial_source_connection_id: bytes | None = None
+    retry_source_connection_id: bytes | None = None
+    grease: bytes | None = None  # sent as one reserved id; never read back into the value
+
+    def with_changes(self, **changes: Any) -> TransportParameters:
+        return replace(self, **changes)
+
+
+# id -> (field, kind); kinds: "int", "bytes", "flag"
+_TABLE: dict[int, tuple[str, str]] = {
+    0x00: ("original_destination_connection_id", "bytes"),
+    0x01: ("max_idle_timeout", "int"),
+    0x02: ("stateless_reset_token", "bytes"),
+    0x03: ("max_udp_payload_size", "int"),
+    0x04: ("initial_max_data", "int"),
+    0x05: ("initial_max_stream_data_bidi_local", "int"),
+    0x06: ("initial_max_stream_data_bidi_remote", "int"),
+    0x07: ("initial_max_stream_data_uni", "int"),
+    0x08: ("initial_max_streams_bidi", "int"),
+    0x09: ("initial_max_streams_uni", "int"),
+    0x0A: ("ack_delay_exponent", "int"),
+    0x0B: ("max_ack_delay", "int"),
+    0x0C: ("disable_active_migration", "flag"),
+    0x0E: ("active_connection_id_limit", "int"),
+    0x0F: ("initial_source_connection_id", "bytes"),
+    0x10: ("retry_source_connection_id", "bytes"),
+}
+_IDS = {name: pid for pid, (name, _) in _TABLE.items()}
+SERVER_ONLY = frozenset({0x00, 0x02, 0x10})
+GREASE_ID = 31 * 7 + 27
+_DEFAULTS = TransportParameters()
+
+
+def encode_transport_parameters(params: TransportParameters) -> bytes:
+    writer = Writer()
+    for pid, (name, kind) in _TABLE.items():
+        value = getattr(params, name)
+        if value is None or (value == getattr(_DEFAULTS, name) and name != (
+                "initial_source_connection_id")):
+            continue
+        writer.push_varint(pid)
+        if kind == "int":
+            inner = Writer()
+            inner.push_varint(value)
+            writer.push_vec_varint(inner.data())
+        elif kind == "bytes":
+            writer.push_vec_varint(value)
+        else:
+            writer.push_varint(0)
+    if params.grease is not None:
+        writer.push_varint(GREASE_ID)
+        writer.push_vec_varint(params.grease)
+    return writer.data()
+
+
+def _check(name: str, value: Any) -> None:
+    bad = ((name == "max_udp_payload_size" and value < 1200)
+           or (name == "ack_delay_exponent" and value > 20)
+           or (name == "max_ack_delay" and value >= 1 << 14)
+           or (name == "active_connection_id_limit" and value < 2)
+           or (name.startswith("initial_max_streams") and value > MAX_STREAMS_LIMIT)
+           or (name == "stateless_reset_token" and len(value) != 16)
+           or (name.endswith("connection_id") and isinstance(value, bytes) and len(value) > 20))
+    if bad:
+        raise TransportParameterError(f"value {value!r} out of range", field=name)
+
+
+def decode_transport_parameters(data: bytes, *, from_server: bool) -> TransportParameters:
+    """Decode and validate; a client's server-only parameter is an error (VEL-TP-002)."""
+    reader = Reader(data)
+    values: dict[str, Any] = {}
+    seen: set[int] = set()
+    field = "transport_parameters"
+    try:
+        while not reader.eof():
+            field = "transport_parameters.id"
+            pid = reader.pull_varint_minimal()
+            field = f"transport_parameters.0x{pid:x}"
+            raw = reader.pull_vec_varint()
+            if pid in seen:
+                raise TransportParameterError("duplicate parameter", field=field)
+            seen.add(pid)
+            if pid not in _TABLE:
+                continue
+            name, kind = _TABLE[pid]
+            field = name
+            if pid in SERVER_ONLY and not from_server:
+                raise TransportParameterError("sent by a client", field=name)
+            if kind == "int":
+                inner = Reader(raw)
+                value: Any = inner.pull_varint()
+                if not inner.eof():
+                    raise TransportParameterError("trailing bytes", field=name)
+            elif kind == "bytes":
+                value = raw
+            else:
+                if raw:
+                    raise TransportParameterError("flag must be empty", field=name)
+                value = True
+            _check(name, value)
+            values[name] = value
+    except BufferReadError as exc:
+        raise TransportParameterError(f"truncated ({exc.reason})", field=field) from None
+    if "initial_source_connection_id" not in values:
+        raise TransportParameterError("missing", field="initial_source_connection_id")
+    return TransportParameters(**values)
+
+
