@@ -1,0 +1,100 @@
+"""A server's identity for one profile: its ML-DSA CA, its static ML-KEM key and the leaf
+certificate binding them, created from injected entropy and stored as PEM files (keys 0600)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from velocity.core.entropy import Entropy
+from velocity.core.errors import UsageError
+from velocity.core.handshake.common import StaticKey, key_id_for
+from velocity.core.hybrid import Profile
+from velocity.core.kem import KemBackend
+from velocity.crypto.kem import KyberPyKem
+from velocity.crypto.pki import (
+    CaKey,
+    ca_key_from_seed,
+    ca_key_pem,
+    create_ca,
+    fingerprint,
+    issue_leaf,
+    kem_private_key_pem,
+    load_ca_key_pem,
+    load_kem_private_key_pem,
+    write_secret_file,
+)
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    profile: Profile
+    ca_key: CaKey
+    ca_certificate: x509.Certificate
+    kem_seed: bytes
+    leaf: x509.Certificate
+
+    @property
+    def leaf_der(self) -> bytes:
+        return self.leaf.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def encapsulation_key(self) -> bytes:
+        return KyberPyKem().load(self.profile.kem, self.kem_seed).encapsulation_key
+
+    @property
+    def key_id(self) -> bytes:
+        return key_id_for(self.profile.code, self.encapsulation_key)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.leaf_der)
+
+    def static_key(self, kem: KemBackend) -> StaticKey:
+        key = kem.load(self.profile.kem, self.kem_seed)
+        return StaticKey(self.profile, key, key_id_for(self.profile.code, key.encapsulation_key),
+                         (self.leaf_der,))
+
+    @classmethod
+    def create(cls, profile: Profile, *, entropy: Entropy, names: tuple[str, ...],
+               now: dt.datetime, ca: tuple[CaKey, x509.Certificate] | None = None,
+               leaf_days: int = 90) -> ServerIdentity:
+        """A new static key and leaf; a new self-signed CA unless ``ca`` is given."""
+        if ca is None:
+            ca_key = ca_key_from_seed(profile, entropy.random(32))
+            ca = ca_key, create_ca(ca_key, common_name=f"Velocity {profile.name} CA",
+                                   not_before=now - dt.timedelta(minutes=5))
+        seed = entropy.random(64)
+        encapsulation_key = KyberPyKem().load(profile.kem, seed).encapsulation_key
+        leaf = issue_leaf(ca[0], ca[1], profile.kem, encapsulation_key, names=names,
+                          not_before=now - dt.timedelta(minutes=5), days=leaf_days,
+                          serial=int.from_bytes(entropy.random(8), "big") >> 1)
+        return cls(profile, ca[0], ca[1], seed, leaf)
+
+    def save(self, directory: Path) -> None:
+        name = self.profile.name
+        pem = serialization.Encoding.PEM
+        write_secret_file(directory / f"{name}-ca.key", ca_key_pem(self.ca_key))
+        write_secret_file(directory / f"{name}-kem.key",
+                          kem_private_key_pem(self.profile.kem, self.kem_seed))
+        (directory / f"{name}-ca.pem").write_bytes(self.ca_certificate.public_bytes(pem))
+        (directory / f"{name}-leaf.pem").write_bytes(self.leaf.public_bytes(pem))
+
+    @classmethod
+    def load(cls, profile: Profile, directory: Path) -> ServerIdentity:
+        name = profile.name
+        try:
+            ca_key = load_ca_key_pem((directory / f"{name}-ca.key").read_bytes())
+            params, seed = load_kem_private_key_pem((directory / f"{name}-kem.key").read_bytes())
+            ca_cert = x509.load_pem_x509_certificate((directory / f"{name}-ca.pem").read_bytes())
+            leaf = x509.load_pem_x509_certificate((directory / f"{name}-leaf.pem").read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load the {name} identity from {directory}: {exc}") from None
+        if params != profile.kem:
+            raise UsageError(f"{directory / f'{name}-kem.key'} holds {params.value}, "
+                             f"not {profile.kem.value}")
+        return cls(profile, ca_key, ca_cert, seed, leaf)
