@@ -4,14 +4,24 @@ every message and event (vectors, transcripts)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+from velocity.core.entropy import SeededEntropy
 from velocity.core.errors import ProtocolError
-from velocity.core.handshake.client import ClientHandshake
-from velocity.core.handshake.common import HandshakeBase, HandshakeEvent
-from velocity.core.handshake.server import ServerHandshake
+from velocity.core.handshake.client import ClientConfig, ClientHandshake, PinnedServerKey
+from velocity.core.handshake.common import HandshakeBase, HandshakeEvent, ReplayFilter
+from velocity.core.handshake.server import ServerConfig, ServerHandshake
+from velocity.core.hybrid import BALANCED, Profile
 from velocity.core.packet import Epoch
+from velocity.core.protection import Aead
+from velocity.crypto.identity import ServerIdentity
+from velocity.crypto.kem import kem_backend
+from velocity.crypto.pki import X509Verifier
+from velocity.crypto.sealing import ticket_sealer
 
 # (sender, epoch, raw message) -> raw message to deliver
 Tamper = Callable[[str, Epoch, bytes], bytes]
@@ -81,3 +91,52 @@ def run_handshake(client: ClientHandshake, server: ServerHandshake, *, now_ms: i
         _drain(client, run.client_events)
         _drain(server, run.server_events)
     return run
+
+
+NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+
+
+@functools.cache
+def server_identity(profile: Profile, seed: int = 1) -> ServerIdentity:
+    """A deterministic identity (CA, static key, leaf for localhost) per profile and seed."""
+    return ServerIdentity.create(profile, entropy=SeededEntropy(f"identity/{seed}"),
+                                 names=("localhost", "127.0.0.1"), now=NOW)
+
+
+@dataclass
+class PairSpec:
+    """What a client/server pair is made of. ``mode`` is "pdk" or "discovery"."""
+
+    profile: Profile = BALANCED
+    mode: str = "pdk"
+    client_backend: str = "cryptography"
+    server_backend: str = "cryptography"
+    aeads: tuple[Aead, ...] | None = None
+    seed: int | str = 1
+    client: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+
+
+def make_pair(spec: PairSpec) -> tuple[ClientHandshake, ServerHandshake]:
+    profile = spec.profile
+    ident = server_identity(profile)
+    client_kem = kem_backend(spec.client_backend)
+    server_kem = kem_backend(spec.server_backend)
+    entropy = SeededEntropy(f"pair/{spec.seed}")
+    client_config = ClientConfig(
+        kem=client_kem, profiles=(profile,), server_name="localhost",
+        verifier=X509Verifier(anchors=[ident.ca_certificate], clock=lambda: NOW),
+        server_key=(PinnedServerKey(profile, ident.encapsulation_key)
+                    if spec.mode == "pdk" else None))
+    if spec.aeads is not None:
+        client_config = replace(client_config, aeads=spec.aeads)
+    server_config = ServerConfig(kem=server_kem, static_keys=(ident.static_key(server_kem),),
+                                 ticket_sealer=ticket_sealer(bytes(32)),
+                                 replay_filter=ReplayFilter())
+    client = ClientHandshake(replace(client_config, **spec.client),
+                             entropy=entropy.fork("client"),
+                             transport_parameters=b"client transport parameters")
+    server = ServerHandshake(replace(server_config, **spec.server),
+                             entropy=entropy.fork("server"),
+                             transport_parameters=b"server transport parameters")
+    return client, server

@@ -150,18 +150,40 @@ BACKENDS: dict[str, KemBackend] = {b.name: b for b in (CryptographyKem(), Pqcryp
 DEFAULT_BACKEND = "cryptography"
 
 
-def backend(name: str) -> KemBackend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise UsageError(f"unknown KEM backend {name!r}; choose one of "
-                         f"{', '.join(sorted(BACKENDS))}") from None
+class PreferredKem:
+    """A configured backend preference: every operation runs on ``preferred`` when it has
+    the parameter set, otherwise on the first backend that does (cryptography has no
+    ML-KEM-512). ``name_for`` tells which one a parameter set uses."""
+
+    def __init__(self, preferred: str) -> None:
+        if preferred not in BACKENDS:
+            raise UsageError(f"unknown KEM backend {preferred!r}; choose one of "
+                             f"{', '.join(sorted(BACKENDS))}")
+        self.name = preferred
+        self.deterministic = BACKENDS[preferred].deterministic
+
+    def _for(self, params: KemParams) -> KemBackend:
+        chosen = BACKENDS[self.name]
+        if chosen.supports(params):
+            return chosen
+        return next(b for b in BACKENDS.values() if b.supports(params))
+
+    def name_for(self, params: KemParams) -> str:
+        return self._for(params).name
+
+    def supports(self, params: KemParams) -> bool:
+        return True
+
+    def generate(self, params: KemParams, seed: bytes) -> KemKey:
+        return self._for(params).generate(params, seed)
+
+    def load(self, params: KemParams, seed: bytes) -> KemKey:
+        return self._for(params).load(params, seed)
+
+    def encapsulate(self, params: KemParams, encapsulation_key: bytes,
+                    m: bytes) -> tuple[bytes, bytes]:
+        return self._for(params).encapsulate(params, encapsulation_key, m)
 
 
-def backend_for(name: str, params: KemParams) -> KemBackend:
-    """``name`` if it implements ``params``, otherwise the first backend that does (the
-    cryptography backend has no ML-KEM-512)."""
-    chosen = backend(name)
-    if chosen.supports(params):
-        return chosen
-    return next(b for b in BACKENDS.values() if b.supports(params))
+def kem_backend(name: str = DEFAULT_BACKEND) -> PreferredKem:
+    return PreferredKem(name)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -33,6 +32,7 @@ from pyasn1_modules import rfc5280, rfc5958
 from velocity.core.errors import CertificateInvalid, UsageError
 from velocity.core.hybrid import Profile
 from velocity.core.kem import KemParams
+from velocity.crypto.dsa import CryptographyDsa, DsaBackend
 
 KEM_OIDS = {KemParams.ML_KEM_512: "2.16.840.1.101.3.4.4.1",
             KemParams.ML_KEM_768: "2.16.840.1.101.3.4.4.2",
@@ -42,6 +42,8 @@ CaKey = mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87Private
 _CA_KEYS: dict[str, Any] = {"ML-DSA-44": mldsa.MLDSA44PrivateKey,
                             "ML-DSA-65": mldsa.MLDSA65PrivateKey,
                             "ML-DSA-87": mldsa.MLDSA87PrivateKey}
+_DSA_OIDS = {"2.16.840.1.101.3.4.3.17": "ML-DSA-44", "2.16.840.1.101.3.4.3.18": "ML-DSA-65",
+             "2.16.840.1.101.3.4.3.19": "ML-DSA-87"}
 _OPENSSL_KEM: dict[KemParams, Any] = {KemParams.ML_KEM_768: mlkem.MLKEM768PublicKey,
                 KemParams.ML_KEM_1024: mlkem.MLKEM1024PublicKey}
 
@@ -257,7 +259,7 @@ class X509Verifier:
 
     def __init__(self, *, anchors: Sequence[x509.Certificate] = (), pin: str | None = None,
                  tofu: TofuStore | None = None, insecure: bool = False,
-                 clock: Callable[[], dt.datetime]) -> None:
+                 clock: Callable[[], dt.datetime], dsa: DsaBackend | None = None) -> None:
         modes = sum((bool(anchors), pin is not None, tofu is not None, insecure))
         if modes != 1:
             raise UsageError("choose exactly one of a CA file, a pinned fingerprint, "
@@ -267,6 +269,7 @@ class X509Verifier:
         self._tofu = tofu
         self.insecure = insecure
         self._clock = clock
+        self._dsa = dsa or CryptographyDsa()
 
     def verify(self, chain: Sequence[bytes], profile: Profile, server_name: str | None) -> bytes:
         try:
@@ -323,10 +326,16 @@ class X509Verifier:
                 return
         raise _fail("the chain does not lead to a trusted CA")
 
-    @staticmethod
-    def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    def _signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> None:
+        """The issuer's ML-DSA signature over the TBS, on the configured backend."""
+        where = issuer.subject.rfc4514_string()
+        parameter_set = _DSA_OIDS.get(cert.signature_algorithm_oid.dotted_string)
+        if cert.issuer != issuer.subject or parameter_set is None:
+            raise _fail(f"not an ML-DSA signature by {where}")
         try:
-            cert.verify_directly_issued_by(issuer)
-        except (InvalidSignature, ValueError, TypeError) as exc:
-            raise _fail(f"signature check against {issuer.subject.rfc4514_string()} failed: "
-                        f"{exc or 'bad signature'}") from None
+            public = issuer.public_key().public_bytes_raw()  # type: ignore[union-attr]
+        except (ValueError, AttributeError) as exc:
+            raise _fail(f"unusable key in {where}: {exc}") from None
+        if not self._dsa.verify(parameter_set, public, cert.tbs_certificate_bytes,
+                                cert.signature):
+            raise _fail(f"signature check against {where} failed ({self._dsa.name})")

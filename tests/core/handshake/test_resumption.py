@@ -1,0 +1,125 @@
+"""Tickets, PSK binders, 0-RTT and anti-replay (spec section 14)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from harness.pair import PairSpec, make_pair, run_handshake
+from tests.core.handshake.helpers import closed_with, completed, events_of, rewrite, secrets
+from velocity.core.errors import ErrorCode
+from velocity.core.handshake.common import (
+    AuthMode,
+    ReplayFilter,
+    SessionTicket,
+    TicketIssued,
+)
+from velocity.core.handshake.messages import ClientHello, ExtensionType, MessageType
+from velocity.core.hybrid import BALANCED, LIGHT, PROFILES, Profile
+from velocity.core.packet import Epoch
+from velocity.crypto.sealing import ticket_sealer
+
+SEALER = ticket_sealer(bytes(32))
+
+
+def first_ticket(profile: Profile = BALANCED, mode: str = "discovery") -> SessionTicket:
+    client, server = make_pair(PairSpec(profile, mode, seed="ticket",
+                                        server={"ticket_sealer": SEALER}))
+    run = run_handshake(client, server, now_ms=1_000)
+    completed(run)
+    (issued,) = events_of(run.client_events, TicketIssued)
+    return issued.ticket
+
+
+def resume(ticket: SessionTicket, *, early: bool, now_ms: int = 3_000, seed: str = "resume",
+           replay: ReplayFilter | None = None, profile: Profile = BALANCED,
+           **kwargs: object) -> tuple:  # type: ignore[type-arg]
+    client, server = make_pair(PairSpec(profile, "discovery", seed=seed, client={
+        "ticket": ticket, "early_data": early}, server={
+        "ticket_sealer": SEALER, "replay_filter": replay or ReplayFilter(), **kwargs}))
+    return run_handshake(client, server, now_ms=now_ms), client, server
+
+
+@pytest.mark.spec("VEL-RES-001", "VEL-RES-003", "VEL-RES-004", "VEL-HS-080")
+@pytest.mark.parametrize("profile", PROFILES.values(), ids=lambda p: p.name)
+def test_resumption_without_early_data(profile: Profile) -> None:
+    run, _, _ = resume(first_ticket(profile), early=False, profile=profile)
+    client_done, server_done = completed(run)
+    assert client_done.mode == server_done.mode == AuthMode.RESUMPTION
+    assert not client_done.early_data_accepted
+    kinds = [m[0] for f in run.flights for m in f.messages]
+    assert MessageType.CERTIFICATE not in kinds and MessageType.KEM_CIPHERTEXT not in kinds
+    assert events_of(run.client_events, TicketIssued), "a resumed connection gets a new ticket"
+
+
+@pytest.mark.spec("VEL-RES-006", "VEL-HS-041")
+def test_zero_rtt_is_accepted_once_and_keys_agree() -> None:
+    run, _, _ = resume(first_ticket(), early=True)
+    client_done, server_done = completed(run)
+    assert client_done.early_data_accepted and server_done.early_data_accepted
+    client_keys, server_keys = secrets(run.client_events), secrets(run.server_events)
+    assert client_keys[(Epoch.APPLICATION, True, True)] == server_keys[
+        (Epoch.APPLICATION, False, True)]
+
+
+@pytest.mark.spec("VEL-RES-007", "VEL-RES-008")
+def test_replayed_client_hello_has_its_early_data_rejected() -> None:
+    ticket, shared = first_ticket(), ReplayFilter()
+    first, _, _ = resume(ticket, early=True, seed="same", replay=shared)
+    replayed, _, _ = resume(ticket, early=True, seed="same", replay=shared)
+    assert completed(first)[1].early_data_accepted
+    client_done, server_done = completed(replayed)
+    assert not client_done.early_data_accepted and not server_done.early_data_accepted
+    assert (Epoch.APPLICATION, False, True) not in secrets(replayed.server_events)
+
+
+def test_full_filter_rejects_rather_than_forgets() -> None:
+    replay = ReplayFilter(capacity=1, window_ms=10_000)
+    assert replay.accept(b"a", 0)
+    assert not replay.accept(b"b", 1)
+    assert not replay.accept(b"a", 2)
+    assert replay.accept(b"b", 10_001)
+
+
+@pytest.mark.spec("VEL-RES-005")
+def test_early_data_outside_the_freshness_window_is_rejected() -> None:
+    ticket = first_ticket()
+    skewed = replace(ticket, issued_ms=ticket.issued_ms + 20_000)
+    run, _, _ = resume(skewed, early=True, now_ms=40_000)
+    client_done, _ = completed(run)
+    assert not client_done.early_data_accepted
+    run, _, _ = resume(ticket, early=True, now_ms=1_000 + 86_401_000)
+    client_done, server_done = completed(run)
+    assert server_done.mode == AuthMode.DISCOVERY, "an expired ticket is a full handshake"
+
+
+@pytest.mark.spec("VEL-RES-003")
+def test_wrong_binder_is_bad_binder() -> None:
+    def flip_binder(message: ClientHello) -> ClientHello:
+        extensions = list(message.extensions)
+        ext_type, value = extensions[-1]
+        assert ext_type == ExtensionType.PRE_SHARED_KEY
+        extensions[-1] = (ext_type, value[:-1] + bytes([value[-1] ^ 1]))
+        return replace(message, extensions=tuple(extensions))
+
+    client, server = make_pair(PairSpec(mode="discovery", seed="binder", client={
+        "ticket": first_ticket(), "early_data": False}, server={"ticket_sealer": SEALER}))
+    run = run_handshake(client, server, tamper=rewrite(MessageType.CLIENT_HELLO, flip_binder))
+    closed_with(run, ErrorCode.BAD_BINDER, "server")
+
+
+def test_unknown_ticket_falls_back_to_a_full_handshake() -> None:
+    ticket = replace(first_ticket(), ticket=b"\x09" * 80)
+    run, _, _ = resume(ticket, early=True)
+    client_done, server_done = completed(run)
+    assert server_done.mode == AuthMode.DISCOVERY and not client_done.early_data_accepted
+
+
+def test_ticket_whose_profile_the_server_now_refuses_is_dropped_after_hello_retry() -> None:
+    ticket = first_ticket(LIGHT)
+    run, _, _ = resume(ticket, early=True, profile=BALANCED, profiles=(BALANCED,))
+    client_done, server_done = completed(run)
+    assert [m[0] for m in run.flights[1].messages] == [MessageType.HELLO_RETRY]
+    assert client_done.mode == server_done.mode == AuthMode.DISCOVERY
+    assert client_done.profile == "balanced" and not client_done.early_data_accepted
