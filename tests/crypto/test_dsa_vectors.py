@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import mldsa
+from dilithium_py import ml_dsa
 
 from velocity.crypto.dsa import DSA_BACKENDS, PARAMETER_SETS, DsaBackend
 
@@ -34,8 +35,6 @@ def test_wycheproof_verify(shared_vectors: Path, backend: DsaBackend, parameter_
 
 @pytest.mark.spec("VEL-PROF-007")
 def test_acvp_keygen_on_cryptography_and_dilithium_py(shared_vectors: Path) -> None:
-    from dilithium_py import ml_dsa
-
     classes = {"ML-DSA-44": mldsa.MLDSA44PrivateKey, "ML-DSA-65": mldsa.MLDSA65PrivateKey,
                "ML-DSA-87": mldsa.MLDSA87PrivateKey}
     data = json.loads((shared_vectors / "acvp/ML-DSA-keyGen-FIPS204/internalProjection.json")
@@ -52,8 +51,6 @@ def test_acvp_keygen_on_cryptography_and_dilithium_py(shared_vectors: Path) -> N
 @pytest.mark.spec("VEL-PROF-007")
 def test_acvp_sigver_internal_on_dilithium_py(shared_vectors: Path) -> None:
     """ACVP sigVer feeds M' to Verify_internal, which only dilithium-py exposes."""
-    from dilithium_py import ml_dsa
-
     data = json.loads((shared_vectors / "acvp/ML-DSA-sigVer-FIPS204/internalProjection.json")
                       .read_text())
     for group in data["testGroups"]:

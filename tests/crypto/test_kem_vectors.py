@@ -4,6 +4,7 @@ on the backends whose API can run it (see ../shared/vectors/README.md, section 0
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,6 @@ def test_acvp_encapsulation_and_decapsulation(shared_vectors: Path) -> None:
     """Fixed-m encapsulation where the backend takes m (kyber-py); every backend that can
     decapsulate with the group's expanded dk does, including the 'modified ciphertext'
     implicit-rejection cases."""
-    import importlib
-
     data = _load(shared_vectors, "acvp/ML-KEM-encapDecap-FIPS203/internalProjection.json")
     for group in data["testGroups"]:
         params = PARAMS[group["parameterSet"]]

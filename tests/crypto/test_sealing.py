@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.crypto.test_pki import NOW
+from velocity.core.entropy import SeededEntropy
 from velocity.core.errors import InvalidToken
 from velocity.core.hybrid import BALANCED, LIGHT
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import KyberPyKem
 from velocity.crypto.keyring import KeyRing
 from velocity.crypto.sealing import RetryTokens, ticket_sealer
-from tests.crypto.test_pki import NOW
-from velocity.core.entropy import SeededEntropy
 
 
 @pytest.mark.spec("VEL-RES-002")
