@@ -2,7 +2,24 @@
 ``velocity.core`` (scapy layers and ``cryptography`` primitives), ``check`` runs the reference
 implementation against them, ``python -m harness.vectors`` is the command line."""
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 VECTORS_DIR = Path(__file__).resolve().parents[2] / "vectors"
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "vectors.schema.json"
+
+
+GENERATED = "2026-11-25"
+
+
+def provenance(sources: list[str], method: str) -> dict[str, Any]:
+    return {"generator": "harness/vectors/generate.py", "independent_of": "velocity.core",
+            "method": method, "sources": sources, "generated": GENERATED}
+
+
+def stream_bytes(label: str, size: int) -> bytes:
+    """Deterministic filler bytes: SHA-256 in counter mode over ``label``."""
+    out = b"".join(hashlib.sha256(f"{label}/{i}".encode()).digest()
+                   for i in range(size // 32 + 1))
+    return out[:size]

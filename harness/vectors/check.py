@@ -19,6 +19,8 @@ from harness.vectors import SCHEMA_PATH, VECTORS_DIR
 from velocity.core import frames as fr
 from velocity.core.buffer import Reader, Writer, encode_varint
 from velocity.core.errors import BufferReadError, ProtocolError
+from velocity.core.hybrid import PROFILES, ClientKeyShare, HybridSecret, server_key_share
+from velocity.core.keyschedule import KeySchedule, finished_mac, resumption_psk
 from velocity.core.packet import (
     LongHeader,
     PacketType,
@@ -42,6 +44,7 @@ from velocity.core.protection import (
     initial_secrets,
     retry_integrity_tag,
 )
+from velocity.crypto.kem import kem_backend
 
 
 @dataclass(frozen=True)
@@ -202,9 +205,75 @@ def check_retry(doc: dict[str, Any]) -> Iterator[Outcome]:
                       decode_retry(bytes.fromhex(vec["packet"])).integrity_tag.hex(), vec["tag"])
 
 
+class ScriptedEntropy:
+    """Hands out recorded entropy chunks in order; a size mismatch means the implementation
+    draws randomness differently from the vector's convention."""
+
+    def __init__(self, chunks: list[str]) -> None:
+        self._chunks = [bytes.fromhex(c) for c in chunks]
+
+    def random(self, size: int) -> bytes:
+        if not self._chunks or len(self._chunks[0]) != size:
+            raise ValueError(f"asked for {size} bytes; the vector recorded "
+                             f"{[len(c) for c in self._chunks]}")
+        return self._chunks.pop(0)
+
+
+def check_hybrid(doc: dict[str, Any]) -> Iterator[Outcome]:
+    for vec in doc["vectors"]:
+        profile, name = PROFILES[vec["code"]], vec["profile"]
+        expected = HybridSecret(bytes.fromhex(vec["shared_secret"]),
+                                bytes.fromhex(vec["kem_secret"]),
+                                bytes.fromhex(vec["ecdh_secret"]))
+        server_share = bytes.fromhex(vec["server_share"])
+        for backend in ("kyber-py", "cryptography"):
+            kem = kem_backend(backend)
+            if kem.name_for(profile.kem) != backend:
+                continue  # no seeded key generation for this parameter set here
+            client = ClientKeyShare(profile, kem, ScriptedEntropy(vec["client_entropy"]))
+            yield _expect("hybrid", f"{name} client share ({backend})", client.share.hex(),
+                          vec["client_share"])
+            yield _expect("hybrid", f"{name} client secret ({backend})",
+                          client.finish(server_share), expected)
+        share, secret = server_key_share(profile, kem_backend("kyber-py"),
+                                         bytes.fromhex(vec["client_share"]),
+                                         ScriptedEntropy(vec["server_entropy"]))
+        yield _expect("hybrid", f"{name} server share and secret", (share.hex(), secret),
+                      (vec["server_share"], expected))
+
+
+def check_keyschedule(doc: dict[str, Any]) -> Iterator[Outcome]:
+    for vec in doc["vectors"]:
+        inputs = {k: bytes.fromhex(v) for k, v in vec["inputs"].items()}
+        hash_name, mode = vec["hash"], vec["mode"]
+        schedule = KeySchedule(hash_name, inputs.get("psk"))
+        if mode == "resumption":
+            schedule.binder_key()
+            schedule.client_early_secret(inputs["th_client_hello"])
+        schedule.enter_handshake(inputs["ss_eph"] + (inputs["ss_static"] if mode == "pdk"
+                                                     else b""))
+        _, server_hs = schedule.handshake_secrets(inputs["th_server_hello"])
+        if mode == "discovery":
+            schedule.enter_authenticated(inputs["ss_static"])
+            schedule.authenticated_secrets(inputs["th_kem_ciphertext"])
+        schedule.enter_master()
+        schedule.application_secrets(inputs["th_application"])
+        resumption = schedule.resumption_secret(inputs["th_client_finished"])
+        name = f"{vec['profile']}/{mode}"
+        yield _expect("keyschedule", f"{name} steps",
+                      [[n, v.hex()] for n, v in schedule.steps], vec["steps"])
+        yield _expect("keyschedule", f"{name} FINISHED",
+                      finished_mac(hash_name, server_hs, inputs["th_server_hello"]).hex(),
+                      vec["server_finished_over_th_server_hello"])
+        yield _expect("keyschedule", f"{name} resumption PSK",
+                      resumption_psk(hash_name, resumption, bytes(8)).hex(),
+                      vec["resumption_psk_nonce_zero"])
+
+
 CHECKERS: dict[str, Callable[[dict[str, Any]], Iterator[Outcome]]] = {
     "varint": check_varint, "frames": check_frames, "headers": check_headers,
-    "initial": check_initial, "retry": check_retry,
+    "initial": check_initial, "retry": check_retry, "hybrid": check_hybrid,
+    "keyschedule": check_keyschedule,
 }
 
 
@@ -217,6 +286,6 @@ def run(topic: str, directory: Path = VECTORS_DIR) -> list[Outcome]:
     outcomes = [Outcome(topic, f"schema {topic}.json", True)]
     try:
         outcomes.extend(CHECKERS[topic](document))
-    except ProtocolError as exc:
-        outcomes.append(Outcome(topic, "decode", False, str(exc)))
+    except (ProtocolError, ValueError) as exc:
+        outcomes.append(Outcome(topic, "run", False, f"{type(exc).__name__}: {exc}"))
     return outcomes

@@ -22,6 +22,8 @@ from scapy.packet import Packet
 
 from harness.layers import frames as fl
 from harness.layers.packets import VLongHeader, VRetry, VVersionNegotiation, short_header_layer
+from harness.vectors import provenance, stream_bytes
+from harness.vectors.generate_crypto import hybrid, keyschedule
 
 VERSION = 0x56553100
 SALT = hashlib.sha256(b"Velocity/1 initial salt").digest()[:20]
@@ -30,21 +32,6 @@ RETRY_NONCE = hashlib.sha256(b"Velocity/1 retry integrity nonce").digest()[:12]
 HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 AEAD_KEY = {"AES_128_GCM": 16, "AES_256_GCM": 32, "CHACHA20_POLY1305": 32}
-GENERATED = "2026-11-25"
-
-
-def provenance(sources: list[str], method: str) -> dict[str, Any]:
-    return {"generator": "harness/vectors/generate.py", "independent_of": "velocity.core",
-            "method": method, "sources": sources, "generated": GENERATED}
-
-
-def stream_bytes(label: str, size: int) -> bytes:
-    """Deterministic filler bytes: SHA-256 in counter mode over ``label``."""
-    out = b"".join(hashlib.sha256(f"{label}/{i}".encode()).digest()
-                   for i in range(size // 32 + 1))
-    return out[:size]
-
-
 # --- varints ---------------------------------------------------------------------------
 
 RFC9000_A1 = [("c2197c5eff14e88c", 151288809941952652), ("9d7f3e7d", 494878333),
@@ -335,9 +322,9 @@ def retry() -> dict[str, Any]:
                          "packet": (without_tag + tag).hex()}]}
 
 
+BUILDERS = {"varint": varints, "frames": frames, "headers": headers, "initial": initial,
+            "retry": retry, "hybrid": hybrid, "keyschedule": keyschedule}
+
+
 def build(topic: str) -> dict[str, Any]:
     return {"schema": "velocity-vectors/1", **BUILDERS[topic]()}
-
-
-BUILDERS = {"varint": varints, "frames": frames, "headers": headers, "initial": initial,
-            "retry": retry}
