@@ -10,9 +10,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from harness.vectors import VECTORS_DIR
-from harness.vectors.check import CHECKERS, run
-from harness.vectors.generate import build
+from harness.vectors import VECTORS_DIR, handshakes
+from harness.vectors.check import TOPICS, run
+from harness.vectors.generate import BUILDERS, build
 
 
 @click.group()
@@ -29,10 +29,7 @@ def check(directory: Path, verbose: bool) -> None:
     console = Console()
     table = Table("topic", "vectors", "passed", "failed")
     failures = []
-    for topic in CHECKERS:
-        if not (directory / f"{topic}.json").is_file():
-            raise click.ClickException(f"{directory / topic}.json is missing; run "
-                                       "'python -m harness.vectors regenerate --i-know'")
+    for topic in TOPICS:
         outcomes = run(topic, directory)
         bad = [o for o in outcomes if not o.ok]
         failures.extend(bad)
@@ -56,9 +53,18 @@ def check(directory: Path, verbose: bool) -> None:
 def regenerate(i_know: bool, directory: Path) -> None:
     """Rebuild vectors/*.json from the independent generator (explicit flag only)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for topic in CHECKERS:
+    for topic in BUILDERS:
         path = directory / f"{topic}.json"
         path.write_text(json.dumps(build(topic), indent=1) + "\n")
+        click.echo(f"wrote {path}")
+    (directory / "handshakes").mkdir(exist_ok=True)
+    for case in handshakes.CASES:
+        path = directory / "handshakes" / f"{case.name}.json"
+        seed = f"velocity/{case.name}"
+        # keep a committed identity: its certificates carry hedged signatures
+        ident = (handshakes.IdentityInputs.from_json(json.loads(path.read_text())["identity"])
+                 if path.is_file() else handshakes.IdentityInputs.create(seed))
+        path.write_text(json.dumps(handshakes.record(case, ident, seed), indent=1) + "\n")
         click.echo(f"wrote {path}")
 
 

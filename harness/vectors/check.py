@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from harness.vectors import SCHEMA_PATH, VECTORS_DIR
+from harness.vectors import SCHEMA_PATH, VECTORS_DIR, handshakes
 from velocity.core import frames as fr
 from velocity.core.buffer import Reader, Writer, encode_varint
 from velocity.core.errors import BufferReadError, ProtocolError
@@ -55,8 +55,19 @@ class Outcome:
     detail: str = ""
 
 
-def load(topic: str, directory: Path = VECTORS_DIR) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((directory / f"{topic}.json").read_text())
+TOPICS = ("varint", "frames", "headers", "initial", "retry", "hybrid", "keyschedule",
+          "handshake")
+
+
+def topic_files(topic: str, directory: Path = VECTORS_DIR) -> list[Path]:
+    """One file per topic, except the recorded handshakes: one file per case."""
+    if topic == "handshake":
+        return sorted((directory / "handshakes").glob("*.json"))
+    return [directory / f"{topic}.json"]
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
     return data
 
 
@@ -277,15 +288,30 @@ CHECKERS: dict[str, Callable[[dict[str, Any]], Iterator[Outcome]]] = {
 }
 
 
+def check_handshake(doc: dict[str, Any]) -> Iterator[Outcome]:
+    for what, actual, expected in handshakes.check(doc):
+        yield _expect("handshake", f"{doc['name']}: {what}", actual, expected)
+
+
+CHECKERS["handshake"] = check_handshake
+
+
 def run(topic: str, directory: Path = VECTORS_DIR) -> list[Outcome]:
-    """Schema-check one vector file, then run the implementation against it."""
-    document = load(topic, directory)
-    errors = schema_errors(document)
-    if errors:
-        return [Outcome(topic, f"schema {topic}.json", False, "; ".join(errors))]
-    outcomes = [Outcome(topic, f"schema {topic}.json", True)]
-    try:
-        outcomes.extend(CHECKERS[topic](document))
-    except (ProtocolError, ValueError) as exc:
-        outcomes.append(Outcome(topic, "run", False, f"{type(exc).__name__}: {exc}"))
+    """Schema-check each vector file of ``topic``, then run the implementation against it."""
+    paths = topic_files(topic, directory)
+    if not paths or not all(p.is_file() for p in paths):
+        return [Outcome(topic, "files", False, f"no vector file for {topic} in {directory}; "
+                        "run 'python -m harness.vectors regenerate --i-know'")]
+    outcomes = []
+    for path in paths:
+        document = load(path)
+        errors = schema_errors(document)
+        outcomes.append(Outcome(topic, f"schema {path.name}", not errors, "; ".join(errors)))
+        if errors:
+            continue
+        try:
+            outcomes.extend(CHECKERS[topic](document))
+        except (ProtocolError, ValueError) as exc:
+            outcomes.append(Outcome(topic, f"run {path.name}", False,
+                                    f"{type(exc).__name__}: {exc}"))
     return outcomes

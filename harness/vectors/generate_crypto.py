@@ -101,7 +101,8 @@ def _expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
     return out[:length]
 
 
-def _schedule(hash_name: str, mode: str, inputs: dict[str, bytes]) -> list[tuple[str, bytes]]:
+def schedule_steps(hash_name: str, mode: str, inputs: dict[str, bytes]
+                   ) -> list[tuple[str, bytes]]:
     """Spec section 11, step by step, in the order the reference records its steps."""
     size = hashlib.new(hash_name).digest_size
     zero, empty = bytes(size), hashlib.new(hash_name, b"").digest()
@@ -152,7 +153,7 @@ def keyschedule() -> dict[str, Any]:
                       "th_client_finished": h("client_finished")}
             if mode == "resumption":
                 inputs["psk"] = stream_bytes(f"ks/{name}/psk", size)
-            steps = _schedule(hash_name, mode, inputs)
+            steps = schedule_steps(hash_name, mode, inputs)
             values = dict(steps)
             finished_key = _expand_label(hash_name, values["server_hs_secret"], b"finished", b"",
                                          size)
@@ -172,3 +173,21 @@ def keyschedule() -> dict[str, Any]:
                                       "RFC 5869 (HKDF) via the standard library's hmac"],
                                      "formulas recomputed step by step"),
             "vectors": entries}
+
+
+def finished(hash_name: str, base_key: bytes, transcript: bytes) -> bytes:
+    """FINISHED verify_data over the messages ``transcript`` (spec VEL-HS-070)."""
+    size = hashlib.new(hash_name).digest_size
+    key = _expand_label(hash_name, base_key, b"finished", b"", size)
+    return hmac.new(key, hashlib.new(hash_name, transcript).digest(), hash_name).digest()
+
+
+def fallback_mac(hash_name: str, ss_static: bytes, client_hello: bytes,
+                 fallback_without_mac: bytes) -> bytes:
+    """The FALLBACK MAC of spec VEL-FB-003."""
+    size = hashlib.new(hash_name).digest_size
+    secret = _extract(hash_name, bytes(size), ss_static)
+    key = _expand_label(hash_name, secret, b"fallback",
+                        hashlib.new(hash_name, client_hello).digest(), size)
+    return hmac.new(key, hashlib.new(hash_name, client_hello + fallback_without_mac).digest(),
+                    hash_name).digest()

@@ -8,18 +8,20 @@ import json
 import pytest
 
 from harness.vectors import VECTORS_DIR
-from harness.vectors.check import CHECKERS, Outcome, run, schema_errors
-from harness.vectors.generate import build
+from harness.vectors.check import TOPICS, Outcome, run, schema_errors
+from harness.vectors.generate import BUILDERS, build
+from harness.vectors.handshakes import CASES
 
-OUTCOMES = [outcome for topic in CHECKERS for outcome in run(topic)]
+OUTCOMES = [outcome for topic in TOPICS for outcome in run(topic)]
 
 
+@pytest.mark.spec("VEL-GEN-003", "VEL-KS-001", "VEL-HS-104", "VEL-HS-022")
 @pytest.mark.parametrize("outcome", OUTCOMES, ids=lambda o: f"{o.topic}: {o.name}")
 def test_vector(outcome: Outcome) -> None:
     assert outcome.ok, outcome.detail
 
 
-@pytest.mark.parametrize("topic", CHECKERS)
+@pytest.mark.parametrize("topic", BUILDERS)
 def test_committed_file_is_what_the_generator_builds(topic: str) -> None:
     committed = json.loads((VECTORS_DIR / f"{topic}.json").read_text())
     assert committed == build(topic), (
@@ -43,3 +45,8 @@ def test_a_wrong_vector_is_reported(tmp_path: pytest.TempPathFactory) -> None:
     failed = [o for o in run("retry", tmp_path) if not o.ok]  # type: ignore[arg-type]
     assert [o.name for o in failed] == ["tag Retry to a client Initial",
                                         "decode Retry to a client Initial"]
+
+
+def test_every_recorded_case_has_a_file() -> None:
+    names = {p.stem for p in (VECTORS_DIR / "handshakes").glob("*.json")}
+    assert names == {case.name for case in CASES}

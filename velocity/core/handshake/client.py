@@ -129,7 +129,7 @@ class ClientHandshake(HandshakeBase):
         self._entropy = entropy
         self._transport_parameters = transport_parameters
         self._share: ClientKeyShare | None = None
-        self._ss_static: bytes | None = None
+        self.static_secret: bytes | None = None
         self._ticket = config.ticket
         self._early_data = bool(config.ticket and config.early_data
                                 and config.ticket.max_early_data > 0)
@@ -172,8 +172,8 @@ class ClientHandshake(HandshakeBase):
             ext.append((ExtensionType.SERVER_NAME, config.server_name.encode()))
         ext.append((ExtensionType.TRANSPORT_PARAMETERS, self._transport_parameters))
         if config.server_key is not None and self._ticket is None:
-            if self._ss_static is None:
-                ciphertext, self._ss_static = config.kem.encapsulate(
+            if self.static_secret is None:
+                ciphertext, self.static_secret = config.kem.encapsulate(
                     config.server_key.profile.kem, config.server_key.encapsulation_key,
                     self._entropy.random(32))
                 self._pdk_ciphertext = ciphertext
@@ -250,8 +250,8 @@ class ClientHandshake(HandshakeBase):
     def _on_fallback(self, message: Message, raw: bytes) -> None:
         assert isinstance(message, Fallback)
         authenticated = False
-        if self.config.server_key is not None and self._ss_static is not None:
-            expected = fallback_mac(self.config.server_key.profile.hash_name, self._ss_static,
+        if self.config.server_key is not None and self.static_secret is not None:
+            expected = fallback_mac(self.config.server_key.profile.hash_name, self.static_secret,
                                     self._client_hello,
                                     encode_message(replace(message, mac=b"")))
             if not macs_equal(message.mac, expected):
@@ -294,8 +294,8 @@ class ClientHandshake(HandshakeBase):
             self.schedule = KeySchedule(profile.hash_name)
         ikm = self.hybrid.shared_secret
         if self.mode is AuthMode.PDK:
-            assert self._ss_static is not None
-            ikm += self._ss_static
+            assert self.static_secret is not None
+            ikm += self.static_secret
         self.schedule.enter_handshake(ikm)
         client_hs, server_hs = self.schedule.handshake_secrets(self._digest())
         self._secrets.update(client_hs=client_hs, server_hs=server_hs)
@@ -348,6 +348,7 @@ class ClientHandshake(HandshakeBase):
                                     encapsulation_key, message.certificates))
         self._key_id = key_id_for(profile.code, encapsulation_key)
         self._send(Epoch.HANDSHAKE, KemCiphertext(ciphertext))
+        self.static_secret = ss_static
         self.schedule.enter_authenticated(ss_static)
         client_ahs, server_ahs = self.schedule.authenticated_secrets(self._digest())
         self._secrets.update(client_ahs=client_ahs, server_ahs=server_ahs)
