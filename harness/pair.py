@@ -117,12 +117,12 @@ class PairSpec:
     server: dict[str, Any] = field(default_factory=dict)
 
 
-def make_pair(spec: PairSpec) -> tuple[ClientHandshake, ServerHandshake]:
+def make_configs(spec: PairSpec) -> tuple[ClientConfig, ServerConfig]:
+    """The client and server configurations ``spec`` describes (reusable across pairs)."""
     profile = spec.profile
     ident = server_identity(profile)
     client_kem = kem_backend(spec.client_backend)
     server_kem = kem_backend(spec.server_backend)
-    entropy = SeededEntropy(f"pair/{spec.seed}")
     client_config = ClientConfig(
         kem=client_kem, profiles=(profile,), server_name="localhost",
         verifier=X509Verifier(anchors=[ident.ca_certificate], clock=lambda: NOW),
@@ -133,10 +133,14 @@ def make_pair(spec: PairSpec) -> tuple[ClientHandshake, ServerHandshake]:
     server_config = ServerConfig(kem=server_kem, static_keys=(ident.static_key(server_kem),),
                                  ticket_sealer=ticket_sealer(bytes(32)),
                                  replay_filter=ReplayFilter())
-    client = ClientHandshake(replace(client_config, **spec.client),
-                             entropy=entropy.fork("client"),
+    return replace(client_config, **spec.client), replace(server_config, **spec.server)
+
+
+def make_pair(spec: PairSpec) -> tuple[ClientHandshake, ServerHandshake]:
+    client_config, server_config = make_configs(spec)
+    entropy = SeededEntropy(f"pair/{spec.seed}")
+    client = ClientHandshake(client_config, entropy=entropy.fork("client"),
                              transport_parameters=b"client transport parameters")
-    server = ServerHandshake(replace(server_config, **spec.server),
-                             entropy=entropy.fork("server"),
+    server = ServerHandshake(server_config, entropy=entropy.fork("server"),
                              transport_parameters=b"server transport parameters")
     return client, server

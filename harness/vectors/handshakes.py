@@ -6,9 +6,11 @@ from OpenSSL are hedged."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 from cryptography import x509
@@ -112,13 +114,14 @@ def _pair(case: Case, ident: IdentityInputs, seed: str, *, stage: str,
 
 
 def _event(event: HandshakeEvent) -> dict[str, Any]:
+    """An event without its secrets and bulky values; bytes as hex, enums by name."""
     data: dict[str, Any] = {"type": type(event).__name__}
-    for name, value in vars(event).items() if hasattr(event, "__dict__") else (
-            (slot, getattr(event, slot)) for slot in event.__slots__):
-        if name in ("secret", "psk", "ticket", "certificate_chain", "encapsulation_key"):
+    for item in dataclasses.fields(event):
+        if item.name in ("secret", "ticket", "certificate_chain", "encapsulation_key"):
             continue
-        data[name] = value.hex() if isinstance(value, bytes) else (
-            value.name if hasattr(value, "name") else value)
+        value = getattr(event, item.name)
+        data[item.name] = value.hex() if isinstance(value, bytes) else (
+            value.name if isinstance(value, Enum) else value)
     return data
 
 

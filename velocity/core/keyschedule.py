@@ -7,6 +7,7 @@ code reproduces RFC 9001's QUIC v1 vectors.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 
@@ -17,6 +18,7 @@ from velocity.core.errors import UsageError
 
 LABEL_PREFIX = b"velocity1 "
 
+DIGEST_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
@@ -37,15 +39,26 @@ def extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
 
 
 def expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand; one HMAC block covers every derivation the handshake makes."""
+    if length <= DIGEST_SIZES[hash_name]:
+        return hmac.digest(prk, info + b"\x01", hash_name)[:length]
     return HKDFExpand(hash_algorithm(hash_name), length, info).derive(prk)
+
+
+@functools.cache
+def _label_vector(prefix: bytes, label: bytes) -> bytes:
+    full = prefix + label
+    if not 7 <= len(full) <= 255:
+        raise UsageError(f"label {full!r} has an illegal length")
+    return bytes([len(full)]) + full
 
 
 def hkdf_label(label: bytes, context: bytes, length: int, prefix: bytes = LABEL_PREFIX) -> bytes:
     """The HkdfLabel structure: uint16 length, opaque label<7..255>, opaque context<0..255>."""
-    full = prefix + label
-    if not 7 <= len(full) <= 255 or len(context) > 255:
-        raise UsageError(f"label {full!r} or its context has an illegal length")
-    return length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
+    if len(context) > 255:
+        raise UsageError("HKDF label context longer than 255 bytes")
+    return (length.to_bytes(2, "big") + _label_vector(prefix, label) + bytes([len(context)])
+            + context)
 
 
 def expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, length: int,
@@ -60,9 +73,8 @@ def transcript_digest(hash_name: str, data: bytes) -> bytes:
 
 def finished_mac(hash_name: str, base_key: bytes, transcript_hash: bytes) -> bytes:
     """FINISHED verify_data (and the PSK binder): HMAC(finished_key, transcript hash)."""
-    length = hashlib.new(hash_name).digest_size
-    key = expand_label(hash_name, base_key, b"finished", b"", length)
-    return hmac.new(key, transcript_hash, hash_name).digest()
+    key = expand_label(hash_name, base_key, b"finished", b"", DIGEST_SIZES[hash_name])
+    return hmac.digest(key, transcript_hash, hash_name)
 
 
 def macs_equal(a: bytes, b: bytes) -> bool:
@@ -78,7 +90,7 @@ class KeySchedule:
 
     def __init__(self, hash_name: str, psk: bytes | None = None) -> None:
         self.hash_name = hash_name
-        self.hash_length = hashlib.new(hash_name).digest_size
+        self.hash_length = DIGEST_SIZES[hash_name]
         self._zero = bytes(self.hash_length)
         self._empty_hash = transcript_digest(hash_name, b"")
         self.steps: list[tuple[str, bytes]] = []

@@ -4,6 +4,7 @@ certificate binding them, created from injected entropy and stored as PEM files 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from velocity.core.errors import UsageError
 from velocity.core.handshake.common import StaticKey, key_id_for
 from velocity.core.hybrid import Profile
 from velocity.core.kem import KemBackend
-from velocity.crypto.kem import KyberPyKem
+from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import (
     CaKey,
     ca_key_from_seed,
@@ -42,9 +43,9 @@ class ServerIdentity:
     def leaf_der(self) -> bytes:
         return self.leaf.public_bytes(serialization.Encoding.DER)
 
-    @property
+    @functools.cached_property
     def encapsulation_key(self) -> bytes:
-        return KyberPyKem().load(self.profile.kem, self.kem_seed).encapsulation_key
+        return kem_backend().load(self.profile.kem, self.kem_seed).encapsulation_key
 
     @property
     def key_id(self) -> bytes:
@@ -69,7 +70,7 @@ class ServerIdentity:
             ca = ca_key, create_ca(ca_key, common_name=f"Velocity {profile.name} CA",
                                    not_before=now - dt.timedelta(minutes=5))
         seed = entropy.random(64)
-        encapsulation_key = KyberPyKem().load(profile.kem, seed).encapsulation_key
+        encapsulation_key = kem_backend().load(profile.kem, seed).encapsulation_key
         leaf = issue_leaf(ca[0], ca[1], profile.kem, encapsulation_key, names=names,
                           not_before=now - dt.timedelta(minutes=5), days=leaf_days,
                           serial=int.from_bytes(entropy.random(8), "big") >> 1)

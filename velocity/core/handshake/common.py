@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from velocity.core.buffer import Reader, Writer
 from velocity.core.errors import BufferReadError, InternalError, UnexpectedMessage
@@ -30,22 +30,31 @@ MESSAGE_HASH = 0xFE
 
 
 class Transcript:
-    """The running transcript hash of one handshake (spec VEL-HS-104)."""
+    """The transcript of one handshake (spec VEL-HS-104): the messages, and a running hash
+    per hash function asked for, so each digest costs only the new bytes."""
 
     def __init__(self) -> None:
         self._messages: list[bytes] = []
-        self.hash_name = "sha256"
+        self._running: dict[str, Any] = {}
 
     def add(self, raw: bytes) -> None:
         self._messages.append(raw)
+        for running in self._running.values():
+            running.update(raw)
 
-    def digest(self, hash_name: str | None = None) -> bytes:
-        return hashlib.new(hash_name or self.hash_name, b"".join(self._messages)).digest()
+    def digest(self, hash_name: str) -> bytes:
+        running = self._running.get(hash_name)
+        if running is None:
+            running = self._running[hash_name] = hashlib.new(hash_name,
+                                                             b"".join(self._messages))
+        digest: bytes = running.copy().digest()
+        return digest
 
     def replace_with_message_hash(self, hash_name: str) -> None:
         """After HELLO_RETRY: CLIENT_HELLO1 becomes 0xfe || u24 Hash.length || Hash(CH1)."""
         first = hashlib.new(hash_name, self._messages[0]).digest()
         self._messages[0] = bytes([MESSAGE_HASH]) + len(first).to_bytes(3, "big") + first
+        self._running.clear()
 
     @property
     def messages(self) -> tuple[bytes, ...]:
