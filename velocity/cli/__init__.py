@@ -3,15 +3,51 @@ packages it calls."""
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import click
 
 from velocity import __version__
+from velocity.core.kem import KemParams
 from velocity.core.packet import VELOCITY_VERSION
+from velocity.crypto.dsa import DSA_BACKENDS
+from velocity.crypto.kem import BACKENDS, DEFAULT_BACKEND, kem_backend
+
+_DISTRIBUTIONS = {"cryptography": "cryptography", "pqcrypto": "pqcrypto",
+                  "kyber-py": "kyber-py", "dilithium-py": "dilithium-py"}
+
+
+def _installed(name: str) -> str:
+    try:
+        return f"{name} {metadata.version(_DISTRIBUTIONS[name])}"
+    except metadata.PackageNotFoundError:
+        return f"{name} (not installed)"
+
+
+def version_report() -> str:
+    """What ``velocity --version`` prints: our version, the wire version, the backends and
+    which backend serves each ML-KEM parameter set by default."""
+    default = kem_backend(DEFAULT_BACKEND)
+    serving = ", ".join(f"{p.value} on {default.name_for(p)}" for p in KemParams)
+    return "\n".join([
+        f"velocity {__version__} (wire version 0x{VELOCITY_VERSION:08x}, ALPN velocity/1)",
+        f"ML-KEM backends: {', '.join(_installed(name) for name in BACKENDS)}",
+        f"ML-DSA backends: {', '.join(_installed(name) for name in DSA_BACKENDS)}",
+        f"default KEM backend: {DEFAULT_BACKEND} ({serving})",
+        "byte-reproducible seeded runs: kyber-py only (the others draw their own "
+        "encapsulation randomness)",
+    ])
+
+
+def _print_version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_report())
+        ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="velocity",
-                      message=f"%(prog)s %(version)s (wire version 0x{VELOCITY_VERSION:08x})")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show versions and crypto backends, then exit.")
 def cli() -> None:
     """Velocity/1: post-quantum transport endpoint and tools."""
 

@@ -66,6 +66,10 @@ class KemBackend(Protocol):
 
     def supports(self, params: KemParams) -> bool: ...
 
+    def name_for(self, params: KemParams) -> str:
+        """The implementation that runs ``params`` (shown in diagnostics and transcripts)."""
+        ...
+
     def generate(self, params: KemParams, seed: bytes) -> KemKey:
         """An ephemeral key; backends that cannot seed key generation ignore ``seed``."""
         ...

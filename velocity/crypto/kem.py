@@ -61,6 +61,9 @@ class CryptographyKem:
     def supports(self, params: KemParams) -> bool:
         return params in _OPENSSL
 
+    def name_for(self, params: KemParams) -> str:
+        return self.name
+
     def _classes(self, params: KemParams) -> tuple[Any, Any]:
         try:
             return _OPENSSL[params]
@@ -88,6 +91,9 @@ class PqcryptoKem:
     def supports(self, params: KemParams) -> bool:
         return True
 
+    def name_for(self, params: KemParams) -> str:
+        return self.name
+
     def generate(self, params: KemParams, seed: bytes) -> KemKey:
         public, secret = _pqclean(params).keygen()
         return _Key(params, public, None, secret, self.name)
@@ -113,6 +119,9 @@ class KyberPyKem:
 
     def supports(self, params: KemParams) -> bool:
         return True
+
+    def name_for(self, params: KemParams) -> str:
+        return self.name
 
     def generate(self, params: KemParams, seed: bytes) -> KemKey:
         return self.load(params, seed)

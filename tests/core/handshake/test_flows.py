@@ -51,6 +51,8 @@ def test_every_profile_on_every_backend_pairing(profile: Profile, client_backend
     assert client_done.mode == server_done.mode == AuthMode(mode)
     assert client_done.profile == server_done.profile == profile.name
     assert client_done.key_id == server_done.key_id == server_identity(profile).key_id
+    assert client_done.kem_backend == kem_backend(client_backend).name_for(profile.kem)
+    assert server_done.kem_backend == kem_backend(server_backend).name_for(profile.kem)
     assert_keys_agree(run)
 
 

@@ -401,7 +401,8 @@ class ClientHandshake(HandshakeBase):
         self._emit(HandshakeCompleted(ALPN_VELOCITY.decode(), self.profile.name,
                                       self.aead.name, self.mode, self.early_data_accepted,
                                       self._key_id,
-                                      self.peer_transport_parameters))
+                                      self.peer_transport_parameters,
+                                      self.config.kem.name_for(self.profile.kem)))
         self._transition(S.CONNECTED)
 
     # --- 1-RTT ---------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class HandshakeCompleted:
     early_data_accepted: bool
     key_id: bytes | None
     peer_transport_parameters: bytes
+    kem_backend: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -428,7 +428,7 @@ class ServerHandshake(HandshakeBase):
         self._emit(HandshakeCompleted(
             self._alpn.decode(), self.profile.name, self.aead.name, self.mode,
             self.early_data_accepted, self.static_key.key_id if self.static_key else None,
-            self.peer_transport_parameters))
+            self.peer_transport_parameters, self.config.kem.name_for(self.profile.kem)))
         self._transition(S.CONNECTED)
         if self.config.ticket_sealer is not None:
             self._issue_ticket(resumption)

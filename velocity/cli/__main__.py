@@ -1,0 +1,5 @@
+"""``python -m velocity.cli``."""
+
+from velocity.cli import main
+
+main()
