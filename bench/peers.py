@@ -11,12 +11,30 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aioquic.buffer
+import aioquic.quic.configuration
+import aioquic.quic.connection
+import aioquic.quic.events
+import aioquic.quic.packet
+import qh3._hazmat
+import qh3.quic.configuration
+import qh3.quic.connection
+import qh3.quic.events
+import qh3.quic.packet
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ADDR = ("127.0.0.1", 4433)
+# name -> (Buffer, events module, pull_quic_header, QuicConfiguration, QuicConnection)
+MODULES: dict[str, tuple[Any, Any, Any, Any, Any]] = {
+    "aioquic": (aioquic.buffer.Buffer, aioquic.quic.events, aioquic.quic.packet.pull_quic_header,
+                aioquic.quic.configuration.QuicConfiguration,
+                aioquic.quic.connection.QuicConnection),
+    "qh3": (qh3._hazmat.Buffer, qh3.quic.events, qh3.quic.packet.pull_quic_header,
+            qh3.quic.configuration.QuicConfiguration, qh3.quic.connection.QuicConnection),
+}
 
 
 @dataclass
@@ -46,27 +64,15 @@ class QuicPeer:
 
     def __init__(self, name: str, tmpdir: str) -> None:
         self.name = name
-        if name == "aioquic":
-            from aioquic.buffer import Buffer
-            from aioquic.quic import events
-            from aioquic.quic.configuration import QuicConfiguration
-            from aioquic.quic.connection import QuicConnection
-            from aioquic.quic.packet import pull_quic_header
-        else:
-            from qh3._hazmat import Buffer  # type: ignore[no-redef]
-            from qh3.quic import events  # type: ignore[no-redef]
-            from qh3.quic.configuration import QuicConfiguration  # type: ignore[no-redef]
-            from qh3.quic.connection import QuicConnection  # type: ignore[no-redef]
-            from qh3.quic.packet import pull_quic_header  # type: ignore[no-redef]
-        self._buffer, self._events, self._pull = Buffer, events, pull_quic_header
-        self._configuration, self._connection = QuicConfiguration, QuicConnection
+        (self._buffer, self._events, self._pull, self._configuration,
+         self._connection) = MODULES[name]
         cert, key = _certificate()
         cert_path, key_path = f"{tmpdir}/{name}-cert.pem", f"{tmpdir}/{name}-key.pem"
         with open(cert_path, "wb") as handle:
             handle.write(cert)
         with open(key_path, "wb") as handle:
             handle.write(key)
-        self._server_config = QuicConfiguration(is_client=False, alpn_protocols=["bench"])
+        self._server_config = self._configuration(is_client=False, alpn_protocols=["bench"])
         self._server_config.load_cert_chain(cert_path, key_path)
 
     def handshake(self) -> HandshakeTiming:

@@ -8,7 +8,11 @@ wire.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class ErrorCode(IntEnum):
@@ -47,6 +51,15 @@ class ErrorCode(IntEnum):
 
 class UsageError(Exception):
     """The local application called the API wrongly; never sent to a peer."""
+
+
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """``table[name]``, or a ``UsageError`` that lists the valid choices."""
+    try:
+        return table[name]
+    except KeyError:
+        raise UsageError(f"unknown {what} {name!r}; choose one of "
+                         f"{', '.join(sorted(table))}") from None
 
 
 class ProtocolError(Exception):

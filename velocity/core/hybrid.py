@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from velocity.core.entropy import Entropy
-from velocity.core.errors import IllegalParameter, UsageError
+from velocity.core.errors import IllegalParameter, lookup
 from velocity.core.kem import KemBackend, KemKey, KemParams
 
 P384_ORDER = int("ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf"
@@ -63,11 +63,7 @@ PROFILES_BY_NAME: dict[str, Profile] = {p.name: p for p in PROFILES.values()}
 
 
 def profile_named(name: str) -> Profile:
-    try:
-        return PROFILES_BY_NAME[name]
-    except KeyError:
-        raise UsageError(f"unknown profile {name!r}; choose one of "
-                         f"{', '.join(PROFILES_BY_NAME)}") from None
+    return lookup(PROFILES_BY_NAME, name, "profile")
 
 
 def _split(profile: Profile, share: bytes, kem_size: int) -> tuple[bytes, bytes]:

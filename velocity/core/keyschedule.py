@@ -14,7 +14,7 @@ import hmac
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from velocity.core.errors import UsageError
+from velocity.core.errors import UsageError, lookup
 
 LABEL_PREFIX = b"velocity1 "
 
@@ -27,10 +27,7 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 
 
 def hash_algorithm(name: str) -> hashes.HashAlgorithm:
-    try:
-        return HASHES[name]()
-    except KeyError:
-        raise UsageError(f"unknown hash {name!r}; expected one of {sorted(HASHES)}") from None
+    return lookup(HASHES, name, "hash")()
 
 
 def extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:

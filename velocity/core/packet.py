@@ -197,14 +197,19 @@ def pull_long_header(data: bytes) -> LongHeader:
     if hdr.packet_type not in (PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE):
         raise ProtocolViolation(f"{hdr.packet_type.name} is not a protected long header",
                                 field="first_byte")
-    first = data[0]
-    if first & 0x0C:
-        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-    pn_length = (first & 0x03) + 1
-    reader = Reader(data, hdr.pn_offset)
-    packet_number = int(_pull(reader, "long.packet_number", f"pull_uint{8 * pn_length}"))
+    packet_number, pn_length = _unprotected_packet_number(data, hdr, 0x0C, "long")
     return LongHeader(hdr.packet_type, hdr.version, hdr.dcid, hdr.scid, packet_number,
                       pn_length, hdr.end - hdr.pn_offset, hdr.token)
+
+
+def _unprotected_packet_number(data: bytes, hdr: ProtectedHeader, reserved: int,
+                               form: str) -> tuple[int, int]:
+    """Check the reserved bits and read the packet number (header protection removed)."""
+    if data[0] & reserved:
+        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
+    pn_length = (data[0] & 0x03) + 1
+    reader = Reader(data, hdr.pn_offset)
+    return int(_pull(reader, f"{form}.packet_number", f"pull_uint{8 * pn_length}")), pn_length
 
 
 def pull_short_header(data: bytes, dcid_length: int) -> ShortHeader:
@@ -212,14 +217,9 @@ def pull_short_header(data: bytes, dcid_length: int) -> ShortHeader:
     hdr = parse_header(data, short_dcid_length=dcid_length)
     if hdr.packet_type != PacketType.ONE_RTT:
         raise ProtocolViolation("not a short header", field="first_byte")
-    first = data[0]
-    if first & 0x18:
-        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-    pn_length = (first & 0x03) + 1
-    reader = Reader(data, hdr.pn_offset)
-    packet_number = int(_pull(reader, "short.packet_number", f"pull_uint{8 * pn_length}"))
-    return ShortHeader(hdr.dcid, packet_number, pn_length, bool(first & 0x04),
-                       bool(first & 0x20))
+    packet_number, pn_length = _unprotected_packet_number(data, hdr, 0x18, "short")
+    return ShortHeader(hdr.dcid, packet_number, pn_length, bool(data[0] & 0x04),
+                       bool(data[0] & 0x20))
 
 
 def encode_version_negotiation(packet: VersionNegotiation) -> bytes:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
-from velocity.core.errors import UsageError
+from velocity.core.errors import lookup
 
 PARAMETER_SETS = ("ML-DSA-44", "ML-DSA-65", "ML-DSA-87")
 _OPENSSL: dict[str, Any] = {"ML-DSA-44": mldsa.MLDSA44PublicKey,
@@ -72,8 +72,4 @@ DSA_BACKENDS: dict[str, DsaBackend] = {b.name: b for b in (CryptographyDsa(), Pq
 
 
 def dsa_backend(name: str) -> DsaBackend:
-    try:
-        return DSA_BACKENDS[name]
-    except KeyError:
-        raise UsageError(f"unknown ML-DSA backend {name!r}; choose one of "
-                         f"{', '.join(sorted(DSA_BACKENDS))}") from None
+    return lookup(DSA_BACKENDS, name, "ML-DSA backend")

@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
-from velocity.core.errors import UsageError
+from velocity.core.errors import UsageError, lookup
 from velocity.core.kem import KemBackend, KemKey, KemParams
 
 _OPENSSL = {
@@ -165,11 +165,8 @@ class PreferredKem:
     ML-KEM-512). ``name_for`` tells which one a parameter set uses."""
 
     def __init__(self, preferred: str) -> None:
-        if preferred not in BACKENDS:
-            raise UsageError(f"unknown KEM backend {preferred!r}; choose one of "
-                             f"{', '.join(sorted(BACKENDS))}")
         self.name = preferred
-        self.deterministic = BACKENDS[preferred].deterministic
+        self.deterministic = lookup(BACKENDS, preferred, "KEM backend").deterministic
 
     def _for(self, params: KemParams) -> KemBackend:
         chosen = BACKENDS[self.name]

@@ -102,6 +102,7 @@ S = ClientState
 
 
 class ClientHandshake(HandshakeBase):
+    IS_CLIENT = True
     TRANSITIONS = {
         S.WAIT_SH: {(_I, MessageType.SERVER_HELLO): "_on_server_hello",
                     (_I, MessageType.HELLO_RETRY): "_on_hello_retry",
@@ -123,11 +124,9 @@ class ClientHandshake(HandshakeBase):
 
     def __init__(self, config: ClientConfig, *, entropy: Entropy,
                  transport_parameters: bytes) -> None:
-        super().__init__()
+        super().__init__(entropy=entropy, transport_parameters=transport_parameters)
         self.state = S.START
         self.config = config
-        self._entropy = entropy
-        self._transport_parameters = transport_parameters
         self._share: ClientKeyShare | None = None
         self.static_secret: bytes | None = None
         self._ticket = config.ticket
@@ -136,14 +135,7 @@ class ClientHandshake(HandshakeBase):
         self._retried = False
         self._client_hello = b""
         self._random = b""
-        self.schedule: KeySchedule | None = None
-        self.profile: Profile | None = None
-        self.aead: Aead | None = None
-        self.mode: AuthMode | None = None
         self.hybrid: HybridSecret | None = None
-        self.early_data_accepted = False
-        self.peer_transport_parameters = b""
-        self._secrets: dict[str, bytes] = {}
         self._key_id: bytes | None = None
         self._pdk_ciphertext = b""
         self._through_client_finished = b""
@@ -299,13 +291,8 @@ class ClientHandshake(HandshakeBase):
         self.schedule.enter_handshake(ikm)
         client_hs, server_hs = self.schedule.handshake_secrets(self._digest())
         self._secrets.update(client_hs=client_hs, server_hs=server_hs)
-        self._emit(KeysReady(Epoch.HANDSHAKE, True, client_hs, self.aead, profile.hash_name))
-        self._emit(KeysReady(Epoch.HANDSHAKE, False, server_hs, self.aead, profile.hash_name))
+        self._install_keys(Epoch.HANDSHAKE, client_hs, server_hs)
         self._transition(S.WAIT_EE)
-
-    def _digest(self) -> bytes:
-        assert self.profile is not None
-        return self.transcript.digest(self.profile.hash_name)
 
     # --- Handshake space ---------------------------------------------------------------
 
@@ -362,15 +349,6 @@ class ClientHandshake(HandshakeBase):
         self._send(Epoch.HANDSHAKE, Finished(finished_mac(
             self.profile.hash_name, self._secrets[base], self._digest())))
         self._through_client_finished = self._digest()
-
-    def _install_application(self) -> None:
-        assert self.schedule is not None and self.profile is not None and self.aead
-        self.schedule.enter_master()
-        client_ap, server_ap, _ = self.schedule.application_secrets(self._digest())
-        self._emit(KeysReady(Epoch.APPLICATION, True, client_ap, self.aead,
-                             self.profile.hash_name))
-        self._emit(KeysReady(Epoch.APPLICATION, False, server_ap, self.aead,
-                             self.profile.hash_name))
 
     def _verify_server_finished(self, message: Message, base: str) -> None:
         assert isinstance(message, Finished) and self.profile is not None

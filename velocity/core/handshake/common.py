@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from velocity.core.buffer import Reader, Writer
+from velocity.core.entropy import Entropy
 from velocity.core.errors import BufferReadError, InternalError, UnexpectedMessage
 from velocity.core.handshake.messages import (
     Message,
@@ -22,6 +23,7 @@ from velocity.core.handshake.messages import (
 )
 from velocity.core.hybrid import Profile
 from velocity.core.kem import KemKey
+from velocity.core.keyschedule import KeySchedule
 from velocity.core.packet import Epoch
 from velocity.core.protection import Aead
 
@@ -248,13 +250,43 @@ class HandshakeBase:
 
     TRANSITIONS: dict[Enum, dict[tuple[Epoch, MessageType], str]] = {}
     MOVES: dict[Enum, frozenset[Enum]] = {}
+    IS_CLIENT: bool
 
-    def __init__(self) -> None:
+    def __init__(self, *, entropy: Entropy, transport_parameters: bytes) -> None:
         self.state: Enum
         self.transcript = Transcript()
         self._readers = {epoch: MessageReader() for epoch in Epoch}
         self._pending = _Pending()
+        self._entropy = entropy
+        self._transport_parameters = transport_parameters
         self.now_ms = 0
+        self.profile: Profile | None = None
+        self.aead: Aead | None = None
+        self.mode: AuthMode | None = None
+        self.schedule: KeySchedule | None = None
+        self.early_data_accepted = False
+        self.peer_transport_parameters = b""
+        self._secrets: dict[str, bytes] = {}
+
+    def _digest(self) -> bytes:
+        """The transcript hash so far under the negotiated profile's hash."""
+        assert self.profile is not None  # only called once a profile is chosen
+        return self.transcript.digest(self.profile.hash_name)
+
+    def _install_keys(self, epoch: Epoch, client_secret: bytes, server_secret: bytes) -> None:
+        """Emit this endpoint's send and receive keys for ``epoch``."""
+        assert self.profile is not None and self.aead is not None
+        mine, theirs = ((client_secret, server_secret) if self.IS_CLIENT
+                        else (server_secret, client_secret))
+        self._emit(KeysReady(epoch, True, mine, self.aead, self.profile.hash_name))
+        self._emit(KeysReady(epoch, False, theirs, self.aead, self.profile.hash_name))
+
+    def _install_application(self) -> None:
+        """Enter the master secret and install the 1-RTT keys over the transcript so far."""
+        assert self.schedule is not None
+        self.schedule.enter_master()
+        client_ap, server_ap, _ = self.schedule.application_secrets(self._digest())
+        self._install_keys(Epoch.APPLICATION, client_ap, server_ap)
 
     def _send(self, epoch: Epoch, message: Message, *, record: bool = True) -> bytes:
         raw = encode_message(message)

@@ -152,6 +152,7 @@ def _pull_server_key(value: bytes) -> tuple[bytes, bytes]:
 
 
 class ServerHandshake(HandshakeBase):
+    IS_CLIENT = False
     TRANSITIONS = {
         S.START: {(_I, MessageType.CLIENT_HELLO): "_on_client_hello"},
         S.WAIT_CH2: {(_I, MessageType.CLIENT_HELLO): "_on_client_hello"},
@@ -169,20 +170,11 @@ class ServerHandshake(HandshakeBase):
 
     def __init__(self, config: ServerConfig, *, entropy: Entropy,
                  transport_parameters: bytes) -> None:
-        super().__init__()
+        super().__init__(entropy=entropy, transport_parameters=transport_parameters)
         self.state = S.START
         self.config = config
-        self._entropy = entropy
-        self._transport_parameters = transport_parameters
-        self.profile: Profile | None = None
-        self.aead: Aead | None = None
-        self.mode: AuthMode | None = None
-        self.schedule: KeySchedule | None = None
         self.static_key: StaticKey | None = None
-        self.early_data_accepted = False
-        self.peer_transport_parameters = b""
         self._first_random = b""
-        self._secrets: dict[str, bytes] = {}
         self._alpn = ALPN_VELOCITY
         self._early_requested = False
         self._ticket_state: TicketState | None = None
@@ -337,10 +329,6 @@ class ServerHandshake(HandshakeBase):
 
     # --- the server's first flight -----------------------------------------------------
 
-    def _digest(self) -> bytes:
-        assert self.profile is not None
-        return self.transcript.digest(self.profile.hash_name)
-
     def _send_server_flight(self, hello: ClientHello, ss_static: bytes | None) -> None:
         profile, aead = self.profile, self.aead
         assert profile is not None and aead is not None and self.mode is not None
@@ -355,8 +343,7 @@ class ServerHandshake(HandshakeBase):
         self.schedule.enter_handshake(hybrid.shared_secret + (ss_static or b""))
         client_hs, server_hs = self.schedule.handshake_secrets(self._digest())
         self._secrets.update(client_hs=client_hs, server_hs=server_hs)
-        self._emit(KeysReady(Epoch.HANDSHAKE, True, server_hs, aead, profile.hash_name))
-        self._emit(KeysReady(Epoch.HANDSHAKE, False, client_hs, aead, profile.hash_name))
+        self._install_keys(Epoch.HANDSHAKE, client_hs, server_hs)
         extensions = [(int(ExtensionType.TRANSPORT_PARAMETERS), self._transport_parameters)]
         if self._early_requested:
             extensions.append((ExtensionType.EARLY_DATA,
@@ -375,15 +362,6 @@ class ServerHandshake(HandshakeBase):
                                                           self._digest())))
         self._install_application()
         self._transition(S.WAIT_CF)
-
-    def _install_application(self) -> None:
-        assert self.schedule is not None and self.profile is not None and self.aead
-        self.schedule.enter_master()
-        client_ap, server_ap, _ = self.schedule.application_secrets(self._digest())
-        self._emit(KeysReady(Epoch.APPLICATION, True, server_ap, self.aead,
-                             self.profile.hash_name))
-        self._emit(KeysReady(Epoch.APPLICATION, False, client_ap, self.aead,
-                             self.profile.hash_name))
 
     # --- Handshake space ---------------------------------------------------------------
 
