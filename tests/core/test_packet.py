@@ -42,8 +42,17 @@ def test_packet_numbers_recover_within_the_window(largest: int) -> None:
         assert decode_packet_number(truncated, size, largest + 1) == pn
 
 
-@pytest.mark.spec("VEL-VAR-002", "VEL-VAR-003", "VEL-VAR-004")
+@pytest.mark.spec("VEL-VAR-001", "VEL-VAR-002", "VEL-VAR-003", "VEL-VAR-004", "VEL-VAR-006")
 def test_varint_encoding_sizes_and_limits() -> None:
+    writer = Writer()
+    writer.push_uint16(0x0102)
+    writer.push_uint24(0x030405)
+    writer.push_vec_varint(b"abc")
+    writer.push_vec8(b"de")
+    assert writer.data().hex() == "01020304050361626302" + "6465"
+    reader = Reader(writer.data())
+    assert (reader.pull_uint16(), reader.pull_uint24(), reader.pull_vec_varint(),
+            reader.pull_vec8()) == (0x0102, 0x030405, b"abc", b"de")
     assert encode_varint(37, 2).hex() == "4025"
     assert varint_size((1 << 62) - 1) == 8
     with pytest.raises(UsageError):

@@ -38,8 +38,8 @@ from velocity.crypto.keyring import KeyRing
 PAIRS = list(itertools.product(BACKENDS, BACKENDS))
 
 
-@pytest.mark.spec("VEL-HS-100", "VEL-HS-102", "VEL-KS-001", "VEL-AUTH-012", "VEL-PROF-002",
-                  "VEL-PROF-003", "VEL-PROF-004")
+@pytest.mark.spec("VEL-HS-100", "VEL-HS-102", "VEL-KS-001", "VEL-AUTH-001", "VEL-AUTH-012",
+                  "VEL-PROF-002", "VEL-PROF-003", "VEL-PROF-004")
 @pytest.mark.parametrize(("client_backend", "server_backend"), PAIRS)
 @pytest.mark.parametrize("profile", PROFILES.values(), ids=lambda p: p.name)
 @pytest.mark.parametrize("mode", ["pdk", "discovery"])
@@ -66,8 +66,8 @@ def test_every_aead_with_every_profile(profile: Profile, aead: Aead) -> None:
     assert client_done.aead == server_done.aead == aead.name
 
 
-@pytest.mark.spec("VEL-HS-101", "VEL-AUTH-020", "VEL-AUTH-021", "VEL-AUTH-022", "VEL-KS-003",
-                  "VEL-KS-004")
+@pytest.mark.spec("VEL-HS-101", "VEL-HS-050", "VEL-AUTH-020", "VEL-AUTH-021", "VEL-AUTH-022",
+                  "VEL-AUTH-023", "VEL-KS-003", "VEL-KS-004")
 def test_discovery_flight_order_and_learned_key() -> None:
     client, server = make_pair(PairSpec(mode="discovery"))
     run = run_handshake(client, server)
@@ -86,7 +86,7 @@ def test_discovery_flight_order_and_learned_key() -> None:
     assert learned.encapsulation_key == server_identity(BALANCED).encapsulation_key
 
 
-@pytest.mark.spec("VEL-HS-012", "VEL-SIZE-001", "VEL-SIZE-003")
+@pytest.mark.spec("VEL-HS-012", "VEL-HS-013", "VEL-SIZE-001", "VEL-SIZE-003")
 def test_pdk_flight_order_and_sizes() -> None:
     client, server = make_pair(PairSpec(mode="pdk"))
     run = run_handshake(client, server)
@@ -95,6 +95,8 @@ def test_pdk_flight_order_and_sizes() -> None:
     parsed = decode_message(hello[0], hello[4:])
     assert isinstance(parsed, ClientHello)
     assert len(parsed.key_share) == 1216
+    assert parsed.extension(ExtensionType.SERVER_NAME) == b"localhost"
+    assert parsed.extension(ExtensionType.TRANSPORT_PARAMETERS) is not None
     block = parsed.extension(ExtensionType.SERVER_KEY)
     assert block is not None and len(block) == 1 + 8 + 2 + 1088
     assert len(hello) < 4096
@@ -272,3 +274,62 @@ def test_message_in_the_wrong_space_or_state_is_unexpected() -> None:
     with pytest.raises(Exception) as info:
         server.receive(Epoch.HANDSHAKE, client.data_to_send(Epoch.INITIAL), now_ms=0)
     assert getattr(info.value, "code", None) == ErrorCode.UNEXPECTED_MESSAGE
+
+
+@pytest.mark.spec("VEL-AUTH-002")
+def test_key_id_is_sha256_of_profile_and_key() -> None:
+    import hashlib
+
+    ident = server_identity(BALANCED)
+    expected = hashlib.sha256(b"\x11\xec" + ident.encapsulation_key).digest()[:8]
+    assert ident.key_id == expected
+
+
+@pytest.mark.spec("VEL-AUTH-010")
+def test_pdk_key_of_another_profile_than_the_key_share() -> None:
+    light, balanced = server_identity(LIGHT), server_identity(BALANCED)
+    kem = kem_backend("cryptography")
+    client, server = make_pair(PairSpec(BALANCED, "pdk", client={
+        "server_key": PinnedServerKey(LIGHT, light.encapsulation_key)}, server={
+        "static_keys": (balanced.static_key(kem), light.static_key(kem))}))
+    client_done, server_done = completed(run_handshake(client, server))
+    assert client_done.profile == "balanced" and client_done.mode == AuthMode.PDK
+    assert server_done.key_id == light.key_id
+
+
+@pytest.mark.spec("VEL-HS-033", "VEL-PROF-009", "VEL-PROF-010")
+def test_defaults_and_aead_choice_by_client_order() -> None:
+    from velocity.core.handshake.client import ClientConfig
+    from velocity.core.handshake.server import ServerConfig
+
+    assert ClientConfig(kem=kem_backend()).profiles == (BALANCED,)
+    assert ServerConfig(kem=kem_backend()).profiles[0] == BALANCED
+    assert ClientConfig(kem=kem_backend()).aeads[0] == Aead.AES_128_GCM
+    order = (Aead.CHACHA20_POLY1305, Aead.AES_128_GCM)
+    client_done, _ = completed(run_handshake(*make_pair(PairSpec(aeads=order))))
+    assert client_done.aead == "CHACHA20_POLY1305"
+
+
+@pytest.mark.spec("VEL-HS-060")
+def test_kem_ciphertext_of_the_wrong_length_is_illegal() -> None:
+    client, server = make_pair(PairSpec(mode="discovery"))
+    shorten = rewrite(MessageType.KEM_CIPHERTEXT,
+                      lambda m: type(m)(m.ciphertext[:-1]))
+    closed_with(run_handshake(client, server, tamper=shorten), ErrorCode.ILLEGAL_PARAMETER,
+                "server")
+
+
+@pytest.mark.spec("VEL-SIZE-002")
+def test_discovery_server_flight_fits_three_times_two_client_datagrams() -> None:
+    client, server = make_pair(PairSpec(mode="discovery"))
+    run = run_handshake(client, server)
+    first_flight = sum(len(m) for f in run.flights[1:3] for m in f.messages)
+    packet_overhead = 6 * (1 + 4 + 1 + 20 + 1 + 8 + 2 + 4 + 16 + 8)  # headers, tags, frames
+    assert first_flight + packet_overhead <= 3 * 2 * 1200, first_flight
+
+
+@pytest.mark.spec("VEL-KS-006")
+def test_client_drops_its_ephemeral_key_once_combined() -> None:
+    client, server = make_pair(PairSpec())
+    completed(run_handshake(client, server))
+    assert client._share is None

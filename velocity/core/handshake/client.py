@@ -275,6 +275,7 @@ class ClientHandshake(HandshakeBase):
         self.transcript.add(raw)
         self.profile, self.aead = profile, Aead(message.selected_aead)
         self.hybrid = self._share.finish(message.key_share)
+        self._share = None  # the ephemeral private keys are no longer needed (VEL-KS-006)
         if message.psk_status:
             self.mode = AuthMode.RESUMPTION
         elif sent_pdk:
