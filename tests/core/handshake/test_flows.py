@@ -3,6 +3,7 @@ authentication modes, HELLO_RETRY, fallback and downgrade, stale and missing key
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import pytest
@@ -18,7 +19,7 @@ from tests.core.handshake.helpers import (
 )
 from velocity.core.entropy import SeededEntropy
 from velocity.core.errors import ErrorCode
-from velocity.core.handshake.client import PinnedServerKey
+from velocity.core.handshake.client import ClientConfig, PinnedServerKey
 from velocity.core.handshake.common import AuthMode, FallbackDirected, ServerKeyLearned
 from velocity.core.handshake.messages import (
     ClientHello,
@@ -27,7 +28,7 @@ from velocity.core.handshake.messages import (
     MessageType,
     decode_message,
 )
-from velocity.core.handshake.server import FallbackPolicy
+from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import BALANCED, LIGHT, PROFILES, SECURE, Profile
 from velocity.core.packet import Epoch
 from velocity.core.protection import Aead
@@ -278,8 +279,6 @@ def test_message_in_the_wrong_space_or_state_is_unexpected() -> None:
 
 @pytest.mark.spec("VEL-AUTH-002")
 def test_key_id_is_sha256_of_profile_and_key() -> None:
-    import hashlib
-
     ident = server_identity(BALANCED)
     expected = hashlib.sha256(b"\x11\xec" + ident.encapsulation_key).digest()[:8]
     assert ident.key_id == expected
@@ -299,9 +298,6 @@ def test_pdk_key_of_another_profile_than_the_key_share() -> None:
 
 @pytest.mark.spec("VEL-HS-033", "VEL-PROF-009", "VEL-PROF-010")
 def test_defaults_and_aead_choice_by_client_order() -> None:
-    from velocity.core.handshake.client import ClientConfig
-    from velocity.core.handshake.server import ServerConfig
-
     assert ClientConfig(kem=kem_backend()).profiles == (BALANCED,)
     assert ServerConfig(kem=kem_backend()).profiles[0] == BALANCED
     assert ClientConfig(kem=kem_backend()).aeads[0] == Aead.AES_128_GCM
