@@ -12,7 +12,7 @@ import hashlib
 import hmac
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from velocity.core.errors import UsageError, lookup
 
@@ -31,8 +31,8 @@ def hash_algorithm(name: str) -> hashes.HashAlgorithm:
 
 
 def extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
-    """HKDF-Extract; an empty salt means HashLen zero bytes (RFC 5869)."""
-    return HKDF.extract(hash_algorithm(hash_name), salt or None, ikm)
+    """HKDF-Extract = HMAC(salt, IKM); an empty salt means HashLen zero bytes (RFC 5869)."""
+    return hmac.digest(salt or bytes(DIGEST_SIZES[hash_name]), ikm, hash_name)
 
 
 def expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
