@@ -22,6 +22,7 @@ from velocity.crypto.pki import (
     X509Verifier,
     certificate_kem_key,
     kem_private_key_pem,
+    load_ca_file,
     load_kem_private_key_pem,
 )
 
@@ -149,3 +150,18 @@ def test_bad_key_files_are_usage_errors(tmp_path: Path) -> None:
         load_kem_private_key_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     with pytest.raises(UsageError):
         ServerIdentity.load(BALANCED, tmp_path)
+
+
+@pytest.mark.spec("VEL-CERT-003")
+def test_ca_file_with_several_anchors(tmp_path: Path) -> None:
+    first, second = identity(seed=1), identity(seed=2)
+    pem = b"".join(i.ca_certificate.public_bytes(serialization.Encoding.PEM)
+                   for i in (first, second))
+    (tmp_path / "ca.pem").write_bytes(pem)
+    check = verifier(anchors=load_ca_file(tmp_path / "ca.pem"))
+    for ident in (first, second):
+        assert check.verify([ident.leaf_der], BALANCED, "localhost") == ident.encapsulation_key
+    (tmp_path / "leaf.pem").write_bytes(first.leaf.public_bytes(serialization.Encoding.PEM))
+    for bad in (tmp_path / "leaf.pem", tmp_path / "missing.pem"):
+        with pytest.raises(UsageError):
+            load_ca_file(bad)

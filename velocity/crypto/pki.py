@@ -213,6 +213,17 @@ def _replace_spki(certificate: x509.Certificate, ca_key: CaKey, spki_der: bytes
 # --- validation -----------------------------------------------------------------------------
 
 
+def load_ca_file(path: Path) -> list[x509.Certificate]:
+    """Trust anchors from a PEM file of one or more CA certificates."""
+    try:
+        anchors = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read CA certificates from {path}: {exc}") from None
+    if not all(_is_ca(cert) for cert in anchors):
+        raise UsageError(f"{path} holds a certificate that is not a CA")
+    return anchors
+
+
 class TofuStore(Protocol):
     def pinned(self, name: str) -> str | None: ...
 
@@ -319,12 +330,17 @@ class X509Verifier:
                 raise _fail("an intermediate certificate is not a CA")
             _check_validity(issuer, now, "an intermediate certificate")
             current = issuer
-        for anchor in self._anchors:
-            if anchor.subject == current.issuer:
+        failures = []
+        for anchor in (a for a in self._anchors if a.subject == current.issuer):
+            try:  # several anchors may share a subject name; any one may be the issuer
                 self._signed_by(current, anchor)
                 _check_validity(anchor, now, "the CA certificate")
-                return
-        raise _fail("the chain does not lead to a trusted CA")
+            except CertificateInvalid as exc:
+                failures.append(exc.reason)
+                continue
+            return
+        raise _fail("the chain does not lead to a trusted CA"
+                    + (f" ({'; '.join(failures)})" if failures else ""))
 
     def _signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> None:
         """The issuer's ML-DSA signature over the TBS, on the configured backend."""

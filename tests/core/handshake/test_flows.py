@@ -43,12 +43,16 @@ PAIRS = list(itertools.product(BACKENDS, BACKENDS))
                   "VEL-PROF-002", "VEL-PROF-003", "VEL-PROF-004")
 @pytest.mark.parametrize(("client_backend", "server_backend"), PAIRS)
 @pytest.mark.parametrize("profile", PROFILES.values(), ids=lambda p: p.name)
+@pytest.mark.parametrize("aead", list(Aead), ids=lambda a: a.name)
 @pytest.mark.parametrize("mode", ["pdk", "discovery"])
-def test_every_profile_on_every_backend_pairing(profile: Profile, client_backend: str,
-                                                 server_backend: str, mode: str) -> None:
-    client, server = make_pair(PairSpec(profile, mode, client_backend, server_backend))
+def test_every_profile_aead_and_backend_pairing(profile: Profile, aead: Aead,
+                                                client_backend: str, server_backend: str,
+                                                mode: str) -> None:
+    client, server = make_pair(PairSpec(profile, mode, client_backend, server_backend,
+                                        aeads=(aead,)))
     run = run_handshake(client, server)
     client_done, server_done = completed(run)
+    assert client_done.aead == server_done.aead == aead.name
     assert client_done.mode == server_done.mode == AuthMode(mode)
     assert client_done.profile == server_done.profile == profile.name
     assert client_done.key_id == server_done.key_id == server_identity(profile).key_id
