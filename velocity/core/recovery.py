@@ -1,0 +1,256 @@
+"""Loss detection and congestion control (spec VEL-REC-001..003, RFC 9002): RTT estimation,
+per-space sent-packet records, packet- and time-threshold loss detection, the probe timeout,
+NewReno and a pacer. Every method takes ``now`` (seconds) as an argument."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from velocity.core.packet import Epoch
+
+K_PACKET_THRESHOLD = 3
+K_TIME_THRESHOLD = 9 / 8
+K_GRANULARITY = 0.001
+K_INITIAL_RTT = 0.333
+K_PERSISTENT_CONGESTION = 3
+K_LOSS_REDUCTION = 0.5
+
+
+@dataclass(slots=True)
+class SentPacket:
+    """What was sent in one packet; ``on_ack`` / ``on_loss`` callbacks act on its frames."""
+
+    packet_number: int
+    epoch: Epoch
+    sent_time: float
+    size: int
+    ack_eliciting: bool
+    in_flight: bool
+    on_ack: list[Callable[[], None]] = field(default_factory=list)
+    on_loss: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass
+class PacketSpace:
+    sent: dict[int, SentPacket] = field(default_factory=dict)
+    largest_acked: int | None = None
+    loss_time: float | None = None
+    time_of_last_ack_eliciting: float | None = None
+    ack_eliciting_in_flight: int = 0
+
+
+class RttEstimator:
+    def __init__(self) -> None:
+        self.latest = 0.0
+        self.smoothed = K_INITIAL_RTT
+        self.variance = K_INITIAL_RTT / 2
+        self.minimum = float("inf")
+        self.has_sample = False
+
+    def update(self, latest: float, ack_delay: float, *, handshake_confirmed: bool,
+               max_ack_delay: float) -> None:
+        self.latest = latest
+        self.minimum = min(self.minimum, latest)
+        if not self.has_sample:
+            self.has_sample = True
+            self.smoothed, self.variance = latest, latest / 2
+            return
+        if handshake_confirmed:
+            ack_delay = min(ack_delay, max_ack_delay)
+        adjusted = latest - ack_delay if latest >= self.minimum + ack_delay else latest
+        self.variance = 0.75 * self.variance + 0.25 * abs(self.smoothed - adjusted)
+        self.smoothed = 0.875 * self.smoothed + 0.125 * adjusted
+
+
+class NewReno:
+    """RFC 9002 section 7 with a pacer of rate 1.25 * cwnd / smoothed RTT (section 7.7)."""
+
+    def __init__(self, max_datagram_size: int) -> None:
+        self.max_datagram_size = max_datagram_size
+        self.window = min(10 * max_datagram_size, max(14720, 2 * max_datagram_size))
+        self.ssthresh = float("inf")
+        self.bytes_in_flight = 0
+        self.recovery_start: float | None = None
+        self._next_send = 0.0
+
+    @property
+    def minimum_window(self) -> int:
+        return 2 * self.max_datagram_size
+
+    def can_send(self, size: int) -> bool:
+        return self.bytes_in_flight + size <= self.window
+
+    def on_sent(self, size: int) -> None:
+        self.bytes_in_flight += size
+
+    def pacing_delay(self, now: float, rtt: RttEstimator) -> float | None:
+        """None when a packet may leave now, otherwise the time it may."""
+        return self._next_send if self._next_send > now else None
+
+    def on_paced(self, now: float, size: int, rtt: RttEstimator) -> None:
+        if not rtt.has_sample:
+            return
+        interval = size * rtt.smoothed / (1.25 * self.window)
+        self._next_send = max(self._next_send, now - 2 * K_GRANULARITY) + interval
+
+    def on_acked(self, packet: SentPacket) -> None:
+        self.bytes_in_flight -= packet.size
+        if self.recovery_start is not None and packet.sent_time <= self.recovery_start:
+            return
+        if self.window < self.ssthresh:
+            self.window += packet.size
+        else:
+            self.window += self.max_datagram_size * packet.size // self.window
+
+    def on_lost(self, lost: list[SentPacket], now: float, rtt: RttEstimator) -> None:
+        if not lost:
+            return
+        for packet in lost:
+            self.bytes_in_flight -= packet.size
+        newest = max(p.sent_time for p in lost)
+        if self.recovery_start is None or newest > self.recovery_start:
+            self.recovery_start = now
+            self.window = max(int(self.window * K_LOSS_REDUCTION), self.minimum_window)
+            self.ssthresh = self.window
+        duration = max(p.sent_time for p in lost) - min(p.sent_time for p in lost)
+        period = (rtt.smoothed + max(4 * rtt.variance, K_GRANULARITY)) * K_PERSISTENT_CONGESTION
+        if rtt.has_sample and len(lost) > 1 and duration > period:
+            self.window = self.minimum_window
+            self.recovery_start = None
+
+    def on_discarded(self, packet: SentPacket) -> None:
+        self.bytes_in_flight -= packet.size
+
+
+class Recovery:
+    """Loss detection and PTO over the three packet-number spaces."""
+
+    def __init__(self, max_datagram_size: int, *, is_client: bool) -> None:
+        self.rtt = RttEstimator()
+        self.cc = NewReno(max_datagram_size)
+        self.spaces = {epoch: PacketSpace() for epoch in Epoch}
+        self.pto_count = 0
+        self.max_ack_delay = 0.025
+        self.is_client = is_client
+
+    def on_sent(self, packet: SentPacket, now: float) -> None:
+        space = self.spaces[packet.epoch]
+        space.sent[packet.packet_number] = packet
+        if packet.ack_eliciting:
+            space.time_of_last_ack_eliciting = now
+            space.ack_eliciting_in_flight += 1
+        if packet.in_flight:
+            self.cc.on_sent(packet.size)
+            self.cc.on_paced(now, packet.size, self.rtt)
+
+    def on_ack(self, epoch: Epoch, ranges: list[tuple[int, int]], ack_delay: float, now: float,
+               *, handshake_confirmed: bool) -> list[SentPacket]:
+        """Process an ACK frame's inclusive ranges; returns the newly acknowledged packets."""
+        space = self.spaces[epoch]
+        numbers = list(space.sent)  # ascending: packets are recorded in send order
+        acked = []
+        for low, high in ranges:
+            start, stop = bisect.bisect_left(numbers, low), bisect.bisect_right(numbers, high)
+            acked.extend(space.sent.pop(pn) for pn in numbers[start:stop])
+        if not acked:
+            return []
+        largest = max(p.packet_number for p in acked)
+        if space.largest_acked is None or largest > space.largest_acked:
+            space.largest_acked = largest
+            newest = max(acked, key=lambda p: p.packet_number)
+            if newest.packet_number == ranges[0][1] and any(p.ack_eliciting for p in acked):
+                self.rtt.update(now - newest.sent_time, ack_delay,
+                                handshake_confirmed=handshake_confirmed,
+                                max_ack_delay=self.max_ack_delay)
+        for packet in acked:
+            if packet.ack_eliciting:
+                space.ack_eliciting_in_flight -= 1
+            if packet.in_flight:
+                self.cc.on_acked(packet)
+            for callback in packet.on_ack:
+                callback()
+        self.detect_loss(epoch, now)
+        self.pto_count = 0
+        return acked
+
+    def detect_loss(self, epoch: Epoch, now: float) -> list[SentPacket]:
+        space = self.spaces[epoch]
+        space.loss_time = None
+        if space.largest_acked is None:
+            return []
+        delay = K_TIME_THRESHOLD * max(self.rtt.latest, self.rtt.smoothed)
+        delay = max(delay, K_GRANULARITY)
+        lost_before = now - delay
+        lost = []
+        for packet in list(space.sent.values()):
+            if packet.packet_number > space.largest_acked:
+                continue
+            if (packet.sent_time <= lost_before or
+                    space.largest_acked >= packet.packet_number + K_PACKET_THRESHOLD):
+                lost.append(space.sent.pop(packet.packet_number))
+            else:
+                candidate = packet.sent_time + delay
+                space.loss_time = candidate if space.loss_time is None else min(
+                    space.loss_time, candidate)
+        self._declare_lost(space, lost, now)
+        return lost
+
+    def _declare_lost(self, space: PacketSpace, lost: list[SentPacket], now: float) -> None:
+        for packet in lost:
+            if packet.ack_eliciting:
+                space.ack_eliciting_in_flight -= 1
+            for callback in packet.on_loss:
+                callback()
+        self.cc.on_lost([p for p in lost if p.in_flight], now, self.rtt)
+
+    def discard(self, epoch: Epoch) -> None:
+        """Drop a space's records without declaring loss (keys discarded, or Retry)."""
+        space = self.spaces[epoch]
+        for packet in space.sent.values():
+            if packet.in_flight:
+                self.cc.on_discarded(packet)
+        self.spaces[epoch] = PacketSpace()
+        self.pto_count = 0
+
+    def pto_duration(self, epoch: Epoch) -> float:
+        rtt = self.rtt
+        duration = rtt.smoothed + max(4 * rtt.variance, K_GRANULARITY)
+        if epoch == Epoch.APPLICATION:
+            duration += self.max_ack_delay
+        return duration * (1 << self.pto_count)
+
+    def loss_timer(self, *, handshake_confirmed: bool, peer_completed_address_validation: bool,
+                   has_keys: Callable[[Epoch], bool]) -> tuple[float | None, Epoch | None, bool]:
+        """(deadline, epoch, is_pto) of the earliest loss-time or PTO timer."""
+        times = [(s.loss_time, e) for e, s in self.spaces.items() if s.loss_time is not None]
+        if times:
+            deadline, epoch = min(times, key=lambda t: t[0] or 0.0)
+            return deadline, epoch, False
+        best: tuple[float | None, Epoch | None] = (None, None)
+        in_flight = any(s.ack_eliciting_in_flight for s in self.spaces.values())
+        if not in_flight and (not self.is_client or peer_completed_address_validation):
+            return None, None, True
+        for epoch, space in self.spaces.items():
+            if epoch == Epoch.APPLICATION and not handshake_confirmed:
+                continue
+            if not has_keys(epoch):
+                continue
+            if space.ack_eliciting_in_flight == 0 and in_flight:
+                continue
+            base = space.time_of_last_ack_eliciting
+            if base is None:
+                continue
+            deadline = base + self.pto_duration(epoch)
+            if best[0] is None or deadline < best[0]:
+                best = (deadline, epoch)
+        if best[0] is None and self.is_client and not peer_completed_address_validation:
+            return None, None, True
+        return best[0], best[1], True
+
+    def on_pto(self) -> None:
+        self.pto_count += 1
+
+
+

@@ -1,0 +1,245 @@
+"""Stream state (spec VEL-STR-001..003, RFC 9000 sections 2-4): send buffers that hand out
+frames and take acknowledgements and losses, receive buffers that reassemble by offset and
+enforce flow control and final sizes. The CRYPTO stream of each packet-number space uses
+the same receive buffer, with its own limit (VEL-HS-004)."""
+
+from __future__ import annotations
+
+from velocity.core.errors import (
+    CryptoBufferExceeded,
+    FinalSizeError,
+    FlowControlError,
+    StreamStateError,
+    UsageError,
+)
+from velocity.core.rangeset import RangeSet
+
+
+def is_client_initiated(stream_id: int) -> bool:
+    return not stream_id & 0x01
+
+
+def is_unidirectional(stream_id: int) -> bool:
+    return bool(stream_id & 0x02)
+
+
+class SendBuffer:
+    """Bytes the application wrote, from the lowest unacknowledged offset on."""
+
+    __slots__ = ("_acked", "_base", "_buffer", "_fin_acked", "_fin_pending", "_pending",
+                 "fin_offset", "reset_code", "sent_max", "stop_sending_code")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._base = 0  # stream offset of _buffer[0]
+        self._pending = RangeSet()  # offsets to (re)send
+        self._acked = RangeSet()
+        self.fin_offset: int | None = None
+        self._fin_pending = False
+        self._fin_acked = False
+        self.sent_max = 0  # highest offset ever sent (for flow control accounting)
+        self.reset_code: int | None = None
+        self.stop_sending_code: int | None = None
+
+    @property
+    def write_offset(self) -> int:
+        return self._base + len(self._buffer)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet acknowledged."""
+        return len(self._buffer)
+
+    def write(self, data: bytes, end_stream: bool = False) -> None:
+        if self.fin_offset is not None or self.reset_code is not None:
+            raise UsageError("the stream's sending side is closed")
+        if data:
+            self._pending.add(self.write_offset, self.write_offset + len(data))
+            self._buffer += data
+        if end_stream:
+            self.fin_offset = self.write_offset
+            self._fin_pending = True
+
+    def has_data(self) -> bool:
+        return self.reset_code is None and (bool(self._pending) or self._fin_pending)
+
+    def next_frame(self, max_size: int, max_offset: int) -> tuple[int, bytes, bool] | None:
+        """(offset, data, fin) of up to ``max_size`` bytes below flow-control ``max_offset``."""
+        if self.reset_code is not None:
+            return None
+        if self._pending:
+            start, stop = self._pending.first()
+            stop = min(stop, start + max_size, max_offset)
+            if stop <= start:
+                return None
+            self._pending.subtract(start, stop)
+            data = bytes(self._buffer[start - self._base : stop - self._base])
+            self.sent_max = max(self.sent_max, stop)
+            fin = self._fin_pending and stop == self.fin_offset and not self._pending
+            if fin:
+                self._fin_pending = False
+            return start, data, fin
+        if self._fin_pending and self.fin_offset is not None:
+            self._fin_pending = False
+            return self.fin_offset, b"", True
+        return None
+
+    def on_acked(self, start: int, stop: int, fin: bool) -> None:
+        self._acked.add(start, stop)
+        if fin:
+            self._fin_acked = True
+        if self._acked and self._acked.first()[0] == self._base:
+            _, high = self._acked.shift()
+            del self._buffer[: high - self._base]
+            self._base = high
+
+    def on_lost(self, start: int, stop: int, fin: bool) -> None:
+        if self.reset_code is not None:
+            return
+        for low, high in RangeSet([(start, stop)]):
+            self._pending.add(max(low, self._base), high)
+            for a_low, a_high in self._acked:
+                self._pending.subtract(a_low, a_high)
+        if fin and not self._fin_acked:
+            self._fin_pending = True
+
+    @property
+    def finished(self) -> bool:
+        """Everything, FIN included, was acknowledged."""
+        return self.fin_offset is not None and self._fin_acked and not self._buffer
+
+
+class ReceiveBuffer:
+    """Reassembles data by offset; hands out the contiguous prefix once.
+
+    ``limit`` bounds how far beyond the delivered prefix data may reach: for streams it is
+    flow control (FLOW_CONTROL_ERROR), for CRYPTO the buffer limit (CRYPTO_BUFFER_EXCEEDED).
+    """
+
+    __slots__ = ("_chunks", "_crypto", "delivered", "final_size", "highest", "limit",
+                 "reset_code")
+
+    def __init__(self, limit: int, *, crypto: bool = False) -> None:
+        self._chunks: dict[int, bytes] = {}
+        self.delivered = 0
+        self.highest = 0
+        self.limit = limit
+        self.final_size: int | None = None
+        self.reset_code: int | None = None
+        self._crypto = crypto
+
+    def _check_limit(self, end: int) -> None:
+        if self._crypto and end - self.delivered > self.limit:
+            raise CryptoBufferExceeded(f"{end - self.delivered} bytes beyond the delivered "
+                                       f"prefix exceed {self.limit}", field="CRYPTO.offset")
+        if not self._crypto and end > self.limit:
+            raise FlowControlError(f"data up to {end} exceeds the limit {self.limit}",
+                                   field="STREAM.offset")
+
+    def _check_final(self, end: int, fin: bool) -> None:
+        if self.final_size is not None and (end > self.final_size or
+                                            (fin and end != self.final_size)):
+            raise FinalSizeError(f"data up to {end} past the final size {self.final_size}",
+                                 field="STREAM.offset")
+        if fin:
+            if end < self.highest:
+                raise FinalSizeError("final size below data already received",
+                                     field="STREAM.offset")
+            self.final_size = end
+
+    def receive(self, offset: int, data: bytes, fin: bool = False) -> bytes:
+        """Store a frame's data; return newly contiguous bytes (possibly empty)."""
+        end = offset + len(data)
+        self._check_limit(end)
+        self._check_final(end, fin)
+        self.highest = max(self.highest, end)
+        if end <= self.delivered or not data:
+            return b""
+        if offset < self.delivered:
+            data, offset = data[self.delivered - offset :], self.delivered
+        existing = self._chunks.get(offset)
+        if existing is None or len(existing) < len(data):
+            self._chunks[offset] = data
+        return self._pop_contiguous()
+
+    def _pop_contiguous(self) -> bytes:
+        out = bytearray()
+        while True:
+            chunk = self._chunks.pop(self.delivered, None)
+            if chunk is None:
+                stale = [o for o in self._chunks if o < self.delivered]
+                if not stale:
+                    break
+                for offset in stale:  # chunks that overlap the delivered prefix
+                    piece = self._chunks.pop(offset)
+                    if offset + len(piece) > self.delivered:
+                        self._chunks.setdefault(self.delivered, piece[self.delivered - offset :])
+                continue
+            out += chunk
+            self.delivered += len(chunk)
+        return bytes(out)
+
+    @property
+    def complete(self) -> bool:
+        return self.final_size is not None and self.delivered == self.final_size
+
+    def reset(self, final_size: int, code: int) -> None:
+        if self.final_size is not None and final_size != self.final_size:
+            raise FinalSizeError("RESET_STREAM changes the final size",
+                                 field="RESET_STREAM.final_size")
+        if final_size < self.highest:
+            raise FinalSizeError("RESET_STREAM final size below data received",
+                                 field="RESET_STREAM.final_size")
+        self._check_limit(final_size)
+        self.final_size = final_size
+        self.reset_code = code
+
+
+class Stream:
+    """One stream: a sending part, a receiving part (either may be absent for
+    unidirectional streams), and their flow-control limits."""
+
+    __slots__ = ("max_recv", "max_recv_sent", "max_send", "receiver", "sender", "stream_id",
+                 "window")
+
+    def __init__(self, stream_id: int, *, local: bool, is_client: bool, max_send: int,
+                 window: int) -> None:
+        self.stream_id = stream_id
+        uni = is_unidirectional(stream_id)
+        self.sender = SendBuffer() if not uni or local else None
+        self.receiver = ReceiveBuffer(window) if not uni or not local else None
+        self.max_send = max_send
+        self.window = window
+        self.max_recv = window
+        self.max_recv_sent = window
+
+    def require_sender(self, frame: str) -> SendBuffer:
+        if self.sender is None:
+            raise StreamStateError(f"{frame} for a receive-only stream", field=f"{frame}.stream_id")
+        return self.sender
+
+    def require_receiver(self, frame: str) -> ReceiveBuffer:
+        if self.receiver is None:
+            raise StreamStateError(f"{frame} for a send-only stream", field=f"{frame}.stream_id")
+        return self.receiver
+
+    def credit(self) -> int | None:
+        """A new MAX_STREAM_DATA limit when half the window has been consumed."""
+        receiver = self.receiver
+        if receiver is None or receiver.final_size is not None:
+            return None
+        if self.max_recv - receiver.delivered <= self.window // 2:
+            self.max_recv = receiver.delivered + self.window
+            receiver.limit = self.max_recv
+            return self.max_recv
+        return None
+
+    @property
+    def closed(self) -> bool:
+        send_done = self.sender is None or self.sender.finished or (
+            self.sender.reset_code is not None)
+        receive_done = self.receiver is None or self.receiver.complete or (
+            self.receiver.reset_code is not None)
+        return send_done and receive_done
+
+
