@@ -9,6 +9,7 @@ same code can be checked against QUIC v1's published vectors with QUIC's constan
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -179,6 +180,13 @@ def initial_keys(dcid: bytes, *, is_client: bool,
     send, receive = (client, server) if is_client else (server, client)
     return (PacketKeys(send, Aead.AES_128_GCM, "sha256", params),
             PacketKeys(receive, Aead.AES_128_GCM, "sha256", params))
+
+
+def retry_tag_valid(retry: bytes, original_dcid: bytes,
+                    params: WireParams = VELOCITY_PARAMS) -> bool:
+    """Whether a received Retry packet's tag verifies for ``original_dcid`` (VEL-RTY-002)."""
+    expected = retry_integrity_tag(retry[:-16], original_dcid, params)
+    return hmac.compare_digest(expected, retry[-16:])
 
 
 def retry_integrity_tag(retry_without_tag: bytes, original_dcid: bytes,

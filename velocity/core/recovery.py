@@ -114,11 +114,22 @@ class NewReno:
             self.recovery_start = now
             self.window = max(int(self.window * K_LOSS_REDUCTION), self.minimum_window)
             self.ssthresh = self.window
-        duration = max(p.sent_time for p in lost) - min(p.sent_time for p in lost)
-        period = (rtt.smoothed + max(4 * rtt.variance, K_GRANULARITY)) * K_PERSISTENT_CONGESTION
-        if rtt.has_sample and len(lost) > 1 and duration > period:
+        if rtt.has_sample and self._persistent(lost, rtt):
             self.window = self.minimum_window
             self.recovery_start = None
+
+    @staticmethod
+    def _persistent(lost: list[SentPacket], rtt: RttEstimator) -> bool:
+        """RFC 9002 section 7.6: consecutive ack-eliciting packets, all lost, spanning more
+        than three PTOs (without max_ack_delay)."""
+        eliciting = sorted((p for p in lost if p.ack_eliciting), key=lambda p: p.packet_number)
+        if len(eliciting) < 2:
+            return False
+        numbers = [p.packet_number for p in eliciting]
+        if numbers[-1] - numbers[0] != len(numbers) - 1:
+            return False
+        period = (rtt.smoothed + max(4 * rtt.variance, K_GRANULARITY)) * K_PERSISTENT_CONGESTION
+        return eliciting[-1].sent_time - eliciting[0].sent_time > period
 
     def on_discarded(self, packet: SentPacket) -> None:
         self.bytes_in_flight -= packet.size
@@ -150,7 +161,7 @@ class Recovery:
         """Process an ACK frame's inclusive ranges; returns the newly acknowledged packets."""
         space = self.spaces[epoch]
         numbers = list(space.sent)  # ascending: packets are recorded in send order
-        acked = []
+        acked: list[SentPacket] = []
         for low, high in ranges:
             start, stop = bisect.bisect_left(numbers, low), bisect.bisect_right(numbers, high)
             acked.extend(space.sent.pop(pn) for pn in numbers[start:stop])
@@ -182,18 +193,16 @@ class Recovery:
             return []
         delay = K_TIME_THRESHOLD * max(self.rtt.latest, self.rtt.smoothed)
         delay = max(delay, K_GRANULARITY)
-        lost_before = now - delay
         lost = []
         for packet in list(space.sent.values()):
             if packet.packet_number > space.largest_acked:
-                continue
-            if (packet.sent_time <= lost_before or
-                    space.largest_acked >= packet.packet_number + K_PACKET_THRESHOLD):
+                break  # recorded in packet-number order
+            deadline = packet.sent_time + delay  # the same sum the timer is armed with
+            if deadline <= now or space.largest_acked >= packet.packet_number + (
+                    K_PACKET_THRESHOLD):
                 lost.append(space.sent.pop(packet.packet_number))
-            else:
-                candidate = packet.sent_time + delay
-                space.loss_time = candidate if space.loss_time is None else min(
-                    space.loss_time, candidate)
+            elif space.loss_time is None or deadline < space.loss_time:
+                space.loss_time = deadline
         self._declare_lost(space, lost, now)
         return lost
 

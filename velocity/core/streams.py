@@ -195,7 +195,7 @@ class ReceiveBuffer:
         self.reset_code = code
 
 
-class Stream:
+class StreamState:
     """One stream: a sending part, a receiving part (either may be absent for
     unidirectional streams), and their flow-control limits."""
 

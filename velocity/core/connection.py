@@ -1,0 +1,835 @@
+"""A Velocity/1 connection, sans-I/O (architecture habit 1): driven by ``receive_datagram``,
+``handle_timer`` and commands, read with ``datagrams_to_send``, ``next_event`` and
+``get_timer``. ``now`` is always an argument (seconds); randomness comes from ``Entropy``.
+
+This module owns the connection's state machine: packet spaces and their keys, the
+handshake, frames in and out, flow control, closing and draining. Packet assembly lives in
+``velocity.core.sender`` and loss recovery in ``velocity.core.recovery``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import Any
+
+from velocity.core.entropy import Entropy
+from velocity.core.errors import (
+    ConnectionIdLimitError,
+    ErrorCode,
+    FlowControlError,
+    PacketDropped,
+    ProtocolError,
+    ProtocolViolation,
+    StreamLimitError,
+    StreamStateError,
+    TransportParameterError,
+    UsageError,
+)
+from velocity.core.events import (
+    ConnectionTerminated,
+    Event,
+    HandshakeConfirmed,
+    NewTokenReceived,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+    TicketReceived,
+)
+from velocity.core.frames import (
+    Ack,
+    ApplicationClose,
+    ConnectionClose,
+    Crypto,
+    DataBlocked,
+    Frame,
+    HandshakeDone,
+    MaxData,
+    MaxStreamData,
+    MaxStreamsBidi,
+    MaxStreamsUni,
+    NewConnectionId,
+    NewToken,
+    Padding,
+    PathChallenge,
+    PathResponse,
+    Ping,
+    ResetStream,
+    RetireConnectionId,
+    StopSending,
+    Stream,
+    StreamDataBlocked,
+    StreamsBlockedBidi,
+    StreamsBlockedUni,
+    decode_frames,
+)
+from velocity.core.handshake.client import ClientConfig, ClientHandshake
+from velocity.core.handshake.common import (
+    FallbackDirected,
+    HandshakeCompleted,
+    HandshakeEvent,
+    KeysReady,
+    ServerKeyLearned,
+    TicketIssued,
+)
+from velocity.core.handshake.server import ServerConfig, ServerHandshake
+from velocity.core.packet import (
+    EPOCH_OF,
+    VELOCITY_VERSION,
+    Epoch,
+    PacketType,
+    decode_retry,
+    decode_version_negotiation,
+    parse_header,
+)
+from velocity.core.protection import PacketKeys, initial_keys, retry_tag_valid
+from velocity.core.rangeset import RangeSet
+from velocity.core.recovery import Recovery
+from velocity.core.streams import ReceiveBuffer, SendBuffer, StreamState, is_unidirectional
+from velocity.core.transport_params import (
+    TransportParameters,
+    decode_transport_parameters,
+    encode_transport_parameters,
+)
+
+Address = tuple[str, int]
+CRYPTO_BUFFER_LIMIT = 65536
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Transport settings; ``handshake`` is a ClientConfig or a ServerConfig."""
+
+    handshake: ClientConfig | ServerConfig
+    cid_length: int = 8
+    max_datagram_size: int = 1252
+    idle_timeout: float = 30.0
+    max_data: int = 16 * 1024 * 1024
+    max_stream_data: int = 4 * 1024 * 1024
+    max_streams_bidi: int = 128
+    max_streams_uni: int = 128
+    max_ack_delay: float = 0.025
+    ack_delay_exponent: int = 3
+    remembered_transport_parameters: bytes | None = None  # for 0-RTT (client)
+    token: bytes = b""  # NEW_TOKEN from an earlier connection (client)
+
+    @property
+    def is_client(self) -> bool:
+        return isinstance(self.handshake, ClientConfig)
+
+
+class State(Enum):
+    HANDSHAKE = auto()
+    CONNECTED = auto()
+    CLOSING = auto()
+    DRAINING = auto()
+    TERMINATED = auto()
+
+
+@dataclass
+class SpaceState:
+    """Per packet-number space: keys, CRYPTO streams, received packets and ACK state."""
+
+    send_keys: PacketKeys | None = None
+    recv_keys: PacketKeys | None = None
+    crypto_send: SendBuffer = field(default_factory=SendBuffer)
+    crypto_recv: ReceiveBuffer = field(
+        default_factory=lambda: ReceiveBuffer(CRYPTO_BUFFER_LIMIT, crypto=True))
+    next_packet_number: int = 0
+    received: RangeSet = field(default_factory=RangeSet)
+    largest_received_time: float = 0.0
+    ack_needed: bool = False
+    ack_eliciting_since_ack: int = 0
+    ack_deadline: float | None = None
+    probes: int = 0
+    discarded: bool = False
+
+
+@dataclass
+class FlowState:
+    """Connection-level flow control in both directions."""
+
+    max_send: int = 0
+    sent: int = 0
+    max_recv: int = 0
+    max_recv_sent: int = 0
+    received: int = 0
+    consumed: int = 0
+    window: int = 0
+    blocked_sent_at: int = -1
+
+
+class Connection:
+    """One Velocity/1 connection (client or server)."""
+
+    def __init__(self, config: ConnectionConfig, *, entropy: Entropy,
+                 original_dcid: bytes | None = None, peer_cid: bytes | None = None,
+                 retry_scid: bytes | None = None, address_validated: bool = False) -> None:
+        self.config = config
+        self.is_client = config.is_client
+        self._entropy = entropy
+        self.state = State.HANDSHAKE
+        self.host_cid = entropy.random(config.cid_length)
+        self.spaces = {epoch: SpaceState() for epoch in Epoch}
+        self._zero_rtt_send: PacketKeys | None = None
+        self._zero_rtt_recv: PacketKeys | None = None
+        self.recovery = Recovery(config.max_datagram_size, is_client=self.is_client)
+        self.recovery.max_ack_delay = config.max_ack_delay
+        self._events: deque[Event] = deque()
+        self.streams: dict[int, StreamState] = {}
+        self.flow = FlowState(max_recv=config.max_data, max_recv_sent=config.max_data,
+                              window=config.max_data)
+        self.peer_params: TransportParameters | None = None
+        self._peer_streams_bidi = 0  # limits the peer gave us
+        self._peer_streams_uni = 0
+        self._local_streams_next = {False: 0, True: 0}  # by unidirectional
+        self._peer_streams_opened = {False: 0, True: 0}
+        self._local_streams_limit = {False: config.max_streams_bidi,
+                                     True: config.max_streams_uni}
+        self._streams_closed_by_peer = {False: 0, True: 0}
+        self._max_streams_pending = {False: False, True: False}
+        self._control: deque[Frame] = deque()  # control frames waiting to be sent
+        self.handshake_complete = False
+        self.handshake_confirmed = False
+        self._handshake_done_pending = False
+        self.address_validated = self.is_client or address_validated
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
+        self._close_deadline: float | None = None
+        self._close_sent_for_datagram = False
+        self._idle_deadline: float | None = None
+        self._last_activity = 0.0
+        self.peer_address: Address | None = None
+        self.retry_scid = retry_scid
+        self._retry_token = config.token
+        self._received_retry = False
+        self._handshake_done_received = False
+        self._peer_cid_set = not self.is_client
+        self.early_data_accepted = False
+        self._peer_cids: dict[int, bytes] = {}
+        self._zero_rtt_frames: list[tuple[int, int, int, bool]] = []
+        if self.is_client:
+            self.original_dcid = entropy.random(8)
+            self.peer_cid = self.original_dcid
+        else:
+            if original_dcid is None or peer_cid is None:
+                raise UsageError("a server connection needs the client's DCID and SCID")
+            self.original_dcid = original_dcid
+            self.peer_cid = peer_cid
+        self._initial_dcid = (retry_scid or self.original_dcid) if not self.is_client else (
+            self.original_dcid)
+        self._install_initial_keys(self._initial_dcid)
+        self.handshake: ClientHandshake | ServerHandshake
+        params = encode_transport_parameters(self._local_params())
+        if isinstance(config.handshake, ClientConfig):
+            self.handshake = ClientHandshake(config.handshake, entropy=entropy,
+                                             transport_parameters=params)
+        else:
+            self.handshake = ServerHandshake(config.handshake, entropy=entropy,
+                                             transport_parameters=params)
+
+    # --- setup -------------------------------------------------------------------------
+
+    def _local_params(self) -> TransportParameters:
+        config = self.config
+        params = TransportParameters(
+            max_idle_timeout=int(config.idle_timeout * 1000),
+            max_udp_payload_size=max(config.max_datagram_size, 1200),
+            initial_max_data=config.max_data,
+            initial_max_stream_data_bidi_local=config.max_stream_data,
+            initial_max_stream_data_bidi_remote=config.max_stream_data,
+            initial_max_stream_data_uni=config.max_stream_data,
+            initial_max_streams_bidi=config.max_streams_bidi,
+            initial_max_streams_uni=config.max_streams_uni,
+            ack_delay_exponent=config.ack_delay_exponent,
+            max_ack_delay=int(config.max_ack_delay * 1000),
+            initial_source_connection_id=self.host_cid,
+            grease=self._entropy.random(2))
+        if not self.is_client:
+            params = params.with_changes(original_destination_connection_id=self.original_dcid,
+                                         retry_source_connection_id=self.retry_scid)
+        return params
+
+    def _install_initial_keys(self, dcid: bytes) -> None:
+        send, receive = initial_keys(dcid, is_client=self.is_client)
+        space = self.spaces[Epoch.INITIAL]
+        space.send_keys, space.recv_keys = send, receive
+
+    # --- commands ------------------------------------------------------------------------
+
+    def connect(self, address: Address, *, now: float) -> None:
+        """Client: start the handshake towards ``address``."""
+        if not self.is_client:
+            raise UsageError("only a client connects")
+        self.peer_address = address
+        self._last_activity = now
+        assert isinstance(self.handshake, ClientHandshake)
+        self.handshake.start(now_ms=int(now * 1000))
+        self._pump_handshake(now)
+
+    def get_next_available_stream_id(self, *, unidirectional: bool = False) -> int:
+        """The id of the next stream this endpoint may open; raises ``StreamsExhausted``
+        (and tells the peer with STREAMS_BLOCKED) when the peer's limit is reached."""
+        index = self._local_streams_next[unidirectional]
+        limit = self._peer_streams_uni if unidirectional else self._peer_streams_bidi
+        if index >= limit:
+            blocked = StreamsBlockedUni(limit) if unidirectional else StreamsBlockedBidi(limit)
+            if blocked not in self._control:
+                self._control.append(blocked)
+            raise StreamsExhausted(f"the peer allows {limit} streams of this kind")
+        return index * 4 + (0 if self.is_client else 1) + (2 if unidirectional else 0)
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        stream = self._local_stream(stream_id)
+        stream.require_sender("STREAM").write(data, end_stream)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        sender = self._local_stream(stream_id).require_sender("RESET_STREAM")
+        if sender.reset_code is None:
+            sender.reset_code = error_code
+            self._control.append(ResetStream(stream_id, error_code, sender.sent_max))
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        self._local_stream(stream_id).require_receiver("STOP_SENDING")
+        self._control.append(StopSending(stream_id, error_code))
+
+    def stream_buffered(self, stream_id: int) -> int:
+        """Bytes written to a stream and not yet acknowledged (for back-pressure)."""
+        stream = self.streams.get(stream_id)
+        return stream.sender.buffered if stream is not None and stream.sender else 0
+
+    def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "", *,
+              application: bool = True, frame_type: int = 0) -> None:
+        """Close the connection; CONNECTION_CLOSE goes out with the next datagrams."""
+        if self.state in (State.CLOSING, State.DRAINING, State.TERMINATED):
+            return
+        self._close = (error_code, frame_type, reason, application)
+        self.state = State.CLOSING
+        self._events.append(ConnectionTerminated(error_code, frame_type, reason, False))
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    # --- streams -------------------------------------------------------------------------
+
+    def _local_stream(self, stream_id: int) -> StreamState:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        local = (stream_id & 0x01) == (0 if self.is_client else 1)
+        if not local:
+            raise UsageError(f"stream {stream_id} was not opened by the peer yet")
+        unidirectional = is_unidirectional(stream_id)
+        if stream_id // 4 >= (self._peer_streams_uni if unidirectional
+                              else self._peer_streams_bidi):
+            raise StreamsExhausted(f"stream {stream_id} is beyond the peer's stream limit")
+        self._local_streams_next[unidirectional] = max(
+            self._local_streams_next[unidirectional], stream_id // 4 + 1)
+        return self._new_stream(stream_id, local=True)
+
+    def _new_stream(self, stream_id: int, *, local: bool) -> StreamState:
+        params = self.peer_params or TransportParameters()
+        if is_unidirectional(stream_id):
+            max_send = params.initial_max_stream_data_uni
+        elif local:
+            max_send = params.initial_max_stream_data_bidi_remote
+        else:
+            max_send = params.initial_max_stream_data_bidi_local
+        stream = StreamState(stream_id, local=local, is_client=self.is_client, max_send=max_send,
+                        window=self.config.max_stream_data)
+        self.streams[stream_id] = stream
+        return stream
+
+    def _peer_stream(self, stream_id: int, frame: str) -> StreamState:
+        """The stream a frame names, opening peer-initiated streams up to the limit."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        local = (stream_id & 0x01) == (0 if self.is_client else 1)
+        unidirectional = is_unidirectional(stream_id)
+        if local:
+            if stream_id // 4 < self._local_streams_next[unidirectional]:
+                raise _Closed  # a stream of ours that is already gone
+            raise StreamStateError(f"stream {stream_id} was never opened",
+                                   field=f"{frame}.stream_id")
+        if stream_id // 4 >= self._local_streams_limit[unidirectional]:
+            raise StreamLimitError(f"stream {stream_id} exceeds the stream limit",
+                                   field=f"{frame}.stream_id")
+        if stream_id // 4 < self._peer_streams_opened[unidirectional]:
+            raise _Closed
+        self._peer_streams_opened[unidirectional] = stream_id // 4 + 1
+        return self._new_stream(stream_id, local=False)
+
+    def _discard_closed_streams(self) -> None:
+        for stream_id in [sid for sid, s in self.streams.items() if s.closed]:
+            del self.streams[stream_id]
+            peer_opened = (stream_id & 0x01) != (0 if self.is_client else 1)
+            if peer_opened:
+                unidirectional = is_unidirectional(stream_id)
+                self._streams_closed_by_peer[unidirectional] += 1
+                initial = (self.config.max_streams_uni if unidirectional
+                           else self.config.max_streams_bidi)
+                limit = self._streams_closed_by_peer[unidirectional] + initial
+                if limit - self._local_streams_limit[unidirectional] >= max(initial // 2, 1):
+                    self._local_streams_limit[unidirectional] = limit
+                    self._max_streams_pending[unidirectional] = True
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, address: Address, *, now: float) -> None:
+        """Process one UDP datagram; a protocol error closes this connection only."""
+        if self.state in (State.DRAINING, State.TERMINATED):
+            return
+        self.bytes_received += len(data)
+        if self.peer_address is None:
+            self.peer_address = address
+        if self.state == State.CLOSING:
+            self._close_sent_for_datagram = False
+            return
+        offset = 0
+        try:
+            while offset < len(data):
+                offset = self._receive_packet(data, offset, now)
+        except ProtocolError as exc:
+            self._fail(exc)
+        self._pump_handshake(now)
+
+    def _receive_packet(self, data: bytes, offset: int, now: float) -> int:
+        """Handle the packet at ``offset``; return where the next one starts."""
+        try:
+            header = parse_header(data, offset, short_dcid_length=self.config.cid_length)
+        except PacketDropped:
+            return len(data)
+        except ProtocolError:
+            return len(data)  # an undecodable header ends the datagram (VEL-PKT-005)
+        if header.packet_type == PacketType.VERSION_NEGOTIATION:
+            self._on_version_negotiation(data[offset:])
+            return len(data)
+        if header.version != VELOCITY_VERSION:
+            return len(data)
+        if header.packet_type == PacketType.RETRY:
+            self._on_retry(data[offset:], now)
+            return len(data)
+        end = header.end
+        packet = data[offset:end]
+        epoch = EPOCH_OF[header.packet_type]
+        space = self.spaces[epoch]
+        keys = space.recv_keys
+        if header.packet_type == PacketType.ZERO_RTT:
+            keys = self._zero_rtt_recv
+        if keys is None or space.discarded:
+            return end
+        expected = (space.received.bounds()[1] if space.received else 0)
+        try:
+            plain, payload, packet_number = keys.decrypt_packet(
+                packet, header.pn_offset - offset, expected)
+        except PacketDropped:
+            return end
+        if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
+            raise ProtocolViolation("reserved bits are not 0", field="first_byte")
+        if packet_number in space.received:
+            return end  # duplicate
+        if self.is_client and not self._peer_cid_set and header.packet_type in (
+                PacketType.INITIAL, PacketType.HANDSHAKE):
+            self.peer_cid, self._peer_cid_set = header.scid, True
+            self._first_server_scid = header.scid
+        if not self.is_client and epoch == Epoch.HANDSHAKE:
+            self.address_validated = True
+            self._discard_space(Epoch.INITIAL)
+        frames = decode_frames(payload, header.packet_type)
+        space.received.add(packet_number)
+        self._last_activity = now
+        ack_eliciting = False
+        for frame in frames:
+            ack_eliciting |= frame.ACK_ELICITING
+            self._handle_frame(frame, epoch, header.packet_type, now)
+        if ack_eliciting:
+            self._note_ack_eliciting(space, epoch, now)
+        return end
+
+    def _note_ack_eliciting(self, space: SpaceState, epoch: Epoch, now: float) -> None:
+        space.ack_eliciting_since_ack += 1
+        if epoch != Epoch.APPLICATION or space.ack_eliciting_since_ack >= 2:
+            space.ack_needed = True
+        elif space.ack_deadline is None:
+            space.ack_deadline = now + self.config.max_ack_delay
+
+    def _on_version_negotiation(self, data: bytes) -> None:
+        if not self.is_client or self._peer_cid_set or self._received_retry:
+            return
+        try:
+            packet = decode_version_negotiation(data)
+        except ProtocolError:
+            return
+        if VELOCITY_VERSION in packet.versions:
+            return  # VEL-VN-004: a VN listing our version is discarded
+        self.state = State.TERMINATED
+        versions = ", ".join(f"0x{v:08x}" for v in packet.versions)
+        self._events.append(ConnectionTerminated(
+            ErrorCode.NO_VIABLE_PATH, 0, f"server supports only {versions}", True))
+
+    def _on_retry(self, data: bytes, now: float) -> None:
+        if not self.is_client or self._received_retry or self._peer_cid_set:
+            return
+        try:
+            retry = decode_retry(data)
+        except ProtocolError:
+            return
+        if not retry_tag_valid(data, self.original_dcid):
+            return
+        self._received_retry = True
+        self.retry_scid = retry.scid
+        self.peer_cid = retry.scid
+        self._retry_token = retry.token
+        self._install_initial_keys(retry.scid)
+        self.recovery.discard(Epoch.INITIAL)
+        crypto = self.spaces[Epoch.INITIAL].crypto_send
+        crypto.on_lost(0, crypto.write_offset, False)
+
+    # --- frames --------------------------------------------------------------------------
+
+    def _handle_frame(self, frame: Frame, epoch: Epoch, packet_type: PacketType,
+                      now: float) -> None:
+        handler = _HANDLERS.get(type(frame))
+        if handler is not None:
+            handler(self, frame, epoch, now)
+
+    def _on_ack(self, frame: Ack, epoch: Epoch, now: float) -> None:
+        ranges = frame.packet_ranges()
+        if ranges[0][1] >= self.spaces[epoch].next_packet_number:
+            raise ProtocolViolation("acknowledges a packet never sent", field="ACK.largest")
+        exponent = self.peer_params.ack_delay_exponent if self.peer_params else 3
+        delay = (frame.delay << exponent) / 1_000_000 if epoch == Epoch.APPLICATION else 0.0
+        self.recovery.on_ack(epoch, ranges, delay, now,
+                             handshake_confirmed=self.handshake_confirmed)
+        handshake = self.spaces[Epoch.HANDSHAKE]
+        if (not self.is_client and self.handshake_complete and epoch == Epoch.HANDSHAKE
+                and not handshake.crypto_send.buffered):
+            self._discard_space(Epoch.HANDSHAKE)  # VEL-PROT-013: our FINISHED is acknowledged
+
+    def _on_crypto(self, frame: Crypto, epoch: Epoch, now: float) -> None:
+        data = self.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
+        if data:
+            self.handshake.receive(epoch, data, now_ms=int(now * 1000))
+
+    def _on_stream(self, frame: Stream, epoch: Epoch, now: float) -> None:
+        try:
+            stream = self._peer_stream(frame.stream_id, "STREAM")
+        except _Closed:
+            return
+        receiver = stream.require_receiver("STREAM")
+        before = receiver.highest
+        data = receiver.receive(frame.offset, frame.data, frame.fin)
+        self.flow.received += max(receiver.highest - before, 0)
+        if self.flow.received > self.flow.max_recv:
+            raise FlowControlError("connection data limit exceeded", field="STREAM.offset")
+        if data or (receiver.complete and frame.fin):
+            self.flow.consumed += len(data)
+            self._events.append(StreamDataReceived(frame.stream_id, data, receiver.complete))
+
+    def _on_reset_stream(self, frame: ResetStream, epoch: Epoch, now: float) -> None:
+        try:
+            stream = self._peer_stream(frame.stream_id, "RESET_STREAM")
+        except _Closed:
+            return
+        receiver = stream.require_receiver("RESET_STREAM")
+        if receiver.reset_code is None:
+            self.flow.received += max(frame.final_size - receiver.highest, 0)
+            receiver.reset(frame.final_size, frame.error_code)
+            self._events.append(StreamReset(frame.stream_id, frame.error_code))
+
+    def _on_stop_sending(self, frame: StopSending, epoch: Epoch, now: float) -> None:
+        try:
+            stream = self._peer_stream(frame.stream_id, "STOP_SENDING")
+        except _Closed:
+            return
+        stream.require_sender("STOP_SENDING")
+        self._events.append(StopSendingReceived(frame.stream_id, frame.error_code))
+        self.reset_stream(frame.stream_id, frame.error_code)
+
+    def _on_max_data(self, frame: MaxData, epoch: Epoch, now: float) -> None:
+        self.flow.max_send = max(self.flow.max_send, frame.maximum)
+
+    def _on_max_stream_data(self, frame: MaxStreamData, epoch: Epoch, now: float) -> None:
+        try:
+            stream = self._peer_stream(frame.stream_id, "MAX_STREAM_DATA")
+        except _Closed:
+            return
+        stream.require_sender("MAX_STREAM_DATA")
+        stream.max_send = max(stream.max_send, frame.maximum)
+
+    def _on_max_streams(self, frame: MaxStreamsBidi | MaxStreamsUni, epoch: Epoch,
+                        now: float) -> None:
+        if isinstance(frame, MaxStreamsUni):
+            self._peer_streams_uni = max(self._peer_streams_uni, frame.maximum)
+        else:
+            self._peer_streams_bidi = max(self._peer_streams_bidi, frame.maximum)
+
+    def _on_new_token(self, frame: NewToken, epoch: Epoch, now: float) -> None:
+        if not self.is_client:
+            raise ProtocolViolation("a client sent NEW_TOKEN", field="frame_type",
+                                    frame_type=NewToken.TYPE)
+        self._events.append(NewTokenReceived(frame.token))
+
+    def _on_handshake_done(self, frame: HandshakeDone, epoch: Epoch, now: float) -> None:
+        if not self.is_client:
+            raise ProtocolViolation("a client sent HANDSHAKE_DONE", field="frame_type",
+                                    frame_type=HandshakeDone.TYPE)
+        self._handshake_done_received = True
+        self._confirm()
+
+    def _confirm(self) -> None:
+        """Client: confirmed once HANDSHAKE_DONE arrived and the handshake is complete (a
+        HANDSHAKE_DONE can overtake the server's FINISHED under loss)."""
+        if self._handshake_done_received and self.handshake_complete and (
+                not self.handshake_confirmed):
+            self.handshake_confirmed = True
+            self._discard_space(Epoch.HANDSHAKE)
+            self._events.append(HandshakeConfirmed())
+
+    def _on_new_connection_id(self, frame: NewConnectionId, epoch: Epoch, now: float) -> None:
+        self._peer_cids[frame.sequence] = frame.connection_id
+        if len(self._peer_cids) > 2:
+            raise ConnectionIdLimitError("more connection ids than active_connection_id_limit",
+                                         field="NEW_CONNECTION_ID.sequence")
+
+    def _on_path_challenge(self, frame: PathChallenge, epoch: Epoch, now: float) -> None:
+        self._control.append(PathResponse(frame.data))
+
+    def _on_connection_close(self, frame: ConnectionClose | ApplicationClose, epoch: Epoch,
+                             now: float) -> None:
+        frame_type = frame.frame_type if isinstance(frame, ConnectionClose) else 0
+        self._events.append(ConnectionTerminated(
+            frame.error_code, frame_type, frame.reason.decode(errors="replace"), True))
+        self.state = State.DRAINING
+        self._close_deadline = now + 3 * self.recovery.pto_duration(Epoch.APPLICATION)
+
+    def _ignore(self, frame: Frame, epoch: Epoch, now: float) -> None:
+        """Frames that need no action here (PING, PADDING, *_BLOCKED, PATH_RESPONSE)."""
+
+    # --- handshake -----------------------------------------------------------------------
+
+    def _pump_handshake(self, now: float) -> None:
+        """Move handshake output into CRYPTO streams and act on handshake events."""
+        handshake = self.handshake
+        for epoch in Epoch:
+            data = handshake.data_to_send(epoch)
+            if data:
+                self.spaces[epoch].crypto_send.write(data)
+        while (event := handshake.next_event()) is not None:
+            self._on_handshake_event(event, now)
+        if (not self.is_client and self.peer_params is None
+                and handshake.peer_transport_parameters):
+            self._apply_peer_params(handshake.peer_transport_parameters)
+
+    def _on_handshake_event(self, event: HandshakeEvent, now: float) -> None:
+        if isinstance(event, KeysReady):
+            keys = PacketKeys(event.secret, event.aead, event.hash_name)
+            if event.early:
+                if event.send:
+                    self._zero_rtt_send = keys
+                else:
+                    self._zero_rtt_recv = keys
+                return
+            space = self.spaces[event.epoch]
+            if event.send:
+                space.send_keys = keys
+            else:
+                space.recv_keys = keys
+            if self.is_client and event.epoch == Epoch.HANDSHAKE and event.send:
+                self._discard_space(Epoch.INITIAL)
+        elif isinstance(event, HandshakeCompleted):
+            self._on_handshake_completed(event, now)
+        elif isinstance(event, TicketIssued):
+            params = self.handshake.peer_transport_parameters
+            self._events.append(TicketReceived(event.ticket, params))
+        elif isinstance(event, FallbackDirected):
+            self._events.append(event)
+            if not self.is_client:
+                self.close(ErrorCode.NO_APPLICATION_PROTOCOL, "fallback directed",
+                           application=False)
+        elif isinstance(event, ServerKeyLearned):
+            self._events.append(event)
+
+    def _on_handshake_completed(self, event: HandshakeCompleted, now: float) -> None:
+        self.handshake_complete = True
+        self.state = State.CONNECTED
+        self.early_data_accepted = event.early_data_accepted
+        if self.peer_params is None:
+            self._apply_peer_params(event.peer_transport_parameters)
+        self._events.append(event)
+        if self.is_client:
+            if self._zero_rtt_frames and not event.early_data_accepted:
+                self._resend_rejected_early_data()
+            self._zero_rtt_send = None
+            self._confirm()
+        else:
+            self.handshake_confirmed = True
+            self._handshake_done_pending = True
+            self._zero_rtt_recv = None
+
+    def _resend_rejected_early_data(self) -> None:
+        """0-RTT data the server rejected goes again in 1-RTT (VEL-RES-008)."""
+        for stream_id, start, stop, fin in self._zero_rtt_frames:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.sender is not None:
+                stream.sender.on_lost(start, stop, fin)
+        self._zero_rtt_frames.clear()
+
+    def _apply_peer_params(self, raw: bytes) -> None:
+        params = decode_transport_parameters(raw, from_server=self.is_client)
+        if self.is_client:
+            expected = (self.original_dcid, getattr(self, "_first_server_scid", None),
+                        self.retry_scid)
+            actual = (params.original_destination_connection_id,
+                      params.initial_source_connection_id, params.retry_source_connection_id)
+            if actual != expected:
+                raise TransportParameterError("connection ids do not match the packets",
+                                              field="transport_parameters.connection_ids")
+        elif params.initial_source_connection_id != self.peer_cid:
+            raise TransportParameterError("does not match the client's SCID",
+                                          field="initial_source_connection_id")
+        self._use_peer_params(params)
+
+    def _use_peer_params(self, params: TransportParameters) -> None:
+        self.peer_params = params
+        self.flow.max_send = max(self.flow.max_send, params.initial_max_data)
+        self._peer_streams_bidi = max(self._peer_streams_bidi, params.initial_max_streams_bidi)
+        self._peer_streams_uni = max(self._peer_streams_uni, params.initial_max_streams_uni)
+        self.recovery.max_ack_delay = params.max_ack_delay / 1000
+        for stream in self.streams.values():
+            local = (stream.stream_id & 0x01) == (0 if self.is_client else 1)
+            if stream.sender is not None:
+                limit = (params.initial_max_stream_data_uni
+                         if is_unidirectional(stream.stream_id) else
+                         params.initial_max_stream_data_bidi_remote if local else
+                         params.initial_max_stream_data_bidi_local)
+                stream.max_send = max(stream.max_send, limit)
+
+    def _discard_space(self, epoch: Epoch) -> None:
+        space = self.spaces[epoch]
+        if space.discarded:
+            return
+        space.discarded = True
+        space.send_keys = space.recv_keys = None
+        self.recovery.discard(epoch)
+
+    # --- failure, closing, timers ----------------------------------------------------------
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """The one place a peer's misbehaviour becomes CONNECTION_CLOSE."""
+        self.close(exc.code, f"{exc.field}: {exc.reason}" if exc.field else exc.reason,
+                   application=False, frame_type=exc.frame_type)
+
+    def _idle_timeout(self) -> float:
+        local = self.config.idle_timeout
+        peer = (self.peer_params.max_idle_timeout / 1000) if self.peer_params else 0
+        timeout = min(local, peer) if peer else local
+        return max(timeout, 3 * self.recovery.pto_duration(Epoch.APPLICATION))
+
+    def idle_deadline(self) -> float:
+        return self._last_activity + self._idle_timeout()
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next be called (absolute seconds), if ever."""
+        if self.state == State.TERMINATED:
+            return None
+        if self.state in (State.CLOSING, State.DRAINING):
+            return self._close_deadline
+        candidates = [self.idle_deadline()]
+        deadline, _, _ = self._loss_timer()
+        if deadline is not None:
+            candidates.append(deadline)
+        candidates.extend(s.ack_deadline for s in self.spaces.values()
+                          if s.ack_deadline is not None)
+        return min(candidates)
+
+    def _loss_timer(self) -> tuple[float | None, Epoch | None, bool]:
+        return self.recovery.loss_timer(
+            handshake_confirmed=self.handshake_confirmed,
+            peer_completed_address_validation=self.handshake_complete,
+            has_keys=lambda e: self.spaces[e].send_keys is not None)
+
+    def handle_timer(self, *, now: float) -> None:
+        if self.state in (State.CLOSING, State.DRAINING):
+            if self._close_deadline is not None and now >= self._close_deadline:
+                self.state = State.TERMINATED
+            return
+        if now >= self.idle_deadline():
+            self.state = State.TERMINATED
+            self._events.append(ConnectionTerminated(ErrorCode.NO_ERROR, 0, "idle timeout",
+                                                     False))
+            return
+        for space in self.spaces.values():
+            if space.ack_deadline is not None and now >= space.ack_deadline:
+                space.ack_needed, space.ack_deadline = True, None
+        deadline, epoch, is_pto = self._loss_timer()
+        if deadline is None or now < deadline or epoch is None:
+            if deadline is None and is_pto and self.is_client and not self.handshake_complete:
+                self._probe(self._anti_deadlock_epoch())
+            return
+        if is_pto:
+            self.recovery.on_pto()
+            self._probe(epoch)
+        else:
+            self.recovery.detect_loss(epoch, now)
+
+    def _anti_deadlock_epoch(self) -> Epoch:
+        return Epoch.HANDSHAKE if self.spaces[Epoch.HANDSHAKE].send_keys else Epoch.INITIAL
+
+    def _probe(self, epoch: Epoch) -> None:
+        """A PTO fired: send up to two ack-eliciting probes, resending CRYPTO data."""
+        space = self.spaces[epoch]
+        space.probes = 2
+        if epoch != Epoch.APPLICATION:
+            crypto = space.crypto_send
+            crypto.on_lost(0, crypto.write_offset, False)
+
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
+        from velocity.core.sender import build_datagrams
+
+        if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
+            return []
+        datagrams = build_datagrams(self, now)
+        if self.state == State.CLOSING and self._close_deadline is None:
+            self._close_deadline = now + 3 * self.recovery.pto_duration(Epoch.APPLICATION)
+        self._discard_closed_streams()
+        return [(d, self.peer_address) for d in datagrams]
+
+
+class StreamsExhausted(UsageError):
+    """The peer's stream limit is reached; wait for MAX_STREAMS."""
+
+
+class _Closed(Exception):  # noqa: N818 - internal signal, never escapes this module
+    """A frame for a stream that is already closed and forgotten: ignore it."""
+
+
+_HANDLERS: dict[type[Frame], Callable[[Connection, Any, Epoch, float], None]] = {
+    Ack: Connection._on_ack,
+    Crypto: Connection._on_crypto,
+    Stream: Connection._on_stream,
+    ResetStream: Connection._on_reset_stream,
+    StopSending: Connection._on_stop_sending,
+    MaxData: Connection._on_max_data,
+    MaxStreamData: Connection._on_max_stream_data,
+    MaxStreamsBidi: Connection._on_max_streams,
+    MaxStreamsUni: Connection._on_max_streams,
+    NewToken: Connection._on_new_token,
+    HandshakeDone: Connection._on_handshake_done,
+    NewConnectionId: Connection._on_new_connection_id,
+    PathChallenge: Connection._on_path_challenge,
+    ConnectionClose: Connection._on_connection_close,
+    ApplicationClose: Connection._on_connection_close,
+    Ping: Connection._ignore,
+    Padding: Connection._ignore,
+    DataBlocked: Connection._ignore,
+    StreamDataBlocked: Connection._ignore,
+    StreamsBlockedBidi: Connection._ignore,
+    StreamsBlockedUni: Connection._ignore,
+    PathResponse: Connection._ignore,
+    RetireConnectionId: Connection._ignore,
+}

@@ -1,0 +1,325 @@
+"""Packet assembly for a ``Connection``: which frames go out, in which packet-number space,
+within the congestion window, the pacer and the anti-amplification limit, coalesced into
+datagrams and protected. Each frame registers what to do when its packet is acknowledged
+or declared lost, so retransmission is per frame, not per packet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+from velocity.core.buffer import Writer, varint_size
+from velocity.core.errors import ErrorCode
+from velocity.core.frames import (
+    Ack,
+    ApplicationClose,
+    ConnectionClose,
+    Crypto,
+    DataBlocked,
+    Frame,
+    HandshakeDone,
+    MaxData,
+    MaxStreamData,
+    MaxStreamsBidi,
+    MaxStreamsUni,
+    Ping,
+    Stream,
+    push_frame,
+)
+from velocity.core.packet import (
+    FIXED_BIT,
+    FORM_LONG,
+    MIN_INITIAL_DATAGRAM,
+    VELOCITY_VERSION,
+    Epoch,
+    PacketType,
+    packet_number_length,
+)
+from velocity.core.protection import TAG_LENGTH, PacketKeys
+from velocity.core.recovery import SentPacket
+
+if TYPE_CHECKING:
+    from velocity.core.connection import Connection, SpaceState
+    from velocity.core.streams import StreamState
+
+MAX_DATAGRAMS_PER_CALL = 64
+STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type, stream id, offset, length (upper bounds)
+MAX_ACK_RANGES = 32
+
+
+@dataclass
+class _Plan:
+    """One packet before protection."""
+
+    epoch: Epoch
+    packet_type: PacketType
+    keys: PacketKeys
+    packet_number: int
+    pn_length: int
+    payload: bytearray
+    sent: SentPacket
+    header_size: int = 0
+
+
+@dataclass
+class _Frames:
+    writer: Writer = field(default_factory=Writer)
+    on_ack: list[Callable[[], None]] = field(default_factory=list)
+    on_loss: list[Callable[[], None]] = field(default_factory=list)
+    ack_eliciting: bool = False
+
+    def add(self, frame: Frame, on_ack: Callable[[], None] | None = None,
+            on_loss: Callable[[], None] | None = None) -> None:
+        push_frame(self.writer, frame)
+        self.ack_eliciting |= frame.ACK_ELICITING
+        if on_ack is not None:
+            self.on_ack.append(on_ack)
+        if on_loss is not None:
+            self.on_loss.append(on_loss)
+
+
+def _header_size(conn: Connection, packet_type: PacketType, pn_length: int) -> int:
+    if packet_type == PacketType.ONE_RTT:
+        return 1 + len(conn.peer_cid) + pn_length
+    size = 1 + 4 + 1 + len(conn.peer_cid) + 1 + len(conn.host_cid) + 2 + pn_length
+    if packet_type == PacketType.INITIAL:
+        token = conn._retry_token if conn.is_client else b""
+        size += varint_size(len(token)) + len(token)
+    return size
+
+
+def _push_header(conn: Connection, plan: _Plan, payload_length: int) -> bytes:
+    writer = Writer()
+    pn_bits = plan.pn_length - 1
+    truncated = plan.packet_number & ((1 << (8 * plan.pn_length)) - 1)
+    if plan.packet_type == PacketType.ONE_RTT:
+        writer.push_uint8(FIXED_BIT | pn_bits)
+        writer.push_bytes(conn.peer_cid)
+    else:
+        writer.push_uint8(FORM_LONG | FIXED_BIT | (plan.packet_type << 4) | pn_bits)
+        writer.push_uint32(VELOCITY_VERSION)
+        writer.push_vec8(conn.peer_cid)
+        writer.push_vec8(conn.host_cid)
+        if plan.packet_type == PacketType.INITIAL:
+            writer.push_vec_varint(conn._retry_token if conn.is_client else b"")
+        writer.push_varint(plan.pn_length + payload_length + TAG_LENGTH, 2)
+    writer.push_uint(truncated, plan.pn_length)
+    return writer.data()
+
+
+def _keys_for(conn: Connection, epoch: Epoch) -> tuple[PacketKeys | None, PacketType]:
+    space = conn.spaces[epoch]
+    if epoch == Epoch.INITIAL:
+        return space.send_keys, PacketType.INITIAL
+    if epoch == Epoch.HANDSHAKE:
+        return space.send_keys, PacketType.HANDSHAKE
+    if space.send_keys is not None and conn.handshake_complete or (
+            space.send_keys is not None and not conn.is_client):
+        return space.send_keys, PacketType.ONE_RTT
+    if conn.is_client and conn._zero_rtt_send is not None:
+        return conn._zero_rtt_send, PacketType.ZERO_RTT
+    return None, PacketType.ONE_RTT
+
+
+def _add_ack(conn: Connection, space: SpaceState, epoch: Epoch, frames: _Frames,
+             now: float) -> None:
+    ranges = space.received.descending()[:MAX_ACK_RANGES]
+    delay = 0
+    if epoch == Epoch.APPLICATION:
+        delay = int(max(now - space.largest_received_time, 0) * 1_000_000) >> (
+            conn.config.ack_delay_exponent)
+    frames.add(Ack.from_packet_ranges(ranges, delay))
+    space.ack_needed, space.ack_eliciting_since_ack, space.ack_deadline = False, 0, None
+
+
+def _close_frame(conn: Connection, epoch: Epoch) -> Frame:
+    assert conn._close is not None
+    code, frame_type, reason, application = conn._close
+    if application and epoch == Epoch.APPLICATION:
+        return ApplicationClose(code, reason.encode()[:256])
+    if application:  # VEL-FRM-004: application closes before 1-RTT are APPLICATION_ERROR
+        return ConnectionClose(ErrorCode.APPLICATION_ERROR, 0, b"")
+    return ConnectionClose(code, frame_type, reason.encode()[:256])
+
+
+def _add_crypto(space: SpaceState, frames: _Frames, room: int) -> None:
+    crypto = space.crypto_send
+    while crypto.has_data() and room - len(frames.writer) > STREAM_FRAME_OVERHEAD:
+        chunk = crypto.next_frame(room - len(frames.writer) - STREAM_FRAME_OVERHEAD, 1 << 62)
+        if chunk is None:
+            break
+        offset, data, _ = chunk
+        end = offset + len(data)
+        frames.add(Crypto(offset, data), on_ack=partial(crypto.on_acked, offset, end, False),
+                   on_loss=partial(crypto.on_lost, offset, end, False))
+
+
+def _resend_max_data(conn: Connection) -> None:
+    conn._control.append(MaxData(conn.flow.max_recv))
+
+
+def _resend_max_stream_data(conn: Connection, stream: StreamState) -> None:
+    conn._control.append(MaxStreamData(stream.stream_id, stream.max_recv))
+
+
+def _add_flow_control(conn: Connection, frames: _Frames) -> None:
+    flow = conn.flow
+    if flow.max_recv - flow.consumed <= flow.window // 2:
+        flow.max_recv = flow.consumed + flow.window
+        frames.add(MaxData(flow.max_recv), on_loss=partial(_resend_max_data, conn))
+    for stream in conn.streams.values():
+        limit = stream.credit()
+        if limit is not None:
+            frames.add(MaxStreamData(stream.stream_id, limit),
+                       on_loss=partial(_resend_max_stream_data, conn, stream))
+    for unidirectional, pending in conn._max_streams_pending.items():
+        if pending:
+            conn._max_streams_pending[unidirectional] = False
+            limit = conn._local_streams_limit[unidirectional]
+            frame: Frame = MaxStreamsUni(limit) if unidirectional else MaxStreamsBidi(limit)
+            frames.add(frame, on_loss=partial(conn._max_streams_pending.__setitem__,
+                                              unidirectional, True))
+
+
+def _add_streams(conn: Connection, frames: _Frames, room: int, zero_rtt: bool) -> None:
+    flow = conn.flow
+    for stream in list(conn.streams.values()):
+        sender = stream.sender
+        if sender is None or not sender.has_data():
+            continue
+        while sender.has_data():
+            space_left = room - len(frames.writer) - STREAM_FRAME_OVERHEAD
+            if space_left <= 0:
+                return
+            credit = flow.max_send - flow.sent
+            max_offset = min(stream.max_send, sender.sent_max + credit)
+            before = sender.sent_max
+            chunk = sender.next_frame(space_left, max_offset)
+            if chunk is None:
+                if credit <= 0 and flow.blocked_sent_at != flow.max_send:
+                    flow.blocked_sent_at = flow.max_send
+                    frames.add(DataBlocked(flow.max_send))
+                break
+            offset, data, fin = chunk
+            flow.sent += sender.sent_max - before
+            end, sid = offset + len(data), stream.stream_id
+            frames.add(Stream(sid, data, offset, fin),
+                       on_ack=partial(sender.on_acked, offset, end, fin),
+                       on_loss=partial(sender.on_lost, offset, end, fin))
+            if zero_rtt:
+                conn._zero_rtt_frames.append((sid, offset, end, fin))
+
+
+def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int, now: float,
+             *, congestion_ok: bool) -> _Frames:
+    space = conn.spaces[epoch]
+    frames = _Frames()
+    if conn._close is not None:
+        if packet_type != PacketType.ZERO_RTT:
+            frames.add(_close_frame(conn, epoch))
+        return frames
+    want_ack = space.received and (space.ack_needed or congestion_ok)
+    if want_ack and packet_type != PacketType.ZERO_RTT and (
+            space.ack_needed or space.ack_eliciting_since_ack):
+        _add_ack(conn, space, epoch, frames, now)
+    probing = space.probes > 0
+    if not (congestion_ok or probing):
+        return frames
+    if packet_type != PacketType.ZERO_RTT:
+        _add_crypto(space, frames, room)
+    if epoch == Epoch.APPLICATION:
+        if packet_type == PacketType.ONE_RTT:
+            if conn._handshake_done_pending:
+                conn._handshake_done_pending = False
+                frames.add(HandshakeDone(),
+                           on_loss=partial(setattr, conn, "_handshake_done_pending", True))
+            while conn._control and room - len(frames.writer) > 64:
+                frame = conn._control.popleft()
+                frames.add(frame, on_loss=partial(conn._control.append, frame))
+            _add_flow_control(conn, frames)
+        _add_streams(conn, frames, room, packet_type == PacketType.ZERO_RTT)
+    if probing and not frames.ack_eliciting:
+        frames.add(Ping())
+    if probing and frames.ack_eliciting:
+        space.probes -= 1
+    return frames
+
+
+def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
+    plans: list[_Plan] = []
+    used = 0
+    cc = conn.recovery.cc
+    congestion_ok = cc.can_send(conn.config.max_datagram_size) and (
+        cc.pacing_delay(now, conn.recovery.rtt) is None)
+    for epoch in Epoch:
+        keys, packet_type = _keys_for(conn, epoch)
+        space = conn.spaces[epoch]
+        if keys is None or space.discarded:
+            continue
+        largest_acked = conn.recovery.spaces[epoch].largest_acked
+        pn = space.next_packet_number
+        pn_length = max(packet_number_length(pn, largest_acked), 2)
+        header_size = _header_size(conn, packet_type, pn_length)
+        room = limit - used - header_size - TAG_LENGTH
+        if room < 32:
+            break
+        frames = _collect(conn, epoch, packet_type, room, now, congestion_ok=congestion_ok)
+        if not len(frames.writer):
+            continue
+        space.next_packet_number += 1
+        sent = SentPacket(pn, epoch, now, 0, frames.ack_eliciting, frames.ack_eliciting,
+                          frames.on_ack, frames.on_loss)
+        plans.append(_Plan(epoch, packet_type, keys, pn, pn_length,
+                           bytearray(frames.writer.data()), sent, header_size))
+        used += header_size + len(frames.writer) + TAG_LENGTH
+    return plans
+
+
+def _seal(conn: Connection, plans: list[_Plan], now: float) -> bytes:
+    """Pad (Initial datagrams to 1200 bytes, every packet to a sample), protect, record."""
+    sizes = [p.header_size + len(p.payload) + TAG_LENGTH for p in plans]
+    padded_initial = any(p.epoch == Epoch.INITIAL and p.sent.ack_eliciting for p in plans)
+    if padded_initial and sum(sizes) < MIN_INITIAL_DATAGRAM:
+        plans[-1].payload += bytes(MIN_INITIAL_DATAGRAM - sum(sizes))
+        plans[-1].sent.in_flight = True
+    datagram = bytearray()
+    for plan in plans:
+        if plan.pn_length + len(plan.payload) < 4:
+            plan.payload += bytes(4 - plan.pn_length - len(plan.payload))
+        header = _push_header(conn, plan, len(plan.payload))
+        packet = plan.keys.encrypt_packet(header, bytes(plan.payload), plan.packet_number)
+        plan.sent.size = len(packet)
+        conn.recovery.on_sent(plan.sent, now)
+        datagram += packet
+    return bytes(datagram)
+
+
+def build_datagrams(conn: Connection, now: float) -> list[bytes]:
+    """Every datagram the connection may send now."""
+    out: list[bytes] = []
+    mtu = conn.config.max_datagram_size if conn.handshake_complete else min(
+        conn.config.max_datagram_size, 1452)
+    if conn.peer_params is not None:
+        mtu = min(mtu, conn.peer_params.max_udp_payload_size)
+    for _ in range(MAX_DATAGRAMS_PER_CALL):
+        limit = mtu
+        if not conn.address_validated:
+            limit = min(limit, 3 * conn.bytes_received - conn.bytes_sent)
+            if limit < MIN_INITIAL_DATAGRAM and any(
+                    conn.spaces[e].send_keys for e in (Epoch.INITIAL,)) and limit < 1200:
+                if limit <= 0:
+                    break
+        plans = _plan_packets(conn, limit, now)
+        if not plans:
+            break
+        datagram = _seal(conn, plans, now)
+        if not conn.address_validated and len(datagram) > 3 * conn.bytes_received - (
+                conn.bytes_sent):
+            break  # padding pushed it past the limit; VEL-CONN-001 forbids sending it
+        conn.bytes_sent += len(datagram)
+        out.append(datagram)
+        if conn._close is not None:
+            break
+    return out
