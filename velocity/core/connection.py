@@ -87,6 +87,7 @@ from velocity.core.packet import (
 from velocity.core.protection import PacketKeys, initial_keys, retry_tag_valid
 from velocity.core.rangeset import RangeSet
 from velocity.core.recovery import Recovery
+from velocity.core.sender import build_datagrams
 from velocity.core.streams import ReceiveBuffer, SendBuffer, StreamState, is_unidirectional
 from velocity.core.transport_params import (
     TransportParameters,
@@ -191,24 +192,18 @@ class Connection:
         self._streams_closed_by_peer = {False: 0, True: 0}
         self._max_streams_pending = {False: False, True: False}
         self._control: deque[Frame] = deque()  # control frames waiting to be sent
-        self.handshake_complete = False
-        self.handshake_confirmed = False
-        self._handshake_done_pending = False
+        self.handshake_complete = self.handshake_confirmed = self.early_data_accepted = False
+        self._handshake_done_pending = self._handshake_done_received = False
         self.address_validated = self.is_client or address_validated
-        self.bytes_received = 0
-        self.bytes_sent = 0
+        self.bytes_received = self.bytes_sent = 0
         self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
         self._close_deadline: float | None = None
-        self._close_sent_for_datagram = False
-        self._idle_deadline: float | None = None
         self._last_activity = 0.0
         self.peer_address: Address | None = None
         self.retry_scid = retry_scid
         self._retry_token = config.token
         self._received_retry = False
-        self._handshake_done_received = False
         self._peer_cid_set = not self.is_client
-        self.early_data_accepted = False
         self._peer_cids: dict[int, bytes] = {}
         self._zero_rtt_frames: list[tuple[int, int, int, bool]] = []
         if self.is_client:
@@ -222,16 +217,16 @@ class Connection:
         self._initial_dcid = (retry_scid or self.original_dcid) if not self.is_client else (
             self.original_dcid)
         self._install_initial_keys(self._initial_dcid)
-        self.handshake: ClientHandshake | ServerHandshake
-        params = encode_transport_parameters(self._local_params())
-        if isinstance(config.handshake, ClientConfig):
-            self.handshake = ClientHandshake(config.handshake, entropy=entropy,
-                                             transport_parameters=params)
-        else:
-            self.handshake = ServerHandshake(config.handshake, entropy=entropy,
-                                             transport_parameters=params)
+        self.handshake = self._make_handshake()
 
     # --- setup -------------------------------------------------------------------------
+
+    def _make_handshake(self) -> ClientHandshake | ServerHandshake:
+        params = encode_transport_parameters(self._local_params())
+        config = self.config.handshake
+        if isinstance(config, ClientConfig):
+            return ClientHandshake(config, entropy=self._entropy, transport_parameters=params)
+        return ServerHandshake(config, entropy=self._entropy, transport_parameters=params)
 
     def _local_params(self) -> TransportParameters:
         config = self.config
@@ -387,7 +382,6 @@ class Connection:
         if self.peer_address is None:
             self.peer_address = address
         if self.state == State.CLOSING:
-            self._close_sent_for_datagram = False
             return
         offset = 0
         try:
@@ -789,8 +783,6 @@ class Connection:
             crypto.on_lost(0, crypto.write_offset, False)
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
-        from velocity.core.sender import build_datagrams
-
         if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
             return []
         datagrams = build_datagrams(self, now)
@@ -804,7 +796,7 @@ class StreamsExhausted(UsageError):
     """The peer's stream limit is reached; wait for MAX_STREAMS."""
 
 
-class _Closed(Exception):  # noqa: N818 - internal signal, never escapes this module
+class _Closed(Exception):
     """A frame for a stream that is already closed and forgotten: ignore it."""
 
 

@@ -115,8 +115,7 @@ def _keys_for(conn: Connection, epoch: Epoch) -> tuple[PacketKeys | None, Packet
         return space.send_keys, PacketType.INITIAL
     if epoch == Epoch.HANDSHAKE:
         return space.send_keys, PacketType.HANDSHAKE
-    if space.send_keys is not None and conn.handshake_complete or (
-            space.send_keys is not None and not conn.is_client):
+    if space.send_keys is not None and (conn.handshake_complete or not conn.is_client):
         return space.send_keys, PacketType.ONE_RTT
     if conn.is_client and conn._zero_rtt_send is not None:
         return conn._zero_rtt_send, PacketType.ZERO_RTT
@@ -277,12 +276,14 @@ def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
     return plans
 
 
-def _seal(conn: Connection, plans: list[_Plan], now: float) -> bytes:
-    """Pad (Initial datagrams to 1200 bytes, every packet to a sample), protect, record."""
+def _seal(conn: Connection, plans: list[_Plan], now: float, limit: int) -> bytes:
+    """Pad (datagrams with an ack-eliciting Initial to 1200 bytes, within ``limit``; every
+    packet to a header-protection sample), protect, and record each packet as sent."""
     sizes = [p.header_size + len(p.payload) + TAG_LENGTH for p in plans]
     padded_initial = any(p.epoch == Epoch.INITIAL and p.sent.ack_eliciting for p in plans)
-    if padded_initial and sum(sizes) < MIN_INITIAL_DATAGRAM:
-        plans[-1].payload += bytes(MIN_INITIAL_DATAGRAM - sum(sizes))
+    target = min(MIN_INITIAL_DATAGRAM, limit)
+    if padded_initial and sum(sizes) < target:
+        plans[-1].payload += bytes(target - sum(sizes))
         plans[-1].sent.in_flight = True
     datagram = bytearray()
     for plan in plans:
@@ -297,7 +298,8 @@ def _seal(conn: Connection, plans: list[_Plan], now: float) -> bytes:
 
 
 def build_datagrams(conn: Connection, now: float) -> list[bytes]:
-    """Every datagram the connection may send now."""
+    """Every datagram the connection may send now. Until the client's address is validated
+    a server sends at most three times what it received (VEL-CONN-001)."""
     out: list[bytes] = []
     mtu = conn.config.max_datagram_size if conn.handshake_complete else min(
         conn.config.max_datagram_size, 1452)
@@ -307,17 +309,12 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
         limit = mtu
         if not conn.address_validated:
             limit = min(limit, 3 * conn.bytes_received - conn.bytes_sent)
-            if limit < MIN_INITIAL_DATAGRAM and any(
-                    conn.spaces[e].send_keys for e in (Epoch.INITIAL,)) and limit < 1200:
-                if limit <= 0:
-                    break
+        if limit < 64:
+            break
         plans = _plan_packets(conn, limit, now)
         if not plans:
             break
-        datagram = _seal(conn, plans, now)
-        if not conn.address_validated and len(datagram) > 3 * conn.bytes_received - (
-                conn.bytes_sent):
-            break  # padding pushed it past the limit; VEL-CONN-001 forbids sending it
+        datagram = _seal(conn, plans, now, limit)
         conn.bytes_sent += len(datagram)
         out.append(datagram)
         if conn._close is not None:
