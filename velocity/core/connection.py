@@ -291,6 +291,10 @@ class Connection:
         self._local_stream(stream_id).require_receiver("STOP_SENDING")
         self._control.append(StopSending(stream_id, error_code))
 
+    def queue_after_handshake(self, frame: Frame) -> None:
+        """A 1-RTT control frame (NEW_TOKEN) to send once 1-RTT keys exist."""
+        self._control.append(frame)
+
     def stream_buffered(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet acknowledged (for back-pressure)."""
         stream = self.streams.get(stream_id)

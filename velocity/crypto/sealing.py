@@ -75,8 +75,12 @@ class RetryTokens:
         writer.push_uint16(port)
         return self._sealer.seal(writer.data(), nonce)
 
-    def validate(self, token: bytes, address: str, port: int, *, now_ms: int) -> bytes:
-        """Return the original DCID the token was issued for, or raise ``InvalidToken``."""
+    def validate(self, token: bytes, address: str, port: int, *, now_ms: int,
+                 lifetime_ms: int | None = None) -> bytes:
+        """Return the original DCID the token was issued for, or raise ``InvalidToken``.
+
+        Retry tokens (with an original DCID) live ``self.lifetime_ms``; NEW_TOKEN tokens
+        (empty original DCID) live ``lifetime_ms`` when given."""
         plaintext = self._sealer.open(token)
         if plaintext is None:
             raise InvalidToken("token does not open under any current key", field="token")
@@ -88,6 +92,7 @@ class RetryTokens:
             raise InvalidToken("malformed token", field="token") from None
         if (bound_address, bound_port) != (address, port):
             raise InvalidToken("token was issued to another address", field="token")
-        if not 0 <= now_ms - issued <= self.lifetime_ms:
+        lifetime = self.lifetime_ms if odcid or lifetime_ms is None else lifetime_ms
+        if not 0 <= now_ms - issued <= lifetime:
             raise InvalidToken("token expired", field="token")
         return odcid

@@ -1,0 +1,213 @@
+"""The server side of many connections, sans-I/O: connection-ID demultiplexing, stateless
+answers to datagrams that belong to no connection (Version Negotiation, Retry, refusal),
+address-validation tokens, and the session limit (spec VEL-CONN-004, VEL-CONN-005,
+VEL-VN-001, VEL-RTY-*). The asyncio server (``velocity.aio.server``) only moves bytes."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from velocity.core.buffer import Writer
+from velocity.core.connection import Address, Connection, ConnectionConfig, State
+from velocity.core.entropy import Entropy
+from velocity.core.errors import ErrorCode, InvalidToken, ProtocolError, UsageError
+from velocity.core.events import Event
+from velocity.core.frames import ConnectionClose, NewToken, encode_frames
+from velocity.core.packet import (
+    MIN_INITIAL_DATAGRAM,
+    VELOCITY_VERSION,
+    LongHeader,
+    PacketType,
+    ProtectedHeader,
+    VersionNegotiation,
+    encode_retry_without_tag,
+    encode_version_negotiation,
+    parse_header,
+    push_long_header,
+)
+from velocity.core.protection import initial_keys, retry_integrity_tag
+
+RETRY_POLICIES = ("never", "always", "under-load")
+NEW_TOKEN_LIFETIME_MS = 24 * 3600 * 1000
+RESERVED_VERSION = 0x1A2A3A4A  # VEL-VN-005: keep clients tolerant of unknown versions
+
+
+class TokenSealer(Protocol):
+    """Issues and validates address-validation tokens (``velocity.crypto.sealing``)."""
+
+    def issue(self, address: str, port: int, original_dcid: bytes, *, now_ms: int,
+              nonce: bytes) -> bytes: ...
+
+    def validate(self, token: bytes, address: str, port: int, *, now_ms: int,
+                 lifetime_ms: int | None = None) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    connection: ConnectionConfig
+    retry: str = "never"
+    max_sessions: int = 10_000
+    under_load: int = 64  # connections awaiting validation before Retry kicks in
+
+    def __post_init__(self) -> None:
+        if self.retry not in RETRY_POLICIES:
+            raise UsageError(f"retry policy must be one of {', '.join(RETRY_POLICIES)}")
+
+
+class ServerEndpoint:
+    """All of a server's connections behind one socket."""
+
+    def __init__(self, config: EndpointConfig, *, entropy: Entropy,
+                 tokens: TokenSealer | None = None) -> None:
+        if config.retry != "never" and tokens is None:
+            raise UsageError("a Retry policy needs a token sealer")
+        self.config = config
+        self._entropy = entropy
+        self._tokens = tokens
+        self._by_cid: dict[bytes, Connection] = {}
+        self.connections: list[Connection] = []
+        self._stateless: deque[tuple[bytes, Address]] = deque()
+        self._events: deque[tuple[Connection, Event]] = deque()
+        self.retries_sent = 0
+        self.refused = 0
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, address: Address, *, now: float) -> None:
+        cid_length = self.config.connection.cid_length
+        try:
+            header = parse_header(data, short_dcid_length=cid_length)
+        except ProtocolError:
+            return  # undecodable: drop, never create state (VEL-CONN-004)
+        connection = self._by_cid.get(header.dcid)
+        if connection is not None:
+            connection.receive_datagram(data, address, now=now)
+            self._collect(connection)
+            return
+        if header.packet_type == PacketType.ONE_RTT or (
+                header.packet_type == PacketType.VERSION_NEGOTIATION):
+            return
+        if len(data) < MIN_INITIAL_DATAGRAM:
+            return  # VEL-PKT-012, VEL-VN-002
+        if header.version != VELOCITY_VERSION:
+            self._version_negotiation(header, address)
+            return
+        if header.packet_type == PacketType.INITIAL:
+            self._accept(header, data, address, now)
+
+    def _version_negotiation(self, header: ProtectedHeader, address: Address) -> None:
+        packet = VersionNegotiation(header.scid, header.dcid,
+                                    (VELOCITY_VERSION, RESERVED_VERSION),
+                                    self._entropy.random(1)[0] & 0x7F)
+        self._stateless.append((encode_version_negotiation(packet), address))
+
+    def _accept(self, header: ProtectedHeader, data: bytes, address: Address,
+                now: float) -> None:
+        now_ms = int(now * 1000)
+        original_dcid, retry_scid, validated = header.dcid, None, False
+        if header.token and self._tokens is not None:
+            try:
+                odcid = self._tokens.validate(header.token, *address, now_ms=now_ms,
+                                              lifetime_ms=NEW_TOKEN_LIFETIME_MS)
+            except InvalidToken:
+                self._refuse(header, address, ErrorCode.INVALID_TOKEN, "invalid token")
+                return
+            validated = True
+            if odcid:  # a Retry token: the client's DCID is our Retry SCID
+                original_dcid, retry_scid = odcid, header.dcid
+        if len(self.connections) >= self.config.max_sessions:
+            self.refused += 1
+            self._refuse(header, address, ErrorCode.CONNECTION_REFUSED, "server is full")
+            return
+        if not validated and self._wants_retry():
+            self._retry(header, address, now_ms)
+            return
+        connection = Connection(self.config.connection, entropy=self._entropy,
+                                original_dcid=original_dcid, peer_cid=header.scid,
+                                retry_scid=retry_scid, address_validated=validated)
+        if self._tokens is not None:
+            token = self._tokens.issue(*address, b"", now_ms=now_ms,
+                                       nonce=self._entropy.random(12))
+            connection.queue_after_handshake(NewToken(token))
+        self.connections.append(connection)
+        for cid in (connection.host_cid, header.dcid):
+            self._by_cid[cid] = connection
+        connection.receive_datagram(data, address, now=now)
+        self._collect(connection)
+
+    def _wants_retry(self) -> bool:
+        if self.config.retry == "always":
+            return True
+        if self.config.retry == "under-load":
+            waiting = sum(1 for c in self.connections if not c.address_validated)
+            return waiting >= self.config.under_load
+        return False
+
+    def _retry(self, header: ProtectedHeader, address: Address, now_ms: int) -> None:
+        assert self._tokens is not None  # checked in __init__
+        scid = self._entropy.random(self.config.connection.cid_length)
+        token = self._tokens.issue(*address, header.dcid, now_ms=now_ms,
+                                   nonce=self._entropy.random(12))
+        packet = encode_retry_without_tag(VELOCITY_VERSION, header.scid, scid, token)
+        self._stateless.append((packet + retry_integrity_tag(packet, header.dcid), address))
+        self.retries_sent += 1
+
+    def _refuse(self, header: ProtectedHeader, address: Address, code: int,
+                reason: str) -> None:
+        """A stateless Initial carrying CONNECTION_CLOSE (VEL-CONN-005, VEL-RTY-005)."""
+        send, _ = initial_keys(header.dcid, is_client=False)
+        payload = encode_frames([ConnectionClose(code, 0, reason.encode())])
+        payload += bytes(max(0, 20 - len(payload)))
+        writer = Writer()
+        scid = self._entropy.random(self.config.connection.cid_length)
+        push_long_header(writer, LongHeader(PacketType.INITIAL, VELOCITY_VERSION, header.scid,
+                                            scid, 0, 2, 2 + len(payload) + 16))
+        self._stateless.append((send.encrypt_packet(writer.data(), payload, 0), address))
+
+    # --- sending, timers, events ---------------------------------------------------------
+
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
+        out = list(self._stateless)
+        self._stateless.clear()
+        for connection in self.connections:
+            out.extend(connection.datagrams_to_send(now=now))
+            self._collect(connection)
+        self._reap()
+        return out
+
+    def get_timer(self) -> float | None:
+        timers = [t for c in self.connections if (t := c.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, *, now: float) -> None:
+        for connection in self.connections:
+            timer = connection.get_timer()
+            if timer is not None and timer <= now:
+                connection.handle_timer(now=now)
+                self._collect(connection)
+        self._reap()
+
+    def _collect(self, connection: Connection) -> None:
+        while (event := connection.next_event()) is not None:
+            self._events.append((connection, event))
+
+    def _reap(self) -> None:
+        """Forget terminated connections (idle, drained or closed)."""
+        for connection in [c for c in self.connections if c.state == State.TERMINATED]:
+            self.connections.remove(connection)
+            for cid in [cid for cid, c in self._by_cid.items() if c is connection]:
+                del self._by_cid[cid]
+
+    def next_event(self) -> tuple[Connection, Event] | None:
+        return self._events.popleft() if self._events else None
+
+    def close_all(self, *, now: float) -> None:
+        """Graceful shutdown: every connection closes with NO_ERROR (VEL-CONN-007)."""
+        for connection in self.connections:
+            connection.close(ErrorCode.NO_ERROR, "server shutting down")
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(self.connections)
