@@ -512,6 +512,7 @@ class Connection:
         data = self.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
         if data:
             self.handshake.receive(epoch, data, now_ms=int(now * 1000))
+            self._pump_handshake(now)  # keys for packets coalesced behind this one
 
     def _on_stream(self, frame: Stream, epoch: Epoch, now: float) -> None:
         try:
@@ -599,6 +600,8 @@ class Connection:
 
     def _on_connection_close(self, frame: ConnectionClose | ApplicationClose, epoch: Epoch,
                              now: float) -> None:
+        if self.state in (State.DRAINING, State.TERMINATED):
+            return  # the same close, coalesced in several packet types
         frame_type = frame.frame_type if isinstance(frame, ConnectionClose) else 0
         self._events.append(ConnectionTerminated(
             frame.error_code, frame_type, frame.reason.decode(errors="replace"), True))

@@ -87,8 +87,7 @@ class ServerEndpoint:
             connection.receive_datagram(data, address, now=now)
             self._collect(connection)
             return
-        if header.packet_type == PacketType.ONE_RTT or (
-                header.packet_type == PacketType.VERSION_NEGOTIATION):
+        if header.packet_type in (PacketType.ONE_RTT, PacketType.VERSION_NEGOTIATION):
             return
         if len(data) < MIN_INITIAL_DATAGRAM:
             return  # VEL-PKT-012, VEL-VN-002

@@ -216,7 +216,9 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
     space = conn.spaces[epoch]
     frames = _Frames()
     if conn._close is not None:
-        if packet_type != PacketType.ZERO_RTT:
+        # after the handshake the peer reads 1-RTT: close there only (RFC 9000 10.2.3)
+        late = conn.handshake_complete and epoch != Epoch.APPLICATION
+        if packet_type != PacketType.ZERO_RTT and not late:
             frames.add(_close_frame(conn, epoch))
         return frames
     want_ack = space.received and (space.ack_needed or congestion_ok)
