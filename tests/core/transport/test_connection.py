@@ -12,7 +12,12 @@ from harness.pair import PairSpec
 from tests.core.transport.helpers import both_completed, completed, make, received, terminated
 from velocity.core.connection import State, StreamsExhausted
 from velocity.core.errors import ErrorCode
-from velocity.core.events import HandshakeConfirmed, StreamDataReceived
+from velocity.core.events import (
+    HandshakeConfirmed,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
 from velocity.core.hybrid import PROFILES, Profile
 
 PAYLOAD = hashlib.shake_256(b"velocity transfer").digest(300_000)
@@ -154,23 +159,24 @@ def test_opening_beyond_the_limit_is_stream_limit_error() -> None:
 
 
 @pytest.mark.spec("VEL-STR-003")
-def test_reset_and_stop_sending() -> None:
+def test_reset_stream_and_stop_sending() -> None:
     pair = make()
     pair.connect()
     assert pair.run(lambda: both_completed(pair))
-    sid = pair.client.get_next_available_stream_id()
-    pair.client.send_stream_data(sid, b"partial")
-    assert pair.run(lambda: received(pair.server_events, sid)[0] == b"partial")
-    pair.client.reset_stream(sid, 0x0103)
-    from velocity.core.events import StopSendingReceived, StreamReset
+    reset_id = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(reset_id, b"partial")
+    assert pair.run(lambda: received(pair.server_events, reset_id)[0] == b"partial")
+    pair.client.reset_stream(reset_id, 0x0103)
+    assert pair.run(lambda: StreamReset(reset_id, 0x0103) in pair.server_events)
 
-    assert pair.run(lambda: any(isinstance(e, StreamReset) and e.error_code == 0x0103
-                                for e in pair.server_events))
+    stopped_id = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stopped_id, b"more to come")
+    assert pair.run(lambda: received(pair.server_events, stopped_id)[0] == b"more to come")
     server = pair.server
     assert server is not None
-    server.stop_stream(sid, 0x0100)
-    assert pair.run(lambda: any(isinstance(e, StopSendingReceived)
-                                for e in pair.client_events) or True)
+    server.stop_stream(stopped_id, 0x0100)
+    assert pair.run(lambda: StopSendingReceived(stopped_id, 0x0100) in pair.client_events)
+    assert pair.run(lambda: StreamReset(stopped_id, 0x0100) in pair.server_events)
 
 
 @pytest.mark.spec("VEL-ERR-004", "VEL-CONN-007")
