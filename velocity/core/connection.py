@@ -218,8 +218,17 @@ class Connection:
             self.original_dcid)
         self._install_initial_keys(self._initial_dcid)
         self.handshake = self._make_handshake()
+        self._peer_params_final = False
+        self._use_remembered_params()
 
     # --- setup -------------------------------------------------------------------------
+
+    def _use_remembered_params(self) -> None:
+        """0-RTT runs under the limits the server gave last time (VEL-RES-009)."""
+        remembered = self.config.remembered_transport_parameters
+        if self.is_client and remembered and getattr(self.config.handshake, "early_data",
+                                                     False):
+            self._use_peer_params(decode_transport_parameters(remembered, from_server=True))
 
     def _make_handshake(self) -> ClientHandshake | ServerHandshake:
         params = encode_transport_parameters(self._local_params())
@@ -622,7 +631,7 @@ class Connection:
                 self.spaces[epoch].crypto_send.write(data)
         while (event := handshake.next_event()) is not None:
             self._on_handshake_event(event, now)
-        if (not self.is_client and self.peer_params is None
+        if (not self.is_client and not self._peer_params_final
                 and handshake.peer_transport_parameters):
             self._apply_peer_params(handshake.peer_transport_parameters)
 
@@ -659,7 +668,7 @@ class Connection:
         self.handshake_complete = True
         self.state = State.CONNECTED
         self.early_data_accepted = event.early_data_accepted
-        if self.peer_params is None:
+        if not self._peer_params_final:
             self._apply_peer_params(event.peer_transport_parameters)
         self._events.append(event)
         if self.is_client:

@@ -1,0 +1,145 @@
+"""The server endpoint: Retry, Version Negotiation, refusal, the anti-amplification limit with
+post-quantum-sized flights, resumption with 0-RTT over packets, and stray datagrams."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.loopback import CLIENT_ADDR, ONE_WAY, Pair, perfect
+from harness.pair import PairSpec, make_configs
+from tests.core.transport.helpers import both_completed, make, received, terminated
+from velocity.core.connection import ConnectionConfig, State
+from velocity.core.errors import ErrorCode
+from velocity.core.events import NewTokenReceived, TicketReceived
+from velocity.core.hybrid import SECURE
+from velocity.core.packet import VELOCITY_VERSION, PacketType, parse_header
+from velocity.crypto.sealing import RetryTokens
+
+TOKENS = RetryTokens(bytes(16))
+
+
+@pytest.mark.spec("VEL-RTY-001", "VEL-RTY-002", "VEL-RTY-003", "VEL-RTY-004", "VEL-RTY-005",
+                  "VEL-RTY-007")
+@pytest.mark.parametrize("mode", ["pdk", "discovery"])
+def test_retry_always(mode: str) -> None:
+    pair = make(mode, retry="always", tokens=TOKENS)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    assert pair.endpoint.retries_sent >= 1  # one per token-less Initial datagram
+    server = pair.server
+    assert server is not None and server.address_validated
+    assert server.retry_scid is not None and pair.client.retry_scid == server.retry_scid
+
+
+def test_retry_under_load_only_when_loaded() -> None:
+    pair = make(retry="under-load", tokens=TOKENS)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    assert pair.endpoint.retries_sent == 0
+
+
+def test_tampered_retry_is_ignored() -> None:
+    def tamper(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        if direction == "s2c" and datagram[0] & 0xF0 == 0xF0:  # a Retry packet
+            return [(ONE_WAY, datagram[:-1] + bytes([datagram[-1] ^ 1]))]
+        return [(ONE_WAY, datagram)]
+
+    pair = make(retry="always", tokens=TOKENS, network=tamper)
+    pair.connect()
+    assert not pair.run(lambda: both_completed(pair), max_time=3)
+    assert pair.client.retry_scid is None
+
+
+@pytest.mark.spec("VEL-VN-001", "VEL-VN-002", "VEL-VN-004", "VEL-VN-005")
+def test_version_negotiation() -> None:
+    pair = make()
+    pair.connect()
+    (datagram, _), *_ = pair.client.datagrams_to_send(now=0.0)
+    other = bytearray(datagram)
+    other[1:5] = (0x00000001).to_bytes(4, "big")
+    pair.endpoint.receive_datagram(bytes(other[:1199]), CLIENT_ADDR, now=0.0)
+    assert pair.endpoint.datagrams_to_send(now=0.0) == []  # never for < 1200 bytes
+    pair.endpoint.receive_datagram(bytes(other), CLIENT_ADDR, now=0.0)
+    ((answer, _),) = pair.endpoint.datagrams_to_send(now=0.0)
+    header = parse_header(answer, short_dcid_length=8)
+    assert header.packet_type == PacketType.VERSION_NEGOTIATION
+    assert VELOCITY_VERSION.to_bytes(4, "big") in answer and not pair.endpoint.connections
+    pair.client.receive_datagram(answer, CLIENT_ADDR, now=0.01)  # lists our version
+    assert pair.client.state != State.TERMINATED
+    foreign = answer.replace(VELOCITY_VERSION.to_bytes(4, "big"), b"\x00\x00\x00\x01")
+    pair.client.receive_datagram(foreign, CLIENT_ADDR, now=0.01)
+    assert pair.client.state == State.TERMINATED
+
+
+@pytest.mark.spec("VEL-CONN-005")
+def test_full_server_refuses_with_connection_refused() -> None:
+    pair = make(max_sessions=0)
+    pair.connect()
+    assert pair.run(lambda: bool(terminated(pair.client_events)), max_time=5)
+    (end,) = terminated(pair.client_events)
+    assert end.by_peer and end.error_code == ErrorCode.CONNECTION_REFUSED
+    assert pair.endpoint.refused >= 1 and not pair.endpoint.connections
+
+
+@pytest.mark.spec("VEL-CONN-001", "VEL-SIZE-002")
+@pytest.mark.parametrize("spec", [PairSpec(mode="discovery"), PairSpec(SECURE, "discovery")],
+                         ids=["balanced", "secure"])
+def test_amplification_limit_holds_for_pq_flights(spec: PairSpec) -> None:
+    ratios: list[float] = []
+    pair: Pair
+
+    def watch(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        server = pair.server
+        if direction == "s2c" and server is not None and not server.address_validated:
+            ratios.append(pair.sent["s2c"] / max(server.bytes_received, 1))
+        return perfect(direction, datagram, now)
+
+    client_hs, server_hs = make_configs(spec)
+    pair = Pair(ConnectionConfig(client_hs), ConnectionConfig(server_hs), network=watch)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair), max_time=10)
+    assert ratios and max(ratios) <= 3.0, max(ratios)
+
+
+@pytest.mark.spec("VEL-RES-006", "VEL-RES-009", "VEL-RTY-008")
+@pytest.mark.parametrize("accepted", [True, False])
+def test_zero_rtt_request_over_packets(accepted: bool) -> None:
+    first = make("discovery", tokens=TOKENS)
+    first.connect()
+    assert first.run(lambda: both_completed(first)
+                     and any(isinstance(e, TicketReceived) for e in first.client_events)
+                     and any(isinstance(e, NewTokenReceived) for e in first.client_events))
+    ticket = next(e for e in first.client_events if isinstance(e, TicketReceived))
+    token = next(e.token for e in first.client_events if isinstance(e, NewTokenReceived))
+    spec = PairSpec(mode="discovery", client={"ticket": ticket.ticket, "early_data": True},
+                    server={"max_early_data": 65536 if accepted else 0})
+    if not accepted:  # a fresh replay filter that already saw everything
+        spec.server["replay_filter"] = _RejectAll()
+    second = make(spec=spec, tokens=TOKENS, client={
+        "remembered_transport_parameters": ticket.transport_parameters, "token": token})
+    second.now = first.now + 1.0  # the clock keeps running between connections
+    second.connect()
+    sid = second.client.get_next_available_stream_id()
+    second.client.send_stream_data(sid, b"GET / HTTP/1.1\r\n\r\n", end_stream=True)
+    assert second.run(lambda: received(second.server_events, sid)[1]
+                      and second.client.handshake_complete)
+    assert second.client.early_data_accepted is accepted
+    server = second.server
+    assert server is not None and server.address_validated  # the NEW_TOKEN validated it
+
+
+class _RejectAll:
+    def accept(self, binder: bytes, now_ms: int) -> bool:
+        return False
+
+
+def test_stray_datagrams_do_not_create_state_or_stop_service() -> None:
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    for junk in (b"", b"\x00" * 50, b"\xc0" + bytes(1300), b"\x40" + bytes(30), bytes(range(256))):
+        pair.endpoint.receive_datagram(junk, ("127.0.0.9", 9), now=pair.now)
+    assert len(pair.endpoint.connections) == 1
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, b"still serving", end_stream=True)
+    assert pair.run(lambda: received(pair.server_events, sid) == (b"still serving", True))
