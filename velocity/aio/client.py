@@ -1,0 +1,179 @@
+"""The asyncio Velocity client: ``async with connect(host, port, config) as client`` runs the
+handshake, then ``await client.open_stream()`` gives reader/writer streams."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
+
+from velocity.aio.base import Sender, StreamRouter, TimerMixin, udp_socket
+from velocity.aio.entropy import OsEntropy
+from velocity.aio.streams import VelocityStream
+from velocity.core.connection import Address, Connection, ConnectionConfig, StreamsExhausted
+from velocity.core.entropy import Entropy
+from velocity.core.events import (
+    ConnectionTerminated,
+    Event,
+    NewTokenReceived,
+    TicketReceived,
+)
+from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted, ServerKeyLearned
+
+
+class FallbackError(ConnectionError):
+    """The server sent a FALLBACK directive instead of speaking Velocity/1."""
+
+    def __init__(self, directive: FallbackDirected) -> None:
+        where = f"{directive.host or 'the same host'}:{directive.port}"
+        super().__init__(f"server directs to {directive.alpn} at {where} "
+                         f"({directive.reason_text})")
+        self.directive = directive
+
+
+class HandshakeError(ConnectionError):
+    def __init__(self, terminated: ConnectionTerminated) -> None:
+        super().__init__(f"handshake failed (0x{terminated.error_code:x}): {terminated.reason}")
+        self.error_code = terminated.error_code
+        self.reason = terminated.reason
+
+
+class VelocityClient(asyncio.DatagramProtocol, TimerMixin):
+    def __init__(self, connection: Connection, sock: socket.socket) -> None:
+        self.connection = connection
+        self._socket = sock
+        self._loop = asyncio.get_running_loop()
+        self.router = StreamRouter(connection, self.schedule_transmit, None)
+        self.completed: HandshakeCompleted | None = None
+        self.tickets: list[TicketReceived] = []
+        self.new_token: bytes | None = None
+        self.learned_key: ServerKeyLearned | None = None
+        self._handshake: asyncio.Future[HandshakeCompleted] = self._loop.create_future()
+        self._progress = asyncio.Event()
+        self._sender: Sender | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._transmit_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._sender = Sender(self._transport, self._socket)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.connection.receive_datagram(data, (str(addr[0]), int(addr[1])),
+                                         now=self._loop.time())
+        self._route()
+        self._transmit()
+
+    def error_received(self, exc: Exception) -> None:
+        if not self._handshake.done():
+            self._handshake.set_exception(ConnectionError(f"network error: {exc}"))
+
+    def _route(self) -> None:
+        while (event := self.connection.next_event()) is not None:
+            self._on_event(event)
+        self._progress.set()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.completed = event
+            if not self._handshake.done():
+                self._handshake.set_result(event)
+        elif isinstance(event, FallbackDirected):
+            if not self._handshake.done():
+                self._handshake.set_exception(FallbackError(event))
+        elif isinstance(event, TicketReceived):
+            self.tickets.append(event)
+        elif isinstance(event, NewTokenReceived):
+            self.new_token = event.token
+        elif isinstance(event, ServerKeyLearned):
+            self.learned_key = event
+        elif isinstance(event, ConnectionTerminated) and not self._handshake.done():
+            self._handshake.set_exception(HandshakeError(event))
+        self.router.handle(event)
+
+    def schedule_transmit(self) -> None:
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self._loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self._transmit_scheduled = False
+        if self._sender is None:
+            return
+        self._sender.send(self.connection.datagrams_to_send(now=self._loop.time()))
+        self.router.update_writable()
+        self._route()
+        self._arm(self.connection.get_timer(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_at = None
+        self.connection.handle_timer(now=self._loop.time())
+        self._route()
+        self._transmit()
+
+    async def wait_handshake(self) -> HandshakeCompleted:
+        return await self._handshake
+
+    async def open_stream(self, *, unidirectional: bool = False) -> VelocityStream:
+        """A new stream; waits while the server's stream limit is reached."""
+        while True:
+            if self.router.terminated is not None:
+                raise ConnectionError(f"connection closed: {self.router.terminated.reason}")
+            try:
+                stream_id = self.connection.get_next_available_stream_id(
+                    unidirectional=unidirectional)
+            except StreamsExhausted:
+                self._progress.clear()
+                self.schedule_transmit()
+                await self._progress.wait()
+                continue
+            stream = self.router.stream(stream_id)
+            self.connection.send_stream_data(stream_id, b"")  # reserve the id
+            return stream
+
+    async def close(self, error_code: int = 0, reason: str = "") -> None:
+        self.connection.close(error_code, reason)
+        self._transmit()
+        await asyncio.sleep(0)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def resolve(host: str, port: int) -> Address:
+    """The first UDP address for ``host:port``; raises OSError with a clear message."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
+    *_, sockaddr = infos[0]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+@asynccontextmanager
+async def connect(host: str, port: int, config: ConnectionConfig, *,
+                  entropy: Entropy | None = None,
+                  timeout: float = 10.0) -> AsyncIterator[VelocityClient]:
+    """Connect and complete the handshake. Raises FallbackError, HandshakeError, OSError or
+    TimeoutError; closes the connection with NO_ERROR on exit."""
+    loop = asyncio.get_running_loop()
+    address = await resolve(host, port)
+    connection = Connection(config, entropy=entropy or OsEntropy())
+    sock = udp_socket("::" if ":" in address[0] else "0.0.0.0", 0)
+    _, client = await loop.create_datagram_endpoint(lambda: VelocityClient(connection, sock),
+                                                    sock=sock)
+    try:
+        connection.connect(address, now=loop.time())
+        client._transmit()
+        try:
+            await asyncio.wait_for(client.wait_handshake(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no Velocity/1 handshake with {host}:{port} within "
+                               f"{timeout:g} s") from None
+        yield client
+    finally:
+        await client.close()

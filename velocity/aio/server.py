@@ -1,0 +1,128 @@
+"""The asyncio Velocity server: one UDP socket in front of a ``ServerEndpoint``. Each
+peer-initiated stream is handed to the application's handler as a ``VelocityStream``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from velocity.aio.base import Sender, StreamRouter, TimerMixin, udp_socket
+from velocity.aio.entropy import OsEntropy
+from velocity.aio.streams import VelocityStream
+from velocity.core.connection import Address, Connection
+from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
+from velocity.core.entropy import Entropy
+
+StreamHandler = Callable[[VelocityStream, Connection], Awaitable[None]]
+HANDLER_ERROR = 0x0102  # application error sent when a handler raises
+
+
+class VelocityServer(asyncio.DatagramProtocol, TimerMixin):
+    def __init__(self, endpoint: ServerEndpoint, handler: StreamHandler,
+                 sock: socket.socket) -> None:
+        self.endpoint = endpoint
+        self._socket = sock
+        self._handler = handler
+        self._loop = asyncio.get_running_loop()
+        self._routers: dict[Connection, StreamRouter] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sender: Sender | None = None
+        self._transmit_scheduled = False
+        self.datagrams_received = 0
+
+    @property
+    def address(self) -> Address:
+        assert self._transport is not None
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._sender = Sender(self._transport, self._socket)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.datagrams_received += 1
+        self.endpoint.receive_datagram(data, (str(addr[0]), int(addr[1])),
+                                       now=self._loop.time())
+        self._route()
+        self._transmit()
+
+    def _route(self) -> None:
+        while (item := self.endpoint.next_event()) is not None:
+            connection, event = item
+            router = self._routers.get(connection)
+            if router is None:
+                router = self._routers[connection] = StreamRouter(
+                    connection, self.schedule_transmit,
+                    functools.partial(self._spawn, connection=connection))
+            router.handle(event)
+            if router.terminated is not None:
+                self._routers.pop(connection, None)
+
+    def _spawn(self, stream: VelocityStream, connection: Connection) -> None:
+        task = self._loop.create_task(self._run_handler(stream, connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, stream: VelocityStream, connection: Connection) -> None:
+        try:
+            await self._handler(stream, connection)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the peer went away or reset the stream
+        except Exception:
+            with contextlib.suppress(Exception):
+                stream.reset(HANDLER_ERROR)
+            raise
+
+    def schedule_transmit(self) -> None:
+        """Coalesce the writes of one event-loop iteration into one transmission."""
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self._loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self._transmit_scheduled = False
+        if self._sender is None:
+            return
+        self._sender.send(self.endpoint.datagrams_to_send(now=self._loop.time()))
+        for router in self._routers.values():
+            router.update_writable()
+        self._route()
+        self._arm(self.endpoint.get_timer(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_at = None
+        self.endpoint.handle_timer(now=self._loop.time())
+        self._route()
+        self._transmit()
+
+    async def close(self, *, grace: float = 1.0) -> None:
+        """Close every connection with NO_ERROR, give the closes time to leave, stop."""
+        self.endpoint.close_all(now=self._loop.time())
+        self._transmit()
+        for task in list(self._tasks):
+            task.cancel()
+        deadline = self._loop.time() + grace
+        while self.endpoint.connections and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def serve(host: str, port: int, config: EndpointConfig, handler: StreamHandler, *,
+                entropy: Entropy | None = None,
+                tokens: TokenSealer | None = None) -> VelocityServer:
+    """Listen on ``host:port`` (port 0 picks a free one). Raises OSError if it is taken."""
+    loop = asyncio.get_running_loop()
+    endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens)
+    sock = udp_socket(host, port)
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: VelocityServer(endpoint, handler, sock), sock=sock)
+    return protocol
