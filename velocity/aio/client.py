@@ -21,6 +21,7 @@ from velocity.core.events import (
     TicketReceived,
 )
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted, ServerKeyLearned
+from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 
 
 class FallbackError(ConnectionError):
@@ -102,7 +103,10 @@ class VelocityClient(asyncio.DatagramProtocol, TimerMixin):
         self._transmit_scheduled = False
         if self._sender is None:
             return
-        self._sender.send(self.connection.datagrams_to_send(now=self._loop.time()))
+        datagrams = self.connection.datagrams_to_send(now=self._loop.time())
+        self._sender.send(datagrams)
+        if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
+            self.schedule_transmit()  # more is ready; let the loop breathe first
         self.router.update_writable()
         self._route()
         self._arm(self.connection.get_timer(), self._on_timer)

@@ -16,6 +16,7 @@ from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import Entropy
+from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 
 StreamHandler = Callable[[VelocityStream, Connection], Awaitable[None]]
 HANDLER_ERROR = 0x0102  # application error sent when a handler raises
@@ -89,7 +90,10 @@ class VelocityServer(asyncio.DatagramProtocol, TimerMixin):
         self._transmit_scheduled = False
         if self._sender is None:
             return
-        self._sender.send(self.endpoint.datagrams_to_send(now=self._loop.time()))
+        datagrams = self.endpoint.datagrams_to_send(now=self._loop.time())
+        self._sender.send(datagrams)
+        if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
+            self.schedule_transmit()  # more is ready; let the loop breathe first
         for router in self._routers.values():
             router.update_writable()
         self._route()

@@ -205,6 +205,7 @@ class Connection:
         self._received_retry = False
         self._peer_cid_set = not self.is_client
         self._peer_cids: dict[int, bytes] = {}
+        self.paced_until: float | None = None
         self._zero_rtt_frames: list[tuple[int, int, int, bool]] = []
         if self.is_client:
             self.original_dcid = entropy.random(8)
@@ -368,6 +369,10 @@ class Connection:
                                    field=f"{frame}.stream_id")
         if stream_id // 4 < self._peer_streams_opened[unidirectional]:
             raise _Closed
+        # opening a stream opens every lower-numbered one of its type (RFC 9000 3.2)
+        base = stream_id & 0x03
+        for index in range(self._peer_streams_opened[unidirectional], stream_id // 4):
+            self._new_stream(index * 4 + base, local=False)
         self._peer_streams_opened[unidirectional] = stream_id // 4 + 1
         return self._new_stream(stream_id, local=False)
 
@@ -755,6 +760,8 @@ class Connection:
             candidates.append(deadline)
         candidates.extend(s.ack_deadline for s in self.spaces.values()
                           if s.ack_deadline is not None)
+        if self.paced_until is not None:  # the pacer held data back: wake up when it allows
+            candidates.append(self.paced_until)
         return min(candidates)
 
     def _loss_timer(self) -> tuple[float | None, Epoch | None, bool]:
@@ -764,6 +771,8 @@ class Connection:
             has_keys=lambda e: self.spaces[e].send_keys is not None)
 
     def handle_timer(self, *, now: float) -> None:
+        if self.paced_until is not None and now >= self.paced_until:
+            self.paced_until = None  # datagrams_to_send will find the pacer open
         if self.state in (State.CLOSING, State.DRAINING):
             if self._close_deadline is not None and now >= self._close_deadline:
                 self.state = State.TERMINATED

@@ -85,6 +85,11 @@ class NewReno:
     def on_sent(self, size: int) -> None:
         self.bytes_in_flight += size
 
+    @property
+    def next_send_time(self) -> float:
+        """When the pacer lets the next packet go (0 when it never held one back)."""
+        return self._next_send
+
     def pacing_delay(self, now: float, rtt: RttEstimator) -> float | None:
         """None when a packet may leave now, otherwise the time it may."""
         return self._next_send if self._next_send > now else None

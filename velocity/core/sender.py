@@ -248,12 +248,20 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
     return frames
 
 
+def _has_data(conn: Connection, epoch: Epoch) -> bool:
+    """Whether ack-eliciting data waits in ``epoch`` (what the pacer may hold back)."""
+    if conn.spaces[epoch].crypto_send.has_data():
+        return True
+    return epoch == Epoch.APPLICATION and (bool(conn._control) or any(
+        st.sender is not None and st.sender.has_data() for st in conn.streams.values()))
+
+
 def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
     plans: list[_Plan] = []
     used = 0
     cc = conn.recovery.cc
-    congestion_ok = cc.can_send(conn.config.max_datagram_size) and (
-        cc.pacing_delay(now, conn.recovery.rtt) is None)
+    paced = cc.pacing_delay(now, conn.recovery.rtt)
+    congestion_ok = cc.can_send(conn.config.max_datagram_size) and paced is None
     for epoch in Epoch:
         keys, packet_type = _keys_for(conn, epoch)
         space = conn.spaces[epoch]
@@ -267,6 +275,8 @@ def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
         if room < 32:
             break
         frames = _collect(conn, epoch, packet_type, room, now, congestion_ok=congestion_ok)
+        if paced is not None and _has_data(conn, epoch):
+            conn.paced_until = paced
         if not len(frames.writer):
             continue
         space.next_packet_number += 1

@@ -222,3 +222,16 @@ def test_stream_data_events_are_in_order() -> None:
             offsets += len(event.data)
     assert completed(pair.client_events)
     assert perfect("c2s", b"", 0.0)
+
+
+@pytest.mark.spec("VEL-STR-001")
+def test_a_higher_stream_arriving_first_opens_the_lower_ones() -> None:
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    for sid in (8, 4, 0):  # one packet each, so the peer sees stream 8 first
+        pair.client.send_stream_data(sid, f"stream {sid}".encode(), end_stream=True)
+        pair.step()
+    assert pair.run(lambda: all(received(pair.server_events, sid)[1] for sid in (0, 4, 8)))
+    assert [received(pair.server_events, sid)[0] for sid in (0, 4, 8)] == [
+        b"stream 0", b"stream 4", b"stream 8"]

@@ -1,0 +1,143 @@
+"""The asyncio server and client over real UDP on 127.0.0.1: concurrency, a lossy relay,
+garbage datagrams, Retry, refusal and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from harness.netsim import Impairment, UdpRelay
+from harness.pair import PairSpec, make_configs
+from velocity.aio.client import HandshakeError, VelocityClient, connect
+from velocity.aio.server import VelocityServer, serve
+from velocity.aio.streams import VelocityStream
+from velocity.core.connection import Connection, ConnectionConfig
+from velocity.core.endpoint import EndpointConfig
+from velocity.core.errors import ErrorCode
+from velocity.crypto.sealing import RetryTokens
+
+CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
+
+
+async def echo(stream: VelocityStream, connection: Connection) -> None:
+    data = await stream.read()
+    stream.write(data, end_stream=True)
+
+
+@asynccontextmanager
+async def server(**endpoint: Any) -> AsyncIterator[VelocityServer]:
+    tokens = RetryTokens(bytes(16)) if endpoint.get("retry", "never") != "never" else None
+    running = await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(SERVER_HS),
+                                                         **endpoint), echo, tokens=tokens)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def roundtrip(client: VelocityClient, payload: bytes) -> bytes:
+    stream = await client.open_stream()
+    stream.write(payload, end_stream=True)
+    return await asyncio.wait_for(stream.read(), 20)
+
+
+@pytest.mark.spec("VEL-CONN-004", "VEL-HTTP-001")
+async def test_many_concurrent_connections_and_streams() -> None:
+    async with server() as running:
+        host, port = running.address
+
+        async def one(index: int) -> None:
+            async with connect(host, port, ConnectionConfig(CLIENT_HS)) as client:
+                payloads = [hashlib.sha256(f"{index}/{n}".encode()).digest() * (50 * n + 1)
+                            for n in range(8)]
+                results = await asyncio.gather(*(roundtrip(client, p) for p in payloads))
+                assert results == payloads
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(24))), 60)
+
+
+@pytest.mark.spec("VEL-REC-002", "VEL-REC-003")
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_transfer_through_a_lossy_reordering_relay(seed: int) -> None:
+    async with server() as running:
+        relay = UdpRelay(running.address, Impairment(loss=0.03, delay=0.002, jitter=0.004,
+                                                     duplicate=0.01), seed=seed)
+        host, port = await relay.start()
+        try:
+            async with connect(host, port, ConnectionConfig(CLIENT_HS), timeout=20) as client:
+                payload = hashlib.shake_256(f"relay {seed}".encode()).digest(400_000)
+                assert await asyncio.wait_for(roundtrip(client, payload), 60) == payload
+        finally:
+            relay.close()
+        assert relay.stats.dropped > 0, f"seed {seed} dropped nothing"
+
+
+@pytest.mark.spec("VEL-ERR-005", "VEL-CONN-004")
+async def test_random_datagrams_do_not_stop_the_server() -> None:
+    async with server() as running:
+        host, port = running.address
+        rng = random.Random(7)
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for index in range(300):
+                size = rng.choice([1, 20, 1200, 1300, rng.randrange(1, 1500)])
+                first = rng.choice([0x00, 0x40, 0xC0, 0xC3, rng.randrange(256)])
+                junk.sendto(bytes([first]) + rng.randbytes(size - 1), (host, port))
+                if index % 20 == 19:
+                    await asyncio.sleep(0.005)  # stay under the socket's receive buffer
+            async with connect(host, port, ConnectionConfig(CLIENT_HS)) as client:
+                assert await roundtrip(client, b"still here") == b"still here"
+        finally:
+            junk.close()
+        assert running.datagrams_received >= 300
+        assert len(running.endpoint.connections) <= 1
+
+
+@pytest.mark.spec("VEL-RTY-007")
+async def test_retry_always_over_udp() -> None:
+    async with server(retry="always") as running:
+        host, port = running.address
+        async with connect(host, port, ConnectionConfig(CLIENT_HS)) as client:
+            assert await roundtrip(client, b"after retry") == b"after retry"
+            assert client.connection.retry_scid is not None
+        assert running.endpoint.retries_sent >= 1
+
+
+@pytest.mark.spec("VEL-CONN-005")
+async def test_max_sessions_refuses() -> None:
+    async with server(max_sessions=1) as running:
+        host, port = running.address
+        async with connect(host, port, ConnectionConfig(CLIENT_HS)):
+            with pytest.raises(HandshakeError) as info:
+                async with connect(host, port, ConnectionConfig(CLIENT_HS), timeout=5):
+                    pass
+            assert info.value.error_code == ErrorCode.CONNECTION_REFUSED
+
+
+@pytest.mark.spec("VEL-CONN-007")
+async def test_graceful_shutdown_closes_with_no_error() -> None:
+    running = await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(SERVER_HS)), echo)
+    host, port = running.address
+    async with connect(host, port, ConnectionConfig(CLIENT_HS)) as client:
+        await running.close()
+        for _ in range(100):
+            if client.router.terminated is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert client.router.terminated is not None
+        assert client.router.terminated.by_peer
+        assert client.router.terminated.error_code == ErrorCode.NO_ERROR
+
+
+async def test_port_in_use_is_an_os_error() -> None:
+    async with server() as running:
+        host, port = running.address
+        with pytest.raises(OSError):
+            await serve(host, port, EndpointConfig(ConnectionConfig(SERVER_HS)), echo)
