@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import SeededEntropy
-from velocity.core.events import Event
+from velocity.core.events import Event, StreamDataReceived
 
 CLIENT_ADDR = ("127.0.0.1", 40000)
 SERVER_ADDR = ("127.0.0.1", 4433)
@@ -58,6 +58,8 @@ class Pair:
     server_events: list[Event] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=lambda: {"c2s": 0, "s2c": 0})
     datagrams: dict[str, int] = field(default_factory=lambda: {"c2s": 0, "s2c": 0})
+    streams: dict[tuple[str, int], bytearray] = field(default_factory=dict)
+    finished: set[tuple[str, int]] = field(default_factory=set)
     _queue: list[tuple[float, int, str, bytes]] = field(default_factory=list)
     _order: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -88,9 +90,25 @@ class Pair:
 
     def _drain_events(self) -> None:
         while (event := self.client.next_event()) is not None:
+            self._record("client", event)
             self.client_events.append(event)
         while (item := self.endpoint.next_event()) is not None:
+            self._record("server", item[1])
             self.server_events.append(item[1])
+
+    def _record(self, side: str, event: Event) -> None:
+        """Keep each side's received stream bytes, so tests need not rescan events."""
+        if isinstance(event, StreamDataReceived):
+            self.streams.setdefault((side, event.stream_id), bytearray()).extend(event.data)
+            if event.end_stream:
+                self.finished.add((side, event.stream_id))
+
+    def finished_stream(self, side: str, stream_id: int) -> bool:
+        return (side, stream_id) in self.finished
+
+    def received(self, side: str, stream_id: int) -> tuple[bytes, bool]:
+        return (bytes(self.streams.get((side, stream_id), b"")),
+                (side, stream_id) in self.finished)
 
     def step(self) -> bool:
         """Advance to the next delivery or timer; False when nothing is left to do."""

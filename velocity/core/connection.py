@@ -193,6 +193,7 @@ class Connection:
         self._max_streams_pending = {False: False, True: False}
         self._control: deque[Frame] = deque()  # control frames waiting to be sent
         self.handshake_complete = self.handshake_confirmed = self.early_data_accepted = False
+        self._received_retry = False
         self._handshake_done_pending = self._handshake_done_received = False
         self.address_validated = self.is_client or address_validated
         self.bytes_received = self.bytes_sent = 0
@@ -202,27 +203,29 @@ class Connection:
         self.peer_address: Address | None = None
         self.retry_scid = retry_scid
         self._retry_token = config.token
-        self._received_retry = False
         self._peer_cid_set = not self.is_client
         self._peer_cids: dict[int, bytes] = {}
         self.paced_until: float | None = None
+        self._first_server_scid: bytes | None = None  # checked against its parameters
         self._zero_rtt_frames: list[tuple[int, int, int, bool]] = []
-        if self.is_client:
-            self.original_dcid = entropy.random(8)
-            self.peer_cid = self.original_dcid
-        else:
-            if original_dcid is None or peer_cid is None:
-                raise UsageError("a server connection needs the client's DCID and SCID")
-            self.original_dcid = original_dcid
-            self.peer_cid = peer_cid
-        self._initial_dcid = (retry_scid or self.original_dcid) if not self.is_client else (
-            self.original_dcid)
-        self._install_initial_keys(self._initial_dcid)
+        self._init_connection_ids(original_dcid, peer_cid)
         self.handshake = self._make_handshake()
         self._peer_params_final = False
         self._use_remembered_params()
 
     # --- setup -------------------------------------------------------------------------
+
+    def _init_connection_ids(self, original_dcid: bytes | None, peer_cid: bytes | None) -> None:
+        """The client picks the first DCID; a server takes the client's, and derives its
+        Initial keys from the DCID the client used (the Retry SCID after a Retry)."""
+        if self.is_client:
+            self.original_dcid = self.peer_cid = self._entropy.random(8)
+            self._install_initial_keys(self.original_dcid)
+            return
+        if original_dcid is None or peer_cid is None:
+            raise UsageError("a server connection needs the client's DCID and SCID")
+        self.original_dcid, self.peer_cid = original_dcid, peer_cid
+        self._install_initial_keys(self.retry_scid or original_dcid)
 
     def _use_remembered_params(self) -> None:
         """0-RTT runs under the limits the server gave last time (VEL-RES-009)."""
@@ -697,8 +700,7 @@ class Connection:
     def _apply_peer_params(self, raw: bytes) -> None:
         params = decode_transport_parameters(raw, from_server=self.is_client)
         if self.is_client:
-            expected = (self.original_dcid, getattr(self, "_first_server_scid", None),
-                        self.retry_scid)
+            expected = (self.original_dcid, self._first_server_scid, self.retry_scid)
             actual = (params.original_destination_connection_id,
                       params.initial_source_connection_id, params.retry_source_connection_id)
             if actual != expected:
@@ -707,6 +709,7 @@ class Connection:
         elif params.initial_source_connection_id != self.peer_cid:
             raise TransportParameterError("does not match the client's SCID",
                                           field="initial_source_connection_id")
+        self._peer_params_final = True
         self._use_peer_params(params)
 
     def _use_peer_params(self, params: TransportParameters) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from harness.loopback import Network, Pair, perfect
 from harness.pair import PairSpec, make_configs
 from velocity.core.connection import ConnectionConfig
-from velocity.core.events import ConnectionTerminated, Event, HandshakeCompleted, StreamDataReceived
+from velocity.core.events import ConnectionTerminated, Event, HandshakeCompleted
 
 
 def make(mode: str = "pdk", network: Network = perfect, *, client: dict[str, Any] | None = None,
@@ -24,11 +24,6 @@ def completed(events: list[Event]) -> bool:
 
 def both_completed(pair: Pair) -> bool:
     return completed(pair.client_events) and completed(pair.server_events)
-
-
-def received(events: list[Event], stream_id: int) -> tuple[bytes, bool]:
-    chunks = [e for e in events if isinstance(e, StreamDataReceived) and e.stream_id == stream_id]
-    return b"".join(e.data for e in chunks), any(e.end_stream for e in chunks)
 
 
 def terminated(events: list[Event]) -> list[ConnectionTerminated]:

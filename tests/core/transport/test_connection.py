@@ -9,7 +9,7 @@ import pytest
 
 from harness.loopback import ONE_WAY, lossy, perfect
 from harness.pair import PairSpec
-from tests.core.transport.helpers import both_completed, completed, make, received, terminated
+from tests.core.transport.helpers import both_completed, completed, make, terminated
 from velocity.core.connection import State, StreamsExhausted
 from velocity.core.errors import ErrorCode
 from velocity.core.events import (
@@ -46,16 +46,16 @@ def test_bidirectional_and_unidirectional_streams_both_ways() -> None:
     assert (bidi, uni) == (0, 2)
     pair.client.send_stream_data(bidi, b"request", end_stream=True)
     pair.client.send_stream_data(uni, b"one way", end_stream=True)
-    assert pair.run(lambda: received(pair.server_events, bidi)[1]
-                    and received(pair.server_events, uni)[1])
+    assert pair.run(lambda: pair.finished_stream("server", bidi)
+                    and pair.finished_stream("server", uni))
     server = pair.server
     assert server is not None
     server.send_stream_data(bidi, b"response", end_stream=True)
     pushed = server.get_next_available_stream_id(unidirectional=True)
     assert pushed == 3
     server.send_stream_data(pushed, b"from the server", end_stream=True)
-    assert pair.run(lambda: received(pair.client_events, bidi) == (b"response", True)
-                    and received(pair.client_events, pushed) == (b"from the server", True))
+    assert pair.run(lambda: pair.received("client", bidi) == (b"response", True)
+                    and pair.received("client", pushed) == (b"from the server", True))
 
 
 @pytest.mark.spec("VEL-REC-001", "VEL-REC-002", "VEL-REC-003")
@@ -66,8 +66,8 @@ def test_transfer_survives_loss_reordering_and_duplication(seed: int) -> None:
     assert pair.run(lambda: both_completed(pair), max_time=20)
     sid = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(sid, PAYLOAD, end_stream=True)
-    assert pair.run(lambda: received(pair.server_events, sid)[1], max_time=120), seed
-    assert received(pair.server_events, sid)[0] == PAYLOAD
+    assert pair.run(lambda: pair.finished_stream("server", sid), max_time=120), seed
+    assert pair.received("server", sid)[0] == PAYLOAD
 
 
 def drop_first(direction: str, count: int = 1):  # type: ignore[no-untyped-def]
@@ -114,8 +114,8 @@ def test_flow_control_blocks_and_unblocks() -> None:
     assert pair.run(lambda: both_completed(pair))
     sid = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(sid, PAYLOAD[:100_000], end_stream=True)
-    assert pair.run(lambda: received(pair.server_events, sid)[1], max_time=60)
-    assert received(pair.server_events, sid)[0] == PAYLOAD[:100_000]
+    assert pair.run(lambda: pair.finished_stream("server", sid), max_time=60)
+    assert pair.received("server", sid)[0] == PAYLOAD[:100_000]
     assert pair.client.flow.max_send > 16_384  # MAX_DATA raised it as data was consumed
 
 
@@ -132,7 +132,7 @@ def test_stream_limit_and_max_streams_credit() -> None:
         pair.client.get_next_available_stream_id()
     server = pair.server
     assert server is not None
-    assert pair.run(lambda: received(pair.server_events, second)[1])
+    assert pair.run(lambda: pair.finished_stream("server", second))
     for sid in (first, second):
         server.send_stream_data(sid, b"done", end_stream=True)
 
@@ -165,13 +165,13 @@ def test_reset_stream_and_stop_sending() -> None:
     assert pair.run(lambda: both_completed(pair))
     reset_id = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(reset_id, b"partial")
-    assert pair.run(lambda: received(pair.server_events, reset_id)[0] == b"partial")
+    assert pair.run(lambda: pair.received("server", reset_id)[0] == b"partial")
     pair.client.reset_stream(reset_id, 0x0103)
     assert pair.run(lambda: StreamReset(reset_id, 0x0103) in pair.server_events)
 
     stopped_id = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(stopped_id, b"more to come")
-    assert pair.run(lambda: received(pair.server_events, stopped_id)[0] == b"more to come")
+    assert pair.run(lambda: pair.received("server", stopped_id)[0] == b"more to come")
     server = pair.server
     assert server is not None
     server.stop_stream(stopped_id, 0x0100)
@@ -204,7 +204,7 @@ def test_garbage_and_tampered_datagrams_are_dropped() -> None:
     assert pair.run(lambda: both_completed(pair))
     sid = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(sid, b"still fine", end_stream=True)
-    assert pair.run(lambda: received(pair.server_events, sid) == (b"still fine", True))
+    assert pair.run(lambda: pair.received("server", sid) == (b"still fine", True))
     assert not terminated(pair.client_events)
 
 
@@ -214,7 +214,7 @@ def test_stream_data_events_are_in_order() -> None:
     assert pair.run(lambda: both_completed(pair), max_time=30)
     sid = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(sid, PAYLOAD[:50_000], end_stream=True)
-    assert pair.run(lambda: received(pair.server_events, sid)[1], max_time=120)
+    assert pair.run(lambda: pair.finished_stream("server", sid), max_time=120)
     offsets = 0
     for event in pair.server_events:
         if isinstance(event, StreamDataReceived):
@@ -232,6 +232,6 @@ def test_a_higher_stream_arriving_first_opens_the_lower_ones() -> None:
     for sid in (8, 4, 0):  # one packet each, so the peer sees stream 8 first
         pair.client.send_stream_data(sid, f"stream {sid}".encode(), end_stream=True)
         pair.step()
-    assert pair.run(lambda: all(received(pair.server_events, sid)[1] for sid in (0, 4, 8)))
-    assert [received(pair.server_events, sid)[0] for sid in (0, 4, 8)] == [
+    assert pair.run(lambda: all(pair.finished_stream("server", sid) for sid in (0, 4, 8)))
+    assert [pair.received("server", sid)[0] for sid in (0, 4, 8)] == [
         b"stream 0", b"stream 4", b"stream 8"]

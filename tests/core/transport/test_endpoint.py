@@ -7,7 +7,7 @@ import pytest
 
 from harness.loopback import CLIENT_ADDR, ONE_WAY, Pair, perfect
 from harness.pair import PairSpec, make_configs
-from tests.core.transport.helpers import both_completed, make, received, terminated
+from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.connection import ConnectionConfig, State
 from velocity.core.errors import ErrorCode
 from velocity.core.events import NewTokenReceived, TicketReceived
@@ -121,7 +121,7 @@ def test_zero_rtt_request_over_packets(accepted: bool) -> None:
     second.connect()
     sid = second.client.get_next_available_stream_id()
     second.client.send_stream_data(sid, b"GET / HTTP/1.1\r\n\r\n", end_stream=True)
-    assert second.run(lambda: received(second.server_events, sid)[1]
+    assert second.run(lambda: second.finished_stream("server", sid)
                       and second.client.handshake_complete)
     assert second.client.early_data_accepted is accepted
     server = second.server
@@ -142,4 +142,4 @@ def test_stray_datagrams_do_not_create_state_or_stop_service() -> None:
     assert len(pair.endpoint.connections) == 1
     sid = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(sid, b"still serving", end_stream=True)
-    assert pair.run(lambda: received(pair.server_events, sid) == (b"still serving", True))
+    assert pair.run(lambda: pair.received("server", sid) == (b"still serving", True))
