@@ -105,7 +105,7 @@ class ConnectionConfig:
 
     handshake: ClientConfig | ServerConfig
     cid_length: int = 8
-    max_datagram_size: int = 1252
+    max_datagram_size: int = 1452
     idle_timeout: float = 30.0
     max_data: int = 16 * 1024 * 1024
     max_stream_data: int = 4 * 1024 * 1024

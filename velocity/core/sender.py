@@ -309,10 +309,33 @@ def _seal(conn: Connection, plans: list[_Plan], now: float, limit: int) -> bytes
     return bytes(datagram)
 
 
+def _nothing_to_send(conn: Connection, now: float) -> bool:
+    """A cheap test that spares planning when no frame could go out."""
+    if conn._close is not None or conn._control or conn._handshake_done_pending:
+        return False
+    for space in conn.spaces.values():
+        if space.discarded:
+            continue
+        if space.ack_needed or space.probes or (
+                space.send_keys is not None and space.crypto_send.has_data()):
+            return False
+    cc = conn.recovery.cc
+    if not cc.can_send(conn.config.max_datagram_size) or cc.pacing_delay(
+            now, conn.recovery.rtt) is not None:
+        return not any(s.ack_eliciting_since_ack for s in conn.spaces.values())
+    return not _has_data(conn, Epoch.APPLICATION) and not any(
+        s.ack_eliciting_since_ack for s in conn.spaces.values())
+
+
 def build_datagrams(conn: Connection, now: float) -> list[bytes]:
     """Every datagram the connection may send now. Until the client's address is validated
     a server sends at most three times what it received (VEL-CONN-001)."""
     out: list[bytes] = []
+    if _nothing_to_send(conn, now):
+        paced = conn.recovery.cc.pacing_delay(now, conn.recovery.rtt)
+        if paced is not None and _has_data(conn, Epoch.APPLICATION):
+            conn.paced_until = paced
+        return out
     mtu = conn.config.max_datagram_size if conn.handshake_complete else min(
         conn.config.max_datagram_size, 1452)
     if conn.peer_params is not None:
