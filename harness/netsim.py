@@ -25,6 +25,8 @@ class RelayStats:
     forwarded: int = 0
     dropped: int = 0
     duplicated: int = 0
+    bytes_c2s: int = 0
+    bytes_s2c: int = 0
 
 
 class _Side(asyncio.DatagramProtocol):
@@ -71,6 +73,9 @@ class UdpRelay:
             return
         if not from_server:
             self._client = source
+            self.stats.bytes_c2s += len(data)
+        else:
+            self.stats.bytes_s2c += len(data)
         side = self._front if from_server else self._back
         target = self._client if from_server else self.server
         if side is None or side.transport is None or target is None:
