@@ -1,0 +1,111 @@
+"""Transport rules from the spec that each need one focused check."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.loopback import ONE_WAY
+from tests.core.transport.helpers import both_completed, make, terminated
+from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError
+from velocity.core.frames import HandshakeDone, NewConnectionId
+from velocity.core.streams import ReceiveBuffer
+from velocity.core.transport_params import (
+    TransportParameters,
+    decode_transport_parameters,
+    encode_transport_parameters,
+)
+
+SPEC = Path(__file__).resolve().parents[3] / "docs" / "spec" / "velocity-1.md"
+
+
+@pytest.mark.spec("VEL-ERR-001")
+def test_error_registry_matches_the_spec_table() -> None:
+    section = SPEC.read_text().split("## 15. Errors", 1)[1].split("## 16.", 1)[0]
+    rows = re.findall(r"^\| (0x[0-9a-f]+) \| ([A-Z_]+) \|", section, re.MULTILINE)
+    assert {int(code, 16): name for code, name in rows} == {e.value: e.name for e in ErrorCode}
+    assert len({e.value for e in ErrorCode}) == len(ErrorCode)
+    for cls in ProtocolError.__subclasses__():
+        assert isinstance(cls.code, ErrorCode)
+
+
+@pytest.mark.spec("VEL-HS-003")
+def test_reordered_and_duplicated_crypto_datagrams_complete_the_handshake() -> None:
+    held: list[bytes] = []
+
+    def swap_first_two(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        if direction == "c2s" and now == 0.0 and not held:
+            held.append(datagram)
+            return [(ONE_WAY * 2, datagram), (ONE_WAY * 3, datagram)]  # late, and twice
+        return [(ONE_WAY, datagram)]
+
+    pair = make("discovery", swap_first_two)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+
+
+@pytest.mark.spec("VEL-HS-004")
+def test_crypto_buffer_limit() -> None:
+    crypto = ReceiveBuffer(65536, crypto=True)
+    assert crypto.receive(65536 - 10, b"x" * 10) == b""
+    with pytest.raises(CryptoBufferExceeded):
+        crypto.receive(65536, b"y")
+    assert crypto.receive(0, b"z" * 100) == b"z" * 100  # delivering moves the window
+
+
+@pytest.mark.spec("VEL-FRM-013")
+def test_server_receiving_handshake_done_is_a_protocol_violation() -> None:
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    pair.client.queue_after_handshake(HandshakeDone())
+    assert pair.run(lambda: bool(terminated(pair.client_events)))
+    (end,) = terminated(pair.client_events)
+    assert end.by_peer and end.error_code == ErrorCode.PROTOCOL_VIOLATION
+
+
+@pytest.mark.spec("VEL-CONN-006", "VEL-ERR-003")
+def test_too_many_connection_ids_is_connection_id_limit_error() -> None:
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    server = pair.server
+    assert server is not None
+    for sequence in (1, 2, 3):
+        server.queue_after_handshake(NewConnectionId(sequence, 0, bytes([sequence]) * 8,
+                                                     bytes(16)))
+    assert pair.run(lambda: bool(terminated(pair.server_events)))
+    (end,) = terminated(pair.server_events)
+    assert end.error_code == ErrorCode.CONNECTION_ID_LIMIT_ERROR
+    assert "NEW_CONNECTION_ID.sequence" in end.reason  # the reason names the field
+
+
+@pytest.mark.spec("VEL-PKT-012", "VEL-PKT-013")
+def test_datagram_sizes() -> None:
+    sizes: dict[str, list[int]] = {"c2s": [], "s2c": []}
+
+    def record(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        sizes[direction].append(len(datagram))
+        return [(ONE_WAY, datagram)]
+
+    pair = make("discovery", record)
+    pair.connect()
+    (first, _), *_ = pair.client.datagrams_to_send(now=0.0)
+    pair.endpoint.receive_datagram(first[:1199], ("127.0.0.1", 1), now=0.0)
+    assert not pair.endpoint.connections  # an Initial in a datagram under 1200 bytes
+    pair.endpoint.receive_datagram(first, ("127.0.0.1", 1), now=0.0)
+    assert pair.endpoint.connections
+    pair = make("discovery", record)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    assert all(size <= 1452 for side in sizes.values() for size in side)
+    assert sizes["c2s"][0] >= 1200  # the client pads its first Initial datagram
+
+
+@pytest.mark.spec("VEL-TP-004")
+def test_preferred_address_is_ignored() -> None:
+    params = TransportParameters(initial_source_connection_id=b"s")
+    raw = encode_transport_parameters(params) + b"\x0d\x03abc"
+    assert decode_transport_parameters(raw, from_server=True) == params
