@@ -21,6 +21,7 @@ from velocity.core.events import (
 
 UDP_SEGMENT = 103  # linux/udp.h
 GSO_MAX_SEGMENTS = 32
+SOCKET_BUFFER = 4 << 20  # bytes; bursts of a large window overflow the default buffers
 
 
 def udp_socket(host: str, port: int) -> socket.socket:
@@ -29,6 +30,8 @@ def udp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         sock.bind((host, port))
     except OSError:
         sock.close()

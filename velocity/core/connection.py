@@ -113,6 +113,7 @@ class ConnectionConfig:
     max_streams_uni: int = 128
     max_ack_delay: float = 0.025
     ack_delay_exponent: int = 3
+    ack_every: int = 10  # 1-RTT ack-eliciting packets per ACK, unless max_ack_delay is first
     remembered_transport_parameters: bytes | None = None  # for 0-RTT (client)
     token: bytes = b""  # NEW_TOKEN from an earlier connection (client)
 
@@ -140,6 +141,7 @@ class SpaceState:
         default_factory=lambda: ReceiveBuffer(CRYPTO_BUFFER_LIMIT, crypto=True))
     next_packet_number: int = 0
     received: RangeSet = field(default_factory=RangeSet)
+    ack_floor: int = 0  # packet numbers below were acknowledged in an ACK the peer saw
     largest_received_time: float = 0.0
     ack_needed: bool = False
     ack_eliciting_since_ack: int = 0
@@ -437,7 +439,7 @@ class Connection:
             keys = self._zero_rtt_recv
         if keys is None or space.discarded:
             return end
-        expected = (space.received.bounds()[1] if space.received else 0)
+        expected = space.received.bounds()[1] if space.received else space.ack_floor
         try:
             plain, payload, packet_number = keys.decrypt_packet(
                 packet, header.pn_offset - offset, expected)
@@ -445,7 +447,7 @@ class Connection:
             return end
         if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
             raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-        if packet_number in space.received:
+        if packet_number < space.ack_floor or packet_number in space.received:
             return end  # duplicate
         if self.is_client and not self._peer_cid_set and header.packet_type in (
                 PacketType.INITIAL, PacketType.HANDSHAKE):
@@ -455,6 +457,8 @@ class Connection:
             self.address_validated = True
             self._discard_space(Epoch.INITIAL)
         frames = decode_frames(payload, header.packet_type)
+        if not space.received or packet_number >= space.received.bounds()[1]:
+            space.largest_received_time = now  # for the ACK delay field
         space.received.add(packet_number)
         self._last_activity = now
         ack_eliciting = False
@@ -467,7 +471,7 @@ class Connection:
 
     def _note_ack_eliciting(self, space: SpaceState, epoch: Epoch, now: float) -> None:
         space.ack_eliciting_since_ack += 1
-        if epoch != Epoch.APPLICATION or space.ack_eliciting_since_ack >= 2:
+        if epoch != Epoch.APPLICATION or space.ack_eliciting_since_ack >= self.config.ack_every:
             space.ack_needed = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + self.config.max_ack_delay

@@ -129,8 +129,18 @@ def _add_ack(conn: Connection, space: SpaceState, epoch: Epoch, frames: _Frames,
     if epoch == Epoch.APPLICATION:
         delay = int(max(now - space.largest_received_time, 0) * 1_000_000) >> (
             conn.config.ack_delay_exponent)
-    frames.add(Ack.from_packet_ranges(ranges, delay))
+    largest = ranges[0][1]
+    frames.add(Ack.from_packet_ranges(ranges, delay),
+               on_ack=partial(_ack_acknowledged, space, largest))
     space.ack_needed, space.ack_eliciting_since_ack, space.ack_deadline = False, 0, None
+
+
+def _ack_acknowledged(space: SpaceState, largest: int) -> None:
+    """The peer saw our ACK up to ``largest``: stop reporting those packet numbers
+    (RFC 9000 section 13.2.4); older ones arriving now count as duplicates."""
+    if largest + 1 > space.ack_floor:
+        space.ack_floor = largest + 1
+        space.received.subtract(0, largest + 1)
 
 
 def _close_frame(conn: Connection, epoch: Epoch) -> Frame:
@@ -221,9 +231,8 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
         if packet_type != PacketType.ZERO_RTT and not late:
             frames.add(_close_frame(conn, epoch))
         return frames
-    want_ack = space.received and (space.ack_needed or congestion_ok)
-    if want_ack and packet_type != PacketType.ZERO_RTT and (
-            space.ack_needed or space.ack_eliciting_since_ack):
+    can_ack = bool(space.received) and packet_type != PacketType.ZERO_RTT
+    if can_ack and space.ack_needed:
         _add_ack(conn, space, epoch, frames, now)
     probing = space.probes > 0
     if not (congestion_ok or probing):
@@ -245,6 +254,8 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
         frames.add(Ping())
     if probing and frames.ack_eliciting:
         space.probes -= 1
+    if can_ack and frames.ack_eliciting and space.ack_eliciting_since_ack:
+        _add_ack(conn, space, epoch, frames, now)  # piggyback on a packet that goes anyway
     return frames
 
 
