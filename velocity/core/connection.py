@@ -20,6 +20,7 @@ from velocity.core.errors import (
     ConnectionIdLimitError,
     ErrorCode,
     FlowControlError,
+    KeyUpdateError,
     PacketDropped,
     ProtocolError,
     ProtocolViolation,
@@ -207,6 +208,8 @@ class Connection:
         self._retry_token = config.token
         self._peer_cid_set = not self.is_client
         self._peer_cids: dict[int, bytes] = {}
+        self._send_phase = self._recv_phase = 0
+        self._previous_recv_keys: PacketKeys | None = None
         self.paced_until: float | None = None
         self._first_server_scid: bytes | None = None  # checked against its parameters
         self._zero_rtt_frames: list[tuple[int, int, int, bool]] = []
@@ -441,8 +444,12 @@ class Connection:
             return end
         expected = space.received.bounds()[1] if space.received else space.ack_floor
         try:
-            plain, payload, packet_number = keys.decrypt_packet(
-                packet, header.pn_offset - offset, expected)
+            if header.packet_type == PacketType.ONE_RTT:
+                plain, payload, packet_number = self._open_one_rtt(
+                    packet, header.pn_offset - offset, expected)
+            else:
+                plain, payload, packet_number = keys.decrypt_packet(
+                    packet, header.pn_offset - offset, expected)
         except PacketDropped:
             return end
         if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
@@ -468,6 +475,45 @@ class Connection:
         if ack_eliciting:
             self._note_ack_eliciting(space, epoch, now)
         return end
+
+    def _open_one_rtt(self, packet: bytes, pn_offset: int,
+                      expected: int) -> tuple[bytes, bytes, int]:
+        """Open a 1-RTT packet under the keys its key-phase bit names (VEL-PROT-011): the
+        current ones, the previous ones (a packet from before an update), or the next ones
+        (the peer updated: follow it, and update our sending keys if we did not start it)."""
+        keys = self.spaces[Epoch.APPLICATION].recv_keys
+        assert keys is not None  # checked by the caller
+        header, packet_number = keys.remove_header_protection(packet, pn_offset, expected)
+        phase = (header[0] >> 2) & 1
+        if phase == self._recv_phase:
+            return header, keys.open_payload(packet, header, packet_number), packet_number
+        if self._previous_recv_keys is not None and packet_number < expected:
+            previous = self._previous_recv_keys
+            return header, previous.open_payload(packet, header, packet_number), packet_number
+        following = keys.next_generation()
+        payload = following.open_payload(packet, header, packet_number)
+        if not self.handshake_confirmed:
+            raise KeyUpdateError("key update before the handshake is confirmed",
+                                 field="short.key_phase")
+        self._previous_recv_keys = keys
+        self.spaces[Epoch.APPLICATION].recv_keys = following
+        self._recv_phase ^= 1
+        if self._send_phase != self._recv_phase:
+            self._rotate_send_keys()
+        return header, payload, packet_number
+
+    def _rotate_send_keys(self) -> None:
+        space = self.spaces[Epoch.APPLICATION]
+        assert space.send_keys is not None
+        space.send_keys = space.send_keys.next_generation()
+        self._send_phase ^= 1
+
+    def request_key_update(self) -> None:
+        """Start a key update; the peer follows when it sees the new key phase."""
+        if not self.handshake_confirmed or self._send_phase != self._recv_phase:
+            raise UsageError("a key update needs a confirmed handshake and no update in "
+                             "progress")
+        self._rotate_send_keys()
 
     def _note_ack_eliciting(self, space: SpaceState, epoch: Epoch, now: float) -> None:
         space.ack_eliciting_since_ack += 1

@@ -106,22 +106,29 @@ def next_secret(secret: bytes, hash_name: str, params: WireParams = VELOCITY_PAR
 class PacketKeys:
     """Protection for one direction of one packet-number space under one traffic secret."""
 
-    __slots__ = ("_aead", "_ecb", "_hp_key", "aead", "hash_name", "material", "secret")
+    __slots__ = ("_aead", "_ecb", "_hp_key", "_params", "aead", "hash_name", "material",
+                 "secret")
 
     def __init__(self, secret: bytes, aead: Aead, hash_name: str,
-                 params: WireParams = VELOCITY_PARAMS) -> None:
+                 params: WireParams = VELOCITY_PARAMS, *, hp_key: bytes | None = None) -> None:
         self.secret = secret
         self.aead = aead
         self.hash_name = hash_name
+        self._params = params
         self.material = derive_key_material(secret, aead, hash_name, params)
+        self._hp_key = hp_key or self.material.hp  # a key update keeps the first HP key
         self._aead: AESGCM | ChaCha20Poly1305
         if aead == Aead.CHACHA20_POLY1305:
             self._aead = ChaCha20Poly1305(self.material.key)
             self._ecb = None
         else:
             self._aead = AESGCM(self.material.key)
-            self._ecb = Cipher(algorithms.AES(self.material.hp), modes.ECB()).encryptor()
-        self._hp_key = self.material.hp
+            self._ecb = Cipher(algorithms.AES(self._hp_key), modes.ECB()).encryptor()
+
+    def next_generation(self) -> PacketKeys:
+        """The keys after a key update (VEL-PROT-011): next secret, same header protection."""
+        return PacketKeys(next_secret(self.secret, self.hash_name, self._params), self.aead,
+                          self.hash_name, self._params, hp_key=self._hp_key)
 
     def _mask(self, sample: bytes) -> bytes:
         if self._ecb is not None:
@@ -154,6 +161,21 @@ class PacketKeys:
 
         Raises ``PacketDropped`` when the packet is too short to sample or fails
         authentication: the spec says such packets are discarded."""
+        header, packet_number = self.remove_header_protection(packet, pn_offset,
+                                                              expected_packet_number)
+        return header, self.open_payload(packet, header, packet_number), packet_number
+
+    def open_payload(self, packet: bytes, header: bytes, packet_number: int) -> bytes:
+        """AEAD-open the payload that follows the unprotected ``header``."""
+        try:
+            return self._aead.decrypt(self._nonce(packet_number), packet[len(header) :],
+                                      header)
+        except InvalidTag:
+            raise PacketDropped("AEAD authentication failed", field="payload") from None
+
+    def remove_header_protection(self, packet: bytes, pn_offset: int,
+                                 expected_packet_number: int) -> tuple[bytes, int]:
+        """(plain header, full packet number) of ``packet``."""
         sample = packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_LENGTH]
         if len(sample) < SAMPLE_LENGTH:
             raise PacketDropped("too short for a header-protection sample", field="payload")
@@ -163,14 +185,8 @@ class PacketKeys:
         pn_bytes = bytes(b ^ m for b, m in
                          zip(packet[pn_offset : pn_offset + pn_length], mask[1:], strict=False))
         header = bytes([first]) + packet[1:pn_offset] + pn_bytes
-        packet_number = decode_packet_number(int.from_bytes(pn_bytes, "big"), pn_length,
-                                             expected_packet_number)
-        try:
-            payload = self._aead.decrypt(self._nonce(packet_number),
-                                         packet[pn_offset + pn_length :], header)
-        except InvalidTag:
-            raise PacketDropped("AEAD authentication failed", field="payload") from None
-        return header, payload, packet_number
+        return header, decode_packet_number(int.from_bytes(pn_bytes, "big"), pn_length,
+                                            expected_packet_number)
 
 
 def initial_keys(dcid: bytes, *, is_client: bool,

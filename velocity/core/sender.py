@@ -95,7 +95,7 @@ def _push_header(conn: Connection, plan: _Plan, payload_length: int) -> bytes:
     pn_bits = plan.pn_length - 1
     truncated = plan.packet_number & ((1 << (8 * plan.pn_length)) - 1)
     if plan.packet_type == PacketType.ONE_RTT:
-        writer.push_uint8(FIXED_BIT | pn_bits)
+        writer.push_uint8(FIXED_BIT | (conn._send_phase << 2) | pn_bits)
         writer.push_bytes(conn.peer_cid)
     else:
         writer.push_uint8(FORM_LONG | FIXED_BIT | (plan.packet_type << 4) | pn_bits)

@@ -9,7 +9,7 @@ import pytest
 
 from harness.loopback import ONE_WAY
 from tests.core.transport.helpers import both_completed, make, terminated
-from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError
+from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError, UsageError
 from velocity.core.frames import HandshakeDone, NewConnectionId
 from velocity.core.streams import ReceiveBuffer
 from velocity.core.transport_params import (
@@ -109,3 +109,30 @@ def test_preferred_address_is_ignored() -> None:
     params = TransportParameters(initial_source_connection_id=b"s")
     raw = encode_transport_parameters(params) + b"\x0d\x03abc"
     assert decode_transport_parameters(raw, from_server=True) == params
+
+
+@pytest.mark.spec("VEL-PROT-011")
+def test_key_updates_mid_transfer() -> None:
+    pair = make()
+    pair.connect()
+    with pytest.raises(UsageError):
+        pair.client.request_key_update()  # not before the handshake is confirmed
+    assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+    server = pair.server
+    assert server is not None
+    payload = bytes(range(256)) * 800
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, payload[:100_000])
+    pair.run(lambda: len(pair.received("server", sid)[0]) > 20_000)
+    pair.client.request_key_update()
+    with pytest.raises(UsageError):
+        pair.client.request_key_update()  # one at a time
+    pair.client.send_stream_data(sid, payload[100_000:], end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", sid))
+    assert pair.received("server", sid)[0] == payload
+    assert (pair.client._send_phase, pair.client._recv_phase) == (1, 1)
+    assert (server._send_phase, server._recv_phase) == (1, 1)
+    server.request_key_update()  # the server may start the next one
+    server.send_stream_data(sid, b"after two updates", end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("client", sid))
+    assert pair.client._recv_phase == 0 and pair.client._send_phase == 0
