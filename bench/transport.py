@@ -28,6 +28,7 @@ import qh3.asyncio
 from aioquic.quic.configuration import QuicConfiguration as AioquicConfiguration
 from qh3.quic.configuration import QuicConfiguration as Qh3Configuration
 
+import velocity.aio
 from bench.peers import _certificate
 from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs
@@ -90,7 +91,7 @@ def _server_process(name: str, pipe: Pipe) -> None:
             else:
                 return
 
-    asyncio.run(run())
+    velocity.aio.run(run())
 
 
 @dataclass
@@ -177,7 +178,7 @@ def run_one(name: str, handshakes: int, download: int) -> Result:
     process.start()
     try:
         port = parent.recv()
-        return asyncio.run(_measure(name, port, parent, handshakes, download))
+        return velocity.aio.run(_measure(name, port, parent, handshakes, download))
     finally:
         parent.send("stop")
         process.join(5)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import velocity.aio
 from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs
 from velocity.aio.client import HandshakeError, VelocityClient, connect
@@ -141,3 +142,22 @@ async def test_port_in_use_is_an_os_error() -> None:
         host, port = running.address
         with pytest.raises(OSError):
             await serve(host, port, EndpointConfig(ConnectionConfig(SERVER_HS)), echo)
+
+
+def test_run_uses_uvloop_when_installed() -> None:
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    module = velocity.aio.run(which())
+    assert module.startswith("uvloop") == (velocity.aio.loop_name() == "uvloop")
+
+
+async def test_gso_batches_equal_sized_datagrams() -> None:
+    async with server() as running:
+        host, port = running.address
+        async with connect(host, port, ConnectionConfig(CLIENT_HS)) as client:
+            assert await roundtrip(client, bytes(300_000)) == bytes(300_000)
+        sender = running._sender
+        assert sender is not None
+        if sender._socket is not None:  # the kernel offers UDP_SEGMENT
+            assert sender.gso_batches > 0
