@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import click
 
 from bench.peers import QuicPeer
+from bench.report import print_table
 from harness.pair import PairSpec, make_configs
 from velocity.aio.entropy import OsEntropy
 from velocity.core.handshake.client import ClientHandshake
@@ -110,17 +111,7 @@ def main(runs: int, count: int, profiles: str, backends: str, markdown: bool) ->
     lines = [header] + [(r.name, r.detail, f"{r.handshakes_per_second:.0f}",
                          f"{r.server_us:.0f}", f"{qh3_us / r.server_us:.2f}",
                          str(r.server_bytes), str(r.client_bytes)) for r in rows]
-    if markdown:
-        click.echo("| " + " | ".join(header) + " |")
-        click.echo("|" + "---|" * len(header))
-        for line in lines[1:]:
-            click.echo("| " + " | ".join(line) + " |")
-        return
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths,
-                                                                         strict=True)))
-
+    print_table(header, lines[1:], markdown=markdown)
 
 if __name__ == "__main__":
     main()

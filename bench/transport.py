@@ -30,6 +30,7 @@ from qh3.quic.configuration import QuicConfiguration as Qh3Configuration
 
 import velocity.aio
 from bench.peers import _certificate
+from bench.report import print_table
 from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs
 from velocity.aio.client import connect as velocity_connect
@@ -211,16 +212,7 @@ def main(runs: int, handshakes: int, download_mb: int, markdown: bool) -> None:
                          f"{r.goodput_mbps:.0f}",
                          f"{r.handshakes_per_second / qh3_row.handshakes_per_second:.2f}",
                          f"{r.goodput_mbps / qh3_row.goodput_mbps:.2f}") for r in rows]
-    if markdown:
-        click.echo("| " + " | ".join(header) + " |")
-        click.echo("|" + "---|" * len(header))
-        for line in lines[1:]:
-            click.echo("| " + " | ".join(line) + " |")
-        return
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
-
+    print_table(header, lines[1:], markdown=markdown)
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
+from typing import Protocol, cast
 
 from velocity.aio.streams import StreamResetError, VelocityStream
 from velocity.core.connection import Address, Connection
@@ -18,6 +19,7 @@ from velocity.core.events import (
     StreamDataReceived,
     StreamReset,
 )
+from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 
 UDP_SEGMENT = 103  # linux/udp.h
 GSO_MAX_SEGMENTS = 32
@@ -126,17 +128,72 @@ class StreamRouter:
             stream.update_writable()
 
 
-class TimerMixin:
-    """One ``call_at`` handle kept at the sans-I/O object's ``get_timer()``."""
+class SansIo(Protocol):
+    """What a driver drives: a Connection (client) or a ServerEndpoint (server)."""
 
-    _loop: asyncio.AbstractEventLoop
-    _timer: asyncio.TimerHandle | None = None
-    _timer_at: float | None = None
+    def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]: ...
 
-    def _arm(self, deadline: float | None, callback: Callable[[], None]) -> None:
-        if deadline == self._timer_at:
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, *, now: float) -> None: ...
+
+
+class DatagramDriver(asyncio.DatagramProtocol):
+    """Feeds a sans-I/O object from its UDP socket, sends what it produces (coalescing the
+    writes of one loop iteration), and keeps one timer at its ``get_timer()``."""
+
+    def __init__(self, machine: SansIo, sock: socket.socket) -> None:
+        self._machine = machine
+        self._socket = sock
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sender: Sender | None = None
+        self._transmit_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._sender = Sender(self._transport, self._socket)
+
+    def _route(self) -> None:
+        """Deliver the sans-I/O object's pending events (each driver knows its own)."""
+        raise NotImplementedError
+
+    def _after_transmit(self) -> None:
+        """Wake writers whose streams drained."""
+
+    def schedule_transmit(self) -> None:
+        if not self._transmit_scheduled:
+            self._transmit_scheduled = True
+            self._loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self._transmit_scheduled = False
+        if self._sender is None:
             return
+        datagrams = self._machine.datagrams_to_send(now=self._loop.time())
+        self._sender.send(datagrams)
+        if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
+            self.schedule_transmit()  # more is ready; let the loop breathe first
+        self._after_transmit()
+        self._route()
+        deadline = self._machine.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = (None if deadline is None
+                           else self._loop.call_at(deadline, self._on_timer))
+
+    def _on_timer(self) -> None:
+        self._timer_at = None
+        self._machine.handle_timer(now=self._loop.time())
+        self._route()
+        self._transmit()
+
+    def _stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = None if deadline is None else self._loop.call_at(deadline, callback)
+        if self._transport is not None:
+            self._transport.close()

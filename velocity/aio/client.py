@@ -7,9 +7,8 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
 
-from velocity.aio.base import Sender, StreamRouter, TimerMixin, udp_socket
+from velocity.aio.base import DatagramDriver, StreamRouter, udp_socket
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection, ConnectionConfig, StreamsExhausted
@@ -21,7 +20,6 @@ from velocity.core.events import (
     TicketReceived,
 )
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted, ServerKeyLearned
-from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 
 
 class FallbackError(ConnectionError):
@@ -41,11 +39,10 @@ class HandshakeError(ConnectionError):
         self.reason = terminated.reason
 
 
-class VelocityClient(asyncio.DatagramProtocol, TimerMixin):
+class VelocityClient(DatagramDriver):
     def __init__(self, connection: Connection, sock: socket.socket) -> None:
+        super().__init__(connection, sock)
         self.connection = connection
-        self._socket = sock
-        self._loop = asyncio.get_running_loop()
         self.router = StreamRouter(connection, self.schedule_transmit, None)
         self.completed: HandshakeCompleted | None = None
         self.tickets: list[TicketReceived] = []
@@ -53,13 +50,6 @@ class VelocityClient(asyncio.DatagramProtocol, TimerMixin):
         self.learned_key: ServerKeyLearned | None = None
         self._handshake: asyncio.Future[HandshakeCompleted] = self._loop.create_future()
         self._progress = asyncio.Event()
-        self._sender: Sender | None = None
-        self._transport: asyncio.DatagramTransport | None = None
-        self._transmit_scheduled = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._sender = Sender(self._transport, self._socket)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.connection.receive_datagram(data, (str(addr[0]), int(addr[1])),
@@ -94,28 +84,8 @@ class VelocityClient(asyncio.DatagramProtocol, TimerMixin):
             self._handshake.set_exception(HandshakeError(event))
         self.router.handle(event)
 
-    def schedule_transmit(self) -> None:
-        if not self._transmit_scheduled:
-            self._transmit_scheduled = True
-            self._loop.call_soon(self._transmit)
-
-    def _transmit(self) -> None:
-        self._transmit_scheduled = False
-        if self._sender is None:
-            return
-        datagrams = self.connection.datagrams_to_send(now=self._loop.time())
-        self._sender.send(datagrams)
-        if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
-            self.schedule_transmit()  # more is ready; let the loop breathe first
+    def _after_transmit(self) -> None:
         self.router.update_writable()
-        self._route()
-        self._arm(self.connection.get_timer(), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer_at = None
-        self.connection.handle_timer(now=self._loop.time())
-        self._route()
-        self._transmit()
 
     async def wait_handshake(self) -> HandshakeCompleted:
         return await self._handshake
@@ -141,10 +111,7 @@ class VelocityClient(asyncio.DatagramProtocol, TimerMixin):
         self.connection.close(error_code, reason)
         self._transmit()
         await asyncio.sleep(0)
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._transport is not None:
-            self._transport.close()
+        self._stop()
 
 
 async def resolve(host: str, port: int) -> Address:

@@ -8,32 +8,26 @@ import contextlib
 import functools
 import socket
 from collections.abc import Awaitable, Callable
-from typing import cast
 
-from velocity.aio.base import Sender, StreamRouter, TimerMixin, udp_socket
+from velocity.aio.base import DatagramDriver, StreamRouter, udp_socket
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import Entropy
-from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 
 StreamHandler = Callable[[VelocityStream, Connection], Awaitable[None]]
 HANDLER_ERROR = 0x0102  # application error sent when a handler raises
 
 
-class VelocityServer(asyncio.DatagramProtocol, TimerMixin):
+class VelocityServer(DatagramDriver):
     def __init__(self, endpoint: ServerEndpoint, handler: StreamHandler,
                  sock: socket.socket) -> None:
+        super().__init__(endpoint, sock)
         self.endpoint = endpoint
-        self._socket = sock
         self._handler = handler
-        self._loop = asyncio.get_running_loop()
         self._routers: dict[Connection, StreamRouter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._transport: asyncio.DatagramTransport | None = None
-        self._sender: Sender | None = None
-        self._transmit_scheduled = False
         self.datagrams_received = 0
 
     @property
@@ -41,10 +35,6 @@ class VelocityServer(asyncio.DatagramProtocol, TimerMixin):
         assert self._transport is not None
         host, port = self._transport.get_extra_info("sockname")[:2]
         return host, port
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._sender = Sender(self._transport, self._socket)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.datagrams_received += 1
@@ -80,30 +70,9 @@ class VelocityServer(asyncio.DatagramProtocol, TimerMixin):
                 stream.reset(HANDLER_ERROR)
             raise
 
-    def schedule_transmit(self) -> None:
-        """Coalesce the writes of one event-loop iteration into one transmission."""
-        if not self._transmit_scheduled:
-            self._transmit_scheduled = True
-            self._loop.call_soon(self._transmit)
-
-    def _transmit(self) -> None:
-        self._transmit_scheduled = False
-        if self._sender is None:
-            return
-        datagrams = self.endpoint.datagrams_to_send(now=self._loop.time())
-        self._sender.send(datagrams)
-        if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
-            self.schedule_transmit()  # more is ready; let the loop breathe first
+    def _after_transmit(self) -> None:
         for router in self._routers.values():
             router.update_writable()
-        self._route()
-        self._arm(self.endpoint.get_timer(), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer_at = None
-        self.endpoint.handle_timer(now=self._loop.time())
-        self._route()
-        self._transmit()
 
     async def close(self, *, grace: float = 1.0) -> None:
         """Close every connection with NO_ERROR, give the closes time to leave, stop."""
@@ -114,10 +83,7 @@ class VelocityServer(asyncio.DatagramProtocol, TimerMixin):
         deadline = self._loop.time() + grace
         while self.endpoint.connections and self._loop.time() < deadline:
             await asyncio.sleep(0.01)
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._transport is not None:
-            self._transport.close()
+        self._stop()
 
 
 async def serve(host: str, port: int, config: EndpointConfig, handler: StreamHandler, *,
