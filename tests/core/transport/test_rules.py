@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.loopback import ONE_WAY
+from harness.loopback import ONE_WAY, lossy
 from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError, UsageError
 from velocity.core.frames import HandshakeDone, NewConnectionId
+from velocity.core.recovery import SentPacket
 from velocity.core.streams import ReceiveBuffer
 from velocity.core.transport_params import (
     TransportParameters,
@@ -136,3 +137,24 @@ def test_key_updates_mid_transfer() -> None:
     server.send_stream_data(sid, b"after two updates", end_stream=True)
     assert pair.run(lambda: pair.finished_stream("client", sid))
     assert pair.client._recv_phase == 0 and pair.client._send_phase == 0
+
+
+@pytest.mark.spec("VEL-PKT-008")
+def test_packet_numbers_start_at_zero_and_never_repeat() -> None:
+    pair = make("discovery", lossy(4, loss=0.05, reorder=0.1))
+    sent: list[tuple[int, int]] = []
+    record = pair.client.recovery.on_sent
+
+    def observe(packet: SentPacket, now: float) -> None:
+        sent.append((packet.epoch, packet.packet_number))
+        record(packet, now)
+
+    pair.client.recovery.on_sent = observe  # type: ignore[method-assign]
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair), max_time=20)
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(100_000), end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", sid), max_time=60)
+    for epoch in {e for e, _ in sent}:
+        numbers = [n for e, n in sent if e == epoch]
+        assert numbers == list(range(len(numbers))), epoch  # from 0, each used once, in order
