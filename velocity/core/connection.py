@@ -17,6 +17,8 @@ from typing import Any
 
 from velocity.core.entropy import Entropy
 from velocity.core.errors import (
+    AeadLimitReached,
+    AuthenticationFailed,
     ConnectionIdLimitError,
     ErrorCode,
     FlowControlError,
@@ -85,7 +87,13 @@ from velocity.core.packet import (
     decode_version_negotiation,
     parse_header,
 )
-from velocity.core.protection import PacketKeys, initial_keys, retry_tag_valid
+from velocity.core.protection import (
+    CONFIDENTIALITY_LIMIT,
+    INTEGRITY_LIMIT,
+    PacketKeys,
+    initial_keys,
+    retry_tag_valid,
+)
 from velocity.core.rangeset import RangeSet
 from velocity.core.recovery import Recovery
 from velocity.core.sender import build_datagrams
@@ -208,7 +216,7 @@ class Connection:
         self._retry_token = config.token
         self._peer_cid_set = not self.is_client
         self._peer_cids: dict[int, bytes] = {}
-        self._send_phase = self._recv_phase = 0
+        self._send_phase = self._recv_phase = self._forgeries = 0
         self._previous_recv_keys: PacketKeys | None = None
         self.paced_until: float | None = None
         self._first_server_scid: bytes | None = None  # checked against its parameters
@@ -450,6 +458,12 @@ class Connection:
             else:
                 plain, payload, packet_number = keys.decrypt_packet(
                     packet, header.pn_offset - offset, expected)
+        except AuthenticationFailed:
+            self._forgeries += 1
+            if self._forgeries > INTEGRITY_LIMIT[keys.aead]:
+                raise AeadLimitReached("too many packets failed authentication",
+                                       field="payload") from None
+            return end
         except PacketDropped:
             return end
         if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
@@ -507,6 +521,17 @@ class Connection:
         assert space.send_keys is not None
         space.send_keys = space.send_keys.next_generation()
         self._send_phase ^= 1
+
+    def check_confidentiality_limit(self) -> None:
+        """Update keys before the 1-RTT send key reaches its AEAD limit (VEL-PROT-012)."""
+        keys = self.spaces[Epoch.APPLICATION].send_keys
+        if keys is None or keys.encrypted < CONFIDENTIALITY_LIMIT[keys.aead] - 1024:
+            return
+        if self.handshake_confirmed and self._send_phase == self._recv_phase:
+            self._rotate_send_keys()
+        elif keys.encrypted >= CONFIDENTIALITY_LIMIT[keys.aead]:
+            self.close(ErrorCode.AEAD_LIMIT_REACHED, "key update impossible at the AEAD limit",
+                       application=False)
 
     def request_key_update(self) -> None:
         """Start a key update; the peer follows when it sees the new key phase."""
@@ -863,6 +888,7 @@ class Connection:
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
         if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
             return []
+        self.check_confidentiality_limit()
         datagrams = build_datagrams(self, now)
         if self.state == State.CLOSING and self._close_deadline is None:
             self._close_deadline = now + 3 * self.recovery.pto_duration(Epoch.APPLICATION)

@@ -140,6 +140,10 @@ class PacketDropped(ProtocolViolation):
     fixed bit). It never closes the connection; the connection layer counts and drops it."""
 
 
+class AuthenticationFailed(PacketDropped):
+    """A packet failed AEAD authentication; counted against the integrity limit."""
+
+
 class BufferReadError(ProtocolViolation):
     """A read ran past the end of its input. Decoders re-raise it naming the field."""
 

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from velocity.core.errors import PacketDropped, UsageError
+from velocity.core.errors import AuthenticationFailed, PacketDropped, UsageError
 from velocity.core.keyschedule import LABEL_PREFIX, expand_label, extract
 from velocity.core.packet import FORM_LONG, VELOCITY_VERSION, decode_packet_number
 
@@ -35,6 +35,11 @@ class Aead(IntEnum):
 
 
 KEY_LENGTH = {Aead.AES_128_GCM: 16, Aead.AES_256_GCM: 32, Aead.CHACHA20_POLY1305: 32}
+# RFC 9001 section 6.6 (VEL-PROT-012): packets per key, and forged packets per connection
+CONFIDENTIALITY_LIMIT = {Aead.AES_128_GCM: 1 << 23, Aead.AES_256_GCM: 1 << 23,
+                         Aead.CHACHA20_POLY1305: 1 << 62}
+INTEGRITY_LIMIT = {Aead.AES_128_GCM: 1 << 52, Aead.AES_256_GCM: 1 << 52,
+                   Aead.CHACHA20_POLY1305: 1 << 36}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +111,8 @@ def next_secret(secret: bytes, hash_name: str, params: WireParams = VELOCITY_PAR
 class PacketKeys:
     """Protection for one direction of one packet-number space under one traffic secret."""
 
-    __slots__ = ("_aead", "_ecb", "_hp_key", "_params", "aead", "hash_name", "material",
-                 "secret")
+    __slots__ = ("_aead", "_ecb", "_hp_key", "_params", "aead", "encrypted", "hash_name",
+                 "material", "secret")
 
     def __init__(self, secret: bytes, aead: Aead, hash_name: str,
                  params: WireParams = VELOCITY_PARAMS, *, hp_key: bytes | None = None) -> None:
@@ -115,6 +120,7 @@ class PacketKeys:
         self.aead = aead
         self.hash_name = hash_name
         self._params = params
+        self.encrypted = 0  # packets sealed under this key (the confidentiality limit)
         self.material = derive_key_material(secret, aead, hash_name, params)
         self._hp_key = hp_key or self.material.hp  # a key update keeps the first HP key
         self._aead: AESGCM | ChaCha20Poly1305
@@ -147,6 +153,7 @@ class PacketKeys:
         if pn_length + len(payload) < 4:
             raise UsageError("payload too short for a header-protection sample; pad it")
         protected = self._aead.encrypt(self._nonce(packet_number), payload, plain_header)
+        self.encrypted += 1
         pn_offset = len(plain_header) - pn_length
         sample_at = 4 - pn_length
         mask = self._mask(protected[sample_at : sample_at + SAMPLE_LENGTH])
@@ -171,7 +178,7 @@ class PacketKeys:
             return self._aead.decrypt(self._nonce(packet_number), packet[len(header) :],
                                       header)
         except InvalidTag:
-            raise PacketDropped("AEAD authentication failed", field="payload") from None
+            raise AuthenticationFailed("AEAD authentication failed", field="payload") from None
 
     def remove_header_protection(self, packet: bytes, pn_offset: int,
                                  expected_packet_number: int) -> tuple[bytes, int]:

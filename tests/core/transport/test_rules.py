@@ -11,6 +11,7 @@ from harness.loopback import ONE_WAY, lossy
 from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError, UsageError
 from velocity.core.frames import HandshakeDone, NewConnectionId
+from velocity.core.protection import CONFIDENTIALITY_LIMIT, INTEGRITY_LIMIT, Aead
 from velocity.core.recovery import SentPacket
 from velocity.core.streams import ReceiveBuffer
 from velocity.core.transport_params import (
@@ -158,3 +159,40 @@ def test_packet_numbers_start_at_zero_and_never_repeat() -> None:
     for epoch in {e for e, _ in sent}:
         numbers = [n for e, n in sent if e == epoch]
         assert numbers == list(range(len(numbers))), epoch  # from 0, each used once, in order
+
+
+@pytest.mark.spec("VEL-PROT-012")
+def test_keys_update_before_the_confidentiality_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(CONFIDENTIALITY_LIMIT, Aead.AES_128_GCM, 1024 + 60)
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(200_000), end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", sid), max_time=30)
+    keys = pair.client.spaces[2].send_keys
+    assert keys is not None and keys.encrypted < 60 + 1  # rotated, fresh key in use
+    server = pair.server
+    assert server is not None and server._recv_phase == pair.client._send_phase
+
+
+@pytest.mark.spec("VEL-PROT-012")
+def test_integrity_limit_closes_with_aead_limit_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(INTEGRITY_LIMIT, Aead.AES_128_GCM, 3)
+    forging = {"on": False}
+
+    def forge(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        if forging["on"] and direction == "s2c" and not datagram[0] & 0x80:
+            return [(ONE_WAY, datagram[:-1] + bytes([datagram[-1] ^ 1]))]
+        return [(ONE_WAY, datagram)]
+
+    pair = make(network=forge)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+    forging["on"] = True
+    server = pair.server
+    assert server is not None
+    server.send_stream_data(server.get_next_available_stream_id(), bytes(20_000), True)
+    assert pair.run(lambda: bool(terminated(pair.client_events)), max_time=20)
+    (end,) = terminated(pair.client_events)
+    assert end.error_code == ErrorCode.AEAD_LIMIT_REACHED and not end.by_peer
