@@ -49,7 +49,7 @@ class VelocityServer(DatagramDriver):
             router = self._routers.get(connection)
             if router is None:
                 router = self._routers[connection] = StreamRouter(
-                    connection, self.schedule_transmit,
+                    connection, functools.partial(self._wake, connection),
                     functools.partial(self._spawn, connection=connection))
             router.handle(event)
             if router.terminated is not None:
@@ -69,6 +69,11 @@ class VelocityServer(DatagramDriver):
             with contextlib.suppress(Exception):
                 stream.reset(HANDLER_ERROR)
             raise
+
+    def _wake(self, connection: Connection) -> None:
+        """An application write on ``connection``: send it with the next transmission."""
+        self.endpoint.mark(connection)
+        self.schedule_transmit()
 
     def _after_transmit(self) -> None:
         for router in self._routers.values():

@@ -5,6 +5,7 @@ VEL-VN-001, VEL-RTY-*). The asyncio server (``velocity.aio.server``) only moves 
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,10 @@ class ServerEndpoint:
         self._tokens = tokens
         self._by_cid: dict[bytes, Connection] = {}
         self.connections: list[Connection] = []
+        self._dirty: dict[Connection, None] = {}  # touched since the last send, in order
+        self._timers: list[tuple[float, int, Connection]] = []  # heap; stale entries skipped
+        self._deadline: dict[Connection, float | None] = {}
+        self._sequence = 0
         self._stateless: deque[tuple[bytes, Address]] = deque()
         self._events: deque[tuple[Connection, Event]] = deque()
         self.retries_sent = 0
@@ -86,6 +91,7 @@ class ServerEndpoint:
         if connection is not None:
             connection.receive_datagram(data, address, now=now)
             self._collect(connection)
+            self.mark(connection)
             return
         if header.packet_type in (PacketType.ONE_RTT, PacketType.VERSION_NEGOTIATION):
             return
@@ -136,6 +142,7 @@ class ServerEndpoint:
             self._by_cid[cid] = connection
         connection.receive_datagram(data, address, now=now)
         self._collect(connection)
+        self.mark(connection)
 
     def _wants_retry(self) -> bool:
         if self.config.retry == "always":
@@ -168,36 +175,66 @@ class ServerEndpoint:
 
     # --- sending, timers, events ---------------------------------------------------------
 
+    def mark(self, connection: Connection) -> None:
+        """``connection`` may have something to send (a datagram arrived, a timer fired, the
+        application wrote): only marked connections are visited when sending."""
+        self._dirty[connection] = None
+
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
         out = list(self._stateless)
         self._stateless.clear()
-        for connection in self.connections:
+        dirty, self._dirty = self._dirty, {}
+        for connection in dirty:
             out.extend(connection.datagrams_to_send(now=now))
             self._collect(connection)
-        self._reap()
+            self._schedule(connection)
+            self._reap(connection)
         return out
 
+    def _schedule(self, connection: Connection) -> None:
+        deadline = connection.get_timer()
+        if deadline != self._deadline.get(connection):
+            self._deadline[connection] = deadline
+            if deadline is not None:
+                self._sequence += 1
+                heapq.heappush(self._timers, (deadline, self._sequence, connection))
+
+    def _next_timer(self) -> tuple[float, Connection] | None:
+        """The earliest live timer entry (entries whose deadline moved are dropped)."""
+        while self._timers:
+            deadline, _, connection = self._timers[0]
+            if self._deadline.get(connection) == deadline:
+                return deadline, connection
+            heapq.heappop(self._timers)
+        return None
+
     def get_timer(self) -> float | None:
-        timers = [t for c in self.connections if (t := c.get_timer()) is not None]
-        return min(timers) if timers else None
+        entry = self._next_timer()
+        return entry[0] if entry is not None else None
 
     def handle_timer(self, *, now: float) -> None:
-        for connection in self.connections:
-            timer = connection.get_timer()
-            if timer is not None and timer <= now:
-                connection.handle_timer(now=now)
-                self._collect(connection)
-        self._reap()
+        while (entry := self._next_timer()) is not None and entry[0] <= now:
+            heapq.heappop(self._timers)
+            connection = entry[1]
+            self._deadline[connection] = None
+            connection.handle_timer(now=now)
+            self._collect(connection)
+            self.mark(connection)
+            self._reap(connection)
 
     def _collect(self, connection: Connection) -> None:
         while (event := connection.next_event()) is not None:
             self._events.append((connection, event))
 
-    def _reap(self) -> None:
-        """Forget terminated connections (idle, drained or closed)."""
-        for connection in [c for c in self.connections if c.state == State.TERMINATED]:
-            self.connections.remove(connection)
-            for cid in [cid for cid, c in self._by_cid.items() if c is connection]:
+    def _reap(self, connection: Connection) -> None:
+        """Forget ``connection`` once it has terminated (idle, drained or closed)."""
+        if connection.state != State.TERMINATED or connection not in self._deadline:
+            return
+        self.connections.remove(connection)
+        self._deadline.pop(connection)
+        self._dirty.pop(connection, None)
+        for cid in (connection.host_cid, connection.original_dcid, connection.retry_scid):
+            if cid is not None and self._by_cid.get(cid) is connection:
                 del self._by_cid[cid]
 
     def next_event(self) -> tuple[Connection, Event] | None:
@@ -207,6 +244,7 @@ class ServerEndpoint:
         """Graceful shutdown: every connection closes with NO_ERROR (VEL-CONN-007)."""
         for connection in self.connections:
             connection.close(ErrorCode.NO_ERROR, "server shutting down")
+            self.mark(connection)
 
     def __iter__(self) -> Iterator[Connection]:
         return iter(self.connections)

@@ -3,6 +3,8 @@ post-quantum-sized flights, resumption with 0-RTT over packets, and stray datagr
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from harness.loopback import CLIENT_ADDR, ONE_WAY, Pair, perfect
@@ -143,3 +145,35 @@ def test_stray_datagrams_do_not_create_state_or_stop_service() -> None:
     sid = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(sid, b"still serving", end_stream=True)
     assert pair.run(lambda: pair.received("server", sid) == (b"still serving", True))
+
+
+@pytest.mark.spec("VEL-CONN-004")
+def test_a_datagram_visits_only_its_own_connection() -> None:
+    pairs = []
+    first = make(seed="busy-0")
+    first.connect()
+    assert first.run(lambda: both_completed(first))
+    endpoint = first.endpoint
+    for index in range(1, 20):  # more clients on the same endpoint
+        other = make(seed=f"busy-{index}")
+        other.endpoint = endpoint
+        other.connect()
+        assert other.run(lambda o=other, n=index: both_completed(o)
+                         or len(endpoint.connections) > n)
+        pairs.append(other)
+    endpoint.datagrams_to_send(now=first.now)  # flush what earlier steps left marked
+    visits: dict[int, int] = {}
+    for connection in endpoint.connections:
+        original = connection.datagrams_to_send
+
+        def counted(*, now: float, c: Any = connection, f: Any = original) -> Any:
+            visits[id(c)] = visits.get(id(c), 0) + 1
+            return f(now=now)
+
+        connection.datagrams_to_send = counted  # type: ignore[method-assign]
+    sid = first.client.get_next_available_stream_id()
+    first.client.send_stream_data(sid, b"one", end_stream=True)
+    ((datagram, _),) = first.client.datagrams_to_send(now=first.now)
+    endpoint.receive_datagram(datagram, ("127.0.0.1", 40000), now=first.now + 0.01)
+    endpoint.datagrams_to_send(now=first.now + 0.01)
+    assert list(visits.values()) == [1] and len(endpoint.connections) >= 20
