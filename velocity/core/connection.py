@@ -224,6 +224,7 @@ class Connection:
         self._init_connection_ids(original_dcid, peer_cid)
         self.handshake = self._make_handshake()
         self._peer_params_final = False
+        self.handshake_summary: HandshakeCompleted | None = None
         self._use_remembered_params()
 
     # --- setup -------------------------------------------------------------------------
@@ -748,6 +749,7 @@ class Connection:
             self._events.append(event)
 
     def _on_handshake_completed(self, event: HandshakeCompleted, now: float) -> None:
+        self.handshake_summary = event
         self.handshake_complete = True
         self.state = State.CONNECTED
         self.early_data_accepted = event.early_data_accepted
