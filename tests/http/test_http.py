@@ -62,12 +62,12 @@ async def get(client: VelocityClient, target: str, method: str = "GET",
 @pytest.mark.spec("VEL-HTTP-001", "VEL-HTTP-002")
 async def test_files_of_several_sizes(site: Path) -> None:
     async with running(site) as client:
-        for name in SIZES:
+        for name, size in SIZES.items():
             response = await get(client, f"/{name}")
             assert response.status == 200
             assert hashlib.sha256(response.body).digest() == hashlib.sha256(
                 (site / name).read_bytes()).digest()
-            assert int(response.header("content-length") or -1) == SIZES[name]
+            assert int(response.header("content-length") or -1) == size
         index = await get(client, "/")
         assert index.status == 200 and index.body == b"<h1>home</h1>"
         assert index.header("content-type") == "text/html"
