@@ -38,6 +38,8 @@ def site(tmp_path: Path) -> Path:
     (tmp_path / "secret.txt").write_text("outside the root")
     os.symlink(tmp_path / "secret.txt", root / "escape.txt")
     os.symlink(tmp_path, root / "escape-dir")
+    (root / ".velocity" / "certs").mkdir(parents=True)
+    (root / ".velocity" / "certs" / "balanced-kem.key").write_text("outside the root: a key")
     return root
 
 
@@ -98,7 +100,7 @@ async def test_head_validators_and_ranges(site: Path) -> None:
     "/../secret.txt", "/docs/../../secret.txt", "/%2e%2e/secret.txt", "/docs/%2e%2e/%2e%2e/x",
     "/..%2fsecret.txt", "/docs%2f..%2f..%2fsecret.txt", "/..%5csecret.txt", "/..\\secret.txt",
     "/escape.txt", "/escape-dir/secret.txt", "//etc/passwd", "/%00", "/docs/%c0%ae%c0%ae/x",
-    "secret.txt",
+    "secret.txt", "/.velocity/certs/balanced-kem.key", "/%2evelocity/certs/balanced-kem.key",
 ])
 async def test_no_way_out_of_the_root(site: Path, target: str) -> None:
     async with running(site) as client:

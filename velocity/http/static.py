@@ -1,6 +1,8 @@
 """The static file server (VEL-HTTP-006): index files, MIME types, HEAD, single byte ranges,
 ETag and Last-Modified validators, directory listings only when enabled, and no way out of
-the root through "..", encoded separators, backslashes, NUL bytes or symlinks."""
+the root through "..", encoded separators, backslashes, NUL bytes or symlinks. Hidden paths
+(a component starting with ".") are never served: the server's own keys live in
+ROOT/.velocity/."""
 
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ class StaticFiles:
         decoded = urllib.parse.unquote(path, errors="strict")
         if "\x00" in decoded or "\\" in decoded:
             return _text(400, "bad path")
-        if any(part == ".." for part in decoded.split("/")):
-            return _text(404, "not found")
+        if any(part.startswith(".") for part in decoded.split("/")):
+            return _text(404, "not found")  # "..", and hidden files such as .velocity/ keys
         candidate = (self.root / decoded.lstrip("/")).resolve()
         if not candidate.is_relative_to(self.root):
             return _text(404, "not found")  # a symlink leading out of the root
