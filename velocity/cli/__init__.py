@@ -54,3 +54,14 @@ def cli() -> None:
 
 def main() -> None:
     cli(prog_name="velocity")
+
+
+def _register() -> None:
+    from velocity.cli.fetch import fetch  # noqa: PLC0415 - commands import the whole stack
+    from velocity.cli.serve import serve  # noqa: PLC0415
+
+    cli.add_command(serve)
+    cli.add_command(fetch)
+
+
+_register()

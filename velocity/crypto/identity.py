@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives import serialization
 from velocity.core.entropy import Entropy
 from velocity.core.errors import UsageError
 from velocity.core.handshake.common import StaticKey, key_id_for
-from velocity.core.hybrid import Profile
+from velocity.core.hybrid import PROFILES, Profile
 from velocity.core.kem import KemBackend
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import (
     CaKey,
     ca_key_from_seed,
     ca_key_pem,
+    certificate_kem_key,
     create_ca,
     fingerprint,
     issue_leaf,
@@ -99,3 +100,20 @@ class ServerIdentity:
             raise UsageError(f"{directory / f'{name}-kem.key'} holds {params.value}, "
                              f"not {profile.kem.value}")
         return cls(profile, ca_key, ca_cert, seed, leaf)
+
+
+def static_key_from_files(certificate: Path, key: Path, kem: KemBackend) -> StaticKey:
+    """A static key from a leaf certificate (PEM) and its ML-KEM key file (PEM)."""
+    try:
+        leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
+        params, seed = load_kem_private_key_pem(key.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load {certificate} / {key}: {exc}") from None
+    if certificate_kem_key(leaf)[0] != params:
+        raise UsageError(f"{certificate} does not certify the key in {key}")
+    profile = next(p for p in PROFILES.values() if p.kem == params)
+    loaded = kem.load(params, seed)
+    if certificate_kem_key(leaf)[1] != loaded.encapsulation_key:
+        raise UsageError(f"{certificate} does not certify the key in {key}")
+    return StaticKey(profile, loaded, key_id_for(profile.code, loaded.encapsulation_key),
+                     (leaf.public_bytes(serialization.Encoding.DER),))

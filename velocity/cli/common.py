@@ -1,0 +1,30 @@
+"""What the CLI commands share: parsing ``host:port``, turning expected failures into one
+line that says what to do, and running a coroutine on the preferred event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+import velocity.aio
+from velocity.core.errors import UsageError
+
+T = TypeVar("T")
+
+
+def parse_address(value: str, *, what: str = "address") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (for example 127.0.0.1:4433)",
+                                 param_hint=what)
+    return host.strip("[]"), int(port)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; expected failures become one line and exit status 1."""
+    try:
+        return velocity.aio.run(main)
+    except (UsageError, OSError, ConnectionError, TimeoutError) as exc:
+        raise click.ClickException(str(exc) or type(exc).__name__) from None

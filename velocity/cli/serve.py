@@ -1,0 +1,100 @@
+"""``velocity serve``: static files (and the JSON API) over Velocity/1."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+from pathlib import Path
+
+import click
+
+from velocity.aio.entropy import OsEntropy
+from velocity.aio.server import serve as serve_udp
+from velocity.cli.common import parse_address, run
+from velocity.core.connection import ConnectionConfig
+from velocity.core.endpoint import RETRY_POLICIES, EndpointConfig
+from velocity.core.errors import UsageError
+from velocity.core.handshake.common import ReplayFilter, StaticKey
+from velocity.core.handshake.server import ServerConfig
+from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
+from velocity.crypto.identity import ServerIdentity, static_key_from_files
+from velocity.crypto.kem import BACKENDS, kem_backend
+from velocity.crypto.sealing import RetryTokens, ticket_sealer
+from velocity.http.app import Application
+from velocity.http.static import StaticFiles
+
+
+def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Path | None,
+                  key: Path | None, backend: str) -> StaticKey:
+    kem = kem_backend(backend)
+    if cert is not None or key is not None:
+        if cert is None or key is None:
+            raise UsageError("give both --cert and --key")
+        return static_key_from_files(cert, key, kem)
+    if not self_signed:
+        raise UsageError("the server needs a key: use --self-signed, or --cert FILE --key FILE")
+    profile = profile_named(profile_name)
+    directory = root / ".velocity" / "certs"
+    if (directory / f"{profile.name}-kem.key").exists():
+        return ServerIdentity.load(profile, directory).static_key(kem)
+    identity = ServerIdentity.create(profile, entropy=OsEntropy(), names=("localhost",
+                                     "127.0.0.1", "::1"), now=dt.datetime.now(dt.UTC))
+    identity.save(directory)
+    return identity.static_key(kem)
+
+
+async def _serve(root: Path, listen: str, static_key: StaticKey, *, publish: bool, api: bool,
+                 listing: bool, retry: str, max_sessions: int, backend: str) -> None:
+    host, port = parse_address(listen, what="--listen")
+    entropy = OsEntropy()
+    handshake = ServerConfig(kem=kem_backend(backend), static_keys=(static_key,),
+                             publish_key=publish, ticket_sealer=ticket_sealer(entropy.random(32)),
+                             replay_filter=ReplayFilter())
+    app = Application(StaticFiles(root, listing=listing), api=api,
+                      clock=lambda: dt.datetime.now(dt.UTC))
+    server = await serve_udp(host, port, EndpointConfig(ConnectionConfig(handshake), retry=retry,
+                                                        max_sessions=max_sessions), app,
+                             tokens=RetryTokens(entropy.random(16)))
+    bound_host, bound_port = server.address
+    click.echo(f"serving {root} on udp://{bound_host}:{bound_port} "
+               f"(profile {static_key.profile.name}, key id {static_key.key_id.hex()}, "
+               f"publishes its key: {'yes' if publish else 'no'})", err=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close()
+
+
+@click.command()
+@click.option("--root", type=click.Path(path_type=Path), default=Path("public"),
+              show_default=True, help="Directory to serve.")
+@click.option("--listen", default="127.0.0.1:4433", show_default=True, help="HOST:PORT (UDP).")
+@click.option("--self-signed", is_flag=True,
+              help="Create (or reuse) a CA, leaf and ML-KEM key under ROOT/.velocity/certs.")
+@click.option("--cert", type=click.Path(path_type=Path), help="Leaf certificate (PEM).")
+@click.option("--key", type=click.Path(path_type=Path), help="ML-KEM key file (PEM).")
+@click.option("--profile", type=click.Choice(list(PROFILES_BY_NAME)), default="balanced",
+              show_default=True)
+@click.option("--publish-kem", is_flag=True, help="Send the certificate to discovering clients.")
+@click.option("--api", is_flag=True, help="Serve the JSON API under /api/.")
+@click.option("--listing", is_flag=True, help="List directories without an index file.")
+@click.option("--retry", type=click.Choice(RETRY_POLICIES), default="never", show_default=True)
+@click.option("--max-sessions", type=click.IntRange(1), default=10_000, show_default=True)
+@click.option("--kem-backend", "backend", type=click.Choice(list(BACKENDS)),
+              default="cryptography", show_default=True)
+def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
+          profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
+          max_sessions: int, backend: str) -> None:
+    """Serve ROOT over Velocity/1."""
+    parse_address(listen, what="--listen")
+    try:
+        static_key = load_identity(root, profile, self_signed=self_signed, cert=cert, key=key,
+                                   backend=backend)
+        StaticFiles(root)
+    except UsageError as exc:
+        raise click.ClickException(str(exc)) from None
+    run(_serve(root, listen, static_key, publish=publish_kem, api=api, listing=listing,
+               retry=retry, max_sessions=max_sessions, backend=backend))
