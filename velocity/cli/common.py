@@ -17,8 +17,8 @@ T = TypeVar("T")
 def parse_address(value: str, *, what: str = "address") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT (for example 127.0.0.1:4433)",
-                                 param_hint=what)
+        raise click.ClickException(f"{what} {value!r} is not HOST:PORT "
+                                   "(for example 127.0.0.1:4433)")
     return host.strip("[]"), int(port)
 
 

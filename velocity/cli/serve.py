@@ -91,9 +91,9 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
     try:
+        StaticFiles(root)  # before anything is created under ROOT
         static_key = load_identity(root, profile, self_signed=self_signed, cert=cert, key=key,
                                    backend=backend)
-        StaticFiles(root)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
     run(_serve(root, listen, static_key, publish=publish_kem, api=api, listing=listing,

@@ -1,0 +1,136 @@
+"""The CLI as a user runs it: ``velocity serve`` and ``velocity fetch`` as subprocesses over
+UDP on 127.0.0.1, with a private key cache per test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+VELOCITY = [sys.executable, "-m", "velocity.cli"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "VELOCITY_CACHE_DIR": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "public"
+    root.mkdir()
+    for name, size in (("small.txt", 100), ("medium.bin", 200_000), ("large.bin", 2_000_000)):
+        (root / name).write_bytes(hashlib.shake_256(name.encode()).digest(size))
+    return root
+
+
+@contextmanager
+def server(root: Path, env: dict[str, str], *args: str) -> Iterator[str]:
+    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(root), "--self-signed",
+                                "--listen", "127.0.0.1:0", *args],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline()
+        assert "serving" in banner, banner
+        yield banner.split("udp://", 1)[1].split(" ", 1)[0]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def fetch(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VELOCITY, "fetch", target, *args], capture_output=True, text=True,
+                          env=env, timeout=60, check=False)
+
+
+def fetch_json(target: str, env: dict[str, str], *args: str) -> dict[str, object]:
+    result = fetch(target, env, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def test_discovery_then_cached_key_then_pdk(site: Path, env: dict[str, str],
+                                           tmp_path: Path) -> None:
+    with server(site, env, "--publish-kem") as target:
+        for name in ("small.txt", "medium.bin", "large.bin"):
+            out = tmp_path / f"got-{name}"
+            first = fetch_json(target, env, f"/{name}", "-o", str(out))
+            assert out.read_bytes() == (site / name).read_bytes()
+            assert first["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+        modes = [fetch_json(target, env, "/small.txt")["velocity"]["auth_mode"]  # type: ignore[index]
+                 for _ in range(2)]
+        assert modes == ["pdk", "pdk"]
+        cache = list((tmp_path / "cache" / "keys").glob("*.json"))
+        assert len(cache) == 1 and oct(cache[0].stat().st_mode)[-3:] == "600"
+
+
+def test_first_fetch_discovers(site: Path, env: dict[str, str]) -> None:
+    with server(site, env, "--publish-kem") as target:
+        first = fetch_json(target, env, "/small.txt")["velocity"]
+        second = fetch_json(target, env, "/small.txt")["velocity"]
+    assert first["auth_mode"] == "discovery" and first["key_cached"]  # type: ignore[index]
+    assert second["auth_mode"] == "pdk"  # type: ignore[index]
+
+
+def test_unpublished_key_must_be_supplied(site: Path, env: dict[str, str]) -> None:
+    with server(site, env) as target:
+        result = fetch(target, env, "/small.txt")
+        assert result.returncode == 1
+        assert "does not publish its ML-KEM key" in result.stderr
+        assert "--kem-file" in result.stderr and "Traceback" not in result.stderr
+        leaf = site / ".velocity" / "certs" / "balanced-leaf.pem"
+        with_file = fetch_json(target, env, "/small.txt", "--kem-file", str(leaf))
+        assert with_file["velocity"]["auth_mode"] == "pdk"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nonsense", "/x"], "HOST:PORT"),
+    (["127.0.0.1:1", "/x", "--kem-b64", "***"], "not valid base64"),
+    (["127.0.0.1:1", "/x", "--kem-b64", "AAAA"], "not an ML-KEM"),
+    (["127.0.0.1:1", "/x", "--tofu", "--insecure"], "choose one"),
+    (["127.0.0.1:9", "/x", "--insecure", "--timeout", "1"], "no Velocity/1 handshake"),
+])
+def test_user_errors_are_one_line(env: dict[str, str], args: list[str], message: str) -> None:
+    result = fetch(args[0], env, *args[1:])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_serve_errors_are_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    missing = subprocess.run([*VELOCITY, "serve", "--root", str(tmp_path / "nope"),
+                              "--self-signed"], capture_output=True, text=True, env=env,
+                             timeout=30, check=False)
+    assert missing.returncode == 1 and "cannot serve" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    (tmp_path / "www").mkdir()
+    no_key = subprocess.run([*VELOCITY, "serve", "--root", str(tmp_path / "www")],
+                            capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert no_key.returncode == 1 and "--self-signed" in no_key.stderr
+
+
+def test_port_in_use(site: Path, env: dict[str, str]) -> None:
+    with server(site, env) as target:
+        busy = subprocess.run([*VELOCITY, "serve", "--root", str(site), "--self-signed",
+                               "--listen", target], capture_output=True, text=True, env=env,
+                              timeout=30, check=False)
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr
+    assert "in use" in busy.stderr.lower() or "address" in busy.stderr.lower()
+
+
+def test_traversal_gets_404(site: Path, env: dict[str, str]) -> None:
+    with server(site, env, "--publish-kem") as target:
+        for path in ("/../etc/passwd", "/.velocity/certs/balanced-kem.key", "/%2e%2e/x"):
+            result = fetch(target, env, path, "--json")
+            assert result.returncode == 1, path
+            assert json.loads(result.stdout)["status"] in (400, 404)
