@@ -134,3 +134,30 @@ def test_traversal_gets_404(site: Path, env: dict[str, str]) -> None:
             result = fetch(target, env, path, "--json")
             assert result.returncode == 1, path
             assert json.loads(result.stdout)["status"] in (400, 404)
+
+
+def test_probe_velocity_and_fallback(site: Path, env: dict[str, str]) -> None:
+    with server(site, env, "--publish-kem") as target:
+        result = subprocess.run([*VELOCITY, "probe", target, "--json"], capture_output=True,
+                                text=True, env=env, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["outcome"] == "velocity" and report["key_published"]
+        assert report["profile"] == "balanced" and report["bytes_received"] > 0
+    with server(site, env, "--fallback-only", "--fallback-host", "h3.example") as target:
+        result = subprocess.run([*VELOCITY, "probe", target], capture_output=True, text=True,
+                                env=env, timeout=60, check=False)
+        assert result.returncode == 10, result.stdout + result.stderr
+        assert "FALLBACK to h3 at h3.example:443" in result.stdout
+        denied = fetch(target, env, "/small.txt")
+        assert denied.returncode == 1 and "h3 at h3.example:443" in denied.stderr
+    dead = subprocess.run([*VELOCITY, "probe", "127.0.0.1:9", "--timeout", "1"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert dead.returncode == 1 and "no Velocity/1 handshake" in dead.stdout
+
+
+def test_handshake_demo_passes_locally(env: dict[str, str]) -> None:
+    result = subprocess.run([*VELOCITY, "handshake-demo"], capture_output=True, text=True,
+                            env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok ") == 3

@@ -16,7 +16,7 @@ from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import RETRY_POLICIES, EndpointConfig
 from velocity.core.errors import UsageError
 from velocity.core.handshake.common import ReplayFilter, StaticKey
-from velocity.core.handshake.server import ServerConfig
+from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
 from velocity.crypto.identity import ServerIdentity, static_key_from_files
 from velocity.crypto.kem import BACKENDS, kem_backend
@@ -45,12 +45,13 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
 
 
 async def _serve(root: Path, listen: str, static_key: StaticKey, *, publish: bool, api: bool,
-                 listing: bool, retry: str, max_sessions: int, backend: str) -> None:
+                 listing: bool, retry: str, max_sessions: int, backend: str,
+                 fallback: FallbackPolicy) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
     handshake = ServerConfig(kem=kem_backend(backend), static_keys=(static_key,),
                              publish_key=publish, ticket_sealer=ticket_sealer(entropy.random(32)),
-                             replay_filter=ReplayFilter())
+                             replay_filter=ReplayFilter(), fallback=fallback)
     app = Application(StaticFiles(root, listing=listing), api=api,
                       clock=lambda: dt.datetime.now(dt.UTC))
     server = await serve_udp(host, port, EndpointConfig(ConnectionConfig(handshake), retry=retry,
@@ -85,9 +86,15 @@ async def _serve(root: Path, listen: str, static_key: StaticKey, *, publish: boo
 @click.option("--max-sessions", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--kem-backend", "backend", type=click.Choice(list(BACKENDS)),
               default="cryptography", show_default=True)
+@click.option("--fallback-only", is_flag=True,
+              help="Answer every client with a FALLBACK directive.")
+@click.option("--fallback-alpn", default="h3", show_default=True)
+@click.option("--fallback-host", default="", help="Host in the directive (default: same).")
+@click.option("--fallback-port", type=click.IntRange(1, 65535), default=443, show_default=True)
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
-          max_sessions: int, backend: str) -> None:
+          max_sessions: int, backend: str, fallback_only: bool, fallback_alpn: str,
+          fallback_host: str, fallback_port: int) -> None:
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
     try:
@@ -96,5 +103,7 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
                                    backend=backend)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
+    fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, fallback_port,
+                              "fallback-only" if fallback_only else "off")
     run(_serve(root, listen, static_key, publish=publish_kem, api=api, listing=listing,
-               retry=retry, max_sessions=max_sessions, backend=backend))
+               retry=retry, max_sessions=max_sessions, backend=backend, fallback=fallback))

@@ -229,6 +229,7 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
         # after the handshake the peer reads 1-RTT: close there only (RFC 9000 10.2.3)
         late = conn.handshake_complete and epoch != Epoch.APPLICATION
         if packet_type != PacketType.ZERO_RTT and not late:
+            _add_crypto(space, frames, room - 64)  # a FALLBACK rides with its close (VEL-HS-090)
             frames.add(_close_frame(conn, epoch))
         return frames
     can_ack = bool(space.received) and packet_type != PacketType.ZERO_RTT

@@ -13,6 +13,8 @@ from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.connection import ConnectionConfig, State
 from velocity.core.errors import ErrorCode
 from velocity.core.events import NewTokenReceived, TicketReceived
+from velocity.core.handshake.common import FallbackDirected
+from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import SECURE
 from velocity.core.packet import VELOCITY_VERSION, PacketType, parse_header
 from velocity.crypto.sealing import RetryTokens
@@ -177,3 +179,18 @@ def test_a_datagram_visits_only_its_own_connection() -> None:
     endpoint.receive_datagram(datagram, ("127.0.0.1", 40000), now=first.now + 0.01)
     endpoint.datagrams_to_send(now=first.now + 0.01)
     assert list(visits.values()) == [1] and len(endpoint.connections) >= 20
+
+
+@pytest.mark.spec("VEL-HS-090", "VEL-FB-002")
+@pytest.mark.parametrize("mode", ["pdk", "discovery"])
+def test_fallback_directive_travels_with_its_close(mode: str) -> None:
+    spec = PairSpec(mode=mode, server={"fallback": FallbackPolicy(host="h3.example",
+                                                                  mode="fallback-only")})
+    pair = make(spec=spec)
+    pair.connect()
+    assert pair.run(lambda: bool(terminated(pair.client_events)))
+    directives = [e for e in pair.client_events if isinstance(e, FallbackDirected)]
+    assert [(d.host, d.authenticated) for d in directives] == [("h3.example", mode == "pdk")]
+    (end,) = terminated(pair.client_events)
+    assert end.error_code == ErrorCode.NO_APPLICATION_PROTOCOL and end.by_peer
+    assert not pair.endpoint.connections or pair.run(lambda: not pair.endpoint.connections)
