@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,3 +162,27 @@ def test_handshake_demo_passes_locally(env: dict[str, str]) -> None:
                             env=env, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 3
+
+
+def test_metrics_endpoint_scrapes(site: Path, env: dict[str, str]) -> None:
+    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(site), "--self-signed",
+                                "--publish-kem", "--listen", "127.0.0.1:0",
+                                "--metrics-listen", "127.0.0.1:0"],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None
+        metrics_line, banner = process.stderr.readline(), process.stderr.readline()
+        target = banner.split("udp://", 1)[1].split(" ", 1)[0]
+        for _ in range(2):
+            assert fetch(target, env, "/small.txt", "--json").returncode == 0
+        url = metrics_line.split("metrics on ", 1)[1].strip()
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+    finally:
+        process.terminate()
+        process.wait(10)
+    for mode in ("discovery", "pdk"):
+        assert (f'velocity_handshakes_total{{auth_mode="{mode}",outcome="completed",'
+                'profile="balanced"} 1.0') in text
+    assert 'velocity_kem_operation_seconds_count{operation="decapsulate"' in text
+    assert "velocity_datagrams_total" in text and "velocity_handshake_duration_seconds" in text

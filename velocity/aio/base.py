@@ -163,6 +163,9 @@ class DatagramDriver(asyncio.DatagramProtocol):
     def _after_transmit(self) -> None:
         """Wake writers whose streams drained."""
 
+    def _on_sent(self, sizes: list[int]) -> None:
+        """Account sent datagrams (the server's metrics)."""
+
     def schedule_transmit(self) -> None:
         if not self._transmit_scheduled:
             self._transmit_scheduled = True
@@ -174,6 +177,7 @@ class DatagramDriver(asyncio.DatagramProtocol):
             return
         datagrams = self._machine.datagrams_to_send(now=self._loop.time())
         self._sender.send(datagrams)
+        self._on_sent([len(d) for d, _ in datagrams])
         if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
             self.schedule_transmit()  # more is ready; let the loop breathe first
         self._after_transmit()

@@ -15,6 +15,7 @@ from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import Entropy
+from velocity.metrics import ServerMetrics
 
 StreamHandler = Callable[[VelocityStream, Connection], Awaitable[None]]
 HANDLER_ERROR = 0x0102  # application error sent when a handler raises
@@ -22,9 +23,12 @@ HANDLER_ERROR = 0x0102  # application error sent when a handler raises
 
 class VelocityServer(DatagramDriver):
     def __init__(self, endpoint: ServerEndpoint, handler: StreamHandler,
-                 sock: socket.socket) -> None:
+                 sock: socket.socket, metrics: ServerMetrics | None = None) -> None:
         super().__init__(endpoint, sock)
         self.endpoint = endpoint
+        self.metrics = metrics
+        self._started: dict[Connection, float] = {}
+        self._retries_counted = 0
         self._handler = handler
         self._routers: dict[Connection, StreamRouter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -38,6 +42,8 @@ class VelocityServer(DatagramDriver):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.datagrams_received += 1
+        if self.metrics is not None:
+            self.metrics.datagrams("in", [len(data)])
         self.endpoint.receive_datagram(data, (str(addr[0]), int(addr[1])),
                                        now=self._loop.time())
         self._route()
@@ -46,6 +52,9 @@ class VelocityServer(DatagramDriver):
     def _route(self) -> None:
         while (item := self.endpoint.next_event()) is not None:
             connection, event = item
+            started = self._started.setdefault(connection, self._loop.time())
+            if self.metrics is not None:
+                self.metrics.observe(connection, event, started, self._loop.time())
             router = self._routers.get(connection)
             if router is None:
                 router = self._routers[connection] = StreamRouter(
@@ -54,6 +63,7 @@ class VelocityServer(DatagramDriver):
             router.handle(event)
             if router.terminated is not None:
                 self._routers.pop(connection, None)
+                self._started.pop(connection, None)
 
     def _spawn(self, stream: VelocityStream, connection: Connection) -> None:
         task = self._loop.create_task(self._run_handler(stream, connection))
@@ -70,6 +80,10 @@ class VelocityServer(DatagramDriver):
                 stream.reset(HANDLER_ERROR)
             raise
 
+    def _on_sent(self, sizes: list[int]) -> None:
+        if self.metrics is not None:
+            self.metrics.datagrams("out", sizes)
+
     def _wake(self, connection: Connection) -> None:
         """An application write on ``connection``: send it with the next transmission."""
         self.endpoint.mark(connection)
@@ -78,6 +92,10 @@ class VelocityServer(DatagramDriver):
     def _after_transmit(self) -> None:
         for router in self._routers.values():
             router.update_writable()
+        if self.metrics is not None:
+            self.metrics.active.set(len(self.endpoint.connections))
+            self.metrics.retries.inc(self.endpoint.retries_sent - self._retries_counted)
+            self._retries_counted = self.endpoint.retries_sent
 
     async def close(self, *, grace: float = 1.0) -> None:
         """Close every connection with NO_ERROR, give the closes time to leave, stop."""
@@ -92,12 +110,12 @@ class VelocityServer(DatagramDriver):
 
 
 async def serve(host: str, port: int, config: EndpointConfig, handler: StreamHandler, *,
-                entropy: Entropy | None = None,
-                tokens: TokenSealer | None = None) -> VelocityServer:
+                entropy: Entropy | None = None, tokens: TokenSealer | None = None,
+                metrics: ServerMetrics | None = None) -> VelocityServer:
     """Listen on ``host:port`` (port 0 picks a free one). Raises OSError if it is taken."""
     loop = asyncio.get_running_loop()
     endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens)
     sock = udp_socket(host, port)
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: VelocityServer(endpoint, handler, sock), sock=sock)
+        lambda: VelocityServer(endpoint, handler, sock, metrics), sock=sock)
     return protocol

@@ -18,16 +18,17 @@ from velocity.core.errors import UsageError
 from velocity.core.handshake.common import ReplayFilter, StaticKey
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
+from velocity.core.kem import KemBackend
 from velocity.crypto.identity import ServerIdentity, static_key_from_files
 from velocity.crypto.kem import BACKENDS, kem_backend
 from velocity.crypto.sealing import RetryTokens, ticket_sealer
 from velocity.http.app import Application
 from velocity.http.static import StaticFiles
+from velocity.metrics import ServerMetrics, TimedKem
 
 
 def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Path | None,
-                  key: Path | None, backend: str) -> StaticKey:
-    kem = kem_backend(backend)
+                  key: Path | None, kem: KemBackend) -> StaticKey:
     if cert is not None or key is not None:
         if cert is None or key is None:
             raise UsageError("give both --cert and --key")
@@ -45,18 +46,18 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
 
 
 async def _serve(root: Path, listen: str, static_key: StaticKey, *, publish: bool, api: bool,
-                 listing: bool, retry: str, max_sessions: int, backend: str,
-                 fallback: FallbackPolicy) -> None:
+                 listing: bool, retry: str, max_sessions: int, kem: KemBackend,
+                 fallback: FallbackPolicy, metrics: ServerMetrics | None) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
-    handshake = ServerConfig(kem=kem_backend(backend), static_keys=(static_key,),
+    handshake = ServerConfig(kem=kem, static_keys=(static_key,),
                              publish_key=publish, ticket_sealer=ticket_sealer(entropy.random(32)),
                              replay_filter=ReplayFilter(), fallback=fallback)
     app = Application(StaticFiles(root, listing=listing), api=api,
                       clock=lambda: dt.datetime.now(dt.UTC))
     server = await serve_udp(host, port, EndpointConfig(ConnectionConfig(handshake), retry=retry,
                                                         max_sessions=max_sessions), app,
-                             tokens=RetryTokens(entropy.random(16)))
+                             tokens=RetryTokens(entropy.random(16)), metrics=metrics)
     bound_host, bound_port = server.address
     click.echo(f"serving {root} on udp://{bound_host}:{bound_port} "
                f"(profile {static_key.profile.name}, key id {static_key.key_id.hex()}, "
@@ -91,19 +92,29 @@ async def _serve(root: Path, listen: str, static_key: StaticKey, *, publish: boo
 @click.option("--fallback-alpn", default="h3", show_default=True)
 @click.option("--fallback-host", default="", help="Host in the directive (default: same).")
 @click.option("--fallback-port", type=click.IntRange(1, 65535), default=443, show_default=True)
+@click.option("--metrics-listen", help="HOST:PORT for the Prometheus scrape endpoint.")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
           max_sessions: int, backend: str, fallback_only: bool, fallback_alpn: str,
-          fallback_host: str, fallback_port: int) -> None:
+          fallback_host: str, fallback_port: int, metrics_listen: str | None) -> None:
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
+    metrics = ServerMetrics() if metrics_listen else None
+    kem: KemBackend = kem_backend(backend) if metrics is None else TimedKem(
+        kem_backend(backend), metrics)
     try:
         StaticFiles(root)  # before anything is created under ROOT
         static_key = load_identity(root, profile, self_signed=self_signed, cert=cert, key=key,
-                                   backend=backend)
+                                   kem=kem)
+        if metrics is not None and metrics_listen is not None:
+            bound = metrics.serve(*parse_address(metrics_listen, what="--metrics-listen"))
+            click.echo(f"metrics on http://{bound[0]}:{bound[1]}/metrics", err=True)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"--metrics-listen: {exc.strerror or exc}") from None
     fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, fallback_port,
                               "fallback-only" if fallback_only else "off")
     run(_serve(root, listen, static_key, publish=publish_kem, api=api, listing=listing,
-               retry=retry, max_sessions=max_sessions, backend=backend, fallback=fallback))
+               retry=retry, max_sessions=max_sessions, kem=kem, fallback=fallback,
+               metrics=metrics))
