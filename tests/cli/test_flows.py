@@ -34,8 +34,9 @@ def site(tmp_path: Path) -> Path:
 
 @contextmanager
 def server(root: Path, env: dict[str, str], *args: str) -> Iterator[str]:
+    listen = [] if "--listen" in args else ["--listen", "127.0.0.1:0"]
     process = subprocess.Popen([*VELOCITY, "serve", "--root", str(root), "--self-signed",
-                                "--listen", "127.0.0.1:0", *args],
+                                *listen, *args],
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stderr is not None
@@ -186,3 +187,50 @@ def test_metrics_endpoint_scrapes(site: Path, env: dict[str, str]) -> None:
                 'profile="balanced"} 1.0') in text
     assert 'velocity_kem_operation_seconds_count{operation="decapsulate"' in text
     assert "velocity_datagrams_total" in text and "velocity_handshake_duration_seconds" in text
+
+
+@pytest.mark.spec("VEL-CERT-005", "VEL-AUTH-011")
+def test_key_rotation_overlap_then_stale_key_rediscovery(site: Path, env: dict[str, str]) -> None:
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*VELOCITY, "keys", *args, "--root", str(site)],
+                              capture_output=True, text=True, env=env, timeout=60, check=True)
+
+    with server(site, env, "--publish-kem") as target:
+        ca = str(site / ".velocity" / "certs" / "balanced-ca.pem")
+        first = fetch_json(target, env, "/small.txt", "--ca", ca)["velocity"]
+        fetch_json(target, env, "/small.txt", "--tofu", "--no-discover")  # cached key: PDK
+    assert first["auth_mode"] == "discovery"  # type: ignore[index]
+    original = json.loads(keys("show", "--json").stdout)
+    assert original["key_id"] == first["key_id"]  # type: ignore[index]
+
+    keys("rotate")  # the previous key stays accepted through the overlap
+    port = target.rsplit(":", 1)[1]
+    with server(site, env, "--publish-kem", "--listen", f"127.0.0.1:{port}") as again:
+        assert again == target
+        during = fetch_json(target, env, "/small.txt", "--ca", ca)["velocity"]
+        shown = json.loads(keys("show", "--json").stdout)
+    assert during["auth_mode"] == "pdk"  # type: ignore[index]
+    assert during["key_id"] == original["key_id"]  # type: ignore[index]
+    assert shown["previous_key_id"] == original["key_id"] != shown["key_id"]
+
+    keys("rotate", "--no-overlap")  # now the cached key is unknown to the server
+    with server(site, env, "--publish-kem", "--listen", f"127.0.0.1:{port}"):
+        after = fetch_json(target, env, "/small.txt", "--ca", ca)["velocity"]
+        newest = json.loads(keys("show", "--json").stdout)
+    assert after["auth_mode"] == "discovery"  # type: ignore[index]
+    assert after["key_id"] == newest["key_id"] and newest["previous_key_id"] is None  # type: ignore[index]
+
+
+@pytest.mark.spec("VEL-CERT-003")
+def test_tofu_refuses_a_changed_key(site: Path, env: dict[str, str]) -> None:
+    with server(site, env, "--publish-kem") as target:
+        assert fetch_json(target, env, "/small.txt", "--tofu")["velocity"][  # type: ignore[index]
+            "auth_mode"] == "discovery"
+    subprocess.run([*VELOCITY, "keys", "rotate", "--no-overlap", "--root", str(site)],
+                   capture_output=True, env=env, timeout=60, check=True)
+    port = target.rsplit(":", 1)[1]
+    with server(site, env, "--publish-kem", "--listen", f"127.0.0.1:{port}"):
+        refused = fetch(target, env, "/small.txt", "--tofu", "--json")
+    assert refused.returncode == 1
+    assert "different key than on first use" in refused.stderr
+    assert "Traceback" not in refused.stderr

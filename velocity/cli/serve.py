@@ -12,6 +12,7 @@ import click
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import serve as serve_udp
 from velocity.cli.common import parse_address, run
+from velocity.cli.keys import OVERLAP
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import RETRY_POLICIES, EndpointConfig
 from velocity.core.errors import UsageError
@@ -19,7 +20,11 @@ from velocity.core.handshake.common import ReplayFilter, StaticKey
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
 from velocity.core.kem import KemBackend
-from velocity.crypto.identity import ServerIdentity, static_key_from_files
+from velocity.crypto.identity import (
+    ServerIdentity,
+    previous_static_key,
+    static_key_from_files,
+)
 from velocity.crypto.kem import BACKENDS, kem_backend
 from velocity.crypto.sealing import RetryTokens, ticket_sealer
 from velocity.http.app import Application
@@ -45,12 +50,14 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
     return identity.static_key(kem)
 
 
-async def _serve(root: Path, listen: str, static_key: StaticKey, *, publish: bool, api: bool,
+async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *, publish: bool,
+                 api: bool,
                  listing: bool, retry: str, max_sessions: int, kem: KemBackend,
                  fallback: FallbackPolicy, metrics: ServerMetrics | None) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
-    handshake = ServerConfig(kem=kem, static_keys=(static_key,),
+    static_key = static_keys[0]
+    handshake = ServerConfig(kem=kem, static_keys=static_keys,
                              publish_key=publish, ticket_sealer=ticket_sealer(entropy.random(32)),
                              replay_filter=ReplayFilter(), fallback=fallback)
     app = Application(StaticFiles(root, listing=listing), api=api,
@@ -106,6 +113,8 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
         StaticFiles(root)  # before anything is created under ROOT
         static_key = load_identity(root, profile, self_signed=self_signed, cert=cert, key=key,
                                    kem=kem)
+        previous = previous_static_key(static_key.profile, root / ".velocity" / "certs", kem,
+                                       now=dt.datetime.now(dt.UTC), overlap=OVERLAP)
         if metrics is not None and metrics_listen is not None:
             bound = metrics.serve(*parse_address(metrics_listen, what="--metrics-listen"))
             click.echo(f"metrics on http://{bound[0]}:{bound[1]}/metrics", err=True)
@@ -115,6 +124,7 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
         raise click.ClickException(f"--metrics-listen: {exc.strerror or exc}") from None
     fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, fallback_port,
                               "fallback-only" if fallback_only else "off")
-    run(_serve(root, listen, static_key, publish=publish_kem, api=api, listing=listing,
+    keys = (static_key,) if previous is None else (static_key, previous)
+    run(_serve(root, listen, keys, publish=publish_kem, api=api, listing=listing,
                retry=retry, max_sessions=max_sessions, kem=kem, fallback=fallback,
                metrics=metrics))

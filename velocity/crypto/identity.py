@@ -117,3 +117,50 @@ def static_key_from_files(certificate: Path, key: Path, kem: KemBackend) -> Stat
         raise UsageError(f"{certificate} does not certify the key in {key}")
     return StaticKey(profile, loaded, key_id_for(profile.code, loaded.encapsulation_key),
                      (leaf.public_bytes(serialization.Encoding.DER),))
+
+
+ROTATED_AT = "{profile}-rotated-at"
+
+
+def rotate_identity(profile: Profile, directory: Path, *, entropy: Entropy, now: dt.datetime,
+                    keep_previous: bool) -> tuple[ServerIdentity, ServerIdentity]:
+    """A new static key and leaf from the same CA; the current pair becomes the previous one
+    (accepted through the overlap window) unless ``keep_previous`` is false.
+    Returns (previous, new)."""
+    current = ServerIdentity.load(profile, directory)
+    name = profile.name
+    for suffix in ("kem.key", "leaf.pem"):
+        previous_path = directory / f"{name}-previous-{suffix}"
+        if keep_previous:
+            (directory / f"{name}-{suffix}").replace(previous_path)
+        else:
+            previous_path.unlink(missing_ok=True)
+    (directory / ROTATED_AT.format(profile=name)).write_text(str(int(now.timestamp())))
+    names = tuple(_names_of(current.leaf))
+    new = ServerIdentity.create(profile, entropy=entropy, names=names or ("localhost",),
+                                now=now, ca=(current.ca_key, current.ca_certificate))
+    new.save(directory)
+    return current, new
+
+
+def previous_static_key(profile: Profile, directory: Path, kem: KemBackend, *,
+                        now: dt.datetime, overlap: dt.timedelta) -> StaticKey | None:
+    """The key retired by the last rotation, while its overlap window lasts (VEL-CERT-005)."""
+    name = profile.name
+    stamp = directory / ROTATED_AT.format(profile=name)
+    key_file = directory / f"{name}-previous-kem.key"
+    if not key_file.exists() or not stamp.exists():
+        return None
+    rotated = dt.datetime.fromtimestamp(int(stamp.read_text()), dt.UTC)
+    if now - rotated > overlap:
+        return None
+    return static_key_from_files(directory / f"{name}-previous-leaf.pem", key_file, kem)
+
+
+def _names_of(certificate: x509.Certificate) -> list[str]:
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*sans.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
