@@ -41,6 +41,8 @@ def server(root: Path, env: dict[str, str], *args: str) -> Iterator[str]:
     try:
         assert process.stderr is not None
         banner = process.stderr.readline()
+        while banner.startswith("HTTP/3 fallback origin"):
+            banner = process.stderr.readline()
         assert "serving" in banner, banner
         yield banner.split("udp://", 1)[1].split(" ", 1)[0]
     finally:
@@ -234,3 +236,24 @@ def test_tofu_refuses_a_changed_key(site: Path, env: dict[str, str]) -> None:
     assert refused.returncode == 1
     assert "different key than on first use" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.spec("VEL-FB-005", "VEL-FB-006")
+def test_fetch_follows_fallback_to_embedded_h3_origin(site: Path, env: dict[str, str]) -> None:
+    with server(site, env, "--fallback-only", "--h3-listen", "127.0.0.1:0") as target:
+        told = fetch(target, env, "/medium.bin")
+        assert told.returncode == 1 and "add --follow-fallback" in told.stderr
+        unverified = fetch(target, env, "/medium.bin", "--follow-fallback")
+        assert unverified.returncode == 1
+        assert "self-signed certificate (use --insecure" in unverified.stderr
+        followed = fetch_json(target, env, "/medium.bin", "--follow-fallback", "--insecure")
+        assert followed["status"] == 200 and followed["fallback"]["alpn"] == "h3"  # type: ignore[index]
+        digest = hashlib.sha256((site / "medium.bin").read_bytes()).hexdigest()
+        assert followed["sha256"] == digest and "velocity" not in followed
+    with server(site, env, "--fallback-only", "--fallback-host", "h3.example") as target:
+        elsewhere = fetch(target, env, "/small.txt", "--follow-fallback", "--insecure")
+        assert elsewhere.returncode == 1
+        assert "not following an unauthenticated directive to another host" in elsewhere.stderr
+    with server(site, env, "--fallback-only", "--fallback-alpn", "spdy/3") as target:
+        unasked = fetch(target, env, "/small.txt", "--follow-fallback", "--insecure")
+        assert unasked.returncode == 1 and "cannot follow a directive to spdy/3" in unasked.stderr

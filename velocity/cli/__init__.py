@@ -3,6 +3,7 @@ packages it calls."""
 
 from __future__ import annotations
 
+import logging
 from importlib import metadata
 
 import click
@@ -53,6 +54,8 @@ def cli() -> None:
 
 
 def main() -> None:
+    # aioquic logs a closed connection's reason itself; the commands report it in one line
+    logging.getLogger("quic").addHandler(logging.NullHandler())
     cli(prog_name="velocity")
 
 

@@ -8,11 +8,13 @@ import datetime as dt
 import hashlib
 import json
 import sys
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 from cryptography import x509
 
 from velocity.aio.client import FallbackError, HandshakeError, VelocityClient, connect
@@ -20,13 +22,57 @@ from velocity.cli.common import parse_address, run
 from velocity.core.connection import ConnectionConfig
 from velocity.core.errors import ErrorCode, UsageError
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
+from velocity.core.handshake.common import FallbackDirected
 from velocity.core.hybrid import PROFILES_BY_NAME, Profile
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, certificate_kem_key, fingerprint, load_ca_file
-from velocity.http.h1 import request
+from velocity.http.h1 import Response, request
+from velocity.http.h3 import fetch_h3
 from velocity.keystore import CachedKey, KeyCache, TofuPins
 
 KEY_SIZES = {p.kem.sizes.encapsulation_key: p for p in PROFILES_BY_NAME.values()}
+
+
+async def follow(directive: FallbackDirected, target: str, path: str, *, insecure: bool,
+                 timeout: float) -> dict[str, Any]:
+    """Fetch where a FALLBACK directive points: only to the same host unless the directive
+    was authenticated by the server's key (VEL-FB-005), and only over HTTP/3 or HTTPS."""
+    origin_host = target.rpartition(":")[0]
+    host = directive.host or origin_host
+    if host != origin_host and not directive.authenticated:
+        raise UsageError(f"not following an unauthenticated directive to another host "
+                         f"({host}); fetch from it directly if you trust it")
+    if directive.alpn == "h3":
+        response = await fetch_h3(host, directive.port, path, verify=not insecure,
+                                  timeout=timeout)
+    elif directive.alpn in ("http/1.1", "h2"):
+        async with httpx.AsyncClient(verify=not insecure, timeout=timeout) as client:
+            reply = await client.get(f"https://{host}:{directive.port}{path}")
+        response = Response(reply.status_code, list(reply.headers.items()), reply.content)
+    else:
+        raise UsageError(f"cannot follow a directive to {directive.alpn}")
+    return {"status": response.status, "headers": dict(response.headers),
+            "body": response.body,
+            "fallback": {"alpn": directive.alpn, "host": host, "port": directive.port,
+                         "reason": directive.reason_text,
+                         "authenticated": directive.authenticated}}
+
+
+async def _fetch_or_follow(attempt: Coroutine[Any, Any, dict[str, Any]], target: str,
+                           path: str, *, follow_fallback: bool, insecure: bool,
+                           timeout: float) -> dict[str, Any]:
+    try:
+        return await attempt
+    except FallbackError as exc:
+        directive = exc.directive
+        if not follow_fallback:
+            host = directive.host or target.rpartition(":")[0]
+            raise UsageError(
+                f"the server sends clients elsewhere: {directive.alpn} at {host}:"
+                f"{directive.port} ({directive.reason_text}"
+                f"{', authenticated' if directive.authenticated else ''}); "
+                "add --follow-fallback to go there") from None
+        return await follow(directive, target, path, insecure=insecure, timeout=timeout)
 
 
 def key_from_option(kem_b64: str | None, kem_file: Path | None) -> PinnedServerKey | None:
@@ -131,9 +177,12 @@ async def _fetch(target: str, path: str, pinned: PinnedServerKey | None, profile
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the body here.")
 @click.option("--json", "as_json", is_flag=True, help="Print what happened as JSON.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True)
+@click.option("--follow-fallback", is_flag=True,
+              help="Follow a FALLBACK directive (same host, or authenticated) over HTTP/3 "
+                   "or HTTPS.")
 def fetch(target: str, path: str, kem_b64: str | None, kem_file: Path | None, ca: Path | None,
           tofu: bool, insecure: bool, no_discover: bool, profile: str, output: Path | None,
-          as_json: bool, timeout: float) -> None:
+          as_json: bool, timeout: float, follow_fallback: bool) -> None:
     """GET PATH from TARGET (HOST:PORT) over Velocity/1."""
     parse_address(target, what="TARGET")
     try:
@@ -141,16 +190,9 @@ def fetch(target: str, path: str, kem_b64: str | None, kem_file: Path | None, ca
         trust = _verifier(ca, tofu, insecure)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        result = run(_fetch(target, path, pinned, PROFILES_BY_NAME[profile], trust,
-                            not no_discover, timeout))
-    except FallbackError as exc:
-        directive = exc.directive
-        raise click.ClickException(
-            f"the server sends clients elsewhere: {directive.alpn} at "
-            f"{directive.host or target.rpartition(':')[0]}:{directive.port} "
-            f"({directive.reason_text}{', authenticated' if directive.authenticated else ''})"
-        ) from None
+    result = run(_fetch_or_follow(
+        _fetch(target, path, pinned, PROFILES_BY_NAME[profile], trust, not no_discover, timeout),
+        target, path, follow_fallback=follow_fallback, insecure=insecure, timeout=timeout))
     body: bytes = result.pop("body")
     if output is not None:
         output.write_bytes(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -28,6 +29,7 @@ from velocity.crypto.identity import (
 from velocity.crypto.kem import BACKENDS, kem_backend
 from velocity.crypto.sealing import RetryTokens, ticket_sealer
 from velocity.http.app import Application
+from velocity.http.h3 import ensure_tls_certificate, serve_h3
 from velocity.http.static import StaticFiles
 from velocity.metrics import ServerMetrics, TimedKem
 
@@ -53,15 +55,26 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
 async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *, publish: bool,
                  api: bool,
                  listing: bool, retry: str, max_sessions: int, kem: KemBackend,
-                 fallback: FallbackPolicy, metrics: ServerMetrics | None) -> None:
+                 fallback: FallbackPolicy, metrics: ServerMetrics | None,
+                 h3_listen: str | None) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
+    app = Application(StaticFiles(root, listing=listing), api=api,
+                      clock=lambda: dt.datetime.now(dt.UTC))
+    origin = None
+    if h3_listen is not None:
+        h3_host, h3_port = parse_address(h3_listen, what="--h3-listen")
+        cert, key = ensure_tls_certificate(root / ".velocity" / "certs",
+                                           (h3_host, "localhost", "127.0.0.1"))
+        origin = await serve_h3(h3_host, h3_port, app.handle, certificate=cert, key=key)
+        bound = origin.address
+        click.echo(f"HTTP/3 fallback origin on udp://{bound[0]}:{bound[1]}", err=True)
+        if fallback.port == 0:
+            fallback = replace(fallback, port=int(bound[1]))
     static_key = static_keys[0]
     handshake = ServerConfig(kem=kem, static_keys=static_keys,
                              publish_key=publish, ticket_sealer=ticket_sealer(entropy.random(32)),
                              replay_filter=ReplayFilter(), fallback=fallback)
-    app = Application(StaticFiles(root, listing=listing), api=api,
-                      clock=lambda: dt.datetime.now(dt.UTC))
     server = await serve_udp(host, port, EndpointConfig(ConnectionConfig(handshake), retry=retry,
                                                         max_sessions=max_sessions), app,
                              tokens=RetryTokens(entropy.random(16)), metrics=metrics)
@@ -75,6 +88,8 @@ async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *,
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.close()
+    if origin is not None:
+        origin.close()
 
 
 @click.command()
@@ -98,12 +113,15 @@ async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *,
               help="Answer every client with a FALLBACK directive.")
 @click.option("--fallback-alpn", default="h3", show_default=True)
 @click.option("--fallback-host", default="", help="Host in the directive (default: same).")
-@click.option("--fallback-port", type=click.IntRange(1, 65535), default=443, show_default=True)
+@click.option("--fallback-port", type=click.IntRange(1, 65535), default=None,
+              help="Port in the directive [default: the --h3-listen port, else 443].")
+@click.option("--h3-listen", help="HOST:PORT of an embedded HTTP/3 origin (aioquic).")
 @click.option("--metrics-listen", help="HOST:PORT for the Prometheus scrape endpoint.")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
           max_sessions: int, backend: str, fallback_only: bool, fallback_alpn: str,
-          fallback_host: str, fallback_port: int, metrics_listen: str | None) -> None:
+          fallback_host: str, fallback_port: int | None, h3_listen: str | None,
+          metrics_listen: str | None) -> None:
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
     metrics = ServerMetrics() if metrics_listen else None
@@ -122,9 +140,10 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"--metrics-listen: {exc.strerror or exc}") from None
-    fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, fallback_port,
+    port = fallback_port or (0 if h3_listen else 443)  # 0: the origin's port, once bound
+    fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, port,
                               "fallback-only" if fallback_only else "off")
     keys = (static_key,) if previous is None else (static_key, previous)
     run(_serve(root, listen, keys, publish=publish_kem, api=api, listing=listing,
                retry=retry, max_sessions=max_sessions, kem=kem, fallback=fallback,
-               metrics=metrics))
+               metrics=metrics, h3_listen=h3_listen))

@@ -22,10 +22,11 @@ def _json(status: int, value: Any) -> Response:
                     json.dumps(value, indent=1).encode() + b"\n")
 
 
-def connection_status(connection: Connection) -> dict[str, Any]:
-    """What /api/status reports about the caller's own connection."""
-    done = connection.handshake_summary
-    if done is None:
+def connection_status(connection: Connection | None) -> dict[str, Any]:
+    """What /api/status reports about the caller's own connection (None: the HTTP/3
+    fallback origin)."""
+    done = connection.handshake_summary if connection is not None else None
+    if connection is None or done is None:
         return {"velocity": False}
     return {"velocity": True, "alpn": done.alpn, "profile": done.profile, "aead": done.aead,
             "auth_mode": done.mode.value, "early_data": done.early_data_accepted,
@@ -40,7 +41,7 @@ class Application:
         self.api = api
         self._clock = clock
 
-    async def handle(self, request: Request, connection: Connection) -> Response:
+    async def handle(self, request: Request, connection: Connection | None = None) -> Response:
         path = request.target.split("?", 1)[0]
         if self.api and path.startswith("/api/"):
             return self._api(path, request, connection)
@@ -48,7 +49,7 @@ class Application:
             return await self.static(request)
         return _json(404, {"error": "not found"})
 
-    def _api(self, path: str, request: Request, connection: Connection) -> Response:
+    def _api(self, path: str, request: Request, connection: Connection | None) -> Response:
         if path == "/api/status":
             return _json(200, connection_status(connection))
         if path == "/api/time":

@@ -1,0 +1,196 @@
+"""The HTTP/3 fallback origin and client, on aioquic: where a FALLBACK directive sends legacy
+clients (spec section 12). The origin serves the same application as the Velocity server;
+TLS needs a classical certificate, so it has its own ECDSA P-256 one."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aioquic.asyncio.client import connect as quic_connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.asyncio.server import serve as quic_serve
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from velocity.crypto.pki import write_secret_file
+from velocity.http.h1 import Handler, Request, Response
+
+
+def ensure_tls_certificate(directory: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
+    """An ECDSA P-256 self-signed certificate for the HTTP/3 origin, created once."""
+    cert_path, key_path = directory / "h3-cert.pem", directory / "h3-key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = dt.datetime.now(dt.UTC)
+    alt: list[x509.GeneralName] = []
+    for entry in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            alt.append(x509.DNSName(entry))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_secret_file(key_path, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class _Exchanges:
+    """HTTP/3 request or response state per stream: headers, body, completion."""
+
+    def __init__(self) -> None:
+        self.headers: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.bodies: dict[int, bytearray] = {}
+
+    def feed(self, event: H3Event) -> int | None:
+        """The stream id when ``event`` completed an exchange."""
+        if isinstance(event, HeadersReceived):
+            self.headers[event.stream_id] = list(event.headers)
+            self.bodies.setdefault(event.stream_id, bytearray())
+            return event.stream_id if event.stream_ended else None
+        if isinstance(event, DataReceived):
+            self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
+            return event.stream_id if event.stream_ended else None
+        return None
+
+
+class _OriginProtocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, handler: Handler, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handler = handler
+        self._http: H3Connection | None = None
+        self._exchanges = _Exchanges()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
+            self._http = H3Connection(self._quic)
+        if self._http is None:
+            return
+        for h3_event in self._http.handle_event(event):
+            stream_id = self._exchanges.feed(h3_event)
+            if stream_id is not None:
+                task = asyncio.ensure_future(self._answer(stream_id))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, stream_id: int) -> None:
+        assert self._http is not None
+        fields = {k.decode(): v.decode("latin-1") for k, v in
+                  self._exchanges.headers.pop(stream_id)}
+        body = bytes(self._exchanges.bodies.pop(stream_id, b""))
+        request = Request(fields.get(":method", "GET"), fields.get(":path", "/"),
+                          [(k, v) for k, v in fields.items() if not k.startswith(":")], body)
+        response = await self._handler(request)
+        headers = [(b":status", str(response.status).encode()),
+                   *((k.lower().encode(), v.encode()) for k, v in response.headers),
+                   (b"content-length", str(len(response.body)).encode())]
+        payload = b"" if request.method == "HEAD" else response.body
+        self._http.send_headers(stream_id, headers, end_stream=not payload)
+        if payload:
+            self._http.send_data(stream_id, payload, end_stream=True)
+        self.transmit()
+
+
+@dataclass(frozen=True)
+class H3Origin:
+    """A running HTTP/3 origin and the UDP address it is bound to."""
+
+    server: QuicServer
+    address: tuple[str, int]
+
+    def close(self) -> None:
+        self.server.close()
+
+
+async def serve_h3(host: str, port: int, handler: Handler, *, certificate: Path,
+                   key: Path) -> H3Origin:
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
+    configuration.load_cert_chain(str(certificate), str(key))
+    server = await quic_serve(host, port, configuration=configuration,
+                              create_protocol=functools.partial(_OriginProtocol, handler=handler))
+    transport = server._transport  # aioquic exposes the bound socket only here
+    assert transport is not None
+    sockname = transport.get_extra_info("sockname")
+    return H3Origin(server, (str(sockname[0]), int(sockname[1])))
+
+
+class _ClientProtocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = H3Connection(self._quic)
+        self._exchanges = _Exchanges()
+        self._waiting: dict[int, asyncio.Future[Response]] = {}
+        self.closed_because = "no reply"
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self.closed_because = event.reason_phrase or f"error 0x{event.error_code:x}"
+        for h3_event in self._http.handle_event(event):
+            stream_id = self._exchanges.feed(h3_event)
+            if stream_id is not None and stream_id in self._waiting:
+                fields = [(k.decode(), v.decode("latin-1"))
+                          for k, v in self._exchanges.headers.pop(stream_id, [])]
+                status = int(dict(fields).get(":status", "0"))
+                body = bytes(self._exchanges.bodies.pop(stream_id, b""))
+                self._waiting.pop(stream_id).set_result(
+                    Response(status, [f for f in fields if not f[0].startswith(":")], body))
+
+    async def get(self, authority: str, path: str) -> Response:
+        stream_id = self._quic.get_next_available_stream_id()
+        self._http.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"),
+                                            (b":authority", authority.encode()),
+                                            (b":path", path.encode())], end_stream=True)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._waiting[stream_id] = future
+        self.transmit()
+        return await future
+
+
+async def fetch_h3(host: str, port: int, path: str, *, verify: bool,
+                   timeout: float = 10.0) -> Response:
+    """GET ``path`` over real HTTP/3 (aioquic); failures raise ConnectionError saying why."""
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host)
+    if not verify:
+        configuration.verify_mode = ssl.CERT_NONE
+    made: list[_ClientProtocol] = []
+
+    def protocol(*args: Any, **kwargs: Any) -> _ClientProtocol:
+        made.append(_ClientProtocol(*args, **kwargs))
+        return made[-1]
+
+    try:
+        async with asyncio.timeout(timeout), quic_connect(
+                host, port, configuration=configuration, create_protocol=protocol) as client:
+            assert isinstance(client, _ClientProtocol)
+            return await client.get(f"{host}:{port}", path)
+    except ConnectionError:
+        why = made[-1].closed_because if made else "no connection"
+        raise ConnectionError(f"HTTP/3 to {host}:{port} failed: {why}"
+                              f"{' (use --insecure for a test origin)' if verify else ''}"
+                              ) from None
+    except TimeoutError:
+        raise TimeoutError(f"no HTTP/3 reply from {host}:{port} within {timeout:g} s") from None
