@@ -21,10 +21,16 @@ def loop_name() -> str:
     return "uvloop"
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` to completion on uvloop if installed, else on asyncio's loop."""
+def runner() -> asyncio.Runner:
+    """An event-loop runner on uvloop if installed, else on asyncio's loop; it keeps its loop
+    (and the connections on it) between ``run`` calls until closed."""
     if loop_name() == "uvloop":
         uvloop = importlib.import_module("uvloop")
-        result: T = uvloop.run(main)
-        return result
-    return asyncio.run(main)
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to completion on uvloop if installed, else on asyncio's loop."""
+    with runner() as loop_runner:
+        return loop_runner.run(main)

@@ -13,6 +13,7 @@ from velocity.aio.entropy import OsEntropy
 from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection, ConnectionConfig, StreamsExhausted
 from velocity.core.entropy import Entropy
+from velocity.core.errors import UsageError
 from velocity.core.events import (
     ConnectionTerminated,
     Event,
@@ -112,6 +113,14 @@ class VelocityClient(DatagramDriver):
         self._transmit()
         await asyncio.sleep(0)
         self._stop()
+
+
+def split_address(value: str, *, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) as (host, port); raises UsageError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{what} {value!r} is not HOST:PORT (for example 127.0.0.1:4433)")
+    return host.strip("[]"), int(port)
 
 
 async def resolve(host: str, port: int) -> Address:

@@ -9,17 +9,17 @@ from typing import Any, TypeVar
 import click
 
 import velocity.aio
+from velocity.aio.client import split_address
 from velocity.core.errors import UsageError
 
 T = TypeVar("T")
 
 
 def parse_address(value: str, *, what: str = "address") -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.ClickException(f"{what} {value!r} is not HOST:PORT "
-                                   "(for example 127.0.0.1:4433)")
-    return host.strip("[]"), int(port)
+    try:
+        return split_address(value, what=what)
+    except UsageError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

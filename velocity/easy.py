@@ -1,0 +1,317 @@
+"""EasyClient: GET and POST over Velocity/1 in a few lines. It discovers and caches the
+server's ML-KEM key (PDK on later connections), rediscovers when the server rotates it,
+reuses one connection for many requests, and follows a FALLBACK directive to HTTP/3 (aioquic)
+or HTTPS (httpx) when the server sends one.
+
+    with EasyClient(EasyClientConfig.builder("127.0.0.1:4433").insecure().build()) as client:
+        print(client.fetch_text("/index.html"))
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from velocity.aio import runner
+from velocity.aio.client import (
+    FallbackError,
+    HandshakeError,
+    VelocityClient,
+    connect,
+    split_address,
+)
+from velocity.core.connection import ConnectionConfig
+from velocity.core.errors import ErrorCode, UsageError
+from velocity.core.handshake.client import ClientConfig, PinnedServerKey
+from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
+from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
+from velocity.crypto.kem import kem_backend
+from velocity.crypto.pki import X509Verifier, fingerprint, load_ca_file
+from velocity.http.h1 import Response, request
+from velocity.http.h3 import fetch_h3
+from velocity.keystore import CachedKey, KeyCache, TofuPins
+
+FALLBACK_ALPNS = ("h3", "h2", "http/1.1")
+"""What the client offers besides velocity/1, and so the only places it follows a FALLBACK
+directive to (VEL-FB-006)."""
+
+
+class KeyRequired(UsageError):
+    """The server does not publish its ML-KEM key and none was supplied."""
+
+
+@dataclass(frozen=True)
+class EasyClientConfig:
+    """Where to connect and how far to trust. ``server_addr`` is ``HOST:PORT``; trust is a CA
+    file, ``insecure``, or (by default) trust on first use of the published certificate."""
+
+    server_addr: str
+    hostname: str | None = None
+    server_key_autodiscover: bool = True
+    key_cache_dir: Path | None = None
+    pinned_key: PinnedServerKey | None = None
+    ca_file: Path | None = None
+    insecure: bool = False
+    profile: str = "balanced"
+    follow_fallback: bool = True
+    timeout: float = 10.0
+
+    @staticmethod
+    def builder(server_addr: str) -> EasyClientConfigBuilder:
+        return EasyClientConfigBuilder(EasyClientConfig(server_addr))
+
+
+@dataclass
+class EasyClientConfigBuilder:
+    """Fluent construction of an ``EasyClientConfig``; every method returns the builder."""
+
+    config: EasyClientConfig
+
+    def _set(self, **changes: Any) -> EasyClientConfigBuilder:
+        self.config = replace(self.config, **changes)
+        return self
+
+    def hostname(self, name: str) -> EasyClientConfigBuilder:
+        return self._set(hostname=name)
+
+    def pinned_key(self, key: PinnedServerKey) -> EasyClientConfigBuilder:
+        return self._set(pinned_key=key)
+
+    def autodiscover(self, enabled: bool = True) -> EasyClientConfigBuilder:
+        return self._set(server_key_autodiscover=enabled)
+
+    def key_cache(self, directory: Path) -> EasyClientConfigBuilder:
+        return self._set(key_cache_dir=directory)
+
+    def trust_ca(self, ca_file: Path) -> EasyClientConfigBuilder:
+        return self._set(ca_file=ca_file, insecure=False)
+
+    def insecure(self) -> EasyClientConfigBuilder:
+        return self._set(insecure=True, ca_file=None)
+
+    def profile(self, name: str) -> EasyClientConfigBuilder:
+        return self._set(profile=name)
+
+    def follow_fallback(self, enabled: bool = True) -> EasyClientConfigBuilder:
+        return self._set(follow_fallback=enabled)
+
+    def timeout(self, seconds: float) -> EasyClientConfigBuilder:
+        return self._set(timeout=seconds)
+
+    def build(self) -> EasyClientConfig:
+        return self.config
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One response and how it travelled: over Velocity/1 (``handshake`` set) or through a
+    fallback (``fallback`` set, ``via`` its ALPN)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    via: str
+    handshake: HandshakeCompleted | None = None
+    fallback: FallbackDirected | None = None
+    key_cached: bool = False
+
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class _Session:
+    client: VelocityClient
+    stack: AsyncExitStack
+    key_cached: bool
+    requests: int = field(default=0)
+
+
+class AsyncEasyClient:
+    """The asyncio form; ``async with AsyncEasyClient(config) as client: ...``."""
+
+    def __init__(self, config: EasyClientConfig) -> None:
+        self.config = config
+        self.host, self.port = split_address(config.server_addr, what="server_addr")
+        self.profile = profile_named(config.profile)
+        self._cache = KeyCache(config.key_cache_dir)
+        self._verifier = self._make_verifier()
+        self._session: _Session | None = None
+        self._directive: FallbackDirected | None = None
+
+    def _make_verifier(self) -> X509Verifier:
+        def clock() -> dt.datetime:
+            return dt.datetime.now(dt.UTC)
+        if self.config.ca_file is not None:
+            return X509Verifier(anchors=load_ca_file(self.config.ca_file), clock=clock)
+        if self.config.insecure:
+            return X509Verifier(insecure=True, clock=clock)
+        return X509Verifier(tofu=TofuPins(self.config.key_cache_dir), clock=clock)
+
+    @property
+    def trust(self) -> str:
+        return "ca" if self.config.ca_file else "insecure" if self.config.insecure else "tofu"
+
+    async def __aenter__(self) -> AsyncEasyClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.stack.aclose()
+
+    async def fetch(self, path: str = "/", *, method: str = "GET",
+                    headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Fetched:
+        """One request. Raises FallbackError when the server directs elsewhere and following
+        is off, UsageError when no key is known and discovery is off or refused, and
+        ConnectionError/TimeoutError/OSError for the network."""
+        if self._directive is None:
+            try:
+                return await self._over_velocity(path, method, headers, body)
+            except FallbackError as exc:
+                if not self.config.follow_fallback:
+                    raise
+                self._directive = exc.directive
+        return await self._follow(self._directive, path, method, headers, body)
+
+    async def fetch_text(self, path: str = "/") -> str:
+        return (await self.fetch(path)).text()
+
+    async def fetch_json(self, path: str = "/", *, payload: Any = None) -> Any:
+        if payload is None:
+            return (await self.fetch(path)).json()
+        return (await self.fetch(path, method="POST", body=json.dumps(payload).encode(),
+                                 headers=[("content-type", "application/json")])).json()
+
+    async def _over_velocity(self, path: str, method: str,
+                             headers: list[tuple[str, str]] | None, body: bytes) -> Fetched:
+        reused = self._session is not None and self._session.client.router.terminated is None
+        if not reused:
+            await self.close()
+            self._session = await self._connect()
+        session = self._session
+        assert session is not None
+        try:
+            response = await request(await session.client.open_stream(), method, path,
+                                     authority=f"{self.host}:{self.port}", headers=headers,
+                                     body=body)
+        except ConnectionError:
+            await self.close()
+            if not reused:
+                raise
+            return await self._over_velocity(path, method, headers, body)  # reconnect once
+        session.requests += 1
+        return Fetched(response.status, response.headers, response.body, "velocity/1",
+                       handshake=session.client.completed, key_cached=session.key_cached)
+
+    def _client_config(self) -> ClientConfig:
+        pinned = self.config.pinned_key
+        if pinned is None:
+            cached = self._cache.get(self.host, self.port)
+            if cached is not None:
+                pinned = PinnedServerKey(PROFILES_BY_NAME[cached.profile], cached.raw_key)
+        if pinned is None and not self.config.server_key_autodiscover:
+            raise UsageError(f"no key for {self.host}:{self.port}; supply the server's key or "
+                             "allow discovery")
+        return ClientConfig(kem=kem_backend(), profiles=(self.profile,),
+                            server_name=self.config.hostname or self.host, server_key=pinned,
+                            verifier=self._verifier,
+                            alpn=(b"velocity/1", *(a.encode() for a in FALLBACK_ALPNS)))
+
+    async def _connect(self) -> _Session:
+        config = self._client_config()
+        try:
+            return await self._open(config)
+        except HandshakeError as exc:
+            if exc.error_code == ErrorCode.STALE_KEM_KEY and self.config.server_key_autodiscover:
+                self._cache.drop(self.host, self.port)  # the server rotated: rediscover once
+                return await self._open(replace(config, server_key=None))
+            if exc.error_code == ErrorCode.KEM_KEY_REQUIRED:
+                raise KeyRequired(f"{self.host}:{self.port} does not publish its ML-KEM key; "
+                                  "supply it (EasyClientConfig.pinned_key)") from None
+            raise
+
+    async def _open(self, config: ClientConfig) -> _Session:
+        stack = AsyncExitStack()
+        try:
+            client = await stack.enter_async_context(connect(
+                self.host, self.port, ConnectionConfig(config), timeout=self.config.timeout))
+        except BaseException:
+            await stack.aclose()
+            raise
+        learned = client.learned_key
+        if learned is not None:
+            self._cache.put(self.host, self.port, CachedKey(
+                next(p.name for p in PROFILES_BY_NAME.values() if p.code == learned.profile),
+                learned.key_id.hex(), base64.b64encode(learned.encapsulation_key).decode(),
+                fingerprint(learned.certificate_chain[0])))
+        return _Session(client, stack, key_cached=learned is not None)
+
+    async def _follow(self, directive: FallbackDirected, path: str, method: str,
+                      headers: list[tuple[str, str]] | None, body: bytes) -> Fetched:
+        """Where a FALLBACK directive points: only the same host unless the directive was
+        authenticated by the server's key (VEL-FB-005), and only to a protocol this client
+        offered (VEL-FB-006)."""
+        host = directive.host or self.host
+        if host != self.host and not directive.authenticated:
+            raise UsageError(f"not following an unauthenticated directive to another host "
+                             f"({host}); fetch from it directly if you trust it")
+        if directive.alpn not in FALLBACK_ALPNS:
+            raise UsageError(f"cannot follow a directive to {directive.alpn}: this client "
+                             f"offered only velocity/1, {', '.join(FALLBACK_ALPNS)}")
+        if directive.alpn == "h3":
+            if method != "GET" or body:
+                raise UsageError("the HTTP/3 fallback carries GET requests only")
+            response = await fetch_h3(host, directive.port, path, verify=not self.config.insecure,
+                                      timeout=self.config.timeout)
+        else:
+            async with httpx.AsyncClient(verify=not self.config.insecure,
+                                         timeout=self.config.timeout) as https:
+                reply = await https.request(method, f"https://{host}:{directive.port}{path}",
+                                            headers=headers, content=body)
+            response = Response(reply.status_code, list(reply.headers.items()), reply.content)
+        return Fetched(response.status, response.headers, response.body, directive.alpn,
+                       fallback=directive)
+
+
+class EasyClient:
+    """The blocking form: the same client on its own event loop, kept between calls so that
+    one connection serves many requests. ``with EasyClient(config) as client: ...``."""
+
+    def __init__(self, config: EasyClientConfig) -> None:
+        self._runner = runner()
+        self._client = AsyncEasyClient(config)
+
+    def __enter__(self) -> EasyClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._runner.run(self._client.close())
+        self._runner.close()
+
+    def fetch(self, path: str = "/", *, method: str = "GET",
+              headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Fetched:
+        return self._runner.run(self._client.fetch(path, method=method, headers=headers,
+                                                   body=body))
+
+    def fetch_text(self, path: str = "/") -> str:
+        return self._runner.run(self._client.fetch_text(path))
+
+    def fetch_json(self, path: str = "/", *, payload: Any = None) -> Any:
+        return self._runner.run(self._client.fetch_json(path, payload=payload))
