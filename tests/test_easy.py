@@ -1,0 +1,147 @@
+"""EasyClient against a real server on 127.0.0.1: key discovery and caching, PDK on the next
+client, one connection for many requests, the blocking form, and following a FALLBACK
+directive to a real HTTP/3 origin (aioquic)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from harness.pair import PairSpec, make_configs, server_identity
+from velocity.aio.client import FallbackError
+from velocity.aio.server import serve
+from velocity.core.connection import ConnectionConfig
+from velocity.core.endpoint import EndpointConfig
+from velocity.core.handshake.server import FallbackPolicy
+from velocity.core.hybrid import BALANCED
+from velocity.easy import AsyncEasyClient, EasyClient, EasyClientConfig
+from velocity.http.app import Application
+from velocity.http.h3 import ensure_tls_certificate, serve_h3
+from velocity.http.static import StaticFiles
+
+_, SERVER_HS = make_configs(PairSpec(mode="discovery", server={"publish_key": True}))
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>home</h1>")
+    (root / "big.bin").write_bytes(hashlib.shake_256(b"big").digest(300_000))
+    return root
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    path.write_bytes(server_identity(BALANCED).ca_certificate.public_bytes(Encoding.PEM))
+    return path
+
+
+def application(root: Path) -> Application:
+    return Application(StaticFiles(root), api=True, clock=lambda: dt.datetime.now(dt.UTC))
+
+
+@asynccontextmanager
+async def velocity_server(root: Path, **server: Any) -> AsyncIterator[str]:
+    config = EndpointConfig(ConnectionConfig(replace(SERVER_HS, **server)))
+    running = await serve("127.0.0.1", 0, config, application(root))
+    try:
+        yield f"127.0.0.1:{running.address[1]}"
+    finally:
+        await running.close()
+
+
+@pytest.mark.spec("VEL-FB-005")
+async def test_discovers_caches_then_pdk_and_reuses_one_connection(
+        site: Path, ca_file: Path, tmp_path: Path) -> None:
+    async with velocity_server(site) as target:
+        config = (EasyClientConfig.builder(target).hostname("localhost").trust_ca(ca_file)
+                  .key_cache(tmp_path / "cache").build())
+        async with AsyncEasyClient(config) as client:
+            first = await client.fetch("/index.html")
+            big = await client.fetch("/big.bin")
+            status = await client.fetch_json("/api/status")
+            echo = await client.fetch_json("/api/echo", payload={"hello": "velocity"})
+        assert first.status == 200 and first.text() == "<h1>home</h1>"
+        assert big.body == (site / "big.bin").read_bytes()
+        assert first.handshake is not None and first.handshake.mode.value == "discovery"
+        assert first.key_cached and list((tmp_path / "cache" / "keys").glob("*.json"))
+        assert big.handshake is first.handshake  # the same connection carried every request
+        assert status["auth_mode"] == "discovery" and echo["method"] == "POST"
+        async with AsyncEasyClient(config) as again:
+            second = await again.fetch("/index.html")
+        assert second.handshake is not None and second.handshake.mode.value == "pdk"
+        assert second.via == "velocity/1" and not second.key_cached
+
+
+@contextmanager
+def server_thread(root: Path) -> Iterator[str]:
+    """A Velocity server on its own event loop, for the blocking client."""
+    ready: list[str] = []
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        async with velocity_server(root) as target:
+            ready.append(target)
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),))
+    thread.start()
+    try:
+        assert started.wait(10)
+        yield ready[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+def test_blocking_client_keeps_its_connection_between_calls(site: Path, ca_file: Path,
+                                                            tmp_path: Path) -> None:
+    with server_thread(site) as target:
+        config = EasyClientConfig(target, hostname="localhost", ca_file=ca_file,
+                                  key_cache_dir=tmp_path / "cache")
+        with EasyClient(config) as client:
+            assert client.fetch_text("/index.html") == "<h1>home</h1>"
+            assert client.fetch_json("/api/status")["velocity"] is True
+            handshakes = {id(client.fetch("/index.html").handshake) for _ in range(3)}
+        assert len(handshakes) == 1
+
+
+@pytest.mark.spec("VEL-FB-005", "VEL-FB-006")
+async def test_follows_fallback_to_http3_origin(site: Path, tmp_path: Path) -> None:
+    cert, key = ensure_tls_certificate(tmp_path / "certs", ("127.0.0.1",))
+    origin = await serve_h3("127.0.0.1", 0, application(site).handle, certificate=cert,
+                            key=key)
+    policy = FallbackPolicy(port=origin.address[1], mode="fallback-only")
+    try:
+        async with velocity_server(site, fallback=policy) as target:
+            config = EasyClientConfig(target, insecure=True, key_cache_dir=tmp_path / "c")
+            async with AsyncEasyClient(config) as client:
+                got = await client.fetch("/big.bin")
+                status = await client.fetch_json("/api/status")
+            assert got.via == "h3" and got.status == 200 and got.handshake is None
+            assert got.body == (site / "big.bin").read_bytes()
+            assert got.fallback is not None and got.fallback.port == origin.address[1]
+            assert status == {"velocity": False}
+            refusing = EasyClientConfig(target, insecure=True, follow_fallback=False,
+                                        key_cache_dir=tmp_path / "c")
+            with pytest.raises(FallbackError, match="h3"):
+                async with AsyncEasyClient(refusing) as client:
+                    await client.fetch("/index.html")
+    finally:
+        origin.close()
