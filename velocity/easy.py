@@ -9,11 +9,12 @@ or HTTPS (httpx) when the server sends one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,6 @@ class _Session:
     client: VelocityClient
     stack: AsyncExitStack
     key_cached: bool
-    requests: int = field(default=0)
 
 
 class AsyncEasyClient:
@@ -147,6 +147,7 @@ class AsyncEasyClient:
         self._cache = KeyCache(config.key_cache_dir)
         self._verifier = self._make_verifier()
         self._session: _Session | None = None
+        self._connecting = asyncio.Lock()  # concurrent first requests share one handshake
         self._directive: FallbackDirected | None = None
 
     def _make_verifier(self) -> X509Verifier:
@@ -198,12 +199,14 @@ class AsyncEasyClient:
 
     async def _over_velocity(self, path: str, method: str,
                              headers: list[tuple[str, str]] | None, body: bytes) -> Fetched:
-        reused = self._session is not None and self._session.client.router.terminated is None
-        if not reused:
-            await self.close()
-            self._session = await self._connect()
-        session = self._session
-        assert session is not None
+        async with self._connecting:
+            reused = (self._session is not None
+                      and self._session.client.router.terminated is None)
+            if not reused:
+                await self.close()
+                self._session = await self._connect()
+            session = self._session
+            assert session is not None
         try:
             response = await request(await session.client.open_stream(), method, path,
                                      authority=f"{self.host}:{self.port}", headers=headers,
@@ -213,7 +216,6 @@ class AsyncEasyClient:
             if not reused:
                 raise
             return await self._over_velocity(path, method, headers, body)  # reconnect once
-        session.requests += 1
         return Fetched(response.status, response.headers, response.body, "velocity/1",
                        handshake=session.client.completed, key_cached=session.key_cached)
 
