@@ -283,3 +283,25 @@ def test_hundred_concurrent_fetches(site: Path, env: dict[str, str], tmp_path: P
     wanted = {(site / n).read_bytes() for n in ("small.txt", "medium.bin", "large.bin")}
     assert all(got.body in wanted for got in fetched)
     assert all(len({id(got.handshake) for got in per_client}) == 1 for per_client in results)
+
+
+def test_structured_logs_from_velocity_log(site: Path, env: dict[str, str]) -> None:
+    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(site), "--self-signed",
+                                "--publish-kem", "--listen", "127.0.0.1:0", "--log-format",
+                                "json"], stderr=subprocess.PIPE, text=True,
+                               env={**env, "VELOCITY_LOG": "warning,velocity.aio.server=info"})
+    assert process.stderr is not None
+    banner = process.stderr.readline()
+    target = banner.split("udp://", 1)[1].split(" ", 1)[0]
+    assert fetch(target, env, "/small.txt", "--insecure", "--json").returncode == 0
+    process.terminate()
+    _, rest = process.communicate(timeout=10)
+    records = [json.loads(line) for line in rest.splitlines()]
+    done = next(r for r in records if r["msg"] == "handshake completed")
+    assert done["level"] == "info" and done["logger"] == "velocity.aio.server"
+    assert done["mode"] == "discovery" and done["profile"] == "balanced" and done["ms"] > 0
+    assert any(r["msg"] == "connection closed" and r["error"] == "0x0" for r in records)
+    bad = subprocess.run([*VELOCITY, "probe", target], capture_output=True, text=True,
+                         env={**env, "VELOCITY_LOG": "loud"}, timeout=60, check=False)
+    assert bad.returncode == 2 and "VELOCITY_LOG item 'loud'" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -15,10 +16,33 @@ from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import Entropy
+from velocity.core.errors import ErrorCode
+from velocity.core.events import ConnectionTerminated, Event
+from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
+from velocity.logs import fields
 from velocity.metrics import ServerMetrics
 
 StreamHandler = Callable[[VelocityStream, Connection], Awaitable[None]]
 HANDLER_ERROR = 0x0102  # application error sent when a handler raises
+LOG = logging.getLogger(__name__)
+
+
+def _log_event(connection: Connection, event: Event, age: float) -> None:
+    peer = "{}:{}".format(*connection.peer_address) if connection.peer_address else "?"
+    if isinstance(event, HandshakeCompleted):
+        LOG.info("handshake completed", extra=fields(
+            peer=peer, profile=event.profile, mode=event.mode.value, aead=event.aead,
+            early_data=event.early_data_accepted, ms=round(age * 1000, 2)))
+    elif isinstance(event, FallbackDirected):
+        LOG.info("fallback directive sent", extra=fields(
+            peer=peer, alpn=event.alpn, port=event.port, reason=event.reason_text))
+    elif isinstance(event, ConnectionTerminated):
+        ours = not event.by_peer and event.error_code not in (
+            0, ErrorCode.NO_APPLICATION_PROTOCOL)
+        level = logging.WARNING if ours else logging.INFO  # we closed it over an error
+        LOG.log(level, "connection closed", extra=fields(
+            peer=peer, error=f"0x{event.error_code:x}", reason=event.reason,
+            by_peer=event.by_peer, seconds=round(age, 3)))
 
 
 class VelocityServer(DatagramDriver):
@@ -27,7 +51,6 @@ class VelocityServer(DatagramDriver):
         super().__init__(endpoint, sock)
         self.endpoint = endpoint
         self.metrics = metrics
-        self._started: dict[Connection, float] = {}
         self._retries_counted = 0
         self._handler = handler
         self._routers: dict[Connection, StreamRouter] = {}
@@ -52,9 +75,11 @@ class VelocityServer(DatagramDriver):
     def _route(self) -> None:
         while (item := self.endpoint.next_event()) is not None:
             connection, event = item
-            started = self._started.setdefault(connection, self._loop.time())
+            now = self._loop.time()
+            started = now if connection.started_at is None else connection.started_at
             if self.metrics is not None:
-                self.metrics.observe(connection, event, started, self._loop.time())
+                self.metrics.observe(connection, event, started, now)
+            _log_event(connection, event, now - started)
             router = self._routers.get(connection)
             if router is None:
                 router = self._routers[connection] = StreamRouter(
@@ -63,7 +88,6 @@ class VelocityServer(DatagramDriver):
             router.handle(event)
             if router.terminated is not None:
                 self._routers.pop(connection, None)
-                self._started.pop(connection, None)
 
     def _spawn(self, stream: VelocityStream, connection: Connection) -> None:
         task = self._loop.create_task(self._run_handler(stream, connection))

@@ -50,7 +50,10 @@ def _print_version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_print_version, help="Show versions and crypto backends, then exit.")
 def cli() -> None:
-    """Velocity/1: post-quantum transport endpoint and tools."""
+    """Velocity/1: post-quantum transport endpoint and tools. Set VELOCITY_LOG (e.g. "info" or
+    "warning,velocity.aio.server=debug") for logs on stderr."""
+    from velocity.cli.common import configure_logs  # noqa: PLC0415 - see _register
+    configure_logs()
 
 
 def main() -> None:

@@ -3,12 +3,14 @@ line that says what to do, and running a coroutine on the preferred event loop."
 
 from __future__ import annotations
 
+import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
 
 import velocity.aio
+from velocity import logs
 from velocity.aio.client import split_address
 from velocity.core.errors import UsageError
 
@@ -28,3 +30,11 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return velocity.aio.run(main)
     except (UsageError, OSError, ConnectionError, TimeoutError) as exc:
         raise click.ClickException(str(exc) or type(exc).__name__) from None
+
+
+def configure_logs(log_format: str = "text") -> None:
+    """Logs as ``VELOCITY_LOG`` asks; a malformed value is a one-line usage error."""
+    try:
+        logs.configure(log_format, os.environ.get("VELOCITY_LOG", ""))
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None

@@ -12,7 +12,7 @@ import click
 
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import serve as serve_udp
-from velocity.cli.common import parse_address, run
+from velocity.cli.common import configure_logs, parse_address, run
 from velocity.cli.keys import OVERLAP
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import RETRY_POLICIES, EndpointConfig
@@ -31,6 +31,7 @@ from velocity.crypto.sealing import RetryTokens, ticket_sealer
 from velocity.http.app import Application
 from velocity.http.h3 import ensure_tls_certificate, serve_h3
 from velocity.http.static import StaticFiles
+from velocity.logs import FORMATS
 from velocity.metrics import ServerMetrics, TimedKem
 
 
@@ -117,13 +118,16 @@ async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *,
               help="Port in the directive [default: the --h3-listen port, else 443].")
 @click.option("--h3-listen", help="HOST:PORT of an embedded HTTP/3 origin (aioquic).")
 @click.option("--metrics-listen", help="HOST:PORT for the Prometheus scrape endpoint.")
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="Log lines on stderr; levels come from VELOCITY_LOG (default: warning).")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
           max_sessions: int, backend: str, fallback_only: bool, fallback_alpn: str,
           fallback_host: str, fallback_port: int | None, h3_listen: str | None,
-          metrics_listen: str | None) -> None:
+          metrics_listen: str | None, log_format: str) -> None:
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
+    configure_logs(log_format)
     metrics = ServerMetrics() if metrics_listen else None
     kem: KemBackend = kem_backend(backend) if metrics is None else TimedKem(
         kem_backend(backend), metrics)

@@ -208,6 +208,7 @@ class Connection:
         self._handshake_done_pending = self._handshake_done_received = False
         self.address_validated = self.is_client or address_validated
         self.bytes_received = self.bytes_sent = 0
+        self.started_at: float | None = None  # when it was started or first heard from
         self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
         self._close_deadline: float | None = None
         self._last_activity = 0.0
@@ -287,7 +288,7 @@ class Connection:
         if not self.is_client:
             raise UsageError("only a client connects")
         self.peer_address = address
-        self._last_activity = now
+        self.started_at = self._last_activity = now
         assert isinstance(self.handshake, ClientHandshake)
         self.handshake.start(now_ms=int(now * 1000))
         self._pump_handshake(now)
@@ -413,6 +414,8 @@ class Connection:
         """Process one UDP datagram; a protocol error closes this connection only."""
         if self.state in (State.DRAINING, State.TERMINATED):
             return
+        if self.started_at is None:
+            self.started_at = now
         self.bytes_received += len(data)
         if self.peer_address is None:
             self.peer_address = address
