@@ -305,3 +305,22 @@ def test_structured_logs_from_velocity_log(site: Path, env: dict[str, str]) -> N
                          env={**env, "VELOCITY_LOG": "loud"}, timeout=60, check=False)
     assert bad.returncode == 2 and "VELOCITY_LOG item 'loud'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_json_api_demo_local_and_against_a_server(site: Path, env: dict[str, str]) -> None:
+    local = subprocess.run([*VELOCITY, "json-api-demo"], capture_output=True, text=True,
+                           env=env, timeout=60, check=False)
+    assert local.returncode == 0, local.stderr
+    assert "GET /api/status -> 200" in local.stdout and '"auth_mode": "pdk"' in local.stdout
+    assert "POST /api/echo -> 200" in local.stdout and "GET /api/time -> 200" in local.stdout
+    with server(site, env, "--publish-kem", "--api") as target:
+        remote = subprocess.run([*VELOCITY, "json-api-demo", "--target", target, "--insecure"],
+                                capture_output=True, text=True, env=env, timeout=60,
+                                check=False)
+        assert remote.returncode == 0, remote.stderr
+        assert '"auth_mode": "discovery"' in remote.stdout
+    with server(site, env, "--publish-kem") as target:  # no --api: the calls get 404
+        missing = subprocess.run([*VELOCITY, "json-api-demo", "--target", target,
+                                  "--insecure"], capture_output=True, text=True, env=env,
+                                 timeout=60, check=False)
+        assert missing.returncode == 1 and "GET /api/status -> 404" in missing.stdout

@@ -65,10 +65,10 @@ def main() -> None:
 def _register() -> None:
     from velocity.cli.fetch import fetch  # noqa: PLC0415 - commands import the whole stack
     from velocity.cli.keys import keys  # noqa: PLC0415
-    from velocity.cli.probe import handshake_demo, probe  # noqa: PLC0415
+    from velocity.cli.probe import handshake_demo, json_api_demo, probe  # noqa: PLC0415
     from velocity.cli.serve import serve  # noqa: PLC0415
 
-    for command in (serve, fetch, probe, handshake_demo, keys):
+    for command in (serve, fetch, probe, handshake_demo, json_api_demo, keys):
         cli.add_command(command)
 
 

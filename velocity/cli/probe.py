@@ -1,5 +1,6 @@
-"""``velocity probe`` (what a server speaks) and ``velocity handshake-demo`` (the PQ path and
-the legacy downgrade path, for CI smoke use).
+"""``velocity probe`` (what a server speaks), ``velocity handshake-demo`` (the PQ path and
+the legacy downgrade path, for CI smoke use) and ``velocity json-api-demo`` (the JSON API
+over Velocity/1).
 
 Exit codes of ``probe``: 0 Velocity/1 negotiated (or the server requires a known key),
 10 the server directed the client elsewhere (FALLBACK), 1 failure."""
@@ -26,6 +27,7 @@ from velocity.core.hybrid import BALANCED, PROFILES_BY_NAME
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, fingerprint
+from velocity.easy import AsyncEasyClient, EasyClientConfig
 from velocity.http.app import Application
 
 EXIT_VELOCITY, EXIT_FALLBACK, EXIT_FAILURE = 0, 10, 1
@@ -164,3 +166,47 @@ def handshake_demo(target: str | None) -> None:
     if not all(ok for _, ok, _ in checks):
         raise SystemExit(1)
 
+
+
+async def _api_demo(target: str | None, insecure: bool) -> list[tuple[str, int, Any]]:
+    servers: list[VelocityServer] = []
+    if target is None:
+        identity = ServerIdentity.create(BALANCED, entropy=OsEntropy(), names=("127.0.0.1",),
+                                         now=dt.datetime.now(dt.UTC))
+        servers.append(await _local_server(identity, fallback_only=False))
+        host, port = servers[0].address
+        config = EasyClientConfig(f"{host}:{port}", follow_fallback=False,
+                                  pinned_key=PinnedServerKey(BALANCED,
+                                                             identity.encapsulation_key))
+    else:
+        config = EasyClientConfig(target, insecure=insecure, follow_fallback=False)
+    calls = [("GET /api/status", "/api/status", b""), ("POST /api/echo", "/api/echo",
+             json.dumps({"hello": "velocity"}).encode()), ("GET /api/time", "/api/time", b"")]
+    results: list[tuple[str, int, Any]] = []
+    try:
+        async with AsyncEasyClient(config) as client:
+            for name, path, body in calls:
+                got = await client.fetch(path, method=name.split()[0], body=body,
+                                         headers=[("content-type", "application/json")]
+                                         if body else None)
+                results.append((name, got.status, got.json() if got.status == 200
+                                else got.text()))
+    finally:
+        for server in servers:
+            await server.close(grace=0.2)
+    return results
+
+
+@click.command("json-api-demo")
+@click.option("--target", help="HOST:PORT of a server run with --api (default: a local one).")
+@click.option("--insecure", is_flag=True, help="Accept any certificate when discovering.")
+def json_api_demo(target: str | None, insecure: bool) -> None:
+    """Call /api/status, /api/echo and /api/time over Velocity/1 and print the answers;
+    exit 1 unless all three succeed."""
+    if target is not None:
+        parse_address(target, what="--target")
+    results = run(_api_demo(target, insecure))
+    for name, status, answer in results:
+        click.echo(f"{name} -> {status}\n{json.dumps(answer, indent=1)}")
+    if any(status != 200 for _, status, _ in results):
+        raise SystemExit(1)
