@@ -145,3 +145,28 @@ async def test_follows_fallback_to_http3_origin(site: Path, tmp_path: Path) -> N
                     await client.fetch("/index.html")
     finally:
         origin.close()
+
+
+@pytest.mark.spec("VEL-RES-006")
+async def test_resumed_connection_sends_its_get_as_zero_rtt(site: Path, ca_file: Path,
+                                                           tmp_path: Path) -> None:
+    async with velocity_server(site) as target:
+        config = EasyClientConfig(target, hostname="localhost", ca_file=ca_file,
+                                  key_cache_dir=tmp_path / "cache")
+        async with AsyncEasyClient(config) as client:
+            first = await client.fetch("/index.html")
+            await client.close()  # keeps the ticket from the connection it closes
+            resumed = await client.fetch("/big.bin")
+            after = await client.fetch("/index.html")
+        assert not first.early_data and first.handshake is not None
+        assert resumed.early_data and resumed.handshake is not None
+        assert resumed.handshake.mode.value == "resumption"
+        assert resumed.body == (site / "big.bin").read_bytes()
+        assert not after.early_data and after.handshake is resumed.handshake
+        no_early = EasyClientConfig(target, hostname="localhost", ca_file=ca_file,
+                                    key_cache_dir=tmp_path / "cache", early_data=False)
+        async with AsyncEasyClient(no_early) as client:
+            await client.fetch("/index.html")
+            await client.close()
+            plain = await client.fetch("/index.html")
+        assert not plain.early_data and plain.status == 200

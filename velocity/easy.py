@@ -30,6 +30,7 @@ from velocity.aio.client import (
 )
 from velocity.core.connection import ConnectionConfig
 from velocity.core.errors import ErrorCode, UsageError
+from velocity.core.events import TicketReceived
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
 from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
@@ -62,6 +63,7 @@ class EasyClientConfig:
     insecure: bool = False
     profile: str = "balanced"
     follow_fallback: bool = True
+    early_data: bool = True
     timeout: float = 10.0
 
     @staticmethod
@@ -103,6 +105,9 @@ class EasyClientConfigBuilder:
     def follow_fallback(self, enabled: bool = True) -> EasyClientConfigBuilder:
         return self._set(follow_fallback=enabled)
 
+    def early_data(self, enabled: bool = True) -> EasyClientConfigBuilder:
+        return self._set(early_data=enabled)
+
     def timeout(self, seconds: float) -> EasyClientConfigBuilder:
         return self._set(timeout=seconds)
 
@@ -122,6 +127,7 @@ class Fetched:
     handshake: HandshakeCompleted | None = None
     fallback: FallbackDirected | None = None
     key_cached: bool = False
+    early_data: bool = False
 
     def text(self) -> str:
         return self.body.decode(errors="replace")
@@ -135,6 +141,13 @@ class _Session:
     client: VelocityClient
     stack: AsyncExitStack
     key_cached: bool
+    early_response: asyncio.Task[Response] | None = None  # the GET sent as 0-RTT
+
+
+@dataclass(frozen=True)
+class _Resumption:
+    ticket: TicketReceived
+    token: bytes
 
 
 class AsyncEasyClient:
@@ -149,6 +162,7 @@ class AsyncEasyClient:
         self._session: _Session | None = None
         self._connecting = asyncio.Lock()  # concurrent first requests share one handshake
         self._directive: FallbackDirected | None = None
+        self._resumption: _Resumption | None = None  # from the last connection, used once
 
     def _make_verifier(self) -> X509Verifier:
         def clock() -> dt.datetime:
@@ -172,6 +186,9 @@ class AsyncEasyClient:
     async def close(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
+            if session.client.tickets:
+                self._resumption = _Resumption(session.client.tickets[-1],
+                                               session.client.new_token or b"")
             await session.stack.aclose()
 
     async def fetch(self, path: str = "/", *, method: str = "GET",
@@ -204,20 +221,28 @@ class AsyncEasyClient:
                       and self._session.client.router.terminated is None)
             if not reused:
                 await self.close()
-                self._session = await self._connect()
+                early = (method, body) == ("GET", b"") and self.config.early_data
+                self._session = await self._connect(
+                    (path, headers) if early and self._resumption is not None else None)
             session = self._session
             assert session is not None
+            pending, session.early_response = session.early_response, None
         try:
-            response = await request(await session.client.open_stream(), method, path,
-                                     authority=f"{self.host}:{self.port}", headers=headers,
-                                     body=body)
+            if pending is not None:
+                response = await pending
+            else:
+                response = await request(await session.client.open_stream(), method, path,
+                                         authority=f"{self.host}:{self.port}",
+                                         headers=headers, body=body)
         except ConnectionError:
             await self.close()
             if not reused:
                 raise
             return await self._over_velocity(path, method, headers, body)  # reconnect once
         return Fetched(response.status, response.headers, response.body, "velocity/1",
-                       handshake=session.client.completed, key_cached=session.key_cached)
+                       handshake=session.client.completed, key_cached=session.key_cached,
+                       early_data=pending is not None
+                       and session.client.connection.early_data_accepted)
 
     def _client_config(self) -> ClientConfig:
         pinned = self.config.pinned_key
@@ -233,25 +258,52 @@ class AsyncEasyClient:
                             verifier=self._verifier,
                             alpn=(b"velocity/1", *(a.encode() for a in FALLBACK_ALPNS)))
 
-    async def _connect(self) -> _Session:
+    async def _connect(self, early_get: tuple[str, list[tuple[str, str]] | None] | None
+                       ) -> _Session:
+        """A new connection; with ``early_get`` it resumes with the last ticket and sends
+        that GET as 0-RTT."""
         config = self._client_config()
         try:
-            return await self._open(config)
+            return await self._open(config, early_get)
         except HandshakeError as exc:
             if exc.error_code == ErrorCode.STALE_KEM_KEY and self.config.server_key_autodiscover:
                 self._cache.drop(self.host, self.port)  # the server rotated: rediscover once
-                return await self._open(replace(config, server_key=None))
+                return await self._open(replace(config, server_key=None), None)
             if exc.error_code == ErrorCode.KEM_KEY_REQUIRED:
                 raise KeyRequired(f"{self.host}:{self.port} does not publish its ML-KEM key; "
                                   "supply it (EasyClientConfig.pinned_key)") from None
             raise
 
-    async def _open(self, config: ClientConfig) -> _Session:
+    async def _open(self, config: ClientConfig,
+                    early_get: tuple[str, list[tuple[str, str]] | None] | None) -> _Session:
+        connection_config = ConnectionConfig(config)
+        resume, self._resumption = self._resumption, None
+        if early_get is not None and resume is not None:
+            connection_config = ConnectionConfig(
+                replace(config, ticket=resume.ticket.ticket, early_data=True),
+                remembered_transport_parameters=resume.ticket.transport_parameters,
+                token=resume.token)
+        else:
+            early_get = None
         stack = AsyncExitStack()
+        pending: asyncio.Task[Response] | None = None
         try:
             client = await stack.enter_async_context(connect(
-                self.host, self.port, ConnectionConfig(config), timeout=self.config.timeout))
+                self.host, self.port, connection_config, timeout=self.config.timeout,
+                early=early_get is not None))
+            if early_get is not None:
+                stream = await client.open_stream()
+                pending = asyncio.ensure_future(request(
+                    stream, "GET", early_get[0], authority=f"{self.host}:{self.port}",
+                    headers=early_get[1]))
+                try:
+                    await asyncio.wait_for(client.wait_handshake(), self.config.timeout)
+                except TimeoutError:
+                    raise TimeoutError(f"no Velocity/1 handshake with {self.host}:{self.port} "
+                                       f"within {self.config.timeout:g} s") from None
         except BaseException:
+            if pending is not None:
+                pending.cancel()
             await stack.aclose()
             raise
         learned = client.learned_key
@@ -260,7 +312,7 @@ class AsyncEasyClient:
                 next(p.name for p in PROFILES_BY_NAME.values() if p.code == learned.profile),
                 learned.key_id.hex(), base64.b64encode(learned.encapsulation_key).decode(),
                 fingerprint(learned.certificate_chain[0])))
-        return _Session(client, stack, key_cached=learned is not None)
+        return _Session(client, stack, key_cached=learned is not None, early_response=pending)
 
     async def _follow(self, directive: FallbackDirected, path: str, method: str,
                       headers: list[tuple[str, str]] | None, body: bytes) -> Fetched:

@@ -136,10 +136,12 @@ async def resolve(host: str, port: int) -> Address:
 
 @asynccontextmanager
 async def connect(host: str, port: int, config: ConnectionConfig, *,
-                  entropy: Entropy | None = None,
-                  timeout: float = 10.0) -> AsyncIterator[VelocityClient]:
+                  entropy: Entropy | None = None, timeout: float = 10.0,
+                  early: bool = False) -> AsyncIterator[VelocityClient]:
     """Connect and complete the handshake. Raises FallbackError, HandshakeError, OSError or
-    TimeoutError; closes the connection with NO_ERROR on exit."""
+    TimeoutError; closes the connection with NO_ERROR on exit. With ``early`` (a resumption
+    with early data configured) it yields as soon as the first flight is out, so that streams
+    opened now travel as 0-RTT; the caller then awaits ``wait_handshake``."""
     loop = asyncio.get_running_loop()
     address = await resolve(host, port)
     connection = Connection(config, entropy=entropy or OsEntropy())
@@ -149,6 +151,9 @@ async def connect(host: str, port: int, config: ConnectionConfig, *,
     try:
         connection.connect(address, now=loop.time())
         client._transmit()
+        if early:
+            yield client
+            return
         try:
             await asyncio.wait_for(client.wait_handshake(), timeout)
         except TimeoutError:
