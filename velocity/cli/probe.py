@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import click
@@ -121,36 +123,46 @@ async def _local_server(identity: ServerIdentity, *, fallback_only: bool) -> Vel
     return await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(config)), app)
 
 
-async def _demo(target: str | None) -> list[tuple[str, bool, str]]:
-    checks: list[tuple[str, bool, str]] = []
-    if target is None:
-        identity = ServerIdentity.create(BALANCED, entropy=OsEntropy(), names=("127.0.0.1",),
-                                         now=dt.datetime.now(dt.UTC))
-        servers = [await _local_server(identity, fallback_only=False),
-                   await _local_server(identity, fallback_only=True)]
-        pq_host, pq_port = servers[0].address
-        fb_host, fb_port = servers[1].address
-        pinned = PinnedServerKey(BALANCED, identity.encapsulation_key)
-    else:
-        pq_host, pq_port = fb_host, fb_port = parse_address(target, what="--target")
-        servers, pinned = [], None
+@asynccontextmanager
+async def _local_servers(*fallback_only: bool) -> AsyncIterator[tuple[ServerIdentity,
+                                                                      list[VelocityServer]]]:
+    """Servers on 127.0.0.1 sharing a fresh identity, one per ``fallback_only`` flag."""
+    identity = ServerIdentity.create(BALANCED, entropy=OsEntropy(), names=("127.0.0.1",),
+                                     now=dt.datetime.now(dt.UTC))
+    servers: list[VelocityServer] = []
     try:
-        pq = await probe_target(pq_host, pq_port, alpn=(b"velocity/1", b"h3"),
-                                profile="balanced")
-        checks.append(("post-quantum path", pq["outcome"] == "velocity"
-                       and pq.get("profile") == "balanced", _describe(pq)))
-        legacy = await probe_target(fb_host, fb_port, alpn=(b"h3",), profile="balanced")
-        checks.append(("legacy client is sent to h3", legacy["outcome"] == "fallback"
-                       and legacy["fallback"]["alpn"] == "h3", _describe(legacy)))
-        if pinned is not None:
-            signed = await probe_target(fb_host, fb_port, alpn=(b"velocity/1", b"h3"),
-                                        profile="balanced", server_key=pinned)
-            checks.append(("fallback is authenticated with a pinned key",
-                           signed["outcome"] == "fallback"
-                           and signed["fallback"]["authenticated"], _describe(signed)))
+        for flag in fallback_only:
+            servers.append(await _local_server(identity, fallback_only=flag))
+        yield identity, servers
     finally:
         for server in servers:
             await server.close(grace=0.2)
+
+
+async def _demo(target: str | None) -> list[tuple[str, bool, str]]:
+    if target is not None:
+        host, port = parse_address(target, what="--target")
+        return await _demo_checks((host, port), (host, port), None)
+    async with _local_servers(False, True) as (identity, servers):
+        return await _demo_checks(servers[0].address, servers[1].address,
+                                  PinnedServerKey(BALANCED, identity.encapsulation_key))
+
+
+async def _demo_checks(pq_at: tuple[str, int], fallback_at: tuple[str, int],
+                       pinned: PinnedServerKey | None) -> list[tuple[str, bool, str]]:
+    checks: list[tuple[str, bool, str]] = []
+    pq = await probe_target(*pq_at, alpn=(b"velocity/1", b"h3"), profile="balanced")
+    checks.append(("post-quantum path", pq["outcome"] == "velocity"
+                   and pq.get("profile") == "balanced", _describe(pq)))
+    legacy = await probe_target(*fallback_at, alpn=(b"h3",), profile="balanced")
+    checks.append(("legacy client is sent to h3", legacy["outcome"] == "fallback"
+                   and legacy["fallback"]["alpn"] == "h3", _describe(legacy)))
+    if pinned is not None:
+        signed = await probe_target(*fallback_at, alpn=(b"velocity/1", b"h3"),
+                                    profile="balanced", server_key=pinned)
+        checks.append(("fallback is authenticated with a pinned key",
+                       signed["outcome"] == "fallback"
+                       and signed["fallback"]["authenticated"], _describe(signed)))
     return checks
 
 
@@ -168,32 +180,31 @@ def handshake_demo(target: str | None) -> None:
 
 
 
+API_CALLS = (("GET", "/api/status", b""),
+             ("POST", "/api/echo", json.dumps({"hello": "velocity"}).encode()),
+             ("GET", "/api/time", b""))
+
+
 async def _api_demo(target: str | None, insecure: bool) -> list[tuple[str, int, Any]]:
-    servers: list[VelocityServer] = []
-    if target is None:
-        identity = ServerIdentity.create(BALANCED, entropy=OsEntropy(), names=("127.0.0.1",),
-                                         now=dt.datetime.now(dt.UTC))
-        servers.append(await _local_server(identity, fallback_only=False))
+    if target is not None:
+        return await _api_calls(EasyClientConfig(target, insecure=insecure,
+                                                 follow_fallback=False))
+    async with _local_servers(False) as (identity, servers):
         host, port = servers[0].address
-        config = EasyClientConfig(f"{host}:{port}", follow_fallback=False,
-                                  pinned_key=PinnedServerKey(BALANCED,
-                                                             identity.encapsulation_key))
-    else:
-        config = EasyClientConfig(target, insecure=insecure, follow_fallback=False)
-    calls = [("GET /api/status", "/api/status", b""), ("POST /api/echo", "/api/echo",
-             json.dumps({"hello": "velocity"}).encode()), ("GET /api/time", "/api/time", b"")]
+        return await _api_calls(EasyClientConfig(
+            f"{host}:{port}", follow_fallback=False,
+            pinned_key=PinnedServerKey(BALANCED, identity.encapsulation_key)))
+
+
+async def _api_calls(config: EasyClientConfig) -> list[tuple[str, int, Any]]:
     results: list[tuple[str, int, Any]] = []
-    try:
-        async with AsyncEasyClient(config) as client:
-            for name, path, body in calls:
-                got = await client.fetch(path, method=name.split()[0], body=body,
-                                         headers=[("content-type", "application/json")]
-                                         if body else None)
-                results.append((name, got.status, got.json() if got.status == 200
-                                else got.text()))
-    finally:
-        for server in servers:
-            await server.close(grace=0.2)
+    async with AsyncEasyClient(config) as client:
+        for method, path, body in API_CALLS:
+            got = await client.fetch(path, method=method, body=body,
+                                     headers=[("content-type", "application/json")]
+                                     if body else None)
+            results.append((f"{method} {path}", got.status,
+                            got.json() if got.status == 200 else got.text()))
     return results
 
 
