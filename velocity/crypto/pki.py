@@ -159,7 +159,8 @@ def create_ca(key: CaKey, *, common_name: str, not_before: dt.datetime,
             .sign(key, None))
 
 
-def _alt_names(names: Sequence[str]) -> list[x509.GeneralName]:
+def alt_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    """subjectAltName entries: IP addresses where ``names`` parse as one, DNS names else."""
     result: list[x509.GeneralName] = []
     for name in names:
         try:
@@ -189,7 +190,7 @@ def issue_leaf(ca_key: CaKey, ca_cert: x509.Certificate, params: KemParams,
                    crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                               critical=False)
-               .add_extension(x509.SubjectAlternativeName(_alt_names(names)), critical=False))
+               .add_extension(x509.SubjectAlternativeName(alt_names(names)), critical=False))
     certificate = builder.sign(ca_key, None)
     if params in _OPENSSL_KEM:
         return certificate

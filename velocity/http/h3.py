@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from velocity.crypto.pki import write_secret_file
+from velocity.crypto.pki import alt_names, write_secret_file
 from velocity.http.h1 import Handler, Request, Response
 
 
@@ -38,17 +37,11 @@ def ensure_tls_certificate(directory: Path, names: tuple[str, ...]) -> tuple[Pat
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = dt.datetime.now(dt.UTC)
-    alt: list[x509.GeneralName] = []
-    for entry in names:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(entry)))
-        except ValueError:
-            alt.append(x509.DNSName(entry))
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alt_names(names)), critical=False)
             .sign(key, hashes.SHA256()))
     directory.mkdir(parents=True, exist_ok=True)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
