@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from harness.pair import PairSpec, make_configs, server_identity
-from velocity.aio.client import FallbackError
+from velocity.aio.client import FallbackError, connect
 from velocity.aio.server import serve
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
@@ -26,10 +26,11 @@ from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED
 from velocity.easy import AsyncEasyClient, EasyClient, EasyClientConfig
 from velocity.http.app import Application
+from velocity.http.h1 import request
 from velocity.http.h3 import ensure_tls_certificate, serve_h3
 from velocity.http.static import StaticFiles
 
-_, SERVER_HS = make_configs(PairSpec(mode="discovery", server={"publish_key": True}))
+CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="discovery", server={"publish_key": True}))
 
 
 @pytest.fixture
@@ -170,3 +171,28 @@ async def test_resumed_connection_sends_its_get_as_zero_rtt(site: Path, ca_file:
             await client.close()
             plain = await client.fetch("/index.html")
         assert not plain.early_data and plain.status == 200
+
+
+@pytest.mark.spec("VEL-HTTP-005")
+async def test_server_answers_unsafe_early_requests_with_425(site: Path) -> None:
+    async with velocity_server(site) as target:
+        host, port = target.split(":")
+        async with connect(host, int(port), ConnectionConfig(CLIENT_HS)) as first:
+            await request(await first.open_stream(), "GET", "/", authority=target)
+            await asyncio.sleep(0.05)  # the ticket follows the handshake
+            ticket = first.tickets[-1]
+        resumed = ConnectionConfig(replace(CLIENT_HS, ticket=ticket.ticket, early_data=True),
+                                   remembered_transport_parameters=ticket.transport_parameters)
+        async with connect(host, int(port), resumed, early=True) as client:
+            early = [asyncio.ensure_future(request(await client.open_stream(), method, path,
+                                                   authority=target, body=body))
+                     for method, path, body in (("POST", "/api/echo", b"twice?"),
+                                                ("GET", "/index.html", b""))]
+            await client.wait_handshake()
+            refused, allowed = await asyncio.gather(*early)
+            assert client.connection.early_data_accepted
+            late = await request(await client.open_stream(), "POST", "/api/echo",
+                                 authority=target, body=b"once")
+        assert refused.status == 425 and b"0-RTT" in refused.body
+        assert allowed.status == 200 and allowed.body == b"<h1>home</h1>"
+        assert late.status == 200 and b"once" in late.body

@@ -209,6 +209,7 @@ class Connection:
         self.address_validated = self.is_client or address_validated
         self.bytes_received = self.bytes_sent = 0
         self.started_at: float | None = None  # when it was started or first heard from
+        self.early_streams: set[int] = set()  # peer streams that carried 0-RTT data (server)
         self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
         self._close_deadline: float | None = None
         self._last_activity = 0.0
@@ -588,6 +589,8 @@ class Connection:
     def _handle_frame(self, frame: Frame, epoch: Epoch, packet_type: PacketType,
                       now: float) -> None:
         handler = _HANDLERS.get(type(frame))
+        if packet_type is PacketType.ZERO_RTT and isinstance(frame, Stream):
+            self.early_streams.add(frame.stream_id)
         if handler is not None:
             handler(self, frame, epoch, now)
 

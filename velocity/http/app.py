@@ -22,6 +22,9 @@ def _json(status: int, value: Any) -> Response:
                     json.dumps(value, indent=1).encode() + b"\n")
 
 
+SAFE_EARLY_METHODS = ("GET", "HEAD")
+
+
 def connection_status(connection: Connection | None) -> dict[str, Any]:
     """What /api/status reports about the caller's own connection (None: the HTTP/3
     fallback origin)."""
@@ -62,8 +65,13 @@ class Application:
         return _json(404, {"error": f"no API endpoint {path}"})
 
     async def __call__(self, stream: VelocityStream, connection: Connection) -> None:
-        """The aio server's stream handler."""
+        """The aio server's stream handler. A request that arrived as 0-RTT early data may
+        only be GET or HEAD; anything else gets 425 Too Early (VEL-HTTP-005)."""
         async def respond(request: Request) -> Response:
+            if (stream.stream_id in connection.early_streams
+                    and request.method not in SAFE_EARLY_METHODS):
+                return _json(425, {"error": f"{request.method} is not allowed as 0-RTT early "
+                                            "data; send it again after the handshake"})
             return await self.handle(request, connection)
 
         await serve_request(stream, respond, server=SERVER)
