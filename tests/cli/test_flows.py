@@ -324,3 +324,12 @@ def test_json_api_demo_local_and_against_a_server(site: Path, env: dict[str, str
                                   "--insecure"], capture_output=True, text=True, env=env,
                                  timeout=60, check=False)
         assert missing.returncode == 1 and "GET /api/status -> 404" in missing.stdout
+
+
+@pytest.mark.spec("VEL-GEN-002")
+def test_default_ports(env: dict[str, str]) -> None:
+    """The lab default listens on 4433; directives name 443 unless told otherwise."""
+    shown = subprocess.run([*VELOCITY, "serve", "--help"], capture_output=True, text=True,
+                           env=env, timeout=60, check=True).stdout
+    assert "[default: 127.0.0.1:4433]" in " ".join(shown.split())
+    assert "else 443]" in " ".join(shown.split())
