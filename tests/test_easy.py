@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import itertools
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -196,3 +197,15 @@ async def test_server_answers_unsafe_early_requests_with_425(site: Path) -> None
         assert refused.status == 425 and b"0-RTT" in refused.body
         assert allowed.status == 200 and allowed.body == b"<h1>home</h1>"
         assert late.status == 200 and b"once" in late.body
+
+
+async def test_progress_follows_the_body(site: Path, ca_file: Path, tmp_path: Path) -> None:
+    seen: list[tuple[int, int | None]] = []
+    async with velocity_server(site) as target:
+        config = EasyClientConfig(target, hostname="localhost", ca_file=ca_file,
+                                  key_cache_dir=tmp_path / "cache")
+        async with AsyncEasyClient(config) as client:
+            got = await client.fetch("/big.bin", progress=lambda n, total: seen.append((n, total)))
+    size = len(got.body)
+    assert size == 300_000 and seen[-1] == (size, size) and len(seen) > 1
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(seen))

@@ -36,7 +36,7 @@ from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
 from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, fingerprint, load_ca_file
-from velocity.http.h1 import Response, request
+from velocity.http.h1 import Progress, Response, request
 from velocity.http.h3 import fetch_h3
 from velocity.keystore import CachedKey, KeyCache, TofuPins
 
@@ -145,6 +145,15 @@ class _Session:
 
 
 @dataclass(frozen=True)
+class _EarlyGet:
+    """The GET a resumed connection sends as 0-RTT."""
+
+    path: str
+    headers: list[tuple[str, str]] | None
+    progress: Progress | None
+
+
+@dataclass(frozen=True)
 class _Resumption:
     ticket: TicketReceived
     token: bytes
@@ -192,13 +201,15 @@ class AsyncEasyClient:
             await session.stack.aclose()
 
     async def fetch(self, path: str = "/", *, method: str = "GET",
-                    headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Fetched:
-        """One request. Raises FallbackError when the server directs elsewhere and following
-        is off, UsageError when no key is known and discovery is off or refused, and
-        ConnectionError/TimeoutError/OSError for the network."""
+                    headers: list[tuple[str, str]] | None = None, body: bytes = b"",
+                    progress: Progress | None = None) -> Fetched:
+        """One request; ``progress`` hears of the response body as it arrives over Velocity/1
+        (bytes so far, content-length or None). Raises FallbackError when the server directs
+        elsewhere and following is off, UsageError when no key is known and discovery is off
+        or refused, and ConnectionError/TimeoutError/OSError for the network."""
         if self._directive is None:
             try:
-                return await self._over_velocity(path, method, headers, body)
+                return await self._over_velocity(path, method, headers, body, progress)
             except FallbackError as exc:
                 if not self.config.follow_fallback:
                     raise
@@ -215,7 +226,8 @@ class AsyncEasyClient:
                                  headers=[("content-type", "application/json")])).json()
 
     async def _over_velocity(self, path: str, method: str,
-                             headers: list[tuple[str, str]] | None, body: bytes) -> Fetched:
+                             headers: list[tuple[str, str]] | None, body: bytes,
+                             progress: Progress | None) -> Fetched:
         async with self._connecting:
             reused = (self._session is not None
                       and self._session.client.router.terminated is None)
@@ -223,7 +235,8 @@ class AsyncEasyClient:
                 await self.close()
                 early = (method, body) == ("GET", b"") and self.config.early_data
                 self._session = await self._connect(
-                    (path, headers) if early and self._resumption is not None else None)
+                    _EarlyGet(path, headers, progress)
+                    if early and self._resumption is not None else None)
             session = self._session
             assert session is not None
             pending, session.early_response = session.early_response, None
@@ -233,12 +246,13 @@ class AsyncEasyClient:
             else:
                 response = await request(await session.client.open_stream(), method, path,
                                          authority=f"{self.host}:{self.port}",
-                                         headers=headers, body=body)
+                                         headers=headers, body=body, progress=progress)
         except ConnectionError:
             await self.close()
             if not reused:
                 raise
-            return await self._over_velocity(path, method, headers, body)  # reconnect once
+            return await self._over_velocity(path, method, headers, body,
+                                             progress)  # reconnect once
         return Fetched(response.status, response.headers, response.body, "velocity/1",
                        handshake=session.client.completed, key_cached=session.key_cached,
                        early_data=pending is not None
@@ -258,8 +272,7 @@ class AsyncEasyClient:
                             verifier=self._verifier,
                             alpn=(b"velocity/1", *(a.encode() for a in FALLBACK_ALPNS)))
 
-    async def _connect(self, early_get: tuple[str, list[tuple[str, str]] | None] | None
-                       ) -> _Session:
+    async def _connect(self, early_get: _EarlyGet | None) -> _Session:
         """A new connection; with ``early_get`` it resumes with the last ticket and sends
         that GET as 0-RTT."""
         config = self._client_config()
@@ -274,8 +287,7 @@ class AsyncEasyClient:
                                   "supply it (EasyClientConfig.pinned_key)") from None
             raise
 
-    async def _open(self, config: ClientConfig,
-                    early_get: tuple[str, list[tuple[str, str]] | None] | None) -> _Session:
+    async def _open(self, config: ClientConfig, early_get: _EarlyGet | None) -> _Session:
         connection_config = ConnectionConfig(config)
         resume, self._resumption = self._resumption, None
         if early_get is not None and resume is not None:
@@ -294,8 +306,8 @@ class AsyncEasyClient:
             if early_get is not None:
                 stream = await client.open_stream()
                 pending = asyncio.ensure_future(request(
-                    stream, "GET", early_get[0], authority=f"{self.host}:{self.port}",
-                    headers=early_get[1]))
+                    stream, "GET", early_get.path, authority=f"{self.host}:{self.port}",
+                    headers=early_get.headers, progress=early_get.progress))
                 try:
                     await asyncio.wait_for(client.wait_handshake(), self.config.timeout)
                 except TimeoutError:
@@ -360,9 +372,10 @@ class EasyClient:
         self._runner.close()
 
     def fetch(self, path: str = "/", *, method: str = "GET",
-              headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Fetched:
+              headers: list[tuple[str, str]] | None = None, body: bytes = b"",
+              progress: Progress | None = None) -> Fetched:
         return self._runner.run(self._client.fetch(path, method=method, headers=headers,
-                                                   body=body))
+                                                   body=body, progress=progress))
 
     def fetch_text(self, path: str = "/") -> str:
         return self._runner.run(self._client.fetch_text(path))

@@ -7,11 +7,16 @@ import binascii
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from cryptography import x509
+from rich.console import Console
+from rich.progress import DownloadColumn, TransferSpeedColumn
+from rich.progress import Progress as RichProgress
 
 from velocity.aio.client import FallbackError
 from velocity.cli.common import parse_address, run
@@ -20,6 +25,7 @@ from velocity.core.handshake.client import PinnedServerKey
 from velocity.core.hybrid import PROFILES_BY_NAME
 from velocity.crypto.pki import certificate_kem_key
 from velocity.easy import AsyncEasyClient, EasyClientConfig, KeyRequired
+from velocity.http.h1 import Progress
 
 KEY_SIZES = {p.kem.sizes.encapsulation_key: p for p in PROFILES_BY_NAME.values()}
 
@@ -48,10 +54,31 @@ def key_from_option(kem_b64: str | None, kem_file: Path | None) -> PinnedServerK
     return PinnedServerKey(profile, raw)
 
 
+PROGRESS_FROM = 1 << 20  # bodies at least this large get a progress bar on a terminal
+
+
+@contextmanager
+def _progress_bar(path: str) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr for a large body, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with RichProgress(*RichProgress.get_default_columns(), DownloadColumn(),
+                      TransferSpeedColumn(), console=Console(stderr=True),
+                      transient=True) as bar:
+        task = bar.add_task(path, total=None, visible=False)
+
+        def update(received: int, total: int | None) -> None:
+            bar.update(task, completed=received, total=total,
+                       visible=(total or received) >= PROGRESS_FROM)
+        yield update
+
+
 async def _fetch(config: EasyClientConfig, path: str) -> dict[str, Any]:
     async with AsyncEasyClient(config) as client:
         try:
-            got = await client.fetch(path)
+            with _progress_bar(path) as progress:
+                got = await client.fetch(path, progress=progress)
         except KeyRequired:
             raise UsageError(f"{config.server_addr} does not publish its ML-KEM key; supply it "
                              "with --kem-file FILE or --kem-b64 KEY") from None

@@ -45,10 +45,16 @@ def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
 
 
-async def _read_message(stream: VelocityStream, conn: h11.Connection
+Progress = Callable[[int, int | None], None]
+"""Called as a response body arrives: (bytes so far, content-length or None)."""
+
+
+async def _read_message(stream: VelocityStream, conn: h11.Connection,
+                        progress: Progress | None = None
                         ) -> tuple[h11.Request | h11.Response, bytes]:
     head: h11.Request | h11.Response | None = None
     body = bytearray()
+    total: int | None = None
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
@@ -56,10 +62,14 @@ async def _read_message(stream: VelocityStream, conn: h11.Connection
             continue
         if isinstance(event, h11.Request | h11.Response):
             head = event
+            length = dict(event.headers).get(b"content-length", b"")
+            total = int(length) if length.isdigit() else None
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > MAX_BODY:
                 raise h11.RemoteProtocolError("body too large")
+            if progress is not None:
+                progress(len(body), total)
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             if head is None:
                 raise h11.RemoteProtocolError("stream ended before a message head")
@@ -99,8 +109,10 @@ async def serve_request(stream: VelocityStream, handler: Handler, *, server: str
 
 
 async def request(stream: VelocityStream, method: str, target: str, *, authority: str,
-                  headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Response:
-    """Send one request on a fresh stream and read the whole response."""
+                  headers: list[tuple[str, str]] | None = None, body: bytes = b"",
+                  progress: Progress | None = None) -> Response:
+    """Send one request on a fresh stream and read the whole response, reporting its body's
+    arrival to ``progress``."""
     conn = h11.Connection(h11.CLIENT)
     fields = [("host", authority), *(headers or [])]
     if body:
@@ -110,6 +122,6 @@ async def request(stream: VelocityStream, method: str, target: str, *, authority
         data += conn.send(h11.Data(data=body))
     data += conn.send(h11.EndOfMessage())
     stream.write(data, end_stream=True)
-    head, response_body = await _read_message(stream, conn)
+    head, response_body = await _read_message(stream, conn, progress)
     assert isinstance(head, h11.Response)
     return Response(head.status_code, _decode(head.headers), response_body)
