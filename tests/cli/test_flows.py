@@ -327,9 +327,18 @@ def test_json_api_demo_local_and_against_a_server(site: Path, env: dict[str, str
 
 
 @pytest.mark.spec("VEL-GEN-002")
-def test_default_ports(env: dict[str, str]) -> None:
-    """The lab default listens on 4433; directives name 443 unless told otherwise."""
-    shown = subprocess.run([*VELOCITY, "serve", "--help"], capture_output=True, text=True,
-                           env=env, timeout=60, check=True).stdout
-    assert "[default: 127.0.0.1:4433]" in " ".join(shown.split())
-    assert "else 443]" in " ".join(shown.split())
+def test_default_ports(site: Path, env: dict[str, str]) -> None:
+    """With no --listen the server is on the lab default 4433, and its directives name 443
+    when no --fallback-port or --h3-listen says otherwise."""
+    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(site), "--self-signed",
+                                "--fallback-only"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None
+        assert "on udp://127.0.0.1:4433 " in process.stderr.readline()
+        result = subprocess.run([*VELOCITY, "probe", "127.0.0.1:4433"], capture_output=True,
+                                text=True, env=env, timeout=60, check=False)
+        assert result.returncode == 10, result.stdout + result.stderr
+        assert "FALLBACK to h3 at 127.0.0.1:443 " in result.stdout
+    finally:
+        process.terminate()
+        process.wait(10)
