@@ -13,6 +13,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, fingerprint, load_ca_file
 from velocity.http.h1 import Progress, Response, request
 from velocity.http.h3 import fetch_h3
-from velocity.keystore import CachedKey, KeyCache, TofuPins
+from velocity.keystore import CachedKey, KeyCache, StoredTicket, TicketCache, TofuPins
 
 FALLBACK_ALPNS = ("h3", "h2", "http/1.1")
 """What the client offers besides velocity/1, and so the only places it follows a FALLBACK
@@ -52,7 +53,10 @@ class KeyRequired(UsageError):
 @dataclass(frozen=True)
 class EasyClientConfig:
     """Where to connect and how far to trust. ``server_addr`` is ``HOST:PORT``; trust is a CA
-    file, ``insecure``, or (by default) trust on first use of the published certificate."""
+    file, ``insecure``, or (by default) trust on first use of the published certificate.
+    With ``early_data`` a new connection resumes with the last session ticket and sends a GET
+    as 0-RTT; ``keep_tickets`` keeps that ticket in the cache directory (0600) so that a
+    later process resumes too."""
 
     server_addr: str
     hostname: str | None = None
@@ -64,6 +68,7 @@ class EasyClientConfig:
     profile: str = "balanced"
     follow_fallback: bool = True
     early_data: bool = True
+    keep_tickets: bool = False
     timeout: float = 10.0
 
     @staticmethod
@@ -107,6 +112,9 @@ class EasyClientConfigBuilder:
 
     def early_data(self, enabled: bool = True) -> EasyClientConfigBuilder:
         return self._set(early_data=enabled)
+
+    def keep_tickets(self, enabled: bool = True) -> EasyClientConfigBuilder:
+        return self._set(keep_tickets=enabled)
 
     def timeout(self, seconds: float) -> EasyClientConfigBuilder:
         return self._set(timeout=seconds)
@@ -153,12 +161,6 @@ class _EarlyGet:
     progress: Progress | None
 
 
-@dataclass(frozen=True)
-class _Resumption:
-    ticket: TicketReceived
-    token: bytes
-
-
 class AsyncEasyClient:
     """The asyncio form; ``async with AsyncEasyClient(config) as client: ...``."""
 
@@ -167,11 +169,12 @@ class AsyncEasyClient:
         self.host, self.port = split_address(config.server_addr, what="server_addr")
         self.profile = profile_named(config.profile)
         self._cache = KeyCache(config.key_cache_dir)
+        self._tickets = TicketCache(config.key_cache_dir) if config.keep_tickets else None
         self._verifier = self._make_verifier()
         self._session: _Session | None = None
         self._connecting = asyncio.Lock()  # concurrent first requests share one handshake
         self._directive: FallbackDirected | None = None
-        self._resumption: _Resumption | None = None  # from the last connection, used once
+        self._resumption: tuple[TicketReceived, bytes] | None = None  # ticket, token; used once
 
     def _make_verifier(self) -> X509Verifier:
         def clock() -> dt.datetime:
@@ -196,9 +199,33 @@ class AsyncEasyClient:
         if self._session is not None:
             session, self._session = self._session, None
             if session.client.tickets:
-                self._resumption = _Resumption(session.client.tickets[-1],
-                                               session.client.new_token or b"")
+                self._resumption = (session.client.tickets[-1], session.client.new_token or b"")
+                if self._tickets is not None:
+                    self._store_ticket(*self._resumption)
             await session.stack.aclose()
+
+    def _store_ticket(self, received: TicketReceived, token: bytes) -> None:
+        """Write the ticket with its issue time on the wall clock (its age must survive the
+        process; the handshake counts on the loop's clock)."""
+        assert self._tickets is not None
+        age = asyncio.get_running_loop().time() - received.ticket.issued_ms / 1000
+        self._tickets.put(self.host, self.port, StoredTicket.keep(
+            received, token, issued_unix=time.time() - age))
+
+    def _take_ticket(self) -> tuple[TicketReceived, bytes] | None:
+        """The last ticket (used once): this client's, else one a previous process stored,
+        unless it has outlived its lifetime."""
+        resumption, self._resumption = self._resumption, None
+        if self._tickets is None:
+            return resumption
+        stored = self._tickets.take(self.host, self.port)  # consumed either way
+        if resumption is not None or stored is None:
+            return resumption
+        age = time.time() - stored.issued_unix
+        if not 0 <= age < stored.lifetime:
+            return None
+        issued = asyncio.get_running_loop().time() - age
+        return stored.restore(issued_ms=int(issued * 1000))
 
     async def fetch(self, path: str = "/", *, method: str = "GET",
                     headers: list[tuple[str, str]] | None = None, body: bytes = b"",
@@ -235,8 +262,7 @@ class AsyncEasyClient:
                 await self.close()
                 early = (method, body) == ("GET", b"") and self.config.early_data
                 self._session = await self._connect(
-                    _EarlyGet(path, headers, progress)
-                    if early and self._resumption is not None else None)
+                    _EarlyGet(path, headers, progress) if early else None)
             session = self._session
             assert session is not None
             pending, session.early_response = session.early_response, None
@@ -289,12 +315,12 @@ class AsyncEasyClient:
 
     async def _open(self, config: ClientConfig, early_get: _EarlyGet | None) -> _Session:
         connection_config = ConnectionConfig(config)
-        resume, self._resumption = self._resumption, None
-        if early_get is not None and resume is not None:
+        resume = self._take_ticket() if early_get is not None else None
+        if resume is not None:
+            received, token = resume
             connection_config = ConnectionConfig(
-                replace(config, ticket=resume.ticket.ticket, early_data=True),
-                remembered_transport_parameters=resume.ticket.transport_parameters,
-                token=resume.token)
+                replace(config, ticket=received.ticket, early_data=True),
+                remembered_transport_parameters=received.transport_parameters, token=token)
         else:
             early_get = None
         stack = AsyncExitStack()

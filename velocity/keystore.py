@@ -1,6 +1,6 @@
-"""The client's on-disk key cache and trust-on-first-use pins: one JSON record per
-``host:port`` under ``$VELOCITY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/velocity``, else
-``~/.cache/velocity``), written with mode 0600."""
+"""The client's on-disk state: learned server keys, session tickets and trust-on-first-use
+pins, one JSON record per ``host:port`` under ``$VELOCITY_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/velocity``, else ``~/.cache/velocity``), written with mode 0600."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from velocity.core.events import TicketReceived
+from velocity.core.handshake.common import SessionTicket
 from velocity.crypto.pki import write_secret_file
 
 
@@ -35,27 +38,102 @@ class CachedKey:
         return base64.b64decode(self.encapsulation_key)
 
 
-class KeyCache:
+@dataclass(frozen=True)
+class StoredTicket:
+    """A session ticket kept between processes. ``issued_unix`` is wall-clock time, so the
+    ticket's age survives a restart; the ticket itself is a secret (it carries the PSK)."""
+
+    ticket: str  # base64 of the SessionTicket fields below
+    psk: str
+    profile: int
+    aead: int
+    alpn: str
+    age_add: int
+    lifetime: int
+    issued_unix: float
+    max_early_data: int
+    server_name: str | None
+    transport_parameters: str  # base64, the server's, remembered for 0-RTT
+    token: str  # base64 NEW_TOKEN, possibly empty
+
+    @staticmethod
+    def keep(received: TicketReceived, token: bytes, *, issued_unix: float) -> StoredTicket:
+        t = received.ticket
+        return StoredTicket(_b64(t.ticket), _b64(t.psk), t.profile, t.aead, t.alpn.decode(),
+                            t.age_add, t.lifetime, issued_unix, t.max_early_data,
+                            t.server_name, _b64(received.transport_parameters), _b64(token))
+
+    def restore(self, *, issued_ms: int) -> tuple[TicketReceived, bytes]:
+        """The ticket with its issue time on the caller's clock, and the token."""
+        ticket = SessionTicket(
+            base64.b64decode(self.ticket), base64.b64decode(self.psk), self.profile, self.aead,
+            self.alpn.encode(), self.age_add, self.lifetime, issued_ms, self.max_early_data,
+            self.server_name)
+        return (TicketReceived(ticket, base64.b64decode(self.transport_parameters)),
+                base64.b64decode(self.token))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class _HostRecords:
+    """One JSON file per ``host:port`` in a subdirectory of the cache."""
+
+    subdirectory = ""
+
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = (directory or cache_dir()) / "keys"
+        self.directory = (directory or cache_dir()) / self.subdirectory
 
     def _path(self, host: str, port: int) -> Path:
         safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
         return self.directory / f"{safe}_{port}.json"
 
-    def get(self, host: str, port: int) -> CachedKey | None:
+    def _read(self, host: str, port: int) -> dict[str, Any] | None:
         try:
-            return CachedKey(**json.loads(self._path(host, port).read_text()))
-        except (OSError, ValueError, TypeError):
-            return None  # missing or unreadable: rediscover
+            record: dict[str, Any] = json.loads(self._path(host, port).read_text())
+        except (OSError, ValueError):
+            return None  # missing or unreadable: start over
+        return record if isinstance(record, dict) else None
 
-    def put(self, host: str, port: int, key: CachedKey) -> Path:
+    def _write(self, host: str, port: int, record: Any) -> Path:
         path = self._path(host, port)
-        write_secret_file(path, json.dumps(asdict(key), indent=1).encode())
+        write_secret_file(path, json.dumps(asdict(record), indent=1).encode())
         return path
 
     def drop(self, host: str, port: int) -> None:
         self._path(host, port).unlink(missing_ok=True)
+
+
+class KeyCache(_HostRecords):
+    subdirectory = "keys"
+
+    def get(self, host: str, port: int) -> CachedKey | None:
+        record = self._read(host, port)
+        try:
+            return None if record is None else CachedKey(**record)
+        except TypeError:
+            return None
+
+    def put(self, host: str, port: int, key: CachedKey) -> Path:
+        return self._write(host, port, key)
+
+
+class TicketCache(_HostRecords):
+    """The last ticket per server, used once: ``take`` removes it."""
+
+    subdirectory = "tickets"
+
+    def take(self, host: str, port: int) -> StoredTicket | None:
+        record = self._read(host, port)
+        self.drop(host, port)
+        try:
+            return None if record is None else StoredTicket(**record)
+        except TypeError:
+            return None
+
+    def put(self, host: str, port: int, ticket: StoredTicket) -> Path:
+        return self._write(host, port, ticket)
 
 
 class TofuPins:

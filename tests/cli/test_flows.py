@@ -88,6 +88,25 @@ def test_first_fetch_discovers(site: Path, env: dict[str, str]) -> None:
     assert second["auth_mode"] == "pdk"  # type: ignore[index]
 
 
+@pytest.mark.spec("VEL-RES-005", "VEL-RES-006")
+def test_early_data_across_fetch_processes(site: Path, env: dict[str, str],
+                                           tmp_path: Path) -> None:
+    """A fetch with --early-data keeps its ticket; the next process resumes with it and sends
+    the GET as 0-RTT (the ticket's age carried across processes on the wall clock)."""
+    with server(site, env, "--publish-kem") as target:
+        first = fetch_json(target, env, "/small.txt", "--early-data")["velocity"]
+        tickets = list((tmp_path / "cache" / "tickets").glob("*.json"))
+        assert len(tickets) == 1 and oct(tickets[0].stat().st_mode)[-3:] == "600"
+        out = tmp_path / "early.bin"
+        second = fetch_json(target, env, "/medium.bin", "--early-data", "-o", str(out))
+        plain = fetch_json(target, env, "/small.txt")["velocity"]
+    assert first["auth_mode"] == "discovery" and not first["early_data"]  # type: ignore[index]
+    assert second["velocity"]["auth_mode"] == "resumption"  # type: ignore[index]
+    assert second["velocity"]["early_data"]  # type: ignore[index]
+    assert out.read_bytes() == (site / "medium.bin").read_bytes()
+    assert plain["auth_mode"] == "pdk" and not plain["early_data"]  # type: ignore[index]
+
+
 def test_unpublished_key_must_be_supplied(site: Path, env: dict[str, str]) -> None:
     with server(site, env) as target:
         result = fetch(target, env, "/small.txt")

@@ -41,8 +41,17 @@ def test_retry_tokens_bind_address_port_dcid_and_lifetime() -> None:
             tokens.validate(token, address, port, now_ms=now)
     tokens.rotate(b"\x01" * 16)
     assert tokens.validate(token, "127.0.0.1", 5000, now_ms=2_000) == b"odcid"
-    with pytest.raises(InvalidToken):
-        tokens.validate(b"\x07" + token[1:], "127.0.0.1", 5000, now_ms=2_000)
+    assert tokens.validate(b"\x07" + token[1:], "127.0.0.1", 5000, now_ms=2_000) is None
+
+
+@pytest.mark.spec("VEL-RTY-008")
+def test_new_tokens_bind_the_address_not_the_port_and_failures_are_ignored() -> None:
+    tokens = RetryTokens(bytes(16), lifetime_ms=10_000)
+    token = tokens.issue("127.0.0.1", 5000, b"", now_ms=1_000, nonce=bytes(12))
+    day = 24 * 3600 * 1000
+    assert tokens.validate(token, "127.0.0.1", 6000, now_ms=50_000, lifetime_ms=day) == b""
+    assert tokens.validate(token, "127.0.0.2", 5000, now_ms=50_000, lifetime_ms=day) is None
+    assert tokens.validate(token, "127.0.0.1", 5000, now_ms=2 * day, lifetime_ms=day) is None
 
 
 @pytest.mark.spec("VEL-CERT-005")

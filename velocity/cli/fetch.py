@@ -102,7 +102,7 @@ async def _fetch(config: EasyClientConfig, path: str) -> dict[str, Any]:
                 "auth_mode": done.mode.value, "profile": done.profile, "aead": done.aead,
                 "key_id": done.key_id.hex() if done.key_id else None,
                 "kem_backend": done.kem_backend, "trust": client.trust,
-                "key_cached": got.key_cached}
+                "key_cached": got.key_cached, "early_data": got.early_data}
         return result
 
 
@@ -124,9 +124,12 @@ async def _fetch(config: EasyClientConfig, path: str) -> dict[str, Any]:
 @click.option("--follow-fallback", is_flag=True,
               help="Follow a FALLBACK directive (same host, or authenticated) over HTTP/3 "
                    "or HTTPS.")
+@click.option("--early-data", is_flag=True,
+              help="Resume with the session ticket a previous fetch kept and send the GET as "
+                   "0-RTT; keep this connection's ticket (0600, in the cache directory).")
 def fetch(target: str, path: str, kem_b64: str | None, kem_file: Path | None, ca: Path | None,
           tofu: bool, insecure: bool, no_discover: bool, profile: str, output: Path | None,
-          as_json: bool, timeout: float, follow_fallback: bool) -> None:
+          as_json: bool, timeout: float, follow_fallback: bool, early_data: bool) -> None:
     """GET PATH from TARGET (HOST:PORT) over Velocity/1."""
     parse_address(target, what="TARGET")
     if sum((ca is not None, tofu, insecure)) > 1:
@@ -138,7 +141,7 @@ def fetch(target: str, path: str, kem_b64: str | None, kem_file: Path | None, ca
     config = EasyClientConfig(target, server_key_autodiscover=not no_discover,
                               pinned_key=pinned, ca_file=ca, insecure=insecure,
                               profile=profile, follow_fallback=follow_fallback,
-                              timeout=timeout)
+                              early_data=early_data, keep_tickets=early_data, timeout=timeout)
     result = run(_fetch(config, path))
     body: bytes = result.pop("body")
     if output is not None:

@@ -43,7 +43,7 @@ class TokenSealer(Protocol):
               nonce: bytes) -> bytes: ...
 
     def validate(self, token: bytes, address: str, port: int, *, now_ms: int,
-                 lifetime_ms: int | None = None) -> bytes: ...
+                 lifetime_ms: int | None = None) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class ServerEndpoint:
             except InvalidToken:
                 self._refuse(header, address, ErrorCode.INVALID_TOKEN, "invalid token")
                 return
-            validated = True
+            validated = odcid is not None
             if odcid:  # a Retry token: the client's DCID is our Retry SCID
                 original_dcid, retry_scid = odcid, header.dcid
         if len(self.connections) >= self.config.max_sessions:

@@ -68,31 +68,38 @@ class RetryTokens:
 
     def issue(self, address: str, port: int, original_dcid: bytes, *, now_ms: int,
               nonce: bytes) -> bytes:
+        """A Retry token (``original_dcid`` set) binds address and port; a NEW_TOKEN token
+        (empty ``original_dcid``) binds the address only, as a later connection comes from
+        another port (VEL-RTY-008)."""
         writer = Writer()
         writer.push_uint(now_ms, 8)
         writer.push_vec8(original_dcid)
         writer.push_vec8(address.encode())
-        writer.push_uint16(port)
+        writer.push_uint16(port if original_dcid else 0)
         return self._sealer.seal(writer.data(), nonce)
 
     def validate(self, token: bytes, address: str, port: int, *, now_ms: int,
-                 lifetime_ms: int | None = None) -> bytes:
-        """Return the original DCID the token was issued for, or raise ``InvalidToken``.
+                 lifetime_ms: int | None = None) -> bytes | None:
+        """The original DCID of a valid Retry token, ``b""`` for a valid NEW_TOKEN token, or
+        None for a token to ignore (one that does not open, or a NEW_TOKEN token from another
+        address or past its life: the address is simply not validated, RFC 9000 §8.1.4).
+        A Retry token that fails raises ``InvalidToken`` (VEL-RTY-005).
 
-        Retry tokens (with an original DCID) live ``self.lifetime_ms``; NEW_TOKEN tokens
-        (empty original DCID) live ``lifetime_ms`` when given."""
+        Retry tokens live ``self.lifetime_ms``; NEW_TOKEN tokens ``lifetime_ms`` when given."""
         plaintext = self._sealer.open(token)
         if plaintext is None:
-            raise InvalidToken("token does not open under any current key", field="token")
+            return None
         reader = Reader(plaintext)
         try:
             issued, odcid = reader.pull_uint(8), reader.pull_vec8()
             bound_address, bound_port = reader.pull_vec8().decode(), reader.pull_uint16()
         except (BufferReadError, UnicodeDecodeError):
             raise InvalidToken("malformed token", field="token") from None
-        if (bound_address, bound_port) != (address, port):
-            raise InvalidToken("token was issued to another address", field="token")
         lifetime = self.lifetime_ms if odcid or lifetime_ms is None else lifetime_ms
-        if not 0 <= now_ms - issued <= lifetime:
+        valid_for = (address, port if odcid else 0) == (bound_address, bound_port)
+        fresh = 0 <= now_ms - issued <= lifetime
+        if odcid and not valid_for:
+            raise InvalidToken("token was issued to another address", field="token")
+        if odcid and not fresh:
             raise InvalidToken("token expired", field="token")
-        return odcid
+        return odcid if valid_for and fresh else None
