@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,6 +181,28 @@ def test_probe_velocity_and_fallback(site: Path, env: dict[str, str]) -> None:
     dead = subprocess.run([*VELOCITY, "probe", "127.0.0.1:9", "--timeout", "1"],
                           capture_output=True, text=True, env=env, timeout=60, check=False)
     assert dead.returncode == 1 and "no Velocity/1 handshake" in dead.stdout
+
+
+def probe_json(target: str, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run([*VELOCITY, "probe", target, "--json", *args], capture_output=True,
+                            text=True, env=env, timeout=60, check=False)
+    return result.returncode, json.loads(result.stdout)
+
+
+@pytest.mark.spec("VEL-HS-040")
+def test_serve_alpn_list_decides_what_is_negotiated(site: Path, env: dict[str, str]) -> None:
+    with server(site, env, "--publish-kem", "--alpn", "velocity/1-exp,velocity/1") as target:
+        code, both = probe_json(target, env, "--alpn", "velocity/1,velocity/1-exp")
+        assert code == 0 and both["alpn"] == "velocity/1-exp"  # the server's preference
+        code, plain = probe_json(target, env, "--alpn", "velocity/1,h3")
+        assert code == 0 and plain["alpn"] == "velocity/1"
+    with server(site, env, "--publish-kem", "--alpn", "velocity/1-exp") as target:
+        code, other = probe_json(target, env, "--alpn", "velocity/1,h3")
+        assert code == 10 and other["fallback"]["reason"] == 0
+    bad = subprocess.run([*VELOCITY, "serve", "--root", str(site), "--self-signed",
+                          "--alpn", "velocity/1,,h3"], capture_output=True, text=True,
+                         env=env, timeout=60, check=False)
+    assert bad.returncode == 2 and "--alpn" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_handshake_demo_passes_locally(env: dict[str, str]) -> None:

@@ -24,6 +24,16 @@ def parse_address(value: str, *, what: str = "address") -> tuple[str, int]:
         raise click.ClickException(str(exc)) from None
 
 
+def parse_alpn(value: str, *, what: str = "--alpn") -> tuple[bytes, ...]:
+    """A comma-separated ALPN list, in preference order."""
+    names = tuple(a.strip().encode() for a in value.split(","))
+    if not names or any(not 0 < len(a) < 256 or not a.isascii() or not a.decode().isprintable()
+                        or b" " in a for a in names):
+        raise click.BadParameter("give protocol names separated by commas, e.g. velocity/1,h3",
+                                 param_hint=what)
+    return names
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; expected failures become one line and exit status 1."""
     try:

@@ -19,7 +19,7 @@ import click
 from velocity.aio.client import FallbackError, HandshakeError, connect
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import VelocityServer, serve
-from velocity.cli.common import parse_address, run
+from velocity.cli.common import parse_address, parse_alpn, run
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import ErrorCode
@@ -108,7 +108,7 @@ def _describe(result: dict[str, Any]) -> str:
 def probe(target: str, alpn: str, profile: str, as_json: bool, timeout: float) -> None:
     """What TARGET (HOST:PORT) negotiates. Exit 0: Velocity/1, 10: fallback, 1: failure."""
     host, port = parse_address(target, what="TARGET")
-    offered = tuple(a.strip().encode() for a in alpn.split(",") if a.strip())
+    offered = parse_alpn(alpn)
     result = run(probe_target(host, port, alpn=offered, profile=profile, timeout=timeout))
     click.echo(json.dumps(result, indent=1) if as_json else _describe(result))
     raise SystemExit({"velocity": EXIT_VELOCITY, "fallback": EXIT_FALLBACK}.get(

@@ -12,7 +12,7 @@ import click
 
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import serve as serve_udp
-from velocity.cli.common import configure_logs, parse_address, run
+from velocity.cli.common import configure_logs, parse_address, parse_alpn, run
 from velocity.cli.keys import OVERLAP
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import RETRY_POLICIES, EndpointConfig
@@ -53,10 +53,8 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
     return identity.static_key(kem)
 
 
-async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *, publish: bool,
-                 api: bool,
-                 listing: bool, retry: str, max_sessions: int, kem: KemBackend,
-                 fallback: FallbackPolicy, metrics: ServerMetrics | None,
+async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
+                 listing: bool, retry: str, max_sessions: int, metrics: ServerMetrics | None,
                  h3_listen: str | None) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
@@ -70,19 +68,17 @@ async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *,
         origin = await serve_h3(h3_host, h3_port, app.handle, certificate=cert, key=key)
         bound = origin.address
         click.echo(f"HTTP/3 fallback origin on udp://{bound[0]}:{bound[1]}", err=True)
-        if fallback.port == 0:
-            fallback = replace(fallback, port=int(bound[1]))
-    static_key = static_keys[0]
-    handshake = ServerConfig(kem=kem, static_keys=static_keys,
-                             publish_key=publish, ticket_sealer=ticket_sealer(entropy.random(32)),
-                             replay_filter=ReplayFilter(), fallback=fallback)
+        if handshake.fallback.port == 0:
+            handshake = replace(handshake, fallback=replace(handshake.fallback,
+                                                            port=int(bound[1])))
+    static_key = handshake.static_keys[0]
     server = await serve_udp(host, port, EndpointConfig(ConnectionConfig(handshake), retry=retry,
                                                         max_sessions=max_sessions), app,
                              tokens=RetryTokens(entropy.random(16)), metrics=metrics)
     bound_host, bound_port = server.address
     click.echo(f"serving {root} on udp://{bound_host}:{bound_port} "
                f"(profile {static_key.profile.name}, key id {static_key.key_id.hex()}, "
-               f"publishes its key: {'yes' if publish else 'no'})", err=True)
+               f"publishes its key: {'yes' if handshake.publish_key else 'no'})", err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,6 +106,9 @@ async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *,
 @click.option("--max-sessions", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--kem-backend", "backend", type=click.Choice(list(BACKENDS)),
               default="cryptography", show_default=True)
+@click.option("--alpn", default="velocity/1", show_default=True,
+              help="Protocols served over Velocity/1, in preference order; a client that "
+                   "offers none of them gets a FALLBACK directive.")
 @click.option("--fallback-only", is_flag=True,
               help="Answer every client with a FALLBACK directive.")
 @click.option("--fallback-alpn", default="h3", show_default=True)
@@ -122,11 +121,12 @@ async def _serve(root: Path, listen: str, static_keys: tuple[StaticKey, ...], *,
               help="Log lines on stderr; levels come from VELOCITY_LOG (default: warning).")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
-          max_sessions: int, backend: str, fallback_only: bool, fallback_alpn: str,
+          max_sessions: int, backend: str, alpn: str, fallback_only: bool, fallback_alpn: str,
           fallback_host: str, fallback_port: int | None, h3_listen: str | None,
           metrics_listen: str | None, log_format: str) -> None:
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
+    served = parse_alpn(alpn)
     configure_logs(log_format)
     metrics = ServerMetrics() if metrics_listen else None
     kem: KemBackend = kem_backend(backend) if metrics is None else TimedKem(
@@ -148,6 +148,8 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
     fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, port,
                               "fallback-only" if fallback_only else "off")
     keys = (static_key,) if previous is None else (static_key, previous)
-    run(_serve(root, listen, keys, publish=publish_kem, api=api, listing=listing,
-               retry=retry, max_sessions=max_sessions, kem=kem, fallback=fallback,
-               metrics=metrics, h3_listen=h3_listen))
+    handshake = ServerConfig(kem=kem, static_keys=keys, publish_key=publish_kem,
+                             ticket_sealer=ticket_sealer(OsEntropy().random(32)),
+                             replay_filter=ReplayFilter(), fallback=fallback, alpn=served)
+    run(_serve(root, listen, handshake, api=api, listing=listing, retry=retry,
+               max_sessions=max_sessions, metrics=metrics, h3_listen=h3_listen))

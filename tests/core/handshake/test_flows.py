@@ -168,6 +168,19 @@ def test_client_without_velocity_gets_fallback_reason_0() -> None:
     assert directive.reason == 0
 
 
+@pytest.mark.spec("VEL-HS-040", "VEL-HS-091")
+def test_server_selects_its_preferred_protocol_from_the_offer() -> None:
+    served = (b"velocity/1-exp", b"velocity/1")
+    client, server = make_pair(PairSpec(mode="pdk", server={"alpn": served},
+                                        client={"alpn": (b"velocity/1", b"velocity/1-exp")}))
+    client_done, server_done = completed(run_handshake(client, server))
+    assert client_done.alpn == server_done.alpn == "velocity/1-exp"
+    client, server = make_pair(PairSpec(mode="pdk", server={"alpn": (b"velocity/1-exp",)},
+                                        client={"alpn": (b"velocity/1", b"h3")}))
+    (directive,) = events_of(run_handshake(client, server).client_events, FallbackDirected)
+    assert directive.reason == 0 and directive.authenticated
+
+
 @pytest.mark.spec("VEL-FB-004", "VEL-FB-007")
 def test_stripped_velocity_alpn_is_detected() -> None:
     """An attacker removes velocity/1 from the CLIENT_HELLO; the server's MAC covers what it

@@ -140,6 +140,7 @@ class ClientHandshake(HandshakeBase):
         self._pdk_ciphertext = b""
         self._through_client_finished = b""
         self._resumption = b""
+        self._alpn = b""  # the server's selection from our offer
 
     # --- CLIENT_HELLO ------------------------------------------------------------------
 
@@ -299,9 +300,10 @@ class ClientHandshake(HandshakeBase):
 
     def _on_encrypted_extensions(self, message: Message, raw: bytes) -> None:
         assert isinstance(message, EncryptedExtensions)
-        if message.alpn != ALPN_VELOCITY or message.alpn not in self.config.alpn:
+        if message.alpn not in self.config.alpn:
             raise NoApplicationProtocol("server selected an ALPN the client did not offer",
                                         field="ENCRYPTED_EXTENSIONS.alpn")
+        self._alpn = message.alpn
         if message.aead != self.aead:
             raise IllegalParameter("differs from SERVER_HELLO", field="ENCRYPTED_EXTENSIONS.aead")
         params = message.extension(ExtensionType.TRANSPORT_PARAMETERS)
@@ -377,7 +379,7 @@ class ClientHandshake(HandshakeBase):
         assert self.schedule is not None and self.profile is not None and self.aead
         assert self.mode is not None
         self._resumption = self.schedule.resumption_secret(self._through_client_finished)
-        self._emit(HandshakeCompleted(ALPN_VELOCITY.decode(), self.profile.name,
+        self._emit(HandshakeCompleted(self._alpn.decode(), self.profile.name,
                                       self.aead.name, self.mode, self.early_data_accepted,
                                       self._key_id,
                                       self.peer_transport_parameters,
@@ -391,7 +393,7 @@ class ClientHandshake(HandshakeBase):
         assert self.profile is not None and self.aead is not None
         psk = resumption_psk(self.profile.hash_name, self._resumption, message.nonce)
         self._emit(TicketIssued(SessionTicket(
-            message.ticket, psk, self.profile.code, int(self.aead), ALPN_VELOCITY,
+            message.ticket, psk, self.profile.code, int(self.aead), self._alpn,
             message.age_add, message.lifetime, self.now_ms, message.max_early_data,
             self.config.server_name)))
 

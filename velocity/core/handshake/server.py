@@ -68,7 +68,7 @@ from velocity.core.keyschedule import (
 from velocity.core.packet import Epoch
 from velocity.core.protection import Aead
 
-FALLBACK_REASONS = {0: "velocity/1 not offered", 1: "fallback-only mode", 2: "maintenance",
+FALLBACK_REASONS = {0: "no Velocity/1 protocol offered", 1: "fallback-only mode", 2: "maintenance",
                     3: "no common profile under policy", 4: "no common AEAD", 5: "overload"}
 EARLY_DATA_AGE_TOLERANCE_MS = 10_000
 
@@ -98,6 +98,7 @@ class ServerConfig:
     ticket_lifetime: int = 86400
     max_early_data: int = 65536
     grease: bool = True
+    alpn: tuple[bytes, ...] = (ALPN_VELOCITY,)  # served over Velocity/1, preference order
 
     def current_key(self, profile: Profile) -> StaticKey | None:
         """The key CERTIFICATE publishes: the first one held for ``profile``."""
@@ -175,7 +176,7 @@ class ServerHandshake(HandshakeBase):
         self.config = config
         self.static_key: StaticKey | None = None
         self._first_random = b""
-        self._alpn = ALPN_VELOCITY
+        self._alpn = b""  # selected from the client's offer
         self._early_requested = False
         self._ticket_state: TicketState | None = None
         self._psk_offer: _PskOffer | None = None
@@ -190,7 +191,8 @@ class ServerHandshake(HandshakeBase):
                         if c in PROFILES and PROFILES[c] in config.profiles), None)
         aead = next((Aead(a) for a in hello.aeads if a in config.aeads), None)
         reason: int | None = None
-        if ALPN_VELOCITY not in hello.alpn:
+        self._alpn = next((a for a in config.alpn if a in hello.alpn), b"")
+        if not self._alpn:
             reason = 0
         elif config.fallback.mode == "fallback-only":
             reason = 1
@@ -200,7 +202,7 @@ class ServerHandshake(HandshakeBase):
             reason = 3
         elif aead is None:
             reason = 4
-        if reason in (3, 4) and all(a == ALPN_VELOCITY for a in hello.alpn):
+        if reason in (3, 4) and all(a in config.alpn for a in hello.alpn):
             if reason == 3:
                 raise ProfilePolicyViolation("no offered profile is acceptable",
                                              field="CLIENT_HELLO.profiles")
@@ -289,7 +291,7 @@ class ServerHandshake(HandshakeBase):
         offer = _pull_psk(value)
         plaintext = sealer.open(offer.identity)
         state = TicketState.decode(plaintext) if plaintext is not None else None
-        if state is None or state.profile != profile.code or state.alpn != ALPN_VELOCITY or (
+        if state is None or state.profile != profile.code or state.alpn != self._alpn or (
                 self.now_ms - state.issued_ms > self.config.ticket_lifetime * 1000):
             return None
         schedule = KeySchedule(profile.hash_name, state.psk)
