@@ -14,6 +14,7 @@ from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import SeededEntropy
 from velocity.core.events import Event, StreamDataReceived
+from velocity.core.trace import Transcript
 
 CLIENT_ADDR = ("127.0.0.1", 40000)
 SERVER_ADDR = ("127.0.0.1", 4433)
@@ -53,6 +54,7 @@ class Pair:
     retry: str = "never"
     tokens: TokenSealer | None = None
     max_sessions: int = 100
+    trace: bool = False  # give both sides a Transcript (client.tracer, server.tracer)
     now: float = 0.0
     client_events: list[Event] = field(default_factory=list)
     server_events: list[Event] = field(default_factory=list)
@@ -65,11 +67,13 @@ class Pair:
 
     def __post_init__(self) -> None:
         entropy = SeededEntropy(self.seed)
-        self.client = Connection(self.client_config, entropy=entropy.fork("client"))
+        self.client = Connection(self.client_config, entropy=entropy.fork("client"),
+                                 tracer=Transcript() if self.trace else None)
         self.endpoint = ServerEndpoint(
             EndpointConfig(self.server_config, retry=self.retry,
                            max_sessions=self.max_sessions),
-            entropy=entropy.fork("server"), tokens=self.tokens)
+            entropy=entropy.fork("server"), tokens=self.tokens,
+            tracers=Transcript if self.trace else None)
 
     @property
     def server(self) -> Connection | None:

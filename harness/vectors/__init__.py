@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 VECTORS_DIR = Path(__file__).resolve().parents[2] / "vectors"
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "vectors.schema.json"
 
 
 GENERATED = "2026-11-25"

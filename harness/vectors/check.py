@@ -13,9 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
-from harness.vectors import SCHEMA_PATH, VECTORS_DIR, handshakes
+from harness.schemas import schema_errors
+from harness.vectors import VECTORS_DIR, handshakes
 from velocity.core import frames as fr
 from velocity.core.buffer import Reader, Writer, encode_varint
 from velocity.core.errors import BufferReadError, ProtocolError
@@ -69,13 +68,6 @@ def topic_files(topic: str, directory: Path = VECTORS_DIR) -> list[Path]:
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-def schema_errors(document: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()),
-                                                format_checker=jsonschema.FormatChecker())
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in validator.iter_errors(document)]
 
 
 def _expect(topic: str, name: str, actual: object, expected: object) -> Outcome:
@@ -305,7 +297,7 @@ def run(topic: str, directory: Path = VECTORS_DIR) -> list[Outcome]:
     outcomes = []
     for path in paths:
         document = load(path)
-        errors = schema_errors(document)
+        errors = schema_errors("vectors", document)
         outcomes.append(Outcome(topic, f"schema {path.name}", not errors, "; ".join(errors)))
         if errors:
             continue

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from harness.schemas import schema_errors
 from velocity.easy import AsyncEasyClient, EasyClientConfig, Fetched
 
 VELOCITY = [sys.executable, "-m", "velocity.cli"]
@@ -106,6 +107,25 @@ def test_early_data_across_fetch_processes(site: Path, env: dict[str, str],
     assert second["velocity"]["early_data"]  # type: ignore[index]
     assert out.read_bytes() == (site / "medium.bin").read_bytes()
     assert plain["auth_mode"] == "pdk" and not plain["early_data"]  # type: ignore[index]
+
+
+def test_serve_writes_a_valid_transcript_per_connection(site: Path, env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "transcripts"
+    with server(site, env, "--publish-kem", "--transcripts", str(out)) as target:
+        for _ in range(2):
+            fetch_json(target, env, "/small.txt")
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 2
+    modes = []
+    for path in files:
+        document = json.loads(path.read_text())
+        assert schema_errors("transcript", document) == [], path
+        assert document["vantage_point"] == "server" and document["target"] == target
+        done = [e["data"] for e in document["events"]
+                if e["name"] == "velocity:handshake_completed"]
+        modes.append(done[0]["mode"])
+    assert sorted(modes) == ["discovery", "pdk"]
 
 
 def test_unpublished_key_must_be_supplied(site: Path, env: dict[str, str]) -> None:

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from harness.schemas import schema_errors
 from harness.vectors import VECTORS_DIR
-from harness.vectors.check import TOPICS, Outcome, run, schema_errors
+from harness.vectors.check import TOPICS, Outcome, run
 from harness.vectors.generate import BUILDERS, build
 from harness.vectors.handshakes import CASES
 
@@ -33,7 +34,7 @@ def test_schema_rejects_a_malformed_file() -> None:
     document = json.loads((VECTORS_DIR / "frames.json").read_text())
     document["vectors"][0]["hex"] = "XYZ"
     del document["provenance"]["sources"]
-    errors = schema_errors(document)
+    errors = schema_errors("vectors", document)
     assert any("vectors/0/hex" in e for e in errors)
     assert any("sources" in e for e in errors)
 

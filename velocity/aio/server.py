@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+from velocity import __version__
 from velocity.aio.base import DatagramDriver, StreamRouter, udp_socket
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.streams import VelocityStream
@@ -19,6 +23,7 @@ from velocity.core.entropy import Entropy
 from velocity.core.errors import ErrorCode
 from velocity.core.events import ConnectionTerminated, Event
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
+from velocity.core.trace import Transcript
 from velocity.logs import fields
 from velocity.metrics import ServerMetrics
 
@@ -51,12 +56,41 @@ def _log_event(connection: Connection, event: Event, age: float) -> None:
                                              **values))
 
 
+class TranscriptWriter:
+    """Writes each traced connection's transcript to ``directory`` as
+    ``<time>-<odcid>.json`` once the connection is over (``serve --transcripts``)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.written = 0
+
+    def write(self, connection: Connection, target: Address, loop_now: float) -> Path:
+        trace = connection.tracer
+        assert isinstance(trace, Transcript)
+        start = loop_now if trace.start is None else trace.start
+        started = time.time() - (loop_now - start)  # the loop's clock is not the wall clock
+        peer = connection.peer_address
+        document = trace.document(
+            producer={"name": "velocity", "version": __version__}, vantage_point="server",
+            target=f"{target[0]}:{target[1]}", peer=f"{peer[0]}:{peer[1]}" if peer else None,
+            scenario=None, reference_time=round(started, 6),
+            connection={"original_dcid": connection.original_dcid.hex()})
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started))
+        path = self.directory / f"{stamp}-{connection.original_dcid.hex()}.json"
+        path.write_text(json.dumps(document, indent=1))
+        self.written += 1
+        return path
+
+
 class VelocityServer(DatagramDriver):
     def __init__(self, endpoint: ServerEndpoint, handler: StreamHandler,
-                 sock: socket.socket, metrics: ServerMetrics | None = None) -> None:
+                 sock: socket.socket, metrics: ServerMetrics | None = None,
+                 transcripts: TranscriptWriter | None = None) -> None:
         super().__init__(endpoint, sock)
         self.endpoint = endpoint
         self.metrics = metrics
+        self.transcripts = transcripts
         self._retries_counted = 0
         self._handler = handler
         self._routers: dict[Connection, StreamRouter] = {}
@@ -122,6 +156,10 @@ class VelocityServer(DatagramDriver):
     def _after_transmit(self) -> None:
         for router in self._routers.values():
             router.update_writable()
+        if self.transcripts is not None:
+            while self.endpoint.finished:
+                self.transcripts.write(self.endpoint.finished.popleft(), self.address,
+                                       self._loop.time())
         if self.metrics is not None:
             self.metrics.active.set(len(self.endpoint.connections))
             self.metrics.retries.inc(self.endpoint.retries_sent - self._retries_counted)
@@ -136,16 +174,24 @@ class VelocityServer(DatagramDriver):
         deadline = self._loop.time() + grace
         while self.endpoint.connections and self._loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if self.transcripts is not None:  # what finished, and what did not in time
+            for connection in [*self.endpoint.finished, *self.endpoint.connections]:
+                self.transcripts.write(connection, self.address, self._loop.time())
+            self.endpoint.finished.clear()
         self._stop()
 
 
 async def serve(host: str, port: int, config: EndpointConfig, handler: StreamHandler, *,
                 entropy: Entropy | None = None, tokens: TokenSealer | None = None,
-                metrics: ServerMetrics | None = None) -> VelocityServer:
-    """Listen on ``host:port`` (port 0 picks a free one). Raises OSError if it is taken."""
+                metrics: ServerMetrics | None = None,
+                transcripts: Path | None = None) -> VelocityServer:
+    """Listen on ``host:port`` (port 0 picks a free one). Raises OSError if it is taken.
+    With ``transcripts`` every connection is traced and its transcript written there."""
     loop = asyncio.get_running_loop()
-    endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens)
+    writer = TranscriptWriter(transcripts) if transcripts is not None else None
+    endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens,
+                              tracers=Transcript if writer is not None else None)
     sock = udp_socket(host, port)
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: VelocityServer(endpoint, handler, sock, metrics), sock=sock)
+        lambda: VelocityServer(endpoint, handler, sock, metrics, writer), sock=sock)
     return protocol

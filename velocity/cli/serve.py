@@ -55,7 +55,7 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
 
 async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
                  listing: bool, retry: str, max_sessions: int, metrics: ServerMetrics | None,
-                 h3_listen: str | None) -> None:
+                 h3_listen: str | None, transcripts: Path | None) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
     app = Application(StaticFiles(root, listing=listing), api=api,
@@ -74,7 +74,8 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
     static_key = handshake.static_keys[0]
     server = await serve_udp(host, port, EndpointConfig(ConnectionConfig(handshake), retry=retry,
                                                         max_sessions=max_sessions), app,
-                             tokens=RetryTokens(entropy.random(16)), metrics=metrics)
+                             tokens=RetryTokens(entropy.random(16)), metrics=metrics,
+                             transcripts=transcripts)
     bound_host, bound_port = server.address
     click.echo(f"serving {root} on udp://{bound_host}:{bound_port} "
                f"(profile {static_key.profile.name}, key id {static_key.key_id.hex()}, "
@@ -117,13 +118,15 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
               help="Port in the directive [default: the --h3-listen port, else 443].")
 @click.option("--h3-listen", help="HOST:PORT of an embedded HTTP/3 origin (aioquic).")
 @click.option("--metrics-listen", help="HOST:PORT for the Prometheus scrape endpoint.")
+@click.option("--transcripts", type=click.Path(file_okay=False, path_type=Path),
+              help="Write a JSON transcript of every connection into this directory.")
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="Log lines on stderr; levels come from VELOCITY_LOG (default: warning).")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
           max_sessions: int, backend: str, alpn: str, fallback_only: bool, fallback_alpn: str,
           fallback_host: str, fallback_port: int | None, h3_listen: str | None,
-          metrics_listen: str | None, log_format: str) -> None:
+          metrics_listen: str | None, transcripts: Path | None, log_format: str) -> None:
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
     served = parse_alpn(alpn)
@@ -152,4 +155,5 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
                              ticket_sealer=ticket_sealer(OsEntropy().random(32)),
                              replay_filter=ReplayFilter(), fallback=fallback, alpn=served)
     run(_serve(root, listen, handshake, api=api, listing=listing, retry=retry,
-               max_sessions=max_sessions, metrics=metrics, h3_listen=h3_listen))
+               max_sessions=max_sessions, metrics=metrics, h3_listen=h3_listen,
+               transcripts=transcripts))

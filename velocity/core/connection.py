@@ -98,6 +98,14 @@ from velocity.core.rangeset import RangeSet
 from velocity.core.recovery import Recovery
 from velocity.core.sender import build_datagrams
 from velocity.core.streams import ReceiveBuffer, SendBuffer, StreamState, is_unidirectional
+from velocity.core.trace import (
+    QLOG_PACKET_TYPES,
+    Tracer,
+    describe,
+    digest,
+    packet_data,
+    type_name,
+)
 from velocity.core.transport_params import (
     TransportParameters,
     decode_transport_parameters,
@@ -178,8 +186,11 @@ class Connection:
 
     def __init__(self, config: ConnectionConfig, *, entropy: Entropy,
                  original_dcid: bytes | None = None, peer_cid: bytes | None = None,
-                 retry_scid: bytes | None = None, address_validated: bool = False) -> None:
+                 retry_scid: bytes | None = None, address_validated: bool = False,
+                 tracer: Tracer | None = None) -> None:
         self.config = config
+        self.tracer = tracer
+        self._now = 0.0  # the time of the current call, for trace events
         self.is_client = config.is_client
         self._entropy = entropy
         self.state = State.HANDSHAKE
@@ -211,6 +222,7 @@ class Connection:
         self.started_at: float | None = None  # when it was started or first heard from
         self.early_streams: set[int] = set()  # peer streams that carried 0-RTT data (server)
         self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
+        self.close_pending = False  # CONNECTION_CLOSE to send: on closing, then per datagram
         self._close_deadline: float | None = None
         self._last_activity = 0.0
         self.peer_address: Address | None = None
@@ -230,6 +242,15 @@ class Connection:
         self._use_remembered_params()
 
     # --- setup -------------------------------------------------------------------------
+
+    def _trace(self, name: str, data: dict[str, Any]) -> None:
+        if self.tracer is not None:
+            self.tracer.event(self._now, name, data)
+
+    def _trace_started(self) -> None:
+        self._trace("quic:connection_started", {
+            "role": "client" if self.is_client else "server", "version": f"{VELOCITY_VERSION:#x}",
+            "src_cid_length": len(self.host_cid), "dst_cid_length": len(self.peer_cid)})
 
     def _init_connection_ids(self, original_dcid: bytes | None, peer_cid: bytes | None) -> None:
         """The client picks the first DCID; a server takes the client's, and derives its
@@ -253,9 +274,13 @@ class Connection:
     def _make_handshake(self) -> ClientHandshake | ServerHandshake:
         params = encode_transport_parameters(self._local_params())
         config = self.config.handshake
-        if isinstance(config, ClientConfig):
-            return ClientHandshake(config, entropy=self._entropy, transport_parameters=params)
-        return ServerHandshake(config, entropy=self._entropy, transport_parameters=params)
+        handshake: ClientHandshake | ServerHandshake = (
+            ClientHandshake(config, entropy=self._entropy, transport_parameters=params)
+            if isinstance(config, ClientConfig) else
+            ServerHandshake(config, entropy=self._entropy, transport_parameters=params))
+        if self.tracer is not None:
+            handshake.trace = self._trace
+        return handshake
 
     def _local_params(self) -> TransportParameters:
         config = self.config
@@ -289,7 +314,8 @@ class Connection:
         if not self.is_client:
             raise UsageError("only a client connects")
         self.peer_address = address
-        self.started_at = self._last_activity = now
+        self.started_at = self._last_activity = self._now = now
+        self._trace_started()
         assert isinstance(self.handshake, ClientHandshake)
         self.handshake.start(now_ms=int(now * 1000))
         self._pump_handshake(now)
@@ -335,6 +361,10 @@ class Connection:
         if self.state in (State.CLOSING, State.DRAINING, State.TERMINATED):
             return
         self._close = (error_code, frame_type, reason, application)
+        self.close_pending = True
+        self._trace("quic:connection_closed", {
+            "owner": "local", "error_code": error_code, "frame_type": frame_type,
+            "reason": reason, "application": application})
         self.state = State.CLOSING
         self._events.append(ConnectionTerminated(error_code, frame_type, reason, False))
 
@@ -415,12 +445,15 @@ class Connection:
         """Process one UDP datagram; a protocol error closes this connection only."""
         if self.state in (State.DRAINING, State.TERMINATED):
             return
+        self._now = now
         if self.started_at is None:
             self.started_at = now
+            self._trace_started()
         self.bytes_received += len(data)
         if self.peer_address is None:
             self.peer_address = address
         if self.state == State.CLOSING:
+            self.close_pending = True  # answer the peer's packets with the close (RFC 9000 10.2.1)
             return
         offset = 0
         try:
@@ -434,14 +467,14 @@ class Connection:
         """Handle the packet at ``offset``; return where the next one starts."""
         try:
             header = parse_header(data, offset, short_dcid_length=self.config.cid_length)
-        except PacketDropped:
-            return len(data)
-        except ProtocolError:
+        except (PacketDropped, ProtocolError):
+            self._trace_dropped(None, len(data) - offset, "header_parse_error")
             return len(data)  # an undecodable header ends the datagram (VEL-PKT-005)
         if header.packet_type == PacketType.VERSION_NEGOTIATION:
             self._on_version_negotiation(data[offset:])
             return len(data)
         if header.version != VELOCITY_VERSION:
+            self._trace_dropped(None, len(data) - offset, "unsupported_version")
             return len(data)
         if header.packet_type == PacketType.RETRY:
             self._on_retry(data[offset:], now)
@@ -450,31 +483,15 @@ class Connection:
         packet = data[offset:end]
         epoch = EPOCH_OF[header.packet_type]
         space = self.spaces[epoch]
-        keys = space.recv_keys
-        if header.packet_type == PacketType.ZERO_RTT:
-            keys = self._zero_rtt_recv
-        if keys is None or space.discarded:
+        opened = self._open(packet, header.packet_type, header.pn_offset - offset, space)
+        if opened is None:
             return end
-        expected = space.received.bounds()[1] if space.received else space.ack_floor
-        try:
-            if header.packet_type == PacketType.ONE_RTT:
-                plain, payload, packet_number = self._open_one_rtt(
-                    packet, header.pn_offset - offset, expected)
-            else:
-                plain, payload, packet_number = keys.decrypt_packet(
-                    packet, header.pn_offset - offset, expected)
-        except AuthenticationFailed:
-            self._forgeries += 1
-            if self._forgeries > INTEGRITY_LIMIT[keys.aead]:
-                raise AeadLimitReached("too many packets failed authentication",
-                                       field="payload") from None
-            return end
-        except PacketDropped:
-            return end
+        plain, payload, packet_number = opened
         if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
             raise ProtocolViolation("reserved bits are not 0", field="first_byte")
         if packet_number < space.ack_floor or packet_number in space.received:
-            return end  # duplicate
+            self._trace_dropped(header.packet_type, end - offset, "duplicate")
+            return end
         if self.is_client and not self._peer_cid_set and header.packet_type in (
                 PacketType.INITIAL, PacketType.HANDSHAKE):
             self.peer_cid, self._peer_cid_set = header.scid, True
@@ -483,6 +500,9 @@ class Connection:
             self.address_validated = True
             self._discard_space(Epoch.INITIAL)
         frames = decode_frames(payload, header.packet_type)
+        if self.tracer is not None:
+            self._trace("quic:packet_received",
+                        packet_data(header.packet_type, packet_number, end - offset, frames))
         if not space.received or packet_number >= space.received.bounds()[1]:
             space.largest_received_time = now  # for the ACK delay field
         space.received.add(packet_number)
@@ -494,6 +514,35 @@ class Connection:
         if ack_eliciting:
             self._note_ack_eliciting(space, epoch, now)
         return end
+
+    def _open(self, packet: bytes, packet_type: PacketType, pn_offset: int,
+              space: SpaceState) -> tuple[bytes, bytes, int] | None:
+        """(header, payload, packet number), or None for a packet to drop."""
+        keys = self._zero_rtt_recv if packet_type == PacketType.ZERO_RTT else space.recv_keys
+        if keys is None or space.discarded:
+            self._trace_dropped(packet_type, len(packet), "key_unavailable")
+            return None
+        expected = space.received.bounds()[1] if space.received else space.ack_floor
+        try:
+            if packet_type == PacketType.ONE_RTT:
+                return self._open_one_rtt(packet, pn_offset, expected)
+            return keys.decrypt_packet(packet, pn_offset, expected)
+        except AuthenticationFailed:
+            self._forgeries += 1
+            if self._forgeries > INTEGRITY_LIMIT[keys.aead]:
+                raise AeadLimitReached("too many packets failed authentication",
+                                       field="payload") from None
+            self._trace_dropped(packet_type, len(packet), "decryption_failure")
+        except PacketDropped:
+            self._trace_dropped(packet_type, len(packet), "invalid")
+        return None
+
+    def _trace_dropped(self, packet_type: PacketType | None, length: int, trigger: str) -> None:
+        if self.tracer is not None:
+            header = {} if packet_type is None else {
+                "packet_type": QLOG_PACKET_TYPES[packet_type]}
+            self._trace("quic:packet_dropped", {"header": header, "raw": {"length": length},
+                                                "trigger": trigger})
 
     def _open_one_rtt(self, packet: bytes, pn_offset: int,
                       expected: int) -> tuple[bytes, bytes, int]:
@@ -702,6 +751,10 @@ class Connection:
         if self.state in (State.DRAINING, State.TERMINATED):
             return  # the same close, coalesced in several packet types
         frame_type = frame.frame_type if isinstance(frame, ConnectionClose) else 0
+        self._trace("quic:connection_closed", {
+            "owner": "remote", "error_code": frame.error_code, "frame_type": frame_type,
+            "reason": frame.reason.decode(errors="replace"),
+            "application": isinstance(frame, ApplicationClose)})
         self._events.append(ConnectionTerminated(
             frame.error_code, frame_type, frame.reason.decode(errors="replace"), True))
         self.state = State.DRAINING
@@ -725,7 +778,21 @@ class Connection:
                 and handshake.peer_transport_parameters):
             self._apply_peer_params(handshake.peer_transport_parameters)
 
+    def _trace_handshake_event(self, event: HandshakeEvent) -> None:
+        if isinstance(event, KeysReady):
+            owner = "client" if event.send == self.is_client else "server"
+            space = "0rtt" if event.early else {Epoch.INITIAL: "initial",
+                                                Epoch.HANDSHAKE: "handshake",
+                                                Epoch.APPLICATION: "1rtt"}[event.epoch]
+            self._trace("quic:key_updated", {"key_type": f"{owner}_{space}_secret",
+                                             "trigger": "tls", "aead": event.aead.name,
+                                             "secret": digest(event.secret)})
+        else:
+            self._trace(f"velocity:{type_name(event)}", describe(event, kind=None))
+
     def _on_handshake_event(self, event: HandshakeEvent, now: float) -> None:
+        if self.tracer is not None:
+            self._trace_handshake_event(event)
         if isinstance(event, KeysReady):
             keys = PacketKeys(event.secret, event.aead, event.hash_name)
             if event.early:
@@ -793,6 +860,8 @@ class Connection:
             raise TransportParameterError("does not match the client's SCID",
                                           field="initial_source_connection_id")
         self._peer_params_final = True
+        if self.tracer is not None:
+            self._trace("quic:parameters_set", {"owner": "remote", **describe(params, kind=None)})
         self._use_peer_params(params)
 
     def _use_peer_params(self, params: TransportParameters) -> None:
@@ -857,6 +926,7 @@ class Connection:
             has_keys=lambda e: self.spaces[e].send_keys is not None)
 
     def handle_timer(self, *, now: float) -> None:
+        self._now = now
         if self.paced_until is not None and now >= self.paced_until:
             self.paced_until = None  # datagrams_to_send will find the pacer open
         if self.state in (State.CLOSING, State.DRAINING):
@@ -864,6 +934,7 @@ class Connection:
                 self.state = State.TERMINATED
             return
         if now >= self.idle_deadline():
+            self._trace("quic:connection_closed", {"owner": "local", "trigger": "idle_timeout"})
             self.state = State.TERMINATED
             self._events.append(ConnectionTerminated(ErrorCode.NO_ERROR, 0, "idle timeout",
                                                      False))
@@ -896,6 +967,7 @@ class Connection:
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
         if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
             return []
+        self._now = now
         self.check_confidentiality_limit()
         datagrams = build_datagrams(self, now)
         if self.state == State.CLOSING and self._close_deadline is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from velocity.core.packet import (
     push_long_header,
 )
 from velocity.core.protection import initial_keys, retry_integrity_tag
+from velocity.core.trace import Tracer
 
 RETRY_POLICIES = ("never", "always", "under-load")
 NEW_TOKEN_LIFETIME_MS = 24 * 3600 * 1000
@@ -62,12 +63,15 @@ class ServerEndpoint:
     """All of a server's connections behind one socket."""
 
     def __init__(self, config: EndpointConfig, *, entropy: Entropy,
-                 tokens: TokenSealer | None = None) -> None:
+                 tokens: TokenSealer | None = None,
+                 tracers: Callable[[], Tracer] | None = None) -> None:
         if config.retry != "never" and tokens is None:
             raise UsageError("a Retry policy needs a token sealer")
         self.config = config
         self._entropy = entropy
         self._tokens = tokens
+        self._tracers = tracers  # one Tracer per accepted connection, when transcripts are kept
+        self.finished: deque[Connection] = deque()  # traced connections, once terminated
         self._by_cid: dict[bytes, Connection] = {}
         self.connections: list[Connection] = []
         self._dirty: dict[Connection, None] = {}  # touched since the last send, in order
@@ -132,7 +136,8 @@ class ServerEndpoint:
             return
         connection = Connection(self.config.connection, entropy=self._entropy,
                                 original_dcid=original_dcid, peer_cid=header.scid,
-                                retry_scid=retry_scid, address_validated=validated)
+                                retry_scid=retry_scid, address_validated=validated,
+                                tracer=self._tracers() if self._tracers else None)
         if self._tokens is not None:
             token = self._tokens.issue(*address, b"", now_ms=now_ms,
                                        nonce=self._entropy.random(12))
@@ -231,6 +236,8 @@ class ServerEndpoint:
         if connection.state != State.TERMINATED or connection not in self._deadline:
             return
         self.connections.remove(connection)
+        if connection.tracer is not None:
+            self.finished.append(connection)
         self._deadline.pop(connection)
         self._dirty.pop(connection, None)
         for cid in (connection.host_cid, connection.original_dcid, connection.retry_scid):

@@ -26,6 +26,7 @@ from velocity.core.frames import (
     MaxStreamsUni,
     Ping,
     Stream,
+    decode_frames,
     push_frame,
 )
 from velocity.core.packet import (
@@ -39,6 +40,7 @@ from velocity.core.packet import (
 )
 from velocity.core.protection import TAG_LENGTH, PacketKeys
 from velocity.core.recovery import SentPacket
+from velocity.core.trace import packet_data
 
 if TYPE_CHECKING:
     from velocity.core.connection import Connection, SpaceState
@@ -315,6 +317,10 @@ def _seal(conn: Connection, plans: list[_Plan], now: float, limit: int) -> bytes
             plan.payload += bytes(4 - plan.pn_length - len(plan.payload))
         header = _push_header(conn, plan, len(plan.payload))
         packet = plan.keys.encrypt_packet(header, bytes(plan.payload), plan.packet_number)
+        if conn.tracer is not None:
+            conn.tracer.event(now, "quic:packet_sent", packet_data(
+                plan.packet_type, plan.packet_number, len(packet),
+                decode_frames(bytes(plan.payload), plan.packet_type)))
         plan.sent.size = len(packet)
         conn.recovery.on_sent(plan.sent, now)
         datagram += packet
@@ -323,7 +329,9 @@ def _seal(conn: Connection, plans: list[_Plan], now: float, limit: int) -> bytes
 
 def _nothing_to_send(conn: Connection, now: float) -> bool:
     """A cheap test that spares planning when no frame could go out."""
-    if conn._close is not None or conn._control or conn._handshake_done_pending:
+    if conn._close is not None:
+        return not conn.close_pending
+    if conn._control or conn._handshake_done_pending:
         return False
     for space in conn.spaces.values():
         if space.discarded:
@@ -365,5 +373,6 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
         conn.bytes_sent += len(datagram)
         out.append(datagram)
         if conn._close is not None:
+            conn.close_pending = False
             break
     return out

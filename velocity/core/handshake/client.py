@@ -169,6 +169,7 @@ class ClientHandshake(HandshakeBase):
                 ciphertext, self.static_secret = config.kem.encapsulate(
                     config.server_key.profile.kem, config.server_key.encapsulation_key,
                     self._entropy.random(32))
+                self._trace_kem("encapsulate", "static", config.server_key.profile.kem)
                 self._pdk_ciphertext = ciphertext
             block = Writer()
             block.push_vec8(config.server_key.key_id)
@@ -276,6 +277,8 @@ class ClientHandshake(HandshakeBase):
         self.transcript.add(raw)
         self.profile, self.aead = profile, Aead(message.selected_aead)
         self.hybrid = self._share.finish(message.key_share)
+        self._trace_kem("decapsulate", "ephemeral", profile.kem)
+        self._trace_hybrid(self.hybrid, profile.client_share_size, len(message.key_share))
         self._share = None  # the ephemeral private keys are no longer needed (VEL-KS-006)
         if message.psk_status:
             self.mode = AuthMode.RESUMPTION
@@ -334,6 +337,7 @@ class ClientHandshake(HandshakeBase):
                 profile.kem, encapsulation_key, self._entropy.random(32))
         except ValueError as exc:
             raise IllegalParameter(f"leaf key rejected: {exc}", field="CERTIFICATE") from None
+        self._trace_kem("encapsulate", "static", profile.kem)
         self._emit(ServerKeyLearned(key_id_for(profile.code, encapsulation_key), profile.code,
                                     encapsulation_key, message.certificates))
         self._key_id = key_id_for(profile.code, encapsulation_key)

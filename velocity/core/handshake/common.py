@@ -21,11 +21,12 @@ from velocity.core.handshake.messages import (
     decode_message,
     encode_message,
 )
-from velocity.core.hybrid import Profile
-from velocity.core.kem import KemKey
+from velocity.core.hybrid import HybridSecret, Profile
+from velocity.core.kem import KemKey, KemParams
 from velocity.core.keyschedule import KeySchedule
 from velocity.core.packet import Epoch
 from velocity.core.protection import Aead
+from velocity.core.trace import describe, digest
 
 ALPN_VELOCITY = b"velocity/1"
 MESSAGE_HASH = 0xFE
@@ -267,7 +268,23 @@ class HandshakeBase:
         self.early_data_accepted = False
         self.peer_transport_parameters = b""
         self._secrets: dict[str, bytes] = {}
+        self.trace: Callable[[str, dict[str, Any]], None] | None = None  # the connection's
 
+    def _trace_kem(self, operation: str, key: str, params: KemParams) -> None:
+        if self.trace is not None:
+            self.trace("velocity:kem_operation", {"operation": operation, "key": key,
+                                                  "kem": params.value})
+
+    def _trace_hybrid(self, hybrid: HybridSecret, client_share: int, server_share: int) -> None:
+        """The hybrid secret's halves and the share sizes (VEL-PROF-002), as digests."""
+        if self.trace is not None:
+            assert self.profile is not None
+            self.trace("velocity:key_share", {
+                "profile": self.profile.name, "group": self.profile.group_name,
+                "client_share_length": client_share, "server_share_length": server_share,
+                "ecdh_secret": digest(hybrid.ecdh_secret),
+                "kem_secret": digest(hybrid.kem_secret),
+                "shared_secret": digest(hybrid.shared_secret)})
     def _digest(self) -> bytes:
         """The transcript hash so far under the negotiated profile's hash."""
         assert self.profile is not None  # only called once a profile is chosen
@@ -290,6 +307,9 @@ class HandshakeBase:
 
     def _send(self, epoch: Epoch, message: Message, *, record: bool = True) -> bytes:
         raw = encode_message(message)
+        if self.trace is not None:
+            self.trace("velocity:message_sent", {"epoch": epoch.name.lower(), "length": len(raw),
+                                                 **describe(message, kind="message_type")})
         if record:
             self.transcript.add(raw)
         self._pending.crypto[epoch] += raw
@@ -310,7 +330,12 @@ class HandshakeBase:
                     f"message 0x{msg_type:02x} in {epoch.name} while {self.state.name}",
                     field="msg_type") from None
             handler: Handler = getattr(self, handler_name)
-            handler(decode_message(msg_type, body), raw)
+            message = decode_message(msg_type, body)
+            if self.trace is not None:
+                self.trace("velocity:message_received", {
+                    "epoch": epoch.name.lower(), "length": len(raw),
+                    **describe(message, kind="message_type")})
+            handler(message, raw)
 
     def data_to_send(self, epoch: Epoch) -> bytes:
         data = bytes(self._pending.crypto[epoch])

@@ -219,9 +219,11 @@ class ServerHandshake(HandshakeBase):
         if key is None:
             return None, None
         try:
-            return key, key.key.decapsulate(ciphertext)
+            secret = key.key.decapsulate(ciphertext)
         except ValueError as exc:
             raise IllegalParameter(str(exc), field="CLIENT_HELLO.server_key") from None
+        self._trace_kem("decapsulate", "static", key.profile.kem)
+        return key, secret
 
     def _on_client_hello(self, message: Message, raw: bytes) -> None:
         assert isinstance(message, ClientHello)
@@ -336,6 +338,8 @@ class ServerHandshake(HandshakeBase):
         assert profile is not None and aead is not None and self.mode is not None
         share, hybrid = server_key_share(profile, self.config.kem, hello.key_share,
                                          self._entropy)
+        self._trace_kem("encapsulate", "ephemeral", profile.kem)
+        self._trace_hybrid(hybrid, len(hello.key_share), len(share))
         self.hybrid = hybrid
         self._send(Epoch.INITIAL, ServerHello(
             self._entropy.random(32), profile.code, int(aead), share,
@@ -377,6 +381,7 @@ class ServerHandshake(HandshakeBase):
                                    field="KEM_CIPHERTEXT.ciphertext")
         self.transcript.add(raw)
         self.schedule.enter_authenticated(key.decapsulate(message.ciphertext))
+        self._trace_kem("decapsulate", "static", key.params)
         client_ahs, server_ahs = self.schedule.authenticated_secrets(self._digest())
         self._secrets.update(client_ahs=client_ahs, server_ahs=server_ahs)
         self._transition(S.WAIT_CF_DISCOVERY)
