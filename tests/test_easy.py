@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import itertools
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -138,6 +139,9 @@ async def test_follows_fallback_to_http3_origin(site: Path, tmp_path: Path) -> N
             async with AsyncEasyClient(config) as client:
                 got = await client.fetch("/big.bin")
                 status = await client.fetch_json("/api/status")
+                echo = await client.fetch_json("/api/echo", payload={"over": "h3"})
+            assert origin.accepted == 1  # one HTTP/3 connection carried all three
+            assert echo["method"] == "POST" and json.loads(echo["body"]) == {"over": "h3"}
             assert got.via == "h3" and got.status == 200 and got.handshake is None
             assert got.body == (site / "big.bin").read_bytes()
             assert got.fallback is not None and got.fallback.port == origin.address[1]

@@ -38,7 +38,7 @@ from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, fingerprint, load_ca_file
 from velocity.http.h1 import Progress, Response, request
-from velocity.http.h3 import fetch_h3
+from velocity.http.h3 import H3Client
 from velocity.keystore import CachedKey, KeyCache, StoredTicket, TicketCache, TofuPins
 
 FALLBACK_ALPNS = ("h3", "h2", "http/1.1")
@@ -175,6 +175,8 @@ class AsyncEasyClient:
         self._connecting = asyncio.Lock()  # concurrent first requests share one handshake
         self._directive: FallbackDirected | None = None
         self._resumption: tuple[TicketReceived, bytes] | None = None  # ticket, token; used once
+        self._h3: H3Client | None = None  # the fallback connection, reused across fetches
+        self._https: httpx.AsyncClient | None = None
 
     def _make_verifier(self) -> X509Verifier:
         def clock() -> dt.datetime:
@@ -195,7 +197,18 @@ class AsyncEasyClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
+    async def _close_fallback(self) -> None:
+        h3, https, self._h3, self._https = self._h3, self._https, None, None
+        if h3 is not None:
+            await h3.close()
+        if https is not None:
+            await https.aclose()
+
     async def close(self) -> None:
+        await self._close_fallback()
+        await self._close_session()
+
+    async def _close_session(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
             if session.client.tickets:
@@ -259,7 +272,7 @@ class AsyncEasyClient:
             reused = (self._session is not None
                       and self._session.client.router.terminated is None)
             if not reused:
-                await self.close()
+                await self._close_session()
                 early = (method, body) == ("GET", b"") and self.config.early_data
                 self._session = await self._connect(
                     _EarlyGet(path, headers, progress) if early else None)
@@ -274,7 +287,7 @@ class AsyncEasyClient:
                                          authority=f"{self.host}:{self.port}",
                                          headers=headers, body=body, progress=progress)
         except ConnectionError:
-            await self.close()
+            await self._close_session()
             if not reused:
                 raise
             return await self._over_velocity(path, method, headers, body,
@@ -365,15 +378,17 @@ class AsyncEasyClient:
             raise UsageError(f"cannot follow a directive to {directive.alpn}: this client "
                              f"offered only velocity/1, {', '.join(FALLBACK_ALPNS)}")
         if directive.alpn == "h3":
-            if method != "GET" or body:
-                raise UsageError("the HTTP/3 fallback carries GET requests only")
-            response = await fetch_h3(host, directive.port, path, verify=not self.config.insecure,
-                                      timeout=self.config.timeout)
+            if self._h3 is None or self._h3.closed:
+                await self._close_fallback()
+                self._h3 = await H3Client(host, directive.port, verify=not self.config.insecure,
+                                          timeout=self.config.timeout).__aenter__()
+            response = await self._h3.request(method, path, headers=headers, body=body)
         else:
-            async with httpx.AsyncClient(verify=not self.config.insecure,
-                                         timeout=self.config.timeout) as https:
-                reply = await https.request(method, f"https://{host}:{directive.port}{path}",
-                                            headers=headers, content=body)
+            if self._https is None:
+                self._https = httpx.AsyncClient(verify=not self.config.insecure,
+                                                timeout=self.config.timeout)
+            reply = await self._https.request(method, f"https://{host}:{directive.port}{path}",
+                                              headers=headers, content=body)
             response = Response(reply.status_code, list(reply.headers.items()), reply.content)
         return Fetched(response.status, response.headers, response.body, directive.alpn,
                        fallback=directive)

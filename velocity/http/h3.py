@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import ssl
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,12 +108,14 @@ class _OriginProtocol(QuicConnectionProtocol):
         self.transmit()
 
 
-@dataclass(frozen=True)
+@dataclass
 class H3Origin:
-    """A running HTTP/3 origin and the UDP address it is bound to."""
+    """A running HTTP/3 origin, the UDP address it is bound to, and how many QUIC
+    connections it has accepted."""
 
     server: QuicServer
     address: tuple[str, int]
+    accepted: int = 0
 
     def close(self) -> None:
         self.server.close()
@@ -123,12 +125,18 @@ async def serve_h3(host: str, port: int, handler: Handler, *, certificate: Path,
                    key: Path) -> H3Origin:
     configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
     configuration.load_cert_chain(str(certificate), str(key))
+    def protocol(*args: Any, **kwargs: Any) -> _OriginProtocol:
+        made = _OriginProtocol(*args, handler=handler, **kwargs)
+        origin.accepted += 1
+        return made
+
     server = await quic_serve(host, port, configuration=configuration,
-                              create_protocol=functools.partial(_OriginProtocol, handler=handler))
+                              create_protocol=protocol)
     transport = server._transport  # aioquic exposes the bound socket only here
     assert transport is not None
     sockname = transport.get_extra_info("sockname")
-    return H3Origin(server, (str(sockname[0]), int(sockname[1])))
+    origin = H3Origin(server, (str(sockname[0]), int(sockname[1])))
+    return origin
 
 
 class _ClientProtocol(QuicConnectionProtocol):
@@ -137,11 +145,15 @@ class _ClientProtocol(QuicConnectionProtocol):
         self._http = H3Connection(self._quic)
         self._exchanges = _Exchanges()
         self._waiting: dict[int, asyncio.Future[Response]] = {}
-        self.closed_because = "no reply"
+        self.closed_because: str | None = None
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
             self.closed_because = event.reason_phrase or f"error 0x{event.error_code:x}"
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(ConnectionError(self.closed_because))
+            self._waiting.clear()
         for h3_event in self._http.handle_event(event):
             stream_id = self._exchanges.feed(h3_event)
             if stream_id is not None and stream_id in self._waiting:
@@ -152,38 +164,87 @@ class _ClientProtocol(QuicConnectionProtocol):
                 self._waiting.pop(stream_id).set_result(
                     Response(status, [f for f in fields if not f[0].startswith(":")], body))
 
-    async def get(self, authority: str, path: str) -> Response:
+    async def request(self, authority: str, method: str, path: str,
+                      headers: list[tuple[str, str]], body: bytes) -> Response:
+        if self.closed_because is not None:
+            raise ConnectionError(self.closed_because)
         stream_id = self._quic.get_next_available_stream_id()
-        self._http.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"),
-                                            (b":authority", authority.encode()),
-                                            (b":path", path.encode())], end_stream=True)
+        self._http.send_headers(stream_id, [
+            (b":method", method.encode()), (b":scheme", b"https"),
+            (b":authority", authority.encode()), (b":path", path.encode()),
+            *((k.lower().encode(), v.encode()) for k, v in headers)], end_stream=not body)
+        if body:
+            self._http.send_data(stream_id, body, end_stream=True)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._waiting[stream_id] = future
         self.transmit()
         return await future
 
 
-async def fetch_h3(host: str, port: int, path: str, *, verify: bool,
-                   timeout: float = 10.0) -> Response:
-    """GET ``path`` over real HTTP/3 (aioquic); failures raise ConnectionError saying why."""
-    configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host)
-    if not verify:
-        configuration.verify_mode = ssl.CERT_NONE
-    made: list[_ClientProtocol] = []
+class H3Client:
+    """One HTTP/3 connection (aioquic) to ``host:port`` that carries any number of requests,
+    one stream each: ``async with H3Client(...) as h3: await h3.request("GET", "/")``.
+    Failures raise ConnectionError or TimeoutError saying why."""
 
-    def protocol(*args: Any, **kwargs: Any) -> _ClientProtocol:
-        made.append(_ClientProtocol(*args, **kwargs))
-        return made[-1]
+    def __init__(self, host: str, port: int, *, verify: bool, timeout: float = 10.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._verify = verify
+        self._stack = AsyncExitStack()
+        self._protocol: _ClientProtocol | None = None
 
-    try:
-        async with asyncio.timeout(timeout), quic_connect(
-                host, port, configuration=configuration, create_protocol=protocol) as client:
-            assert isinstance(client, _ClientProtocol)
-            return await client.get(f"{host}:{port}", path)
-    except ConnectionError:
-        why = made[-1].closed_because if made else "no connection"
-        raise ConnectionError(f"HTTP/3 to {host}:{port} failed: {why}"
-                              f"{' (use --insecure for a test origin)' if verify else ''}"
-                              ) from None
-    except TimeoutError:
-        raise TimeoutError(f"no HTTP/3 reply from {host}:{port} within {timeout:g} s") from None
+    @property
+    def closed(self) -> bool:
+        return self._protocol is None or self._protocol.closed_because is not None
+
+    def _failed(self, why: str) -> ConnectionError:
+        hint = " (use --insecure for a test origin)" if self._verify else ""
+        return ConnectionError(f"HTTP/3 to {self.host}:{self.port} failed: {why}{hint}")
+
+    async def __aenter__(self) -> H3Client:
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN,
+                                          server_name=self.host)
+        if not self._verify:
+            configuration.verify_mode = ssl.CERT_NONE
+        made: list[_ClientProtocol] = []
+
+        def protocol(*args: Any, **kwargs: Any) -> _ClientProtocol:
+            made.append(_ClientProtocol(*args, **kwargs))
+            return made[-1]
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                client = await self._stack.enter_async_context(quic_connect(
+                    self.host, self.port, configuration=configuration, create_protocol=protocol))
+        except ConnectionError:
+            await self._stack.aclose()
+            raise self._failed(made[-1].closed_because or "no reply" if made
+                               else "no connection") from None
+        except TimeoutError:
+            await self._stack.aclose()
+            raise TimeoutError(f"no HTTP/3 reply from {self.host}:{self.port} within "
+                               f"{self.timeout:g} s") from None
+        assert isinstance(client, _ClientProtocol)
+        self._protocol = client
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._protocol = None
+        await self._stack.aclose()
+
+    async def request(self, method: str, path: str, *,
+                      headers: list[tuple[str, str]] | None = None,
+                      body: bytes = b"") -> Response:
+        if self._protocol is None:
+            raise ConnectionError(f"HTTP/3 to {self.host}:{self.port} is closed")
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._protocol.request(f"{self.host}:{self.port}", method, path,
+                                                    headers or [], body)
+        except ConnectionError as exc:
+            raise self._failed(str(exc)) from None
+        except TimeoutError:
+            raise TimeoutError(f"no HTTP/3 reply from {self.host}:{self.port} within "
+                               f"{self.timeout:g} s") from None
