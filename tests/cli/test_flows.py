@@ -191,6 +191,14 @@ def test_probe_velocity_and_fallback(site: Path, env: dict[str, str]) -> None:
         report = json.loads(result.stdout)
         assert report["outcome"] == "velocity" and report["key_published"]
         assert report["profile"] == "balanced" and report["bytes_received"] > 0
+        first, answer = report["flights"][:2]
+        assert (first["direction"], first["spaces"]) == ("sent", ["initial"])
+        assert answer["direction"] == "received" and "initial" in answer["spaces"]
+        sent = sum(f["bytes"] for f in report["flights"] if f["direction"] == "sent")
+        received = sum(f["bytes"] for f in report["flights"] if f["direction"] == "received")
+        assert sent == report["bytes_sent"]  # every datagram sent is in the flights
+        assert 0 < received <= report["bytes_received"]  # a late one may arrive while closing
+        assert 0 < report["handshake_ms"] <= report["elapsed_ms"]
     with server(site, env, "--fallback-only", "--fallback-host", "h3.example") as target:
         result = subprocess.run([*VELOCITY, "probe", target], capture_output=True, text=True,
                                 env=env, timeout=60, check=False)

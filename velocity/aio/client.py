@@ -21,6 +21,7 @@ from velocity.core.events import (
     TicketReceived,
 )
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted, ServerKeyLearned
+from velocity.core.trace import Tracer
 
 
 class FallbackError(ConnectionError):
@@ -137,14 +138,15 @@ async def resolve(host: str, port: int) -> Address:
 @asynccontextmanager
 async def connect(host: str, port: int, config: ConnectionConfig, *,
                   entropy: Entropy | None = None, timeout: float = 10.0,
-                  early: bool = False) -> AsyncIterator[VelocityClient]:
+                  early: bool = False,
+                  tracer: Tracer | None = None) -> AsyncIterator[VelocityClient]:
     """Connect and complete the handshake. Raises FallbackError, HandshakeError, OSError or
     TimeoutError; closes the connection with NO_ERROR on exit. With ``early`` (a resumption
     with early data configured) it yields as soon as the first flight is out, so that streams
     opened now travel as 0-RTT; the caller then awaits ``wait_handshake``."""
     loop = asyncio.get_running_loop()
     address = await resolve(host, port)
-    connection = Connection(config, entropy=entropy or OsEntropy())
+    connection = Connection(config, entropy=entropy or OsEntropy(), tracer=tracer)
     sock = udp_socket("::" if ":" in address[0] else "0.0.0.0", 0)
     _, client = await loop.create_datagram_endpoint(lambda: VelocityClient(connection, sock),
                                                     sock=sock)

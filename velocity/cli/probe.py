@@ -20,12 +20,13 @@ from velocity.aio.client import FallbackError, HandshakeError, connect
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import VelocityServer, serve
 from velocity.cli.common import parse_address, parse_alpn, run
-from velocity.core.connection import ConnectionConfig
+from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import ErrorCode
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import BALANCED, PROFILES_BY_NAME
+from velocity.core.trace import Transcript, flights
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, fingerprint
@@ -46,8 +47,11 @@ async def probe_target(host: str, port: int, *, alpn: tuple[bytes, ...], profile
     started = time.perf_counter()
     result: dict[str, Any] = {"target": f"{host}:{port}", "offered_alpn": [a.decode()
                                                                            for a in alpn]}
+    transcript = Transcript()
+    connection: Connection | None = None
     try:
-        async with connect(host, port, ConnectionConfig(config), timeout=timeout) as client:
+        async with connect(host, port, ConnectionConfig(config), timeout=timeout,
+                           tracer=transcript) as client:
             done = client.completed
             assert done is not None  # connect() returns after the handshake
             learned = client.learned_key
@@ -57,9 +61,7 @@ async def probe_target(host: str, port: int, *, alpn: tuple[bytes, ...], profile
                           key_published=learned is not None or server_key is not None,
                           key_id=(done.key_id or b"").hex() or None,
                           fingerprint=(fingerprint(learned.certificate_chain[0])
-                                       if learned else None),
-                          bytes_sent=connection.bytes_sent,
-                          bytes_received=connection.bytes_received)
+                                       if learned else None))
     except FallbackError as exc:
         d = exc.directive
         result.update(outcome="fallback", fallback={
@@ -77,7 +79,20 @@ async def probe_target(host: str, port: int, *, alpn: tuple[bytes, ...], profile
     except (OSError, TimeoutError, ConnectionError) as exc:
         result.update(outcome="failure", reason=str(exc))
     result["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    if connection is not None:  # counted once the connection is closed
+        result.update(bytes_sent=connection.bytes_sent,
+                      bytes_received=connection.bytes_received)
+    result["flights"] = flights(transcript.events)
+    done_at = [e["time"] for e in transcript.events if e["name"] in (
+        "velocity:handshake_completed", "velocity:fallback_directed")]
+    if done_at:
+        result["handshake_ms"] = done_at[0]
     return result
+
+
+def _flights(result: dict[str, Any]) -> str:
+    return ", ".join(f"{'>' if f['direction'] == 'sent' else '<'} {f['bytes']} B "
+                     f"({'+'.join(f['spaces'])})" for f in result["flights"])
 
 
 def _describe(result: dict[str, Any]) -> str:
@@ -86,8 +101,8 @@ def _describe(result: dict[str, Any]) -> str:
                if result.get("fingerprint") else f"key id {result.get('key_id')}")
         return (f"{result['target']}: Velocity/1, profile {result['profile']}, "
                 f"{result['aead']}, ALPN {result['alpn']}, {result['auth_mode']}, {key}, "
-                f"{result['elapsed_ms']} ms, {result['bytes_sent']} B sent / "
-                f"{result['bytes_received']} B received")
+                f"handshake {result['handshake_ms']} ms, {result['bytes_sent']} B sent / "
+                f"{result['bytes_received']} B received; flights: {_flights(result)}")
     if result["outcome"] == "velocity":
         return f"{result['target']}: Velocity/1; {result['note']}"
     if result["outcome"] == "fallback":

@@ -59,6 +59,27 @@ def packet_data(packet_type: int, packet_number: int | None, length: int,
             "frames": [describe(f) for f in frames]}
 
 
+def flights(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Packets grouped into flights: runs of packets in one direction (``sent`` or
+    ``received`` from this vantage point), with their spaces, count, bytes and start time."""
+    out: list[dict[str, Any]] = []
+    for event in events:
+        direction = {"quic:packet_sent": "sent", "quic:packet_received": "received"}.get(
+            event["name"])
+        if direction is None:
+            continue
+        data = event["data"]
+        if not out or out[-1]["direction"] != direction:
+            out.append({"direction": direction, "at_ms": event["time"], "packets": 0,
+                        "bytes": 0, "spaces": []})
+        flight = out[-1]
+        flight["packets"] += 1
+        flight["bytes"] += data["raw"]["length"]
+        if data["header"]["packet_type"] not in flight["spaces"]:
+            flight["spaces"].append(data["header"]["packet_type"])
+    return out
+
+
 def digest(secret: bytes) -> str:
     """How a secret appears in a transcript: enough to compare, nothing to use."""
     return hashlib.sha256(secret).hexdigest()[:16]
