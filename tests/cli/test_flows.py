@@ -166,6 +166,25 @@ def test_serve_errors_are_one_line(tmp_path: Path, env: dict[str, str]) -> None:
     assert no_key.returncode == 1 and "--self-signed" in no_key.stderr
 
 
+def test_bad_key_and_certificate_files_are_one_line(env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key!\n")
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    for args, message in (
+            (["fetch", "127.0.0.1:9", "/", "--kem-file", str(garbage)], "nor a base64 key"),
+            (["fetch", "127.0.0.1:9", "/", "--kem-file", str(broken)],
+             "not a Velocity leaf certificate"),
+            (["fetch", "127.0.0.1:9", "/", "--ca", str(broken)], "cannot read CA certificates"),
+            (["serve", "--root", str(tmp_path), "--cert", str(broken), "--key", str(garbage)],
+             "--cert takes the leaf certificate")):
+        result = subprocess.run([*VELOCITY, *args], capture_output=True, text=True, env=env,
+                                timeout=30, check=False)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_port_in_use(site: Path, env: dict[str, str]) -> None:
     with server(site, env) as target:
         busy = subprocess.run([*VELOCITY, "serve", "--root", str(site), "--self-signed",

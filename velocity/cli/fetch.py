@@ -20,10 +20,10 @@ from rich.progress import Progress as RichProgress
 
 from velocity.aio.client import FallbackError
 from velocity.cli.common import parse_address, run
-from velocity.core.errors import UsageError
+from velocity.core.errors import CertificateInvalid, UsageError
 from velocity.core.handshake.client import PinnedServerKey
 from velocity.core.hybrid import PROFILES_BY_NAME
-from velocity.crypto.pki import certificate_kem_key
+from velocity.crypto.pki import certificate_kem_key, load_problem
 from velocity.easy import AsyncEasyClient, EasyClientConfig, KeyRequired
 from velocity.http.h1 import Progress
 
@@ -34,24 +34,36 @@ def key_from_option(kem_b64: str | None, kem_file: Path | None) -> PinnedServerK
     """A pinned key from --kem-b64 (base64) or --kem-file (a leaf certificate or base64)."""
     if kem_b64 is None and kem_file is None:
         return None
+    source = "--kem-b64 is not valid base64; paste the key exactly as published"
     if kem_file is not None:
         try:
             text = kem_file.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {kem_file}: {exc.strerror}") from None
         if b"BEGIN CERTIFICATE" in text:
-            params, raw = certificate_kem_key(x509.load_pem_x509_certificate(text))
-            return PinnedServerKey(next(p for p in KEY_SIZES.values() if p.kem == params), raw)
+            return _certificate_key(kem_file, text)
         kem_b64 = text.decode("ascii", errors="replace").strip()
+        source = (f"{kem_file} is neither a PEM certificate nor a base64 key; give the "
+                  "server's leaf certificate or its published key")
     try:
         raw = base64.b64decode(kem_b64 or "", validate=True)
     except (binascii.Error, ValueError):
-        raise UsageError("--kem-b64 is not valid base64; paste the key exactly as "
-                         "published") from None
+        raise UsageError(source) from None
     profile = KEY_SIZES.get(len(raw))
     if profile is None:
         raise UsageError(f"a {len(raw)}-byte key is not an ML-KEM-512/768/1024 encapsulation key")
     return PinnedServerKey(profile, raw)
+
+
+def _certificate_key(path: Path, pem: bytes) -> PinnedServerKey:
+    try:
+        params, raw = certificate_kem_key(x509.load_pem_x509_certificate(pem))
+    except (ValueError, CertificateInvalid) as exc:
+        why = exc.reason if isinstance(exc, CertificateInvalid) else load_problem(exc)
+        raise UsageError(f"{path} is not a Velocity leaf certificate ({why}); give the "
+                         "server's leaf certificate (e.g. balanced-leaf.pem) or its published "
+                         "key") from None
+    return PinnedServerKey(next(p for p in KEY_SIZES.values() if p.kem == params), raw)
 
 
 PROGRESS_FROM = 1 << 20  # bodies at least this large get a progress bar on a terminal

@@ -28,6 +28,7 @@ from velocity.crypto.pki import (
     kem_private_key_pem,
     load_ca_key_pem,
     load_kem_private_key_pem,
+    load_problem,
     write_secret_file,
 )
 
@@ -95,7 +96,8 @@ class ServerIdentity:
             ca_cert = x509.load_pem_x509_certificate((directory / f"{name}-ca.pem").read_bytes())
             leaf = x509.load_pem_x509_certificate((directory / f"{name}-leaf.pem").read_bytes())
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load the {name} identity from {directory}: {exc}") from None
+            raise UsageError(f"cannot load the {name} identity from {directory}: "
+                             f"{load_problem(exc)}") from None
         if params != profile.kem:
             raise UsageError(f"{directory / f'{name}-kem.key'} holds {params.value}, "
                              f"not {profile.kem.value}")
@@ -108,7 +110,8 @@ def static_key_from_files(certificate: Path, key: Path, kem: KemBackend) -> Stat
         leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
         params, seed = load_kem_private_key_pem(key.read_bytes())
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load {certificate} / {key}: {exc}") from None
+        raise UsageError(f"cannot load {certificate} / {key}: {load_problem(exc)}; --cert "
+                         "takes the leaf certificate, --key its ML-KEM key file") from None
     if certificate_kem_key(leaf)[0] != params:
         raise UsageError(f"{certificate} does not certify the key in {key}")
     profile = next(p for p in PROFILES.values() if p.kem == params)

@@ -214,12 +214,20 @@ def _replace_spki(certificate: x509.Certificate, ca_key: CaKey, spki_der: bytes
 # --- validation -----------------------------------------------------------------------------
 
 
+def load_problem(exc: OSError | ValueError) -> str:
+    """Why a key or certificate file did not load, in words for the user."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return "not the expected PEM content"
+
+
 def load_ca_file(path: Path) -> list[x509.Certificate]:
     """Trust anchors from a PEM file of one or more CA certificates."""
     try:
         anchors = x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read CA certificates from {path}: {exc}") from None
+        raise UsageError(f"cannot read CA certificates from {path}: {load_problem(exc)}"
+                         ) from None
     if not all(_is_ca(cert) for cert in anchors):
         raise UsageError(f"{path} holds a certificate that is not a CA")
     return anchors

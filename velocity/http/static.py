@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import html
 import mimetypes
+import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -32,6 +33,8 @@ class StaticFiles:
             raise UsageError(f"cannot serve {root}: {exc.strerror or exc}") from None
         if not self.root.is_dir():
             raise UsageError(f"cannot serve {root}: not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise UsageError(f"cannot serve {root}: this user may not read it")
         self.index = index
         self.listing = listing
 
