@@ -4,7 +4,7 @@ NewReno and a pacer. Every method takes ``now`` (seconds) as an argument."""
 
 from __future__ import annotations
 
-import bisect
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,11 +34,29 @@ class SentPacket:
 
 @dataclass
 class PacketSpace:
-    sent: dict[int, SentPacket] = field(default_factory=dict)
+    sent: OrderedDict[int, SentPacket] = field(default_factory=OrderedDict)  # send order
     largest_acked: int | None = None
     loss_time: float | None = None
     time_of_last_ack_eliciting: float | None = None
     ack_eliciting_in_flight: int = 0
+
+
+def _take_acked(sent: OrderedDict[int, SentPacket],
+                ranges: list[tuple[int, int]]) -> list[SentPacket]:
+    """Remove and return the packets the ACK ranges (inclusive) cover. ``sent`` is in
+    packet-number order, so a range is found by walking from the oldest record and stopping
+    past its top: the cost is what is acknowledged plus older records still unacknowledged,
+    however large the peer's range."""
+    acked: list[SentPacket] = []
+    for low, high in ranges:
+        covered = []
+        for number in sent:
+            if number > high:
+                break
+            if number >= low:
+                covered.append(number)
+        acked.extend(sent.pop(n) for n in covered)
+    return acked
 
 
 class RttEstimator:
@@ -165,11 +183,7 @@ class Recovery:
                *, handshake_confirmed: bool) -> list[SentPacket]:
         """Process an ACK frame's inclusive ranges; returns the newly acknowledged packets."""
         space = self.spaces[epoch]
-        numbers = list(space.sent)  # ascending: packets are recorded in send order
-        acked: list[SentPacket] = []
-        for low, high in ranges:
-            start, stop = bisect.bisect_left(numbers, low), bisect.bisect_right(numbers, high)
-            acked.extend(space.sent.pop(pn) for pn in numbers[start:stop])
+        acked = _take_acked(space.sent, ranges)
         if not acked:
             return []
         largest = max(p.packet_number for p in acked)
@@ -199,16 +213,19 @@ class Recovery:
         delay = K_TIME_THRESHOLD * max(self.rtt.latest, self.rtt.smoothed)
         delay = max(delay, K_GRANULARITY)
         lost = []
-        for packet in list(space.sent.values()):
+        for packet in space.sent.values():  # in packet-number order; acked ones are gone
             if packet.packet_number > space.largest_acked:
-                break  # recorded in packet-number order
+                break
             deadline = packet.sent_time + delay  # the same sum the timer is armed with
             if deadline <= now or space.largest_acked >= packet.packet_number + (
                     K_PACKET_THRESHOLD):
-                lost.append(space.sent.pop(packet.packet_number))
+                lost.append(packet)
             elif space.loss_time is None or deadline < space.loss_time:
                 space.loss_time = deadline
-        self._declare_lost(space, lost, now)
+        for packet in lost:
+            del space.sent[packet.packet_number]
+        if lost:
+            self._declare_lost(space, lost, now)
         return lost
 
     def _declare_lost(self, space: PacketSpace, lost: list[SentPacket], now: float) -> None:
