@@ -57,7 +57,7 @@ class VelocityClient(DatagramDriver):
         self.connection.receive_datagram(data, (str(addr[0]), int(addr[1])),
                                          now=self._loop.time())
         self._route()
-        self._transmit()
+        self.schedule_transmit()  # after every datagram this loop iteration reads
 
     def error_received(self, exc: Exception) -> None:
         if not self._handshake.done():

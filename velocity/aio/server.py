@@ -110,7 +110,7 @@ class VelocityServer(DatagramDriver):
         self.endpoint.receive_datagram(data, (str(addr[0]), int(addr[1])),
                                        now=self._loop.time())
         self._route()
-        self._transmit()
+        self.schedule_transmit()  # after every datagram this loop iteration reads
 
     def _route(self) -> None:
         while (item := self.endpoint.next_event()) is not None:

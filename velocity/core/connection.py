@@ -651,10 +651,16 @@ class Connection:
         delay = (frame.delay << exponent) / 1_000_000 if epoch == Epoch.APPLICATION else 0.0
         self.recovery.on_ack(epoch, ranges, delay, now,
                              handshake_confirmed=self.handshake_confirmed)
-        handshake = self.spaces[Epoch.HANDSHAKE]
-        if (not self.is_client and self.handshake_complete and epoch == Epoch.HANDSHAKE
-                and not handshake.crypto_send.buffered):
-            self._discard_space(Epoch.HANDSHAKE)  # VEL-PROT-013: our FINISHED is acknowledged
+        if epoch == Epoch.HANDSHAKE:
+            self._server_done_with_handshake_keys()
+
+    def _server_done_with_handshake_keys(self) -> None:
+        """VEL-PROT-013: a server drops its Handshake keys once the handshake is complete and
+        its FINISHED acknowledged, whichever of the two comes last (the client's ACK and
+        FINISHED usually share a packet, the ACK first)."""
+        if (not self.is_client and self.handshake_complete
+                and not self.spaces[Epoch.HANDSHAKE].crypto_send.buffered):
+            self._discard_space(Epoch.HANDSHAKE)
 
     def _on_crypto(self, frame: Crypto, epoch: Epoch, now: float) -> None:
         data = self.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
@@ -838,6 +844,7 @@ class Connection:
             self.handshake_confirmed = True
             self._handshake_done_pending = True
             self._zero_rtt_recv = None
+            self._server_done_with_handshake_keys()
 
     def _resend_rejected_early_data(self) -> None:
         """0-RTT data the server rejected goes again in 1-RTT (VEL-RES-008)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from velocity.core.buffer import Writer, varint_size
+from velocity.core.buffer import Writer, encode_varint, varint_size
 from velocity.core.errors import ErrorCode
 from velocity.core.frames import (
     Ack,
@@ -347,6 +347,71 @@ def _nothing_to_send(conn: Connection, now: float) -> bool:
         s.ack_eliciting_since_ack for s in conn.spaces.values())
 
 
+def _bulk_stream(conn: Connection, limit: int, now: float) -> StreamState | None:
+    """The stream whose next packet is one full STREAM frame and nothing else, when that is
+    all the general planner would put in it: one space left, no close, control frame,
+    flow-control update, ACK, probe or CRYPTO data due, no tracer, the congestion window and
+    pacer open, and data and credit for more than the whole packet (``limit`` bytes).
+    ``_bulk_packet`` then builds the same bytes with less bookkeeping; anything else goes
+    through ``_plan_packets``."""
+    space = conn.spaces[Epoch.APPLICATION]
+    if (conn._close is not None or conn._control or conn._handshake_done_pending
+            or conn.tracer is not None or not conn.handshake_confirmed or space.ack_needed
+            or space.ack_eliciting_since_ack or space.probes or space.send_keys is None
+            or space.crypto_send.has_data() or True in conn._max_streams_pending.values()
+            or not (conn.spaces[Epoch.INITIAL].discarded
+                    and conn.spaces[Epoch.HANDSHAKE].discarded)):
+        return None
+    flow = conn.flow
+    if flow.max_recv - flow.consumed <= flow.window // 2 or flow.max_send - flow.sent < limit:
+        return None
+    cc = conn.recovery.cc
+    if not cc.can_send(conn.config.max_datagram_size) or cc.pacing_delay(
+            now, conn.recovery.rtt) is not None:
+        return None
+    chosen = None
+    for stream in conn.streams.values():
+        if stream.credit_due():
+            return None
+        sender = stream.sender
+        if chosen is None and sender is not None and sender.has_data():
+            if sender.next_run() < limit or stream.max_send - sender.sent_max < limit:
+                return None
+            chosen = stream
+    return chosen
+
+
+def _bulk_packet(conn: Connection, stream: StreamState, limit: int, now: float) -> bytes:
+    """One 1-RTT packet carrying one STREAM frame of ``stream`` (see ``_bulk_stream``)."""
+    space = conn.spaces[Epoch.APPLICATION]
+    keys = space.send_keys
+    assert keys is not None and stream.sender is not None
+    sender = stream.sender
+    pn = space.next_packet_number
+    pn_length = max(packet_number_length(pn, conn.recovery.spaces[Epoch.APPLICATION]
+                                         .largest_acked), 2)
+    room = limit - (1 + len(conn.peer_cid) + pn_length) - TAG_LENGTH - STREAM_FRAME_OVERHEAD
+    before = sender.sent_max
+    chunk = sender.next_frame(room, 1 << 62)  # _bulk_stream checked the credit
+    assert chunk is not None
+    offset, data, fin = chunk
+    conn.flow.sent += sender.sent_max - before
+    space.next_packet_number += 1
+    payload = b"".join((
+        encode_varint(0x0A | (0x04 if offset else 0) | fin),
+        encode_varint(stream.stream_id), encode_varint(offset) if offset else b"",
+        encode_varint(len(data)), data))
+    header = bytes([FIXED_BIT | (conn._send_phase << 2) | (pn_length - 1)]) + conn.peer_cid + (
+        pn & ((1 << (8 * pn_length)) - 1)).to_bytes(pn_length, "big")
+    packet = keys.encrypt_packet(header, payload, pn)
+    end = offset + len(data)
+    conn.recovery.on_sent(SentPacket(
+        pn, Epoch.APPLICATION, now, len(packet), True, True,
+        [partial(sender.on_acked, offset, end, fin)],
+        [partial(sender.on_lost, offset, end, fin)]), now)
+    return packet
+
+
 def build_datagrams(conn: Connection, now: float) -> list[bytes]:
     """Every datagram the connection may send now. Until the client's address is validated
     a server sends at most three times what it received (VEL-CONN-001)."""
@@ -366,10 +431,14 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
             limit = min(limit, 3 * conn.bytes_received - conn.bytes_sent)
         if limit < 64:
             break
-        plans = _plan_packets(conn, limit, now)
-        if not plans:
-            break
-        datagram = _seal(conn, plans, now, limit)
+        bulk = _bulk_stream(conn, limit, now)
+        if bulk is not None:
+            datagram = _bulk_packet(conn, bulk, limit, now)
+        else:
+            plans = _plan_packets(conn, limit, now)
+            if not plans:
+                break
+            datagram = _seal(conn, plans, now, limit)
         conn.bytes_sent += len(datagram)
         out.append(datagram)
         if conn._close is not None:

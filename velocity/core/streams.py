@@ -63,6 +63,13 @@ class SendBuffer:
     def has_data(self) -> bool:
         return self.reset_code is None and (bool(self._pending) or self._fin_pending)
 
+    def next_run(self) -> int:
+        """How many bytes the next frame could carry at most (the first pending run)."""
+        if self.reset_code is not None or not self._pending:
+            return 0
+        start, stop = self._pending.first()
+        return stop - start
+
     def next_frame(self, max_size: int, max_offset: int) -> tuple[int, bytes, bool] | None:
         """(offset, data, fin) of up to ``max_size`` bytes below flow-control ``max_offset``."""
         if self.reset_code is not None:
@@ -223,16 +230,20 @@ class StreamState:
             raise StreamStateError(f"{frame} for a send-only stream", field=f"{frame}.stream_id")
         return self.receiver
 
+    def credit_due(self) -> bool:
+        """Whether half the receive window has been consumed (MAX_STREAM_DATA is due)."""
+        receiver = self.receiver
+        return (receiver is not None and receiver.final_size is None
+                and self.max_recv - receiver.delivered <= self.window // 2)
+
     def credit(self) -> int | None:
         """A new MAX_STREAM_DATA limit when half the window has been consumed."""
-        receiver = self.receiver
-        if receiver is None or receiver.final_size is not None:
+        if not self.credit_due():
             return None
-        if self.max_recv - receiver.delivered <= self.window // 2:
-            self.max_recv = receiver.delivered + self.window
-            receiver.limit = self.max_recv
-            return self.max_recv
-        return None
+        assert self.receiver is not None  # credit_due checked it
+        self.max_recv = self.receiver.delivered + self.window
+        self.receiver.limit = self.max_recv
+        return self.max_recv
 
     @property
     def closed(self) -> bool:
