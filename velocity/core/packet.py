@@ -131,17 +131,18 @@ def parse_header(data: bytes, offset: int = 0, *, short_dcid_length: int) -> Pro
 
     Raises ``ProtocolViolation`` naming the field for truncation or a bad length, and
     ``PacketDropped`` for a packet whose fixed bit is clear."""
-    reader = Reader(data, offset)
-    first = int(_pull(reader, "first_byte", "pull_uint8"))
-    if not first & FORM_LONG:
+    if offset >= len(data):
+        raise ProtocolViolation("truncated (no first byte)", field="first_byte")
+    first = data[offset]
+    if not first & FORM_LONG:  # the common case, read without a Reader
         if not first & FIXED_BIT:
             raise PacketDropped("fixed bit is 0", field="first_byte")
-        try:
-            dcid = reader.pull_bytes(short_dcid_length)
-        except BufferReadError:
-            raise ProtocolViolation("truncated", field="short.dcid") from None
-        return ProtectedHeader(PacketType.ONE_RTT, VELOCITY_VERSION, dcid, b"", b"",
-                               reader.position, len(data))
+        dcid_end = offset + 1 + short_dcid_length
+        if dcid_end > len(data):
+            raise ProtocolViolation("truncated", field="short.dcid")
+        return ProtectedHeader(PacketType.ONE_RTT, VELOCITY_VERSION, data[offset + 1 : dcid_end],
+                               b"", b"", dcid_end, len(data))
+    reader = Reader(data, offset + 1)
     version = int(_pull(reader, "long.version", "pull_uint32"))
     limit = MAX_CID_LENGTH if version == VELOCITY_VERSION else 255
     dcid = _cid(reader, "long.dcid", limit=limit)

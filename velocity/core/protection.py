@@ -111,8 +111,8 @@ def next_secret(secret: bytes, hash_name: str, params: WireParams = VELOCITY_PAR
 class PacketKeys:
     """Protection for one direction of one packet-number space under one traffic secret."""
 
-    __slots__ = ("_aead", "_ecb", "_hp_key", "_params", "aead", "encrypted", "hash_name",
-                 "material", "secret")
+    __slots__ = ("_aead", "_ecb", "_hp_key", "_iv", "_params", "aead", "encrypted",
+                 "hash_name", "material", "secret")
 
     def __init__(self, secret: bytes, aead: Aead, hash_name: str,
                  params: WireParams = VELOCITY_PARAMS, *, hp_key: bytes | None = None) -> None:
@@ -122,6 +122,7 @@ class PacketKeys:
         self._params = params
         self.encrypted = 0  # packets sealed under this key (the confidentiality limit)
         self.material = derive_key_material(secret, aead, hash_name, params)
+        self._iv = int.from_bytes(self.material.iv, "big")
         self._hp_key = hp_key or self.material.hp  # a key update keeps the first HP key
         self._aead: AESGCM | ChaCha20Poly1305
         if aead == Aead.CHACHA20_POLY1305:
@@ -143,8 +144,7 @@ class PacketKeys:
         return encryptor.update(b"\x00" * 5)
 
     def _nonce(self, packet_number: int) -> bytes:
-        iv = self.material.iv
-        return (int.from_bytes(iv, "big") ^ packet_number).to_bytes(IV_LENGTH, "big")
+        return (self._iv ^ packet_number).to_bytes(IV_LENGTH, "big")
 
     def encrypt_packet(self, plain_header: bytes, payload: bytes, packet_number: int) -> bytes:
         """Seal ``payload`` under ``plain_header`` (which ends with the packet number) and
@@ -158,8 +158,9 @@ class PacketKeys:
         sample_at = 4 - pn_length
         mask = self._mask(protected[sample_at : sample_at + SAMPLE_LENGTH])
         first = plain_header[0] ^ (mask[0] & (0x0F if plain_header[0] & FORM_LONG else 0x1F))
-        pn = bytes(b ^ m for b, m in zip(plain_header[pn_offset:], mask[1:], strict=False))
-        return bytes([first]) + plain_header[1:pn_offset] + pn + protected
+        pn = (int.from_bytes(plain_header[pn_offset:], "big")
+              ^ int.from_bytes(mask[1 : 1 + pn_length], "big")).to_bytes(pn_length, "big")
+        return b"".join((first.to_bytes(1, "big"), plain_header[1:pn_offset], pn, protected))
 
     def decrypt_packet(self, packet: bytes, pn_offset: int,
                        expected_packet_number: int) -> tuple[bytes, bytes, int]:
@@ -189,11 +190,11 @@ class PacketKeys:
         mask = self._mask(sample)
         first = packet[0] ^ (mask[0] & (0x0F if packet[0] & FORM_LONG else 0x1F))
         pn_length = (first & 0x03) + 1
-        pn_bytes = bytes(b ^ m for b, m in
-                         zip(packet[pn_offset : pn_offset + pn_length], mask[1:], strict=False))
-        header = bytes([first]) + packet[1:pn_offset] + pn_bytes
-        return header, decode_packet_number(int.from_bytes(pn_bytes, "big"), pn_length,
-                                            expected_packet_number)
+        truncated = (int.from_bytes(packet[pn_offset : pn_offset + pn_length], "big")
+                     ^ int.from_bytes(mask[1 : 1 + pn_length], "big"))
+        header = b"".join((first.to_bytes(1, "big"), packet[1:pn_offset],
+                           truncated.to_bytes(pn_length, "big")))
+        return header, decode_packet_number(truncated, pn_length, expected_packet_number)
 
 
 def initial_keys(dcid: bytes, *, is_client: bool,
