@@ -461,7 +461,7 @@ class Connection:
                 offset = self._receive_packet(data, offset, now)
         except ProtocolError as exc:
             self._fail(exc)
-        self._pump_handshake(now)
+            self._pump_handshake(now)  # what the handshake produced before it failed
 
     def _receive_packet(self, data: bytes, offset: int, now: float) -> int:
         """Handle the packet at ``offset``; return where the next one starts."""
