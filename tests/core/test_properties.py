@@ -3,6 +3,8 @@ byte string fed to a decoder either decodes or raises the protocol's own error t
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,6 +30,7 @@ from velocity.core.packet import (
     push_short_header,
 )
 from velocity.core.protection import initial_keys
+from velocity.core.rangeset import RangeSet
 
 
 def test_every_frame_class_has_a_strategy() -> None:
@@ -131,3 +134,26 @@ def test_mutated_frames_decode_or_raise_protocol_error(frame: f.Frame, data: st.
         f.decode_frames(bytes(wire[:cut]), PacketType.ONE_RTT)
     except ProtocolError as exc:
         assert exc.field
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "subtract"]), st.integers(0, 60),
+                          st.integers(0, 12)), max_size=40),
+       st.lists(st.integers(0, 80), max_size=10))
+def test_rangeset_matches_a_set_of_integers(operations: list[tuple[str, int, int]],
+                                            probes: list[int]) -> None:
+    """Every operation (including the fast paths for appending, testing the newest range and
+    removing a prefix) keeps sorted, disjoint, non-touching ranges equal to a plain set."""
+    ranges, model = RangeSet(), set()
+    for operation, start, length in operations:
+        if operation == "add":
+            ranges.add(start, start + length)
+            model |= set(range(start, start + length))
+        else:
+            ranges.subtract(start, start + length)
+            model -= set(range(start, start + length))
+        spans = list(ranges)
+        assert all(low < high for low, high in spans)
+        assert all(a[1] < b[0] for a, b in itertools.pairwise(spans))
+        assert {n for low, high in spans for n in range(low, high)} == model
+    for value in probes:
+        assert (value in ranges) == (value in model)

@@ -91,9 +91,10 @@ class VersionNegotiation:
     unused_bits: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProtectedHeader:
-    """What can be read of a packet before header protection is removed.
+    """What can be read of a packet before header protection is removed (not frozen: it is
+    built for every packet received, and frozen dataclasses are slow to build).
 
     ``pn_offset`` is where the (protected) packet number starts and ``end`` where this packet
     ends inside the datagram (coalesced packets follow it)."""

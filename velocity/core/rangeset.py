@@ -28,6 +28,9 @@ class RangeSet:
         return f"RangeSet({self._ranges})"
 
     def __contains__(self, value: int) -> bool:
+        ranges = self._ranges
+        if ranges and ranges[-1][0] <= value:  # the usual question: the newest range
+            return value < ranges[-1][1]
         index = bisect.bisect_right(self._ranges, (value, float("inf"))) - 1
         return index >= 0 and self._ranges[index][0] <= value < self._ranges[index][1]
 
@@ -37,6 +40,13 @@ class RangeSet:
         if stop <= start:
             return
         ranges = self._ranges
+        if ranges and ranges[-1][0] <= start:  # at or past the last range: the usual case
+            low, high = ranges[-1]
+            if start <= high:
+                ranges[-1] = (low, max(high, stop))
+            else:
+                ranges.append((start, stop))
+            return
         index = bisect.bisect_left(ranges, (start, start))
         if index > 0 and ranges[index - 1][1] >= start:
             index -= 1
@@ -48,6 +58,16 @@ class RangeSet:
 
     def subtract(self, start: int, stop: int) -> None:
         """Remove [start, stop)."""
+        ranges = self._ranges
+        if stop <= start:
+            return
+        if ranges and start <= ranges[0][0] and stop <= ranges[0][1]:  # a prefix: the usual
+            if stop > ranges[0][0]:
+                if stop < ranges[0][1]:
+                    ranges[0] = (stop, ranges[0][1])
+                else:
+                    ranges.pop(0)
+            return
         result = []
         for low, high in self._ranges:
             if high <= start or low >= stop:
