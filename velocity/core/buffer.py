@@ -11,6 +11,7 @@ from velocity.core.errors import BufferReadError, UsageError
 
 VARINT_MAX = (1 << 62) - 1
 _VARINT_MASKS = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x40))
 
 
 def varint_size(value: int) -> int:
@@ -28,6 +29,15 @@ def varint_size(value: int) -> int:
 
 def encode_varint(value: int, size: int | None = None) -> bytes:
     """Encode ``value`` as a varint, minimal unless ``size`` (1, 2, 4 or 8) asks for more."""
+    if size is None and value >= 0:  # the minimal encodings, written directly
+        if value < 0x40:
+            return _ONE_BYTE[value]
+        if value < 0x4000:
+            return (value | 0x4000).to_bytes(2, "big")
+        if value < 0x40000000:
+            return (value | 0x80000000).to_bytes(4, "big")
+        if value <= VARINT_MAX:
+            return (value | 0xC000000000000000).to_bytes(8, "big")
     need = varint_size(value) if value >= 0 else 9
     size = need if size is None else size
     if size not in (1, 2, 4, 8) or size < need:

@@ -551,12 +551,53 @@ def pull_frame(reader: Reader, packet_type: PacketType) -> Frame:
     return frame
 
 
+def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position) of the varint at ``pos``; IndexError/ValueError when short."""
+    first = data[pos]
+    size = 1 << (first >> 6)
+    if size == 1:
+        return first, pos + 1
+    if pos + size > len(data):
+        raise IndexError
+    return int.from_bytes(data[pos : pos + size], "big") & _VARINT_MASKS[size], pos + size
+
+
+_VARINT_MASKS = {2: 0x3FFF, 4: 0x3FFFFFFF, 8: 0x3FFFFFFFFFFFFFFF}
+
+
+def _stream_frame(payload: bytes) -> tuple[Stream, int] | None:
+    """A well-formed STREAM frame with an explicit length at the start of ``payload``, and
+    where it ends; None for anything else (``pull_frame`` then decodes it, or names what is
+    wrong). The common payload of a 1-RTT packet, read without a Reader."""
+    frame_type = payload[0]
+    if frame_type & 0xF8 != 0x08 or not frame_type & 0x02:
+        return None
+    try:
+        stream_id, pos = _varint_at(payload, 1)
+        offset = 0
+        if frame_type & 0x04:
+            offset, pos = _varint_at(payload, pos)
+        length, pos = _varint_at(payload, pos)
+    except IndexError:
+        return None
+    end = pos + length
+    if end > len(payload) or offset + length > VARINT_MAX:
+        return None
+    return Stream(stream_id, payload[pos:end], offset, bool(frame_type & 0x01)), end
+
+
 def decode_frames(payload: bytes, packet_type: PacketType) -> list[Frame]:
     """Decode a whole packet payload. A payload without frames is a PROTOCOL_VIOLATION."""
     if not payload:
         raise ProtocolViolation("packet carries no frames", field="payload")
-    reader = Reader(payload)
-    frames = []
+    start = 0
+    frames: list[Frame] = []
+    if packet_type in SPACES_01:
+        fast = _stream_frame(payload)
+        if fast is not None:
+            frames.append(fast[0])
+            start = fast[1]
+    reader = Reader(payload, start)
     while not reader.eof():
         frames.append(pull_frame(reader, packet_type))
     return frames
