@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import random
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -159,5 +160,25 @@ async def test_gso_batches_equal_sized_datagrams() -> None:
             assert await roundtrip(client, bytes(300_000)) == bytes(300_000)
         sender = running._sender
         assert sender is not None
-        if sender._socket is not None:  # the kernel offers UDP_SEGMENT
+        if sender._gso:  # the kernel offers UDP_SEGMENT
             assert sender.gso_batches > 0
+
+
+async def test_a_gso_batch_arrives_as_its_datagrams() -> None:
+    """Five equal datagrams sent in one UDP_SEGMENT call reach the endpoint as five (split
+    from one GRO read where the kernel coalesces them), each dropped as junk."""
+    async with server() as running:
+        host, port = running.address
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            segments = [bytes([0x40 | n]) + bytes(1299) for n in range(5)]
+            junk.sendmsg([b"".join(segments)], [(socket.SOL_UDP, 103, (1300).to_bytes(
+                2, sys.byteorder))], 0, (host, port))
+            for _ in range(100):
+                if running.datagrams_received >= 5:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            junk.close()
+        assert running.datagrams_received == 5
+        assert not running.endpoint.connections

@@ -5,10 +5,13 @@ timer armed, and routes connection events to stream objects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+import sys
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 from velocity.aio.streams import StreamResetError, VelocityStream
 from velocity.core.connection import Address, Connection
@@ -21,19 +24,26 @@ from velocity.core.events import (
 )
 from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 
-UDP_SEGMENT = 103  # linux/udp.h
+UDP_SEGMENT = 103  # linux/udp.h: send several datagrams in one call (GSO)
+UDP_GRO = 104  # linux/udp.h: receive several datagrams of a flow in one call (GRO)
 GSO_MAX_SEGMENTS = 32
 SOCKET_BUFFER = 4 << 20  # bytes; bursts of a large window overflow the default buffers
+RECEIVE_BUFFER = 1 << 16  # one datagram, or one GRO batch of them
+READS_PER_WAKEUP = 64  # bounded, so one busy socket cannot starve the loop
+SEND_QUEUE_LIMIT = 1024  # datagrams kept while the socket is full; beyond that they are lost
 
 
 def udp_socket(host: str, port: int) -> socket.socket:
-    """A bound, non-blocking UDP socket (we keep it: asyncio's wrapper has no sendmsg)."""
+    """A bound, non-blocking UDP socket with large buffers and, where the kernel has it,
+    GRO (several datagrams per read)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -41,18 +51,28 @@ def udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _segment_size(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, value in ancdata:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 2:
+            return int.from_bytes(value[:2], sys.byteorder)
+    return None
+
+
 class Sender:
     """Sends datagrams: consecutive equal-size datagrams to one address go out as one
-    ``sendmsg`` with UDP_SEGMENT (GSO) when supported, the rest with ``sendto``."""
+    ``sendmsg`` with UDP_SEGMENT (GSO) when supported, the rest one by one. What the socket
+    cannot take now waits (bounded) until it is writable."""
 
-    def __init__(self, transport: asyncio.DatagramTransport, sock: socket.socket) -> None:
-        self._transport = transport
-        self._socket: socket.socket | None = sock if self._gso_works(sock) else None
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._socket = sock
+        self._loop = loop
+        self._gso = self._gso_works(sock)
+        self._waiting: deque[tuple[bytes, Address, int]] = deque()  # data, to, segment size
         self.gso_batches = 0
 
     @staticmethod
-    def _gso_works(sock: socket.socket | None) -> bool:
-        if sock is None or not hasattr(socket, "SOL_UDP"):
+    def _gso_works(sock: socket.socket) -> bool:
+        if not hasattr(socket, "SOL_UDP"):
             return False
         try:
             sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
@@ -65,27 +85,54 @@ class Sender:
         while index < len(datagrams):
             data, address = datagrams[index]
             run = 1
-            while (index + run < len(datagrams) and run < GSO_MAX_SEGMENTS
+            while (self._gso and index + run < len(datagrams) and run < GSO_MAX_SEGMENTS
                    and datagrams[index + run][1] == address
                    and len(datagrams[index + run][0]) == len(data)):
                 run += 1
-            if run > 1 and self._socket is not None and self._send_gso(
-                    [d for d, _ in datagrams[index : index + run]], address):
-                index += run
-                continue
-            self._transport.sendto(data, address)
-            index += 1
+            if run > 1:
+                self._write(b"".join(d for d, _ in datagrams[index : index + run]), address,
+                            len(data))
+                self.gso_batches += 1
+            else:
+                self._write(data, address, 0)
+            index += run
 
-    def _send_gso(self, segments: list[bytes], address: Address) -> bool:
-        assert self._socket is not None
+    def _write(self, data: bytes, address: Address, segment: int) -> None:
+        if self._waiting:  # keep the order: behind what already waits
+            if len(self._waiting) < SEND_QUEUE_LIMIT:
+                self._waiting.append((data, address, segment))
+            return
         try:
-            self._socket.sendmsg([b"".join(segments)],
-                                 [(socket.SOL_UDP, UDP_SEGMENT,
-                                   struct.pack("H", len(segments[0])))], 0, address)
-        except (BlockingIOError, OSError):
-            return False
-        self.gso_batches += 1
-        return True
+            self._sendmsg(data, address, segment)
+        except (BlockingIOError, InterruptedError):
+            self._waiting.append((data, address, segment))
+            self._loop.add_writer(self._socket.fileno(), self._flush)
+        except OSError:
+            pass  # e.g. an unreachable peer: like a lost datagram, recovery deals with it
+
+    def _sendmsg(self, data: bytes, address: Address, segment: int) -> None:
+        if segment:
+            self._socket.sendmsg([data], [(socket.SOL_UDP, UDP_SEGMENT,
+                                           struct.pack("H", segment))], 0, address)
+        else:
+            self._socket.sendto(data, address)
+
+    def _flush(self) -> None:
+        while self._waiting:
+            data, address, segment = self._waiting[0]
+            try:
+                self._sendmsg(data, address, segment)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                pass
+            self._waiting.popleft()
+        self._loop.remove_writer(self._socket.fileno())
+
+    def close(self) -> None:
+        if self._waiting:
+            self._loop.remove_writer(self._socket.fileno())
+            self._waiting.clear()
 
 
 class StreamRouter:
@@ -138,23 +185,53 @@ class SansIo(Protocol):
     def handle_timer(self, *, now: float) -> None: ...
 
 
-class DatagramDriver(asyncio.DatagramProtocol):
-    """Feeds a sans-I/O object from its UDP socket, sends what it produces (coalescing the
-    writes of one loop iteration), and keeps one timer at its ``get_timer()``."""
+class DatagramDriver:
+    """Feeds a sans-I/O object from its UDP socket (every datagram the socket holds, up to a
+    bound, split from GRO batches), then sends what it produces once (GSO batches), and keeps
+    one timer at its ``get_timer()``."""
 
     def __init__(self, machine: SansIo, sock: socket.socket) -> None:
         self._machine = machine
         self._socket = sock
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
-        self._sender: Sender | None = None
+        self._sender: Sender | None = Sender(sock, self._loop)
         self._transmit_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._space = socket.CMSG_SPACE(4)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._sender = Sender(self._transport, self._socket)
+    @property
+    def address(self) -> Address:
+        host, port = self._socket.getsockname()[:2]
+        return str(host), int(port)
+
+    def _on_readable(self) -> None:
+        receive = self._socket.recvmsg
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, ancdata, _, peer = receive(RECEIVE_BUFFER, self._space)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.error_received(exc)
+                break
+            address = (str(peer[0]), int(peer[1]))
+            size = _segment_size(ancdata) or len(data)
+            if size >= len(data):
+                self.datagram_received(data, address)
+            else:
+                for start in range(0, len(data), size):
+                    self.datagram_received(data[start : start + size], address)
+        self._route()
+        self._transmit()
+
+    def datagram_received(self, data: bytes, address: Address) -> None:
+        """One datagram for the sans-I/O object (events and sending follow per batch)."""
+        raise NotImplementedError
+
+    def error_received(self, exc: OSError) -> None:
+        """The socket reported an error (e.g. ICMP port unreachable)."""
 
     def _route(self) -> None:
         """Deliver the sans-I/O object's pending events (each driver knows its own)."""
@@ -199,5 +276,8 @@ class DatagramDriver(asyncio.DatagramProtocol):
     def _stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._transport is not None:
-            self._transport.close()
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+            self._loop.remove_reader(self._socket.fileno())
+            self._socket.close()

@@ -53,13 +53,10 @@ class VelocityClient(DatagramDriver):
         self._handshake: asyncio.Future[HandshakeCompleted] = self._loop.create_future()
         self._progress = asyncio.Event()
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.connection.receive_datagram(data, (str(addr[0]), int(addr[1])),
-                                         now=self._loop.time())
-        self._route()
-        self.schedule_transmit()  # after every datagram this loop iteration reads
+    def datagram_received(self, data: bytes, address: Address) -> None:
+        self.connection.receive_datagram(data, address, now=self._loop.time())
 
-    def error_received(self, exc: Exception) -> None:
+    def error_received(self, exc: OSError) -> None:
         if not self._handshake.done():
             self._handshake.set_exception(ConnectionError(f"network error: {exc}"))
 
@@ -148,8 +145,7 @@ async def connect(host: str, port: int, config: ConnectionConfig, *,
     address = await resolve(host, port)
     connection = Connection(config, entropy=entropy or OsEntropy(), tracer=tracer)
     sock = udp_socket("::" if ":" in address[0] else "0.0.0.0", 0)
-    _, client = await loop.create_datagram_endpoint(lambda: VelocityClient(connection, sock),
-                                                    sock=sock)
+    client = VelocityClient(connection, sock)
     try:
         connection.connect(address, now=loop.time())
         client._transmit()

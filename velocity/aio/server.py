@@ -97,20 +97,11 @@ class VelocityServer(DatagramDriver):
         self._tasks: set[asyncio.Task[None]] = set()
         self.datagrams_received = 0
 
-    @property
-    def address(self) -> Address:
-        assert self._transport is not None
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return host, port
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+    def datagram_received(self, data: bytes, address: Address) -> None:
         self.datagrams_received += 1
         if self.metrics is not None:
             self.metrics.datagrams("in", [len(data)])
-        self.endpoint.receive_datagram(data, (str(addr[0]), int(addr[1])),
-                                       now=self._loop.time())
-        self._route()
-        self.schedule_transmit()  # after every datagram this loop iteration reads
+        self.endpoint.receive_datagram(data, address, now=self._loop.time())
 
     def _route(self) -> None:
         while (item := self.endpoint.next_event()) is not None:
@@ -187,11 +178,7 @@ async def serve(host: str, port: int, config: EndpointConfig, handler: StreamHan
                 transcripts: Path | None = None) -> VelocityServer:
     """Listen on ``host:port`` (port 0 picks a free one). Raises OSError if it is taken.
     With ``transcripts`` every connection is traced and its transcript written there."""
-    loop = asyncio.get_running_loop()
     writer = TranscriptWriter(transcripts) if transcripts is not None else None
     endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens,
                               tracers=Transcript if writer is not None else None)
-    sock = udp_socket(host, port)
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: VelocityServer(endpoint, handler, sock, metrics, writer), sock=sock)
-    return protocol
+    return VelocityServer(endpoint, handler, udp_socket(host, port), metrics, writer)

@@ -162,6 +162,9 @@ class ReceiveBuffer:
         self.highest = max(self.highest, end)
         if end <= self.delivered or not data:
             return b""
+        if offset == self.delivered and not self._chunks:  # in order: the usual case
+            self.delivered = end
+            return data
         if offset < self.delivered:
             data, offset = data[self.delivered - offset :], self.delivered
         existing = self._chunks.get(offset)
