@@ -209,6 +209,8 @@ class DatagramDriver:
     def _on_readable(self) -> None:
         receive = self._socket.recvmsg
         for _ in range(READS_PER_WAKEUP):
+            if self._sender is None:
+                return  # stopped while handling what was read
             try:
                 data, ancdata, _, peer = receive(RECEIVE_BUFFER, self._space)
             except (BlockingIOError, InterruptedError):
