@@ -4,6 +4,7 @@ garbage datagrams, Retry, refusal and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import socket
@@ -17,6 +18,7 @@ import pytest
 import velocity.aio
 from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs
+from velocity.aio.base import Sender
 from velocity.aio.client import HandshakeError, VelocityClient, connect
 from velocity.aio.server import VelocityServer, serve
 from velocity.aio.streams import VelocityStream
@@ -182,3 +184,40 @@ async def test_a_gso_batch_arrives_as_its_datagrams() -> None:
             junk.close()
         assert running.datagrams_received == 5
         assert not running.endpoint.connections
+
+
+class _FullAtFirst(socket.socket):
+    """A UDP socket whose first sends find the buffer full, as a busy host's would."""
+
+    refusals = 3
+
+    def sendto(self, data: Any, address: Any) -> int:  # type: ignore[override]
+        if self.refusals:
+            self.refusals -= 1
+            raise BlockingIOError
+        return super().sendto(data, address)
+
+
+async def test_sends_wait_in_order_while_the_socket_is_full() -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sending = _FullAtFirst(socket.AF_INET, socket.SOCK_DGRAM)
+    sending.setblocking(False)
+    try:
+        sender = Sender(sending, asyncio.get_running_loop())
+        sender._gso = False  # one datagram per call, so each can be refused
+        address = receiver.getsockname()
+        sender.send([(bytes([n]) * (10 + n), address) for n in range(6)])
+        got: list[bytes] = []
+        for _ in range(100):
+            with contextlib.suppress(BlockingIOError):
+                got.append(receiver.recv(100))
+                continue
+            if len(got) == 6:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [bytes([n]) * (10 + n) for n in range(6)]  # none lost, none reordered
+    finally:
+        sending.close()
+        receiver.close()
