@@ -188,11 +188,9 @@ class Connection:
                  original_dcid: bytes | None = None, peer_cid: bytes | None = None,
                  retry_scid: bytes | None = None, address_validated: bool = False,
                  tracer: Tracer | None = None) -> None:
-        self.config = config
-        self.tracer = tracer
+        self.config, self.tracer, self._entropy = config, tracer, entropy
         self._now = 0.0  # the time of the current call, for trace events
         self.is_client = config.is_client
-        self._entropy = entropy
         self.state = State.HANDSHAKE
         self.host_cid = entropy.random(config.cid_length)
         self.spaces = {epoch: SpaceState() for epoch in Epoch}
@@ -222,7 +220,12 @@ class Connection:
         self.started_at: float | None = None  # when it was started or first heard from
         self.early_streams: set[int] = set()  # peer streams that carried 0-RTT data (server)
         self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
-        self.close_pending = False  # CONNECTION_CLOSE to send: on closing, then per datagram
+        # close_pending: CONNECTION_CLOSE to send (on closing, then once per datagram heard);
+        # pad_first_flight: a client whose CLIENT_HELLO fits one datagram sends a second,
+        # padded one, so that the server's flight (a certificate in discovery) is not held
+        # by the 3x limit (VEL-SIZE-002)
+        self.close_pending = self.pad_first_flight = False
+        self._early_crypto = bytearray()  # 1-RTT CRYPTO held until the handshake completes
         self._close_deadline: float | None = None
         self._last_activity = 0.0
         self.peer_address: Address | None = None
@@ -319,6 +322,9 @@ class Connection:
         assert isinstance(self.handshake, ClientHandshake)
         self.handshake.start(now_ms=int(now * 1000))
         self._pump_handshake(now)
+        initial = self.spaces[Epoch.INITIAL]
+        if initial.crypto_send.write_offset <= self.config.max_datagram_size - 64:
+            self.pad_first_flight = True  # VEL-SIZE-002
 
     def get_next_available_stream_id(self, *, unidirectional: bool = False) -> int:
         """The id of the next stream this endpoint may open; raises ``StreamsExhausted``
@@ -664,6 +670,11 @@ class Connection:
 
     def _on_crypto(self, frame: Crypto, epoch: Epoch, now: float) -> None:
         data = self.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
+        if data and epoch == Epoch.APPLICATION and not self.handshake_complete:
+            # 1-RTT CRYPTO (a ticket) can overtake the server's FINISHED when that is lost
+            # or reordered: it waits for the handshake to complete (RFC 9001 section 4.1.3)
+            self._early_crypto += data
+            return
         if data:
             self.handshake.receive(epoch, data, now_ms=int(now * 1000))
             self._pump_handshake(now)  # keys for packets coalesced behind this one
@@ -830,6 +841,9 @@ class Connection:
     def _on_handshake_completed(self, event: HandshakeCompleted, now: float) -> None:
         self.handshake_summary = event
         self.handshake_complete = True
+        if self._early_crypto:  # 1-RTT CRYPTO that arrived before completion
+            held, self._early_crypto = bytes(self._early_crypto), bytearray()
+            self.handshake.receive(Epoch.APPLICATION, held, now_ms=int(now * 1000))
         self.state = State.CONNECTED
         self.early_data_accepted = event.early_data_accepted
         if not self._peer_params_final:

@@ -441,6 +441,9 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
             datagram = _seal(conn, plans, now, limit)
         conn.bytes_sent += len(datagram)
         out.append(datagram)
+        if conn.pad_first_flight:  # a second Initial datagram: PING, padded (VEL-SIZE-002)
+            conn.pad_first_flight = False
+            conn.spaces[Epoch.INITIAL].probes = 1
         if conn._close is not None:
             conn.close_pending = False
             break

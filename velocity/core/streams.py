@@ -99,6 +99,9 @@ class SendBuffer:
             _, high = self._acked.shift()
             del self._buffer[: high - self._base]
             self._base = high
+            # bytes declared lost and then acknowledged after all (a late ACK) are not resent:
+            # they are gone from the buffer
+            self._pending.subtract(0, high)
 
     def on_lost(self, start: int, stop: int, fin: bool) -> None:
         if self.reset_code is not None:

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from harness.loopback import CLIENT_ADDR, ONE_WAY, Pair, perfect
+from harness.loopback import CLIENT_ADDR, ONE_WAY, SERVER_ADDR, Pair, perfect
 from harness.pair import PairSpec, make_configs
 from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.connection import ConnectionConfig, State
 from velocity.core.errors import ErrorCode
 from velocity.core.events import NewTokenReceived, TicketReceived
-from velocity.core.handshake.common import FallbackDirected
+from velocity.core.handshake.common import FallbackDirected, ServerKeyLearned
 from velocity.core.handshake.server import FallbackPolicy
-from velocity.core.hybrid import SECURE
+from velocity.core.hybrid import BALANCED, LIGHT, SECURE, Profile
 from velocity.core.packet import VELOCITY_VERSION, PacketType, parse_header
 from velocity.crypto.sealing import RetryTokens
 
@@ -194,3 +194,26 @@ def test_fallback_directive_travels_with_its_close(mode: str) -> None:
     (end,) = terminated(pair.client_events)
     assert end.error_code == ErrorCode.NO_APPLICATION_PROTOCOL and end.by_peer
     assert not pair.endpoint.connections or pair.run(lambda: not pair.endpoint.connections)
+
+
+@pytest.mark.spec("VEL-SIZE-002", "VEL-CONN-001")
+@pytest.mark.parametrize("profile", [LIGHT, BALANCED], ids=lambda p: p.name)
+def test_discovery_flight_is_not_held_by_the_amplification_limit(profile: Profile) -> None:
+    """A discovering client's CLIENT_HELLO fits one datagram; it sends a second, padded
+    Initial with it, so the server's whole flight (share, certificate) leaves at once: the
+    client's next datagram already carries its KEM ciphertext, not an ACK to unblock the
+    server."""
+    pair = make(spec=PairSpec(mode="discovery", profile=profile))
+    pair.connect()
+    first_flight = [d for d, _ in pair.client.datagrams_to_send(now=0.0)]
+    assert len(first_flight) == 2 and all(len(d) >= 1200 for d in first_flight)
+    for datagram in first_flight:
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=0.01)
+    server_flight = [d for d, _ in pair.endpoint.datagrams_to_send(now=0.01)]
+    for datagram in server_flight:
+        pair.client.receive_datagram(datagram, SERVER_ADDR, now=0.02)
+    events = []
+    while (event := pair.client.next_event()) is not None:
+        events.append(event)
+    assert any(isinstance(e, ServerKeyLearned) for e in events)  # the certificate arrived
+    assert sum(map(len, server_flight)) <= 3 * sum(map(len, first_flight))
