@@ -208,6 +208,7 @@ class DatagramDriver:
 
     def _on_readable(self) -> None:
         receive = self._socket.recvmsg
+        now = self._loop.time()
         for _ in range(READS_PER_WAKEUP):
             if self._sender is None:
                 return  # stopped while handling what was read
@@ -221,15 +222,16 @@ class DatagramDriver:
             address = (str(peer[0]), int(peer[1]))
             size = _segment_size(ancdata) or len(data)
             if size >= len(data):
-                self.datagram_received(data, address)
+                self.datagram_received(data, address, now)
             else:
                 for start in range(0, len(data), size):
-                    self.datagram_received(data[start : start + size], address)
+                    self.datagram_received(data[start : start + size], address, now)
         self._route()
         self._transmit()
 
-    def datagram_received(self, data: bytes, address: Address) -> None:
-        """One datagram for the sans-I/O object (events and sending follow per batch)."""
+    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+        """One datagram for the sans-I/O object, read at ``now`` (events and sending follow
+        per batch)."""
         raise NotImplementedError
 
     def error_received(self, exc: OSError) -> None:

@@ -18,6 +18,7 @@ from velocity.core.events import (
     ConnectionTerminated,
     Event,
     NewTokenReceived,
+    StreamDataReceived,
     TicketReceived,
 )
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted, ServerKeyLearned
@@ -53,8 +54,8 @@ class VelocityClient(DatagramDriver):
         self._handshake: asyncio.Future[HandshakeCompleted] = self._loop.create_future()
         self._progress = asyncio.Event()
 
-    def datagram_received(self, data: bytes, address: Address) -> None:
-        self.connection.receive_datagram(data, address, now=self._loop.time())
+    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+        self.connection.receive_datagram(data, address, now=now)
 
     def error_received(self, exc: OSError) -> None:
         if not self._handshake.done():
@@ -66,6 +67,9 @@ class VelocityClient(DatagramDriver):
         self._progress.set()
 
     def _on_event(self, event: Event) -> None:
+        if type(event) is StreamDataReceived:  # nearly every event: straight to its stream
+            self.router.handle(event)
+            return
         if isinstance(event, HandshakeCompleted):
             self.completed = event
             if not self._handshake.done():

@@ -97,11 +97,11 @@ class VelocityServer(DatagramDriver):
         self._tasks: set[asyncio.Task[None]] = set()
         self.datagrams_received = 0
 
-    def datagram_received(self, data: bytes, address: Address) -> None:
+    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
         self.datagrams_received += 1
         if self.metrics is not None:
             self.metrics.datagrams("in", [len(data)])
-        self.endpoint.receive_datagram(data, address, now=self._loop.time())
+        self.endpoint.receive_datagram(data, address, now=now)
 
     def _route(self) -> None:
         while (item := self.endpoint.next_event()) is not None:

@@ -486,7 +486,7 @@ class Connection:
             self._on_retry(data[offset:], now)
             return len(data)
         end = header.end
-        packet = data[offset:end]
+        packet = data if offset == 0 and end == len(data) else data[offset:end]
         epoch = EPOCH_OF[header.packet_type]
         space = self.spaces[epoch]
         opened = self._open(packet, header.packet_type, header.pn_offset - offset, space)
