@@ -119,7 +119,8 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
 @click.option("--h3-listen", help="HOST:PORT of an embedded HTTP/3 origin (aioquic).")
 @click.option("--metrics-listen", help="HOST:PORT for the Prometheus scrape endpoint.")
 @click.option("--transcripts", type=click.Path(file_okay=False, path_type=Path),
-              help="Write a JSON transcript of every connection into this directory.")
+              help="Write a JSON transcript of every connection into this directory (every "
+                   "packet is recorded: for tests and diagnosis, not bulk traffic).")
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="Log lines on stderr; levels come from VELOCITY_LOG (default: warning).")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
