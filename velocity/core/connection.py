@@ -493,6 +493,9 @@ class Connection:
         if opened is None:
             return end
         plain, payload, packet_number = opened
+        if header.packet_type == PacketType.ONE_RTT and not self.is_client and (
+                not self.spaces[Epoch.HANDSHAKE].discarded):
+            self._server_done_with_handshake_keys(client_completed=True)
         if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
             raise ProtocolViolation("reserved bits are not 0", field="first_byte")
         if packet_number < space.ack_floor or packet_number in space.received:
@@ -656,16 +659,19 @@ class Connection:
         exponent = self.peer_params.ack_delay_exponent if self.peer_params else 3
         delay = (frame.delay << exponent) / 1_000_000 if epoch == Epoch.APPLICATION else 0.0
         self.recovery.on_ack(epoch, ranges, delay, now,
-                             handshake_confirmed=self.handshake_confirmed)
+                             handshake_confirmed=self.handshake_confirmed,
+                             peer_completed_address_validation=self.handshake_complete)
         if epoch == Epoch.HANDSHAKE:
             self._server_done_with_handshake_keys()
 
-    def _server_done_with_handshake_keys(self) -> None:
-        """VEL-PROT-013: a server drops its Handshake keys once the handshake is complete and
-        its FINISHED acknowledged, whichever of the two comes last (the client's ACK and
-        FINISHED usually share a packet, the ACK first)."""
-        if (not self.is_client and self.handshake_complete
-                and not self.spaces[Epoch.HANDSHAKE].crypto_send.buffered):
+    def _server_done_with_handshake_keys(self, *, client_completed: bool = False) -> None:
+        """VEL-PROT-013: a server drops its Handshake keys once its handshake is complete and
+        the client has its FINISHED: the FINISHED is acknowledged, or a 1-RTT packet came
+        (``client_completed``: a client sends 1-RTT only once complete). The client's ACK
+        of the FINISHED can be lost for good, as it drops its Handshake keys on
+        HANDSHAKE_DONE; without the second rule the server would probe forever."""
+        if not self.is_client and self.handshake_complete and (
+                client_completed or not self.spaces[Epoch.HANDSHAKE].crypto_send.buffered):
             self._discard_space(Epoch.HANDSHAKE)
 
     def _on_crypto(self, frame: Crypto, epoch: Epoch, now: float) -> None:
@@ -944,7 +950,8 @@ class Connection:
         return self.recovery.loss_timer(
             handshake_confirmed=self.handshake_confirmed,
             peer_completed_address_validation=self.handshake_complete,
-            has_keys=lambda e: self.spaces[e].send_keys is not None)
+            has_keys=lambda e: self.spaces[e].send_keys is not None,
+            last_activity=self._last_activity)
 
     def handle_timer(self, *, now: float) -> None:
         self._now = now
@@ -965,8 +972,6 @@ class Connection:
                 space.ack_needed, space.ack_deadline = True, None
         deadline, epoch, is_pto = self._loss_timer()
         if deadline is None or now < deadline or epoch is None:
-            if deadline is None and is_pto and self.is_client and not self.handshake_complete:
-                self._probe(self._anti_deadlock_epoch())
             return
         if is_pto:
             self.recovery.on_pto()
@@ -974,15 +979,20 @@ class Connection:
         else:
             self.recovery.detect_loss(epoch, now)
 
-    def _anti_deadlock_epoch(self) -> Epoch:
-        return Epoch.HANDSHAKE if self.spaces[Epoch.HANDSHAKE].send_keys else Epoch.INITIAL
-
     def _probe(self, epoch: Epoch) -> None:
-        """A PTO fired: send up to two ack-eliciting probes, resending CRYPTO data."""
-        space = self.spaces[epoch]
-        space.probes = 2
-        if epoch != Epoch.APPLICATION:
+        """A PTO fired: send up to two ack-eliciting probes, resending CRYPTO data. Before the
+        handshake is confirmed the unacknowledged CRYPTO data of every earlier space goes
+        too: a peer that lost our Initial cannot read our Handshake probes (RFC 9002 section
+        6.2.4), and cwnd may hold that data back otherwise."""
+        self.spaces[epoch].probes = 2
+        for other in (Epoch.INITIAL, Epoch.HANDSHAKE):
+            space = self.spaces[other]
+            if other > epoch or space.discarded or space.send_keys is None:
+                continue
             crypto = space.crypto_send
+            if other != epoch and not crypto.buffered:
+                continue
+            space.probes = max(space.probes, 1)
             crypto.on_lost(0, crypto.write_offset, False)
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:

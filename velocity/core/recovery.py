@@ -180,8 +180,11 @@ class Recovery:
             self.cc.on_paced(now, packet.size, self.rtt)
 
     def on_ack(self, epoch: Epoch, ranges: list[tuple[int, int]], ack_delay: float, now: float,
-               *, handshake_confirmed: bool) -> list[SentPacket]:
-        """Process an ACK frame's inclusive ranges; returns the newly acknowledged packets."""
+               *, handshake_confirmed: bool,
+               peer_completed_address_validation: bool) -> list[SentPacket]:
+        """Process an ACK frame's inclusive ranges; returns the newly acknowledged packets.
+        A client keeps its PTO backoff while the server may not have validated its address
+        (RFC 9002 section 6.2.1), so its probes cannot turn into a flood."""
         space = self.spaces[epoch]
         acked = _take_acked(space.sent, ranges)
         if not acked:
@@ -202,7 +205,8 @@ class Recovery:
             for callback in packet.on_ack:
                 callback()
         self.detect_loss(epoch, now)
-        self.pto_count = 0
+        if not self.is_client or peer_completed_address_validation:
+            self.pto_count = 0
         return acked
 
     def detect_loss(self, epoch: Epoch, now: float) -> list[SentPacket]:
@@ -253,8 +257,13 @@ class Recovery:
         return duration * (1 << self.pto_count)
 
     def loss_timer(self, *, handshake_confirmed: bool, peer_completed_address_validation: bool,
-                   has_keys: Callable[[Epoch], bool]) -> tuple[float | None, Epoch | None, bool]:
-        """(deadline, epoch, is_pto) of the earliest loss-time or PTO timer."""
+                   has_keys: Callable[[Epoch], bool],
+                   last_activity: float) -> tuple[float | None, Epoch | None, bool]:
+        """(deadline, epoch, is_pto) of the earliest loss-time or PTO timer. A client whose
+        address the server may not have validated keeps a PTO armed even with nothing in
+        flight (RFC 9002 section 6.2.2.1), counted from ``last_activity``: otherwise a
+        server stopped by the amplification limit and a client with nothing to send wait
+        for each other."""
         times = [(s.loss_time, e) for e, s in self.spaces.items() if s.loss_time is not None]
         if times:
             deadline, epoch = min(times, key=lambda t: t[0] or 0.0)
@@ -277,7 +286,8 @@ class Recovery:
             if best[0] is None or deadline < best[0]:
                 best = (deadline, epoch)
         if best[0] is None and self.is_client and not peer_completed_address_validation:
-            return None, None, True
+            epoch = Epoch.HANDSHAKE if has_keys(Epoch.HANDSHAKE) else Epoch.INITIAL
+            return last_activity + self.pto_duration(epoch), epoch, True
         return best[0], best[1], True
 
     def on_pto(self) -> None:
