@@ -856,6 +856,7 @@ class Connection:
             self._apply_peer_params(event.peer_transport_parameters)
         self._events.append(event)
         if self.is_client:
+            self.recovery.pto_count = 0  # the server has validated us: backoff may reset
             if self._zero_rtt_frames and not event.early_data_accepted:
                 self._resend_rejected_early_data()
             self._zero_rtt_send = None

@@ -237,10 +237,15 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
     can_ack = bool(space.received) and packet_type != PacketType.ZERO_RTT
     if can_ack and space.ack_needed:
         _add_ack(conn, space, epoch, frames, now)
+    if epoch != Epoch.APPLICATION:
+        # handshake data is bounded and never waits for the window: 0-RTT data in flight
+        # (unacknowledgeable until the handshake completes) could otherwise hold back the
+        # FINISHED that completes it
+        _add_crypto(space, frames, room)
     probing = space.probes > 0
     if not (congestion_ok or probing):
         return frames
-    if packet_type != PacketType.ZERO_RTT:
+    if packet_type == PacketType.ONE_RTT:
         _add_crypto(space, frames, room)
     if epoch == Epoch.APPLICATION:
         if packet_type == PacketType.ONE_RTT:

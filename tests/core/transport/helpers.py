@@ -8,6 +8,9 @@ from harness.loopback import Network, Pair, perfect
 from harness.pair import PairSpec, make_configs
 from velocity.core.connection import ConnectionConfig
 from velocity.core.events import ConnectionTerminated, Event, HandshakeCompleted
+from velocity.crypto.sealing import RetryTokens
+
+TOKENS = RetryTokens(bytes(16))  # the token sealer of tests that need Retry or NEW_TOKEN
 
 
 def make(mode: str = "pdk", network: Network = perfect, *, client: dict[str, Any] | None = None,

@@ -9,7 +9,7 @@ import pytest
 
 from harness.loopback import CLIENT_ADDR, ONE_WAY, SERVER_ADDR, Pair, perfect
 from harness.pair import PairSpec, make_configs
-from tests.core.transport.helpers import both_completed, make, terminated
+from tests.core.transport.helpers import TOKENS, both_completed, make, terminated
 from velocity.core.connection import ConnectionConfig, State
 from velocity.core.errors import ErrorCode
 from velocity.core.events import NewTokenReceived, TicketReceived
@@ -17,9 +17,6 @@ from velocity.core.handshake.common import FallbackDirected, ServerKeyLearned
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED, LIGHT, SECURE, Profile
 from velocity.core.packet import VELOCITY_VERSION, PacketType, parse_header
-from velocity.crypto.sealing import RetryTokens
-
-TOKENS = RetryTokens(bytes(16))
 
 
 @pytest.mark.spec("VEL-RTY-001", "VEL-RTY-002", "VEL-RTY-003", "VEL-RTY-004", "VEL-RTY-005",

@@ -19,7 +19,9 @@ import random
 import pytest
 
 from harness.loopback import lossy
-from tests.core.transport.helpers import both_completed, make
+from harness.pair import PairSpec
+from tests.core.transport.helpers import TOKENS, both_completed, make
+from velocity.core.events import NewTokenReceived, TicketReceived
 
 
 def scenario(seed: int) -> None:
@@ -47,3 +49,37 @@ def scenario(seed: int) -> None:
 @pytest.mark.parametrize("seed", [7, 76, 105, *range(200, 240)])
 def test_lossy_discovery_handshake_and_transfer(seed: int) -> None:
     scenario(seed)
+
+
+def resumed_with_early_data(seed: int) -> None:
+    first = make("discovery", tokens=TOKENS)
+    first.connect()
+    assert first.run(lambda: both_completed(first)
+                     and any(isinstance(e, TicketReceived) for e in first.client_events)
+                     and any(isinstance(e, NewTokenReceived) for e in first.client_events))
+    ticket = next(e for e in first.client_events if isinstance(e, TicketReceived))
+    token = next(e.token for e in first.client_events if isinstance(e, NewTokenReceived))
+    rng = random.Random(seed)
+    network = lossy(seed, loss=rng.choice([0.1, 0.2, 0.3]), reorder=rng.choice([0.1, 0.3]),
+                    duplicate=rng.choice([0, 0.2]))
+    second = make(spec=PairSpec(mode="discovery",
+                                client={"ticket": ticket.ticket, "early_data": True}),
+                  tokens=TOKENS, network=network,
+                  client={"remembered_transport_parameters": ticket.transport_parameters,
+                          "token": token})
+    second.now = first.now + 1.0
+    second.connect()
+    stream = second.client.get_next_available_stream_id()
+    request = rng.randbytes(rng.randrange(1, 60_000))
+    second.client.send_stream_data(stream, request, end_stream=True)  # as 0-RTT
+    assert second.run(lambda: second.finished_stream("server", stream)
+                      and second.client.handshake_complete, max_time=second.now + 300), seed
+    assert second.received("server", stream) == (request, True)
+
+
+@pytest.mark.spec("VEL-REC-003", "VEL-RES-006", "VEL-RES-008")
+@pytest.mark.parametrize("seed", [1, 2, 3, *range(300, 320)])
+def test_lossy_resumption_with_early_data_completes(seed: int) -> None:
+    """0-RTT data fills the window before the handshake can acknowledge it; seeds 1-3 once
+    stalled with the client's FINISHED held back by the congestion window."""
+    resumed_with_early_data(seed)
