@@ -130,7 +130,7 @@ class ConnectionConfig:
     max_streams_uni: int = 128
     max_ack_delay: float = 0.025
     ack_delay_exponent: int = 3
-    ack_every: int = 10  # 1-RTT ack-eliciting packets per ACK, unless max_ack_delay is first
+    ack_every: int = 2  # 1-RTT ack-eliciting packets per ACK, unless max_ack_delay is first
     remembered_transport_parameters: bytes | None = None  # for 0-RTT (client)
     token: bytes = b""  # NEW_TOKEN from an earlier connection (client)
 
@@ -225,6 +225,7 @@ class Connection:
         # padded one, so that the server's flight (a certificate in discovery) is not held
         # by the 3x limit (VEL-SIZE-002)
         self.close_pending = self.pad_first_flight = False
+        self._closing_heard = 0  # datagrams received while closing
         self._early_crypto = bytearray()  # 1-RTT CRYPTO held until the handshake completes
         self._close_deadline: float | None = None
         self._last_activity = 0.0
@@ -459,7 +460,10 @@ class Connection:
         if self.peer_address is None:
             self.peer_address = address
         if self.state == State.CLOSING:
-            self.close_pending = True  # answer the peer's packets with the close (RFC 9000 10.2.1)
+            # answer the peer's datagrams with the close, at a falling rate: after the 1st,
+            # 2nd, 4th, 8th... (RFC 9000 section 10.2.1)
+            self._closing_heard += 1
+            self.close_pending = not self._closing_heard & (self._closing_heard - 1)
             return
         offset = 0
         try:
@@ -512,7 +516,8 @@ class Connection:
         if self.tracer is not None:
             self._trace("quic:packet_received",
                         packet_data(header.packet_type, packet_number, end - offset, frames))
-        if not space.received or packet_number >= space.received.bounds()[1]:
+        expected = space.received.bounds()[1] if space.received else space.ack_floor
+        if packet_number >= expected:
             space.largest_received_time = now  # for the ACK delay field
         space.received.add(packet_number)
         self._last_activity = now
@@ -521,7 +526,7 @@ class Connection:
             ack_eliciting |= frame.ACK_ELICITING
             self._handle_frame(frame, epoch, header.packet_type, now)
         if ack_eliciting:
-            self._note_ack_eliciting(space, epoch, now)
+            self._note_ack_eliciting(space, epoch, now, in_order=packet_number == expected)
         return end
 
     def _open(self, packet: bytes, packet_type: PacketType, pn_offset: int,
@@ -603,9 +608,14 @@ class Connection:
                              "progress")
         self._rotate_send_keys()
 
-    def _note_ack_eliciting(self, space: SpaceState, epoch: Epoch, now: float) -> None:
+    def _note_ack_eliciting(self, space: SpaceState, epoch: Epoch, now: float, *,
+                            in_order: bool) -> None:
+        """Acknowledge at once outside 1-RTT, after ``ack_every`` packets, or when a packet
+        arrives out of order or after a gap: the sender's loss detection needs to hear of it
+        now (RFC 9000 section 13.2.1)."""
         space.ack_eliciting_since_ack += 1
-        if epoch != Epoch.APPLICATION or space.ack_eliciting_since_ack >= self.config.ack_every:
+        if (epoch != Epoch.APPLICATION or not in_order
+                or space.ack_eliciting_since_ack >= self.config.ack_every):
             space.ack_needed = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + self.config.max_ack_delay

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.loopback import ONE_WAY, lossy
+from harness.loopback import CLIENT_ADDR, ONE_WAY, lossy
 from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError, UsageError
 from velocity.core.frames import HandshakeDone, NewConnectionId
+from velocity.core.packet import Epoch
 from velocity.core.protection import CONFIDENTIALITY_LIMIT, INTEGRITY_LIMIT, Aead
 from velocity.core.recovery import SentPacket
 from velocity.core.streams import ReceiveBuffer
@@ -196,3 +197,23 @@ def test_integrity_limit_closes_with_aead_limit_reached(monkeypatch: pytest.Monk
     assert pair.run(lambda: bool(terminated(pair.client_events)), max_time=20)
     (end,) = terminated(pair.client_events)
     assert end.error_code == ErrorCode.AEAD_LIMIT_REACHED and not end.by_peer
+
+
+@pytest.mark.spec("VEL-REC-001")
+def test_a_packet_after_a_gap_is_acknowledged_at_once() -> None:
+    pair = make(server={"ack_every": 10})
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+    server = pair.server
+    assert server is not None
+    stream = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stream, bytes(5000))
+    sent: list[bytes] = []
+    for step in range(10):  # the pacer spreads them out
+        sent += [d for d, _ in pair.client.datagrams_to_send(now=pair.now + step * 0.01)]
+    first, _, third, *_ = sent
+    space = server.spaces[Epoch.APPLICATION]
+    server.receive_datagram(first, CLIENT_ADDR, now=pair.now)
+    assert not space.ack_needed  # in order: it may wait for more (ack_every, max_ack_delay)
+    server.receive_datagram(third, CLIENT_ADDR, now=pair.now)
+    assert space.ack_needed  # after a gap: the sender must hear of it now

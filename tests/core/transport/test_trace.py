@@ -85,7 +85,8 @@ def test_packets_in_the_transcripts_match_the_wire() -> None:
     received = [(e["data"]["header"]["packet_type"], e["data"]["header"]["packet_number"])
                 for e in docs["server"]["events"] if e["name"] == "quic:packet_received"]
     assert received == sent[: len(received)]  # then the server drained and heard no more
-    assert len(sent) - len(received) <= 1  # the client's close, answering a late ACK
+    late = len(sent) - len(received)  # the client's closes answering late ACKs: 1st, 2nd, 4th..
+    assert late <= 4, late
     sent_bytes = sum(e["data"]["raw"]["length"] for e in docs["client"]["events"]
                      if e["name"] == "quic:packet_sent")
     assert sent_bytes == pair.sent["c2s"]
