@@ -12,6 +12,9 @@ from velocity.core.packet import Epoch
 
 K_PACKET_THRESHOLD = 3
 K_TIME_THRESHOLD = 9 / 8
+MAX_PACKET_THRESHOLD = 256  # how far reordering may adapt the thresholds (RFC 9002 §6.1)
+MAX_TIME_THRESHOLD = 2.0
+REMEMBERED_LOSSES = 64  # the latest packets declared lost, kept to recognise spurious ones
 K_GRANULARITY = 0.001
 K_INITIAL_RTT = 0.333
 K_PERSISTENT_CONGESTION = 3
@@ -39,6 +42,7 @@ class PacketSpace:
     loss_time: float | None = None
     time_of_last_ack_eliciting: float | None = None
     ack_eliciting_in_flight: int = 0
+    declared_lost: OrderedDict[int, None] = field(default_factory=OrderedDict)
 
 
 def _take_acked(sent: OrderedDict[int, SentPacket],
@@ -168,6 +172,8 @@ class Recovery:
         self.pto_count = 0
         self.max_ack_delay = 0.025
         self.is_client = is_client
+        self.packet_threshold = K_PACKET_THRESHOLD
+        self.time_threshold = K_TIME_THRESHOLD
 
     def on_sent(self, packet: SentPacket, now: float) -> None:
         space = self.spaces[packet.epoch]
@@ -186,6 +192,8 @@ class Recovery:
         A client keeps its PTO backoff while the server may not have validated its address
         (RFC 9002 section 6.2.1), so its probes cannot turn into a flood."""
         space = self.spaces[epoch]
+        if space.declared_lost:
+            self._adapt_to_reordering(space, ranges)
         acked = _take_acked(space.sent, ranges)
         if not acked:
             return []
@@ -214,7 +222,7 @@ class Recovery:
         space.loss_time = None
         if space.largest_acked is None:
             return []
-        delay = K_TIME_THRESHOLD * max(self.rtt.latest, self.rtt.smoothed)
+        delay = self.time_threshold * max(self.rtt.latest, self.rtt.smoothed)
         delay = max(delay, K_GRANULARITY)
         lost = []
         for packet in space.sent.values():  # in packet-number order; acked ones are gone
@@ -222,15 +230,33 @@ class Recovery:
                 break
             deadline = packet.sent_time + delay  # the same sum the timer is armed with
             if deadline <= now or space.largest_acked >= packet.packet_number + (
-                    K_PACKET_THRESHOLD):
+                    self.packet_threshold):
                 lost.append(packet)
             elif space.loss_time is None or deadline < space.loss_time:
                 space.loss_time = deadline
         for packet in lost:
             del space.sent[packet.packet_number]
+            space.declared_lost[packet.packet_number] = None
+        while len(space.declared_lost) > REMEMBERED_LOSSES:
+            space.declared_lost.popitem(last=False)
         if lost:
             self._declare_lost(space, lost, now)
         return lost
+
+    def _adapt_to_reordering(self, space: PacketSpace, ranges: list[tuple[int, int]]) -> None:
+        """A packet declared lost is acknowledged after all: it was reordered, not lost.
+        Widen the packet threshold to the reordering seen and the time threshold by a step,
+        so the next such packet is not resent and the window not halved for it."""
+        spurious = [n for n in space.declared_lost
+                    if any(low <= n <= high for low, high in ranges)]
+        if not spurious:
+            return
+        largest = max(high for _, high in ranges)
+        for number in spurious:
+            del space.declared_lost[number]
+        self.packet_threshold = min(max(self.packet_threshold, largest - min(spurious) + 1),
+                                    MAX_PACKET_THRESHOLD)
+        self.time_threshold = min(self.time_threshold * 1.25, MAX_TIME_THRESHOLD)
 
     def _declare_lost(self, space: PacketSpace, lost: list[SentPacket], now: float) -> None:
         for packet in lost:

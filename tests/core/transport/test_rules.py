@@ -217,3 +217,19 @@ def test_a_packet_after_a_gap_is_acknowledged_at_once() -> None:
     assert not space.ack_needed  # in order: it may wait for more (ack_every, max_ack_delay)
     server.receive_datagram(third, CLIENT_ADDR, now=pair.now)
     assert space.ack_needed  # after a gap: the sender must hear of it now
+
+
+@pytest.mark.spec("VEL-REC-002")
+def test_reordering_widens_the_loss_thresholds() -> None:
+    """Packets declared lost and then acknowledged were reordered: the sender widens its
+    packet and time thresholds, as RFC 9002 section 6.1 allows, and stops resending them."""
+    pair = make(network=lossy("reorder", reorder=0.5))
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    stream = pair.client.get_next_available_stream_id()
+    payload = bytes(range(256)) * 1200
+    pair.client.send_stream_data(stream, payload, end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", stream), max_time=60)
+    assert pair.received("server", stream) == (payload, True)
+    recovery = pair.client.recovery
+    assert recovery.packet_threshold > 3 and recovery.time_threshold > 9 / 8
