@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 from velocity.core.events import TicketReceived
 from velocity.core.handshake.common import SessionTicket
@@ -77,10 +77,15 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-class _HostRecords:
-    """One JSON file per ``host:port`` in a subdirectory of the cache."""
+R = TypeVar("R", CachedKey, StoredTicket)
+
+
+class _HostRecords(Generic[R]):
+    """One JSON file per ``host:port`` in a subdirectory of the cache, each a ``record``
+    dataclass; a missing, unreadable or outdated file reads as None."""
 
     subdirectory = ""
+    record: type[R]
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = (directory or cache_dir()) / self.subdirectory
@@ -89,14 +94,13 @@ class _HostRecords:
         safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
         return self.directory / f"{safe}_{port}.json"
 
-    def _read(self, host: str, port: int) -> dict[str, Any] | None:
+    def get(self, host: str, port: int) -> R | None:
         try:
-            record: dict[str, Any] = json.loads(self._path(host, port).read_text())
-        except (OSError, ValueError):
+            return self.record(**json.loads(self._path(host, port).read_text()))
+        except (OSError, ValueError, TypeError):
             return None  # missing or unreadable: start over
-        return record if isinstance(record, dict) else None
 
-    def _write(self, host: str, port: int, record: Any) -> Path:
+    def put(self, host: str, port: int, record: R) -> Path:
         path = self._path(host, port)
         write_secret_file(path, json.dumps(asdict(record), indent=1).encode())
         return path
@@ -105,35 +109,21 @@ class _HostRecords:
         self._path(host, port).unlink(missing_ok=True)
 
 
-class KeyCache(_HostRecords):
+class KeyCache(_HostRecords[CachedKey]):
     subdirectory = "keys"
-
-    def get(self, host: str, port: int) -> CachedKey | None:
-        record = self._read(host, port)
-        try:
-            return None if record is None else CachedKey(**record)
-        except TypeError:
-            return None
-
-    def put(self, host: str, port: int, key: CachedKey) -> Path:
-        return self._write(host, port, key)
+    record = CachedKey
 
 
-class TicketCache(_HostRecords):
+class TicketCache(_HostRecords[StoredTicket]):
     """The last ticket per server, used once: ``take`` removes it."""
 
     subdirectory = "tickets"
+    record = StoredTicket
 
     def take(self, host: str, port: int) -> StoredTicket | None:
-        record = self._read(host, port)
+        ticket = self.get(host, port)
         self.drop(host, port)
-        try:
-            return None if record is None else StoredTicket(**record)
-        except TypeError:
-            return None
-
-    def put(self, host: str, port: int, ticket: StoredTicket) -> Path:
-        return self._write(host, port, ticket)
+        return ticket
 
 
 class TofuPins:

@@ -7,7 +7,13 @@ from typing import Any
 from harness.loopback import Network, Pair, perfect
 from harness.pair import PairSpec, make_configs
 from velocity.core.connection import ConnectionConfig
-from velocity.core.events import ConnectionTerminated, Event, HandshakeCompleted
+from velocity.core.events import (
+    ConnectionTerminated,
+    Event,
+    HandshakeCompleted,
+    NewTokenReceived,
+    TicketReceived,
+)
 from velocity.crypto.sealing import RetryTokens
 
 TOKENS = RetryTokens(bytes(16))  # the token sealer of tests that need Retry or NEW_TOKEN
@@ -31,3 +37,22 @@ def both_completed(pair: Pair) -> bool:
 
 def terminated(events: list[Event]) -> list[ConnectionTerminated]:
     return [e for e in events if isinstance(e, ConnectionTerminated)]
+
+
+def resumable(*, server: dict[str, Any] | None = None, network: Network = perfect) -> Pair:
+    """A second connection that resumes the first one's ticket with 0-RTT and its NEW_TOKEN
+    (``server`` changes the second server's handshake configuration); the clock runs on
+    between them. Not yet connected."""
+    first = make("discovery", tokens=TOKENS)
+    first.connect()
+    assert first.run(lambda: both_completed(first)
+                     and any(isinstance(e, TicketReceived) for e in first.client_events)
+                     and any(isinstance(e, NewTokenReceived) for e in first.client_events))
+    ticket = next(e for e in first.client_events if isinstance(e, TicketReceived))
+    token = next(e.token for e in first.client_events if isinstance(e, NewTokenReceived))
+    spec = PairSpec(mode="discovery", client={"ticket": ticket.ticket, "early_data": True},
+                    server=server or {})
+    second = make(spec=spec, tokens=TOKENS, network=network, client={
+        "remembered_transport_parameters": ticket.transport_parameters, "token": token})
+    second.now = first.now + 1.0
+    return second

@@ -9,10 +9,9 @@ import pytest
 
 from harness.loopback import CLIENT_ADDR, ONE_WAY, SERVER_ADDR, Pair, perfect
 from harness.pair import PairSpec, make_configs
-from tests.core.transport.helpers import TOKENS, both_completed, make, terminated
+from tests.core.transport.helpers import TOKENS, both_completed, make, resumable, terminated
 from velocity.core.connection import ConnectionConfig, State
 from velocity.core.errors import ErrorCode
-from velocity.core.events import NewTokenReceived, TicketReceived
 from velocity.core.handshake.common import FallbackDirected, ServerKeyLearned
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED, LIGHT, SECURE, Profile
@@ -105,20 +104,10 @@ def test_amplification_limit_holds_for_pq_flights(spec: PairSpec) -> None:
 @pytest.mark.spec("VEL-RES-006", "VEL-RES-009", "VEL-RTY-008")
 @pytest.mark.parametrize("accepted", [True, False])
 def test_zero_rtt_request_over_packets(accepted: bool) -> None:
-    first = make("discovery", tokens=TOKENS)
-    first.connect()
-    assert first.run(lambda: both_completed(first)
-                     and any(isinstance(e, TicketReceived) for e in first.client_events)
-                     and any(isinstance(e, NewTokenReceived) for e in first.client_events))
-    ticket = next(e for e in first.client_events if isinstance(e, TicketReceived))
-    token = next(e.token for e in first.client_events if isinstance(e, NewTokenReceived))
-    spec = PairSpec(mode="discovery", client={"ticket": ticket.ticket, "early_data": True},
-                    server={"max_early_data": 65536 if accepted else 0})
+    server: dict[str, Any] = {"max_early_data": 65536 if accepted else 0}
     if not accepted:  # a fresh replay filter that already saw everything
-        spec.server["replay_filter"] = _RejectAll()
-    second = make(spec=spec, tokens=TOKENS, client={
-        "remembered_transport_parameters": ticket.transport_parameters, "token": token})
-    second.now = first.now + 1.0  # the clock keeps running between connections
+        server["replay_filter"] = _RejectAll()
+    second = resumable(server=server)
     second.connect()
     sid = second.client.get_next_available_stream_id()
     second.client.send_stream_data(sid, b"GET / HTTP/1.1\r\n\r\n", end_stream=True)

@@ -19,9 +19,7 @@ import random
 import pytest
 
 from harness.loopback import lossy
-from harness.pair import PairSpec
-from tests.core.transport.helpers import TOKENS, both_completed, make
-from velocity.core.events import NewTokenReceived, TicketReceived
+from tests.core.transport.helpers import both_completed, make, resumable
 
 
 def scenario(seed: int) -> None:
@@ -52,22 +50,10 @@ def test_lossy_discovery_handshake_and_transfer(seed: int) -> None:
 
 
 def resumed_with_early_data(seed: int) -> None:
-    first = make("discovery", tokens=TOKENS)
-    first.connect()
-    assert first.run(lambda: both_completed(first)
-                     and any(isinstance(e, TicketReceived) for e in first.client_events)
-                     and any(isinstance(e, NewTokenReceived) for e in first.client_events))
-    ticket = next(e for e in first.client_events if isinstance(e, TicketReceived))
-    token = next(e.token for e in first.client_events if isinstance(e, NewTokenReceived))
     rng = random.Random(seed)
-    network = lossy(seed, loss=rng.choice([0.1, 0.2, 0.3]), reorder=rng.choice([0.1, 0.3]),
-                    duplicate=rng.choice([0, 0.2]))
-    second = make(spec=PairSpec(mode="discovery",
-                                client={"ticket": ticket.ticket, "early_data": True}),
-                  tokens=TOKENS, network=network,
-                  client={"remembered_transport_parameters": ticket.transport_parameters,
-                          "token": token})
-    second.now = first.now + 1.0
+    second = resumable(network=lossy(seed, loss=rng.choice([0.1, 0.2, 0.3]),
+                                     reorder=rng.choice([0.1, 0.3]),
+                                     duplicate=rng.choice([0, 0.2])))
     second.connect()
     stream = second.client.get_next_available_stream_id()
     request = rng.randbytes(rng.randrange(1, 60_000))
