@@ -11,35 +11,69 @@ import functools
 import hashlib
 import hmac
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-
-from velocity.core.errors import UsageError, lookup
+from velocity.core.errors import UsageError
 
 LABEL_PREFIX = b"velocity1 "
 
 DIGEST_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
-HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
+_BLOCK_SIZES = {"sha256": 64, "sha384": 128, "sha512": 128}
+_EMPTY = {name: hashlib.new(name) for name in DIGEST_SIZES}
+_INNER_PAD = bytes(value ^ 0x36 for value in range(256))
+_OUTER_PAD = bytes(value ^ 0x5C for value in range(256))
 
 
-def hash_algorithm(name: str) -> hashes.HashAlgorithm:
-    return lookup(HASHES, name, "hash")()
+class HmacKey:
+    """HMAC (RFC 2104) under one key with its padded inner and outer hash states computed
+    once, so each MAC costs two hash copies and two digests. ``hmac.digest`` sets up an
+    OpenSSL HMAC context on every call, which costs several times more for the short
+    inputs of a key schedule, and every secret here is used for more than one label."""
+
+    __slots__ = ("_inner", "_outer", "hash_name")
+
+    def __init__(self, hash_name: str, key: bytes) -> None:
+        self.hash_name = hash_name
+        try:
+            empty, block = _EMPTY[hash_name], _BLOCK_SIZES[hash_name]
+        except KeyError:
+            raise UsageError(f"unknown hash {hash_name!r}") from None
+        if len(key) > block:
+            key = hashlib.new(hash_name, key).digest()
+        key = key.ljust(block, b"\x00")
+        self._inner = empty.copy()
+        self._inner.update(key.translate(_INNER_PAD))
+        self._outer = empty.copy()
+        self._outer.update(key.translate(_OUTER_PAD))
+
+    def mac(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def expand(self, info: bytes, length: int) -> bytes:
+        """HKDF-Expand (RFC 5869) with this key as the PRK."""
+        out, block, counter = b"", b"", 1
+        while len(out) < length:
+            block = self.mac(block + info + bytes([counter]))
+            out += block
+            counter += 1
+        return out[:length]
+
+    def expand_label(self, label: bytes, context: bytes, length: int,
+                     prefix: bytes = LABEL_PREFIX) -> bytes:
+        """HKDF-Expand-Label(this secret, Label, Context, Length)."""
+        return self.expand(hkdf_label(label, context, length, prefix), length)
 
 
 def extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract = HMAC(salt, IKM); an empty salt means HashLen zero bytes (RFC 5869)."""
-    return hmac.digest(salt or bytes(DIGEST_SIZES[hash_name]), ikm, hash_name)
+    return HmacKey(hash_name, salt or bytes(DIGEST_SIZES[hash_name])).mac(ikm)
 
 
 def expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-Expand; one HMAC block covers every derivation the handshake makes."""
-    if length <= DIGEST_SIZES[hash_name]:
-        return hmac.digest(prk, info + b"\x01", hash_name)[:length]
-    return HKDFExpand(hash_algorithm(hash_name), length, info).derive(prk)
+    """HKDF-Expand."""
+    return HmacKey(hash_name, prk).expand(info, length)
 
 
 @functools.cache
@@ -61,7 +95,7 @@ def hkdf_label(label: bytes, context: bytes, length: int, prefix: bytes = LABEL_
 def expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, length: int,
                  prefix: bytes = LABEL_PREFIX) -> bytes:
     """HKDF-Expand-Label(Secret, Label, Context, Length)."""
-    return expand(hash_name, secret, hkdf_label(label, context, length, prefix), length)
+    return HmacKey(hash_name, secret).expand_label(label, context, length, prefix)
 
 
 def transcript_digest(hash_name: str, data: bytes) -> bytes:
@@ -71,7 +105,7 @@ def transcript_digest(hash_name: str, data: bytes) -> bytes:
 def finished_mac(hash_name: str, base_key: bytes, transcript_hash: bytes) -> bytes:
     """FINISHED verify_data (and the PSK binder): HMAC(finished_key, transcript hash)."""
     key = expand_label(hash_name, base_key, b"finished", b"", DIGEST_SIZES[hash_name])
-    return hmac.digest(key, transcript_hash, hash_name)
+    return HmacKey(hash_name, key).mac(transcript_hash)
 
 
 def macs_equal(a: bytes, b: bytes) -> bool:
@@ -91,20 +125,21 @@ class KeySchedule:
         self._zero = bytes(self.hash_length)
         self._empty_hash = transcript_digest(hash_name, b"")
         self.steps: list[tuple[str, bytes]] = []
-        self._secret = self._record("early_secret", extract(hash_name, self._zero,
-                                                            psk or self._zero))
+        self._secret = HmacKey(hash_name, self._record(
+            "early_secret", extract(hash_name, self._zero, psk or self._zero)))
 
     def _record(self, name: str, value: bytes) -> bytes:
         self.steps.append((name, value))
         return value
 
     def _derive(self, name: str, label: bytes, transcript_hash: bytes) -> bytes:
-        return self._record(name, expand_label(self.hash_name, self._secret, label,
-                                               transcript_hash, self.hash_length))
+        return self._record(name, self._secret.expand_label(label, transcript_hash,
+                                                            self.hash_length))
 
     def _next_stage(self, name: str, ikm: bytes) -> None:
         derived = self._derive(f"derived_before_{name}", b"derived", self._empty_hash)
-        self._secret = self._record(name, extract(self.hash_name, derived, ikm))
+        self._secret = HmacKey(self.hash_name,
+                               self._record(name, extract(self.hash_name, derived, ikm)))
 
     def binder_key(self) -> bytes:
         return self._derive("binder_key", b"res binder", self._empty_hash)
@@ -153,5 +188,5 @@ def fallback_mac(hash_name: str, ss_static: bytes, client_hello: bytes,
     fb_secret = extract(hash_name, bytes(length), ss_static)
     key = expand_label(hash_name, fb_secret, b"fallback",
                        transcript_digest(hash_name, client_hello), length)
-    return hmac.new(key, transcript_digest(hash_name, client_hello + fallback_without_mac),
-                    hash_name).digest()
+    return HmacKey(hash_name, key).mac(
+        transcript_digest(hash_name, client_hello + fallback_without_mac))

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from velocity.core.errors import AuthenticationFailed, PacketDropped, UsageError
-from velocity.core.keyschedule import LABEL_PREFIX, expand_label, extract
+from velocity.core.keyschedule import LABEL_PREFIX, HmacKey, expand_label, extract
 from velocity.core.packet import FORM_LONG, VELOCITY_VERSION, decode_packet_number
 
 SAMPLE_LENGTH = 16
@@ -87,19 +87,20 @@ def derive_key_material(secret: bytes, aead: Aead, hash_name: str,
                         params: WireParams = VELOCITY_PARAMS) -> KeyMaterial:
     size = KEY_LENGTH[aead]
     prefix = params.label_prefix
+    prk = HmacKey(hash_name, secret)
     return KeyMaterial(
-        key=expand_label(hash_name, secret, params.label_key, b"", size, prefix),
-        iv=expand_label(hash_name, secret, params.label_iv, b"", IV_LENGTH, prefix),
-        hp=expand_label(hash_name, secret, params.label_hp, b"", size, prefix),
+        key=prk.expand_label(params.label_key, b"", size, prefix),
+        iv=prk.expand_label(params.label_iv, b"", IV_LENGTH, prefix),
+        hp=prk.expand_label(params.label_hp, b"", size, prefix),
     )
 
 
 def initial_secrets(dcid: bytes, params: WireParams = VELOCITY_PARAMS) -> tuple[bytes, bytes]:
     """(client_initial_secret, server_initial_secret) for the client's first DCID."""
-    initial = extract("sha256", params.initial_salt, dcid)
+    initial = HmacKey("sha256", extract("sha256", params.initial_salt, dcid))
     prefix = params.label_prefix
-    return (expand_label("sha256", initial, params.label_client_in, b"", 32, prefix),
-            expand_label("sha256", initial, params.label_server_in, b"", 32, prefix))
+    return (initial.expand_label(params.label_client_in, b"", 32, prefix),
+            initial.expand_label(params.label_server_in, b"", 32, prefix))
 
 
 def next_secret(secret: bytes, hash_name: str, params: WireParams = VELOCITY_PARAMS) -> bytes:
