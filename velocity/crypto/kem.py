@@ -12,6 +12,7 @@ draw encapsulation randomness inside their libraries.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,9 +80,17 @@ class CryptographyKem:
 
     def encapsulate(self, params: KemParams, encapsulation_key: bytes,
                     m: bytes) -> tuple[bytes, bytes]:
-        public = self._classes(params)[1].from_public_bytes(encapsulation_key)
-        shared, ciphertext = public.encapsulate()
+        self._classes(params)
+        shared, ciphertext = _openssl_public_key(params, encapsulation_key).encapsulate()
         return ciphertext, shared
+
+
+@functools.lru_cache(maxsize=64)
+def _openssl_public_key(params: KemParams, encapsulation_key: bytes) -> Any:
+    """A checked (FIPS 203 section 7.2) OpenSSL public key. Loading costs as much as an
+    encapsulation, and a client encapsulates to the same pinned server key on every
+    connection; a key that fails the check raises and is not kept."""
+    return _OPENSSL[params][1].from_public_bytes(encapsulation_key)
 
 
 class PqcryptoKem:
