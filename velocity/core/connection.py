@@ -220,11 +220,8 @@ class Connection:
         self.started_at: float | None = None  # when it was started or first heard from
         self.early_streams: set[int] = set()  # peer streams that carried 0-RTT data (server)
         self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
-        # close_pending: CONNECTION_CLOSE to send (on closing, then once per datagram heard);
-        # pad_first_flight: a client whose CLIENT_HELLO fits one datagram sends a second,
-        # padded one, so that the server's flight (a certificate in discovery) is not held
-        # by the 3x limit (VEL-SIZE-002)
-        self.close_pending = self.pad_first_flight = False
+        # close_pending: CONNECTION_CLOSE to send (on closing, then once per datagram heard)
+        self.close_pending = False
         self._closing_heard = 0  # datagrams received while closing
         self._early_crypto = bytearray()  # 1-RTT CRYPTO held until the handshake completes
         self._close_deadline: float | None = None
@@ -323,9 +320,6 @@ class Connection:
         assert isinstance(self.handshake, ClientHandshake)
         self.handshake.start(now_ms=int(now * 1000))
         self._pump_handshake(now)
-        initial = self.spaces[Epoch.INITIAL]
-        if initial.crypto_send.write_offset <= self.config.max_datagram_size - 64:
-            self.pad_first_flight = True  # VEL-SIZE-002
 
     def get_next_available_stream_id(self, *, unidirectional: bool = False) -> int:
         """The id of the next stream this endpoint may open; raises ``StreamsExhausted``

@@ -307,12 +307,12 @@ def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
     return plans
 
 
-def _seal(conn: Connection, plans: list[_Plan], now: float, limit: int) -> bytes:
-    """Pad (datagrams with an ack-eliciting Initial to 1200 bytes, within ``limit``; every
-    packet to a header-protection sample), protect, and record each packet as sent."""
+def _seal(conn: Connection, plans: list[_Plan], now: float, pad_to: int) -> bytes:
+    """Pad (datagrams with an ack-eliciting Initial to ``pad_to`` bytes; every packet to a
+    header-protection sample), protect, and record each packet as sent."""
     sizes = [p.header_size + len(p.payload) + TAG_LENGTH for p in plans]
     padded_initial = any(p.epoch == Epoch.INITIAL and p.sent.ack_eliciting for p in plans)
-    target = min(MIN_INITIAL_DATAGRAM, limit)
+    target = pad_to
     if padded_initial and sum(sizes) < target:
         plans[-1].payload += bytes(target - sum(sizes))
         plans[-1].sent.in_flight = True
@@ -417,6 +417,25 @@ def _bulk_packet(conn: Connection, stream: StreamState, limit: int, now: float) 
     return packet
 
 
+def _client_hello_split(conn: Connection, mtu: int) -> tuple[int, int] | None:
+    """A client's CLIENT_HELLO goes in at least two Initial datagrams of equal size, padded
+    alike (VEL-SIZE-002): the server's flight (a certificate in discovery) then fits its 3x
+    budget at once, and equal datagrams leave in one GSO call and arrive in one GRO read.
+    (a datagram limit that carries an equal share of the CLIENT_HELLO, the size to pad each
+    datagram to), or None unless the whole CLIENT_HELLO waits to be sent."""
+    space = conn.spaces[Epoch.INITIAL]
+    if not conn.is_client or space.discarded or space.send_keys is None:
+        return None
+    crypto = space.crypto_send
+    pending = crypto.pending_bytes
+    if not pending or pending != crypto.write_offset:
+        return None
+    overhead = _header_size(conn, PacketType.INITIAL, 4) + TAG_LENGTH + STREAM_FRAME_OVERHEAD
+    count = max(2, -(-pending // (mtu - overhead)))
+    limit = overhead + -(-pending // count)
+    return limit, max(MIN_INITIAL_DATAGRAM, limit)
+
+
 def build_datagrams(conn: Connection, now: float) -> list[bytes]:
     """Every datagram the connection may send now. Until the client's address is validated
     a server sends at most three times what it received (VEL-CONN-001)."""
@@ -430,8 +449,9 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
         conn.config.max_datagram_size, 1452)
     if conn.peer_params is not None:
         mtu = min(mtu, conn.peer_params.max_udp_payload_size)
+    split = _client_hello_split(conn, mtu)
     for _ in range(MAX_DATAGRAMS_PER_CALL):
-        limit = mtu
+        limit = split[0] if split else mtu
         if not conn.address_validated:
             limit = min(limit, 3 * conn.bytes_received - conn.bytes_sent)
         if limit < 64:
@@ -443,12 +463,10 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
             plans = _plan_packets(conn, limit, now)
             if not plans:
                 break
-            datagram = _seal(conn, plans, now, limit)
+            datagram = _seal(conn, plans, now, split[1] if split else min(MIN_INITIAL_DATAGRAM,
+                                                                            limit))
         conn.bytes_sent += len(datagram)
         out.append(datagram)
-        if conn.pad_first_flight:  # a second Initial datagram: PING, padded (VEL-SIZE-002)
-            conn.pad_first_flight = False
-            conn.spaces[Epoch.INITIAL].probes = 1
         if conn._close is not None:
             conn.close_pending = False
             break

@@ -60,6 +60,11 @@ class SendBuffer:
             self.fin_offset = self.write_offset
             self._fin_pending = True
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes waiting to be sent or resent."""
+        return sum(stop - start for start, stop in self._pending)
+
     def has_data(self) -> bool:
         return self.reset_code is None and (bool(self._pending) or self._fin_pending)
 

@@ -12,10 +12,12 @@ from harness.pair import PairSpec, make_configs
 from tests.core.transport.helpers import TOKENS, both_completed, make, resumable, terminated
 from velocity.core.connection import ConnectionConfig, State
 from velocity.core.errors import ErrorCode
+from velocity.core.frames import Crypto, decode_frames
 from velocity.core.handshake.common import FallbackDirected, ServerKeyLearned
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED, LIGHT, SECURE, Profile
-from velocity.core.packet import VELOCITY_VERSION, PacketType, parse_header
+from velocity.core.packet import VELOCITY_VERSION, Epoch, PacketType, parse_header
+from velocity.core.protection import initial_keys
 
 
 @pytest.mark.spec("VEL-RTY-001", "VEL-RTY-002", "VEL-RTY-003", "VEL-RTY-004", "VEL-RTY-005",
@@ -182,13 +184,35 @@ def test_fallback_directive_travels_with_its_close(mode: str) -> None:
     assert not pair.endpoint.connections or pair.run(lambda: not pair.endpoint.connections)
 
 
+@pytest.mark.spec("VEL-SIZE-001", "VEL-SIZE-002")
+@pytest.mark.parametrize("mode", ["pdk", "discovery"])
+@pytest.mark.parametrize("profile", [LIGHT, BALANCED, SECURE], ids=lambda p: p.name)
+def test_client_hello_is_cut_into_equal_datagrams(profile: Profile, mode: str) -> None:
+    """Every CLIENT_HELLO leaves in at least two Initial datagrams of one size (at least
+    1200 bytes), each carrying a part of it; the balanced ones fit two of 1452 bytes."""
+    pair = make(spec=PairSpec(mode=mode, profile=profile))
+    pair.connect()
+    flight = [d for d, _ in pair.client.datagrams_to_send(now=0.0)]
+    assert len(flight) >= 2 and len({len(d) for d in flight}) == 1 and len(flight[0]) >= 1200
+    if profile is BALANCED:
+        assert len(flight) == 2 and len(flight[0]) <= 1452
+    _, server_receives = initial_keys(pair.client.original_dcid, is_client=False)
+    carried = 0
+    for datagram in flight:
+        header = parse_header(datagram, short_dcid_length=8)
+        assert header.packet_type == PacketType.INITIAL and header.end == len(datagram)
+        _, payload, _ = server_receives.decrypt_packet(datagram, header.pn_offset, 0)
+        carried += sum(len(f.data) for f in decode_frames(payload, PacketType.INITIAL)
+                       if isinstance(f, Crypto))
+    assert carried == pair.client.spaces[Epoch.INITIAL].crypto_send.write_offset
+
+
 @pytest.mark.spec("VEL-SIZE-002", "VEL-CONN-001")
 @pytest.mark.parametrize("profile", [LIGHT, BALANCED], ids=lambda p: p.name)
 def test_discovery_flight_is_not_held_by_the_amplification_limit(profile: Profile) -> None:
-    """A discovering client's CLIENT_HELLO fits one datagram; it sends a second, padded
-    Initial with it, so the server's whole flight (share, certificate) leaves at once: the
-    client's next datagram already carries its KEM ciphertext, not an ACK to unblock the
-    server."""
+    """A discovering client's CLIENT_HELLO would fit one datagram; it goes in two padded
+    ones, so the server's whole flight (share, certificate) leaves at once: the client's
+    next datagram already carries its KEM ciphertext, not an ACK to unblock the server."""
     pair = make(spec=PairSpec(mode="discovery", profile=profile))
     pair.connect()
     first_flight = [d for d, _ in pair.client.datagrams_to_send(now=0.0)]
