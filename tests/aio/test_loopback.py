@@ -18,7 +18,7 @@ import pytest
 import velocity.aio
 from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs
-from velocity.aio.base import Sender
+from velocity.aio.base import TRANSMIT_EVERY, Sender
 from velocity.aio.client import HandshakeError, VelocityClient, connect
 from velocity.aio.server import VelocityServer, serve
 from velocity.aio.streams import VelocityStream
@@ -184,6 +184,34 @@ async def test_a_gso_batch_arrives_as_its_datagrams() -> None:
             junk.close()
         assert running.datagrams_received == 5
         assert not running.endpoint.connections
+
+
+async def test_a_backlog_is_answered_while_it_is_read() -> None:
+    """A wakeup that finds many datagrams waiting transmits (ACKs, above all) at least every
+    TRANSMIT_EVERY datagrams, not only once the whole backlog is read."""
+    async with server() as running:
+        host, port = running.address
+        transmissions = 0
+        original = running._transmit
+
+        def counted() -> None:
+            nonlocal transmissions
+            transmissions += 1
+            original()
+
+        running._transmit = counted  # type: ignore[method-assign]
+        running._loop.remove_reader(running._socket.fileno())  # read by hand below
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _ in range(8):  # GSO sends of 32 datagrams: a few GRO reads hold them all
+                junk.sendmsg([(bytes([0x40]) + bytes(1199)) * (TRANSMIT_EVERY // 2)],
+                             [(socket.SOL_UDP, 103, (1200).to_bytes(2, sys.byteorder))], 0,
+                             (host, port))
+        finally:
+            junk.close()
+        running._on_readable()
+        assert running.datagrams_received == 4 * TRANSMIT_EVERY
+        assert transmissions >= 4
 
 
 class _FullAtFirst(socket.socket):

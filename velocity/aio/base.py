@@ -30,6 +30,10 @@ GSO_MAX_SEGMENTS = 32
 SOCKET_BUFFER = 4 << 20  # bytes; bursts of a large window overflow the default buffers
 RECEIVE_BUFFER = 1 << 16  # one datagram, or one GRO batch of them
 READS_PER_WAKEUP = 64  # bounded, so one busy socket cannot starve the loop
+# datagrams handled in one wakeup before what they produced (ACKs above all) is sent: a
+# backlog of a whole window read in one go would otherwise be acknowledged only at its end,
+# and the sender would wait for it with nothing in flight
+TRANSMIT_EVERY = 64
 SEND_QUEUE_LIMIT = 1024  # datagrams kept while the socket is full; beyond that they are lost
 
 
@@ -208,10 +212,14 @@ class DatagramDriver:
 
     def _on_readable(self) -> None:
         receive = self._socket.recvmsg
-        now = self._loop.time()
+        unanswered = 0  # datagrams handled since the last transmission
         for _ in range(READS_PER_WAKEUP):
             if self._sender is None:
                 return  # stopped while handling what was read
+            if unanswered >= TRANSMIT_EVERY:
+                self._route()
+                self._transmit()
+                unanswered = 0
             try:
                 data, ancdata, _, peer = receive(RECEIVE_BUFFER, self._space)
             except (BlockingIOError, InterruptedError):
@@ -219,13 +227,16 @@ class DatagramDriver:
             except OSError as exc:
                 self.error_received(exc)
                 break
+            now = self._loop.time()
             address = (str(peer[0]), int(peer[1]))
             size = _segment_size(ancdata) or len(data)
             if size >= len(data):
                 self.datagram_received(data, address, now)
+                unanswered += 1
             else:
                 for start in range(0, len(data), size):
                     self.datagram_received(data[start : start + size], address, now)
+                unanswered += -(-len(data) // size)
         self._route()
         self._transmit()
 

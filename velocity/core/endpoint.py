@@ -30,6 +30,7 @@ from velocity.core.packet import (
     push_long_header,
 )
 from velocity.core.protection import initial_keys, retry_integrity_tag
+from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 from velocity.core.trace import Tracer
 
 RETRY_POLICIES = ("never", "always", "under-load")
@@ -190,7 +191,10 @@ class ServerEndpoint:
         self._stateless.clear()
         dirty, self._dirty = self._dirty, {}
         for connection in dirty:
-            out.extend(connection.datagrams_to_send(now=now))
+            datagrams = connection.datagrams_to_send(now=now)
+            if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
+                self._dirty[connection] = None  # it stopped at the batch bound, not for want
+            out.extend(datagrams)
             self._collect(connection)
             self._schedule(connection)
             self._reap(connection)

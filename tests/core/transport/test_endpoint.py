@@ -18,6 +18,7 @@ from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED, LIGHT, SECURE, Profile
 from velocity.core.packet import VELOCITY_VERSION, Epoch, PacketType, parse_header
 from velocity.core.protection import initial_keys
+from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 
 
 @pytest.mark.spec("VEL-RTY-001", "VEL-RTY-002", "VEL-RTY-003", "VEL-RTY-004", "VEL-RTY-005",
@@ -167,6 +168,27 @@ def test_a_datagram_visits_only_its_own_connection() -> None:
     endpoint.receive_datagram(datagram, ("127.0.0.1", 40000), now=first.now + 0.01)
     endpoint.datagrams_to_send(now=first.now + 0.01)
     assert list(visits.values()) == [1] and len(endpoint.connections) >= 20
+
+
+def test_a_connection_stopped_by_the_batch_bound_stays_due() -> None:
+    """``datagrams_to_send`` stops a connection at MAX_DATAGRAMS_PER_CALL; the endpoint visits
+    it again on the next call without waiting for an ACK, a timer or a write."""
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    server = pair.server
+    assert server is not None
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, b"?")
+    for datagram, _ in pair.client.datagrams_to_send(now=pair.now):
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    pair.endpoint.datagrams_to_send(now=pair.now)
+    server.recovery.cc.window = 1 << 30  # neither the window nor the pacer stops it here
+    server.send_stream_data(sid, bytes(400_000), end_stream=True)
+    pair.endpoint.mark(server)
+    first = pair.endpoint.datagrams_to_send(now=pair.now)
+    second = pair.endpoint.datagrams_to_send(now=pair.now)
+    assert len(first) == MAX_DATAGRAMS_PER_CALL and second
 
 
 @pytest.mark.spec("VEL-HS-090", "VEL-FB-002")
