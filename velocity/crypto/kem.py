@@ -90,7 +90,8 @@ def _openssl_public_key(params: KemParams, encapsulation_key: bytes) -> Any:
     """A checked (FIPS 203 section 7.2) OpenSSL public key. Loading costs as much as an
     encapsulation, and a client encapsulates to the same pinned server key on every
     connection; a key that fails the check raises and is not kept."""
-    return _OPENSSL[params][1].from_public_bytes(encapsulation_key)
+    public_class: Any = _OPENSSL[params][1]
+    return public_class.from_public_bytes(encapsulation_key)
 
 
 class PqcryptoKem:
