@@ -67,6 +67,7 @@ from velocity.core.frames import (
     StreamsBlockedBidi,
     StreamsBlockedUni,
     decode_frames,
+    stream_frame_at,
 )
 from velocity.core.handshake.client import ClientConfig, ClientHandshake
 from velocity.core.handshake.common import (
@@ -80,6 +81,7 @@ from velocity.core.handshake.common import (
 from velocity.core.handshake.server import ServerConfig, ServerHandshake
 from velocity.core.packet import (
     EPOCH_OF,
+    FIXED_BIT,
     VELOCITY_VERSION,
     Epoch,
     PacketType,
@@ -462,6 +464,9 @@ class Connection:
         offset = 0
         try:
             while offset < len(data):
+                if not data[offset] & 0x80 and self.tracer is None:
+                    self._receive_short(data, offset, now)  # always the last packet
+                    break
                 offset = self._receive_packet(data, offset, now)
         except ProtocolError as exc:
             self._fail(exc)
@@ -522,6 +527,47 @@ class Connection:
         if ack_eliciting:
             self._note_ack_eliciting(space, epoch, now, in_order=packet_number == expected)
         return end
+
+    def _receive_short(self, data: bytes, offset: int, now: float) -> None:
+        """A 1-RTT packet: it runs to the end of the datagram. Everything ``_receive_packet``
+        does for one, without building a header or, for the STREAM frames that lead a bulk
+        payload, frame objects (a tracer, which records frames, takes the general path)."""
+        packet = data[offset:] if offset else data
+        if not packet[0] & FIXED_BIT:
+            self._trace_dropped(None, len(packet), "header_parse_error")
+            return
+        space = self.spaces[Epoch.APPLICATION]
+        opened = self._open(packet, PacketType.ONE_RTT, 1 + self.config.cid_length, space)
+        if opened is None:
+            return
+        plain, payload, packet_number = opened
+        if not self.is_client and not self.spaces[Epoch.HANDSHAKE].discarded:
+            self._server_done_with_handshake_keys(client_completed=True)
+        if plain[0] & 0x18:
+            raise ProtocolViolation("reserved bits are not 0", field="first_byte")
+        received = space.received
+        if packet_number < space.ack_floor or packet_number in received:
+            return
+        streams, start = [], 0
+        while (stream := stream_frame_at(payload, start)) is not None:
+            streams.append(stream)
+            start = stream[4]
+        frames = decode_frames(payload, PacketType.ONE_RTT, start) if (
+            start < len(payload) or not start) else []
+        expected = received.bounds()[1] if received else space.ack_floor
+        if packet_number >= expected:
+            space.largest_received_time = now  # for the ACK delay field
+        received.add(packet_number)
+        self._last_activity = now
+        for stream_id, stream_offset, chunk, fin, _ in streams:
+            self._stream_data(stream_id, stream_offset, chunk, fin)
+        ack_eliciting = bool(streams)
+        for frame in frames:
+            ack_eliciting |= frame.ACK_ELICITING
+            self._handle_frame(frame, Epoch.APPLICATION, PacketType.ONE_RTT, now)
+        if ack_eliciting:
+            self._note_ack_eliciting(space, Epoch.APPLICATION, now,
+                                     in_order=packet_number == expected)
 
     def _open(self, packet: bytes, packet_type: PacketType, pn_offset: int,
               space: SpaceState) -> tuple[bytes, bytes, int] | None:
@@ -690,19 +736,24 @@ class Connection:
             self._pump_handshake(now)  # keys for packets coalesced behind this one
 
     def _on_stream(self, frame: Stream, epoch: Epoch, now: float) -> None:
+        self._stream_data(frame.stream_id, frame.offset, frame.data, frame.fin)
+
+    def _stream_data(self, stream_id: int, offset: int, data: bytes, fin: bool) -> None:
+        """A STREAM frame's contents: reassembly, flow control, StreamDataReceived."""
         try:
-            stream = self._peer_stream(frame.stream_id, "STREAM")
+            stream = self._peer_stream(stream_id, "STREAM")
         except _Closed:
             return
         receiver = stream.require_receiver("STREAM")
         before = receiver.highest
-        data = receiver.receive(frame.offset, frame.data, frame.fin)
-        self.flow.received += max(receiver.highest - before, 0)
-        if self.flow.received > self.flow.max_recv:
+        data = receiver.receive(offset, data, fin)
+        flow = self.flow
+        flow.received += max(receiver.highest - before, 0)
+        if flow.received > flow.max_recv:
             raise FlowControlError("connection data limit exceeded", field="STREAM.offset")
-        if data or (receiver.complete and frame.fin):
-            self.flow.consumed += len(data)
-            self._events.append(StreamDataReceived(frame.stream_id, data, receiver.complete))
+        if data or (receiver.complete and fin):
+            flow.consumed += len(data)
+            self._events.append(StreamDataReceived(stream_id, data, receiver.complete))
 
     def _on_reset_stream(self, frame: ResetStream, epoch: Epoch, now: float) -> None:
         try:

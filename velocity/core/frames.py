@@ -565,38 +565,42 @@ def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
 _VARINT_MASKS = {2: 0x3FFF, 4: 0x3FFFFFFF, 8: 0x3FFFFFFFFFFFFFFF}
 
 
-def _stream_frame(payload: bytes) -> tuple[Stream, int] | None:
-    """A well-formed STREAM frame with an explicit length at the start of ``payload``, and
-    where it ends; None for anything else (``pull_frame`` then decodes it, or names what is
-    wrong). The common payload of a 1-RTT packet, read without a Reader."""
-    frame_type = payload[0]
-    if frame_type & 0xF8 != 0x08 or not frame_type & 0x02:
+def stream_frame_at(payload: bytes, pos: int) -> tuple[int, int, bytes, bool, int] | None:
+    """(stream id, offset, data, fin, end) of a well-formed STREAM frame at ``pos``; None for
+    anything else (``pull_frame`` then decodes it, or names what is wrong). The common
+    payload of a 1-RTT packet, read without a Reader or a frame object."""
+    if pos >= len(payload):
+        return None
+    frame_type = payload[pos]
+    if frame_type & 0xF8 != 0x08:
         return None
     try:
-        stream_id, pos = _varint_at(payload, 1)
+        stream_id, pos = _varint_at(payload, pos + 1)
         offset = 0
         if frame_type & 0x04:
             offset, pos = _varint_at(payload, pos)
-        length, pos = _varint_at(payload, pos)
+        if frame_type & 0x02:
+            length, pos = _varint_at(payload, pos)
+        else:
+            length = len(payload) - pos
     except IndexError:
         return None
     end = pos + length
     if end > len(payload) or offset + length > VARINT_MAX:
         return None
-    return Stream(stream_id, payload[pos:end], offset, bool(frame_type & 0x01)), end
+    return stream_id, offset, payload[pos:end], bool(frame_type & 0x01), end
 
 
-def decode_frames(payload: bytes, packet_type: PacketType) -> list[Frame]:
-    """Decode a whole packet payload. A payload without frames is a PROTOCOL_VIOLATION."""
+def decode_frames(payload: bytes, packet_type: PacketType, start: int = 0) -> list[Frame]:
+    """Decode a packet payload from ``start``. A payload without frames is a
+    PROTOCOL_VIOLATION."""
     if not payload:
         raise ProtocolViolation("packet carries no frames", field="payload")
-    start = 0
     frames: list[Frame] = []
-    if packet_type in SPACES_01:
-        fast = _stream_frame(payload)
-        if fast is not None:
-            frames.append(fast[0])
-            start = fast[1]
+    if packet_type in SPACES_01 and (fast := stream_frame_at(payload, start)) is not None:
+        explicit_length = bool(payload[start] & 0x02)
+        stream_id, offset, data, fin, start = fast
+        frames.append(Stream(stream_id, data, offset, fin, explicit_length))
     reader = Reader(payload, start)
     while not reader.eof():
         frames.append(pull_frame(reader, packet_type))

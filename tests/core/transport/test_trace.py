@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from harness.loopback import Pair, lossy
+from harness.loopback import Network, Pair, lossy
 from harness.pair import PairSpec
 from harness.schemas import schema_errors
 from tests.core.transport.helpers import both_completed, make
@@ -98,3 +98,27 @@ def test_duplicates_are_traced_as_dropped() -> None:
                if e["name"] == "quic:packet_dropped"]
     assert dropped and {d["trigger"] for d in dropped} <= {"duplicate", "key_unavailable"}
     assert any(d["trigger"] == "duplicate" for d in dropped)
+
+
+def test_tracing_does_not_change_what_crosses_the_network() -> None:
+    """A traced connection reads 1-RTT packets through the general path (it records their
+    frames), an untraced one through the short-header path: over the same seeded lossy,
+    reordering network both send the same bytes and emit the same events."""
+    runs = []
+    for trace in (False, True):
+        wire: list[tuple[str, bytes]] = []
+        network = lossy("same-wire", loss=0.05, reorder=0.2, duplicate=0.05)
+
+        def recording(direction: str, datagram: bytes, now: float,
+                      wire: list[tuple[str, bytes]] = wire,
+                      network: Network = network) -> list[tuple[float, bytes]]:
+            wire.append((direction, datagram))
+            return network(direction, datagram, now)
+
+        pair = make(spec=PairSpec(client_backend="kyber-py", server_backend="kyber-py"),
+                    network=recording, trace=trace, seed="same-wire")
+        transfer(pair, size=200_000)
+        runs.append((wire, pair.client_events, pair.server_events))
+    (wire, client, server), (traced_wire, traced_client, traced_server) = runs
+    assert len(wire) > 150 and wire == traced_wire
+    assert client == traced_client and server == traced_server
