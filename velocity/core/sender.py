@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 MAX_DATAGRAMS_PER_CALL = 64
 STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type, stream id, offset, length (upper bounds)
 MAX_ACK_RANGES = 32
+_BYTES = tuple(bytes((value,)) for value in range(256))
 
 
 @dataclass
@@ -357,7 +358,7 @@ def _bulk_stream(conn: Connection, limit: int, now: float) -> StreamState | None
     all the general planner would put in it: one space left, no close, control frame,
     flow-control update, ACK, probe or CRYPTO data due, no tracer, the congestion window and
     pacer open, and data and credit for more than the whole packet (``limit`` bytes).
-    ``_bulk_packet`` then builds the same bytes with less bookkeeping; anything else goes
+    ``_bulk_packets`` then builds the same bytes with less bookkeeping; anything else goes
     through ``_plan_packets``."""
     space = conn.spaces[Epoch.APPLICATION]
     if (conn._close is not None or conn._control or conn._handshake_done_pending
@@ -386,35 +387,49 @@ def _bulk_stream(conn: Connection, limit: int, now: float) -> StreamState | None
     return chosen
 
 
-def _bulk_packet(conn: Connection, stream: StreamState, limit: int, now: float) -> bytes:
-    """One 1-RTT packet carrying one STREAM frame of ``stream`` (see ``_bulk_stream``)."""
+def _bulk_packets(conn: Connection, stream: StreamState, limit: int, now: float,
+                  count: int) -> list[bytes]:
+    """Up to ``count`` 1-RTT packets, each one full STREAM frame of ``stream`` (see
+    ``_bulk_stream``), while the window, the pacer, the stream's data and both credits allow
+    another whole one; what ``_bulk_stream`` checked besides cannot change in between."""
     space = conn.spaces[Epoch.APPLICATION]
     keys = space.send_keys
-    assert keys is not None and stream.sender is not None
     sender = stream.sender
-    pn = space.next_packet_number
-    pn_length = max(packet_number_length(pn, conn.recovery.spaces[Epoch.APPLICATION]
-                                         .largest_acked), 2)
-    room = limit - (1 + len(conn.peer_cid) + pn_length) - TAG_LENGTH - STREAM_FRAME_OVERHEAD
-    before = sender.sent_max
-    chunk = sender.next_frame(room, 1 << 62)  # _bulk_stream checked the credit
-    assert chunk is not None
-    offset, data, fin = chunk
-    conn.flow.sent += sender.sent_max - before
-    space.next_packet_number += 1
-    payload = b"".join((
-        encode_varint(0x0A | (0x04 if offset else 0) | fin),
-        encode_varint(stream.stream_id), encode_varint(offset) if offset else b"",
-        encode_varint(len(data)), data))
-    header = bytes([FIXED_BIT | (conn._send_phase << 2) | (pn_length - 1)]) + conn.peer_cid + (
-        pn & ((1 << (8 * pn_length)) - 1)).to_bytes(pn_length, "big")
-    packet = keys.encrypt_packet(header, payload, pn)
-    end = offset + len(data)
-    conn.recovery.on_sent(SentPacket(
-        pn, Epoch.APPLICATION, now, len(packet), True, True,
-        [partial(sender.on_acked, offset, end, fin)],
-        [partial(sender.on_lost, offset, end, fin)]), now)
-    return packet
+    assert keys is not None and sender is not None
+    recovery, flow = conn.recovery, conn.flow
+    cc, sent_space = recovery.cc, recovery.spaces[Epoch.APPLICATION]
+    largest_acked = sent_space.largest_acked
+    frame_head = encode_varint(stream.stream_id)
+    peer_cid, phase_bits = conn.peer_cid, FIXED_BIT | (conn._send_phase << 2)
+    max_datagram = conn.config.max_datagram_size
+    out: list[bytes] = []
+    while True:
+        pn = space.next_packet_number
+        pn_length = max(packet_number_length(pn, largest_acked), 2)
+        room = limit - (1 + len(peer_cid) + pn_length) - TAG_LENGTH - STREAM_FRAME_OVERHEAD
+        before = sender.sent_max
+        chunk = sender.next_frame(room, 1 << 62)  # the caller checked the credit
+        assert chunk is not None
+        offset, data, fin = chunk
+        flow.sent += sender.sent_max - before
+        space.next_packet_number = pn + 1
+        payload = b"".join((
+            _BYTES[0x0A | (0x04 if offset else 0) | fin], frame_head,
+            encode_varint(offset) if offset else b"", encode_varint(len(data)), data))
+        header = _BYTES[phase_bits | (pn_length - 1)] + peer_cid + (
+            pn & ((1 << (8 * pn_length)) - 1)).to_bytes(pn_length, "big")
+        packet = keys.encrypt_packet(header, payload, pn)
+        end = offset + len(data)
+        recovery.on_sent(SentPacket(
+            pn, Epoch.APPLICATION, now, len(packet), True, True,
+            [partial(sender.on_acked, offset, end, fin)],
+            [partial(sender.on_lost, offset, end, fin)]), now)
+        out.append(packet)
+        if (len(out) >= count or not cc.can_send(max_datagram)
+                or cc.pacing_delay(now, recovery.rtt) is not None
+                or sender.next_run() < limit or stream.max_send - sender.sent_max < limit
+                or flow.max_send - flow.sent < limit):
+            return out
 
 
 def _client_hello_split(conn: Connection, mtu: int) -> tuple[int, int] | None:
@@ -458,13 +473,17 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
             break
         bulk = _bulk_stream(conn, limit, now)
         if bulk is not None:
-            datagram = _bulk_packet(conn, bulk, limit, now)
-        else:
-            plans = _plan_packets(conn, limit, now)
-            if not plans:
+            packets = _bulk_packets(conn, bulk, limit, now, MAX_DATAGRAMS_PER_CALL - len(out))
+            conn.bytes_sent += sum(map(len, packets))
+            out += packets
+            if len(out) >= MAX_DATAGRAMS_PER_CALL:
                 break
-            datagram = _seal(conn, plans, now, split[1] if split else min(MIN_INITIAL_DATAGRAM,
-                                                                            limit))
+            continue
+        plans = _plan_packets(conn, limit, now)
+        if not plans:
+            break
+        datagram = _seal(conn, plans, now, split[1] if split else min(MIN_INITIAL_DATAGRAM,
+                                                                        limit))
         conn.bytes_sent += len(datagram)
         out.append(datagram)
         if conn._close is not None:

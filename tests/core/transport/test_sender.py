@@ -45,13 +45,14 @@ def transfer_datagrams(network: Network) -> list[tuple[str, bytes]]:
 def test_bulk_packets_equal_the_general_planners(network: Callable[[], Network],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     used = []
-    bulk_packet = sender_module._bulk_packet
+    bulk_packets = sender_module._bulk_packets
 
-    def counted(*args: object, **kwargs: object) -> bytes:
-        used.append(1)
-        return bulk_packet(*args, **kwargs)  # type: ignore[arg-type]
+    def counted(*args: object, **kwargs: object) -> list[bytes]:
+        packets = bulk_packets(*args, **kwargs)  # type: ignore[arg-type]
+        used.extend(packets)
+        return packets
 
-    monkeypatch.setattr(sender_module, "_bulk_packet", counted)
+    monkeypatch.setattr(sender_module, "_bulk_packets", counted)
     with_bulk = transfer_datagrams(network())
     assert len(used) > 100  # most of the 300 kB went out on the bulk path
     monkeypatch.setattr(sender_module, "_bulk_stream", lambda *_: None)
