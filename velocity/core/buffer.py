@@ -47,6 +47,21 @@ def encode_varint(value: int, size: int | None = None) -> bytes:
     return bytes([raw[0] | prefix]) + raw[1:]
 
 
+def varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos`` without a ``Reader``, for hot
+    loops; raises ``BufferReadError`` when ``data`` ends first."""
+    if pos >= len(data):
+        raise BufferReadError("varint needs 1 byte, 0 left")
+    first = data[pos]
+    kind = first >> 6
+    if not kind:
+        return first, pos + 1
+    end = pos + (1 << kind)
+    if end > len(data):
+        raise BufferReadError(f"varint needs {1 << kind} bytes, {len(data) - pos} left")
+    return int.from_bytes(data[pos:end], "big") & _VARINT_MASKS[kind], end
+
+
 class Reader:
     """Sequential reads from an immutable byte string."""
 

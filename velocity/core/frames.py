@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, cast
 
-from velocity.core.buffer import VARINT_MAX, Reader, Writer
+from velocity.core.buffer import VARINT_MAX, Reader, Writer, varint_at
 from velocity.core.errors import (
     BufferReadError,
     FrameEncodingError,
@@ -551,20 +551,6 @@ def pull_frame(reader: Reader, packet_type: PacketType) -> Frame:
     return frame
 
 
-def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position) of the varint at ``pos``; IndexError/ValueError when short."""
-    first = data[pos]
-    size = 1 << (first >> 6)
-    if size == 1:
-        return first, pos + 1
-    if pos + size > len(data):
-        raise IndexError
-    return int.from_bytes(data[pos : pos + size], "big") & _VARINT_MASKS[size], pos + size
-
-
-_VARINT_MASKS = {2: 0x3FFF, 4: 0x3FFFFFFF, 8: 0x3FFFFFFFFFFFFFFF}
-
-
 def stream_frame_at(payload: bytes, pos: int) -> tuple[int, int, bytes, bool, int] | None:
     """(stream id, offset, data, fin, end) of a well-formed STREAM frame at ``pos``; None for
     anything else (``pull_frame`` then decodes it, or names what is wrong). The common
@@ -575,15 +561,15 @@ def stream_frame_at(payload: bytes, pos: int) -> tuple[int, int, bytes, bool, in
     if frame_type & 0xF8 != 0x08:
         return None
     try:
-        stream_id, pos = _varint_at(payload, pos + 1)
+        stream_id, pos = varint_at(payload, pos + 1)
         offset = 0
         if frame_type & 0x04:
-            offset, pos = _varint_at(payload, pos)
+            offset, pos = varint_at(payload, pos)
         if frame_type & 0x02:
-            length, pos = _varint_at(payload, pos)
+            length, pos = varint_at(payload, pos)
         else:
             length = len(payload) - pos
-    except IndexError:
+    except BufferReadError:
         return None
     end = pos + length
     if end > len(payload) or offset + length > VARINT_MAX:

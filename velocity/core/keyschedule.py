@@ -28,12 +28,13 @@ class HmacKey:
     OpenSSL HMAC context on every call, which costs several times more for the short
     inputs of a key schedule, and every secret here is used for more than one label."""
 
-    __slots__ = ("_inner", "_outer", "hash_name")
+    __slots__ = ("_inner", "_outer", "digest_size", "hash_name")
 
     def __init__(self, hash_name: str, key: bytes) -> None:
         self.hash_name = hash_name
         try:
             empty, block = _EMPTY[hash_name], _BLOCK_SIZES[hash_name]
+            self.digest_size = DIGEST_SIZES[hash_name]
         except KeyError:
             raise UsageError(f"unknown hash {hash_name!r}") from None
         if len(key) > block:
@@ -53,6 +54,8 @@ class HmacKey:
 
     def expand(self, info: bytes, length: int) -> bytes:
         """HKDF-Expand (RFC 5869) with this key as the PRK."""
+        if length <= self.digest_size:  # one block: every derivation of the key schedule
+            return self.mac(info + b"\x01")[:length]
         out, block, counter = b"", b"", 1
         while len(out) < length:
             block = self.mac(block + info + bytes([counter]))
@@ -63,6 +66,8 @@ class HmacKey:
     def expand_label(self, label: bytes, context: bytes, length: int,
                      prefix: bytes = LABEL_PREFIX) -> bytes:
         """HKDF-Expand-Label(this secret, Label, Context, Length)."""
+        if not context:
+            return self.expand(_empty_context_label(label, length, prefix), length)
         return self.expand(hkdf_label(label, context, length, prefix), length)
 
 
@@ -82,6 +87,12 @@ def _label_vector(prefix: bytes, label: bytes) -> bytes:
     if not 7 <= len(full) <= 255:
         raise UsageError(f"label {full!r} has an illegal length")
     return bytes([len(full)]) + full
+
+
+@functools.cache
+def _empty_context_label(label: bytes, length: int, prefix: bytes) -> bytes:
+    """The HkdfLabel of a packet-key derivation (key, iv, hp, ku, ...): always the same."""
+    return hkdf_label(label, b"", length, prefix)
 
 
 def hkdf_label(label: bytes, context: bytes, length: int, prefix: bytes = LABEL_PREFIX) -> bytes:

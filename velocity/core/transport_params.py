@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from velocity.core.buffer import Reader, Writer
+from velocity.core.buffer import encode_varint, varint_at, varint_size
 from velocity.core.errors import BufferReadError, TransportParameterError
 
 MAX_STREAMS_LIMIT = 1 << 60
@@ -61,26 +61,21 @@ GREASE_ID = 31 * 7 + 27
 _DEFAULTS = TransportParameters()
 
 
+_ROWS = tuple((encode_varint(pid), name, kind) for pid, (name, kind) in _TABLE.items())
+
+
 def encode_transport_parameters(params: TransportParameters) -> bytes:
-    writer = Writer()
-    for pid, (name, kind) in _TABLE.items():
+    parts: list[bytes] = []
+    for pid, name, kind in _ROWS:
         value = getattr(params, name)
         if value is None or (value == getattr(_DEFAULTS, name) and name != (
                 "initial_source_connection_id")):
             continue
-        writer.push_varint(pid)
-        if kind == "int":
-            inner = Writer()
-            inner.push_varint(value)
-            writer.push_vec_varint(inner.data())
-        elif kind == "bytes":
-            writer.push_vec_varint(value)
-        else:
-            writer.push_varint(0)
+        body = encode_varint(value) if kind == "int" else value if kind == "bytes" else b""
+        parts += (pid, encode_varint(len(body)), body)
     if params.grease is not None:
-        writer.push_varint(GREASE_ID)
-        writer.push_vec_varint(params.grease)
-    return writer.data()
+        parts += (encode_varint(GREASE_ID), encode_varint(len(params.grease)), params.grease)
+    return b"".join(parts)
 
 
 def _check(name: str, value: Any) -> None:
@@ -97,16 +92,21 @@ def _check(name: str, value: Any) -> None:
 
 def decode_transport_parameters(data: bytes, *, from_server: bool) -> TransportParameters:
     """Decode and validate; a client's server-only parameter is an error (VEL-TP-002)."""
-    reader = Reader(data)
     values: dict[str, Any] = {}
     seen: set[int] = set()
-    field = "transport_parameters"
+    field, pos = "transport_parameters", 0
     try:
-        while not reader.eof():
+        while pos < len(data):
             field = "transport_parameters.id"
-            pid = reader.pull_varint_minimal()
+            start = pos
+            pid, pos = varint_at(data, pos)
+            if pos - start != varint_size(pid):
+                raise BufferReadError(f"non-minimal varint encoding of {pid}")
             field = f"transport_parameters.0x{pid:x}"
-            raw = reader.pull_vec_varint()
+            length, pos = varint_at(data, pos)
+            raw, pos = data[pos : pos + length], pos + length
+            if pos > len(data):
+                raise BufferReadError(f"needs {length} bytes, {len(raw)} left")
             if pid in seen:
                 raise TransportParameterError("duplicate parameter", field=field)
             seen.add(pid)
@@ -116,19 +116,7 @@ def decode_transport_parameters(data: bytes, *, from_server: bool) -> TransportP
             field = name
             if pid in SERVER_ONLY and not from_server:
                 raise TransportParameterError("sent by a client", field=name)
-            if kind == "int":
-                inner = Reader(raw)
-                value: Any = inner.pull_varint()
-                if not inner.eof():
-                    raise TransportParameterError("trailing bytes", field=name)
-            elif kind == "bytes":
-                value = raw
-            else:
-                if raw:
-                    raise TransportParameterError("flag must be empty", field=name)
-                value = True
-            _check(name, value)
-            values[name] = value
+            values[name] = _value(name, kind, raw)
     except BufferReadError as exc:
         raise TransportParameterError(f"truncated ({exc.reason})", field=field) from None
     if "initial_source_connection_id" not in values:
@@ -136,3 +124,18 @@ def decode_transport_parameters(data: bytes, *, from_server: bool) -> TransportP
     return TransportParameters(**values)
 
 
+def _value(name: str, kind: str, raw: bytes) -> Any:
+    """One parameter's value, checked (``BufferReadError`` for a short integer)."""
+    value: Any
+    if kind == "int":
+        value, end = varint_at(raw, 0)
+        if end != len(raw):
+            raise TransportParameterError("trailing bytes", field=name)
+    elif kind == "bytes":
+        value = raw
+    else:
+        if raw:
+            raise TransportParameterError("flag must be empty", field=name)
+        value = True
+    _check(name, value)
+    return value
