@@ -81,6 +81,7 @@ from velocity.core.handshake.common import (
 from velocity.core.handshake.server import ServerConfig, ServerHandshake
 from velocity.core.packet import (
     EPOCH_OF,
+    EPOCHS,
     FIXED_BIT,
     VELOCITY_VERSION,
     Epoch,
@@ -195,7 +196,7 @@ class Connection:
         self.is_client = config.is_client
         self.state = State.HANDSHAKE
         self.host_cid = entropy.random(config.cid_length)
-        self.spaces = {epoch: SpaceState() for epoch in Epoch}
+        self.spaces = {epoch: SpaceState() for epoch in EPOCHS}
         self._zero_rtt_send: PacketKeys | None = None
         self._zero_rtt_recv: PacketKeys | None = None
         self.recovery = Recovery(config.max_datagram_size, is_client=self.is_client)
@@ -846,7 +847,7 @@ class Connection:
     def _pump_handshake(self, now: float) -> None:
         """Move handshake output into CRYPTO streams and act on handshake events."""
         handshake = self.handshake
-        for epoch in Epoch:
+        for epoch in EPOCHS:
             data = handshake.data_to_send(epoch)
             if data:
                 self.spaces[epoch].crypto_send.write(data)

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from velocity.core.packet import Epoch
+from velocity.core.packet import EPOCHS, Epoch
 
 K_PACKET_THRESHOLD = 3
 K_TIME_THRESHOLD = 9 / 8
@@ -168,7 +168,7 @@ class Recovery:
     def __init__(self, max_datagram_size: int, *, is_client: bool) -> None:
         self.rtt = RttEstimator()
         self.cc = NewReno(max_datagram_size)
-        self.spaces = {epoch: PacketSpace() for epoch in Epoch}
+        self.spaces = {epoch: PacketSpace() for epoch in EPOCHS}
         self.pto_count = 0
         self.max_ack_delay = 0.025
         self.is_client = is_client

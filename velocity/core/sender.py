@@ -30,6 +30,7 @@ from velocity.core.frames import (
     push_frame,
 )
 from velocity.core.packet import (
+    EPOCHS,
     FIXED_BIT,
     FORM_LONG,
     MIN_INITIAL_DATAGRAM,
@@ -282,7 +283,7 @@ def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
     cc = conn.recovery.cc
     paced = cc.pacing_delay(now, conn.recovery.rtt)
     congestion_ok = cc.can_send(conn.config.max_datagram_size) and paced is None
-    for epoch in Epoch:
+    for epoch in EPOCHS:
         keys, packet_type = _keys_for(conn, epoch)
         space = conn.spaces[epoch]
         if keys is None or space.discarded:

@@ -24,7 +24,7 @@ from velocity.core.handshake.messages import (
 from velocity.core.hybrid import HybridSecret, Profile
 from velocity.core.kem import KemKey, KemParams
 from velocity.core.keyschedule import KeySchedule
-from velocity.core.packet import Epoch
+from velocity.core.packet import EPOCHS, Epoch
 from velocity.core.protection import Aead
 from velocity.core.trace import describe, digest
 
@@ -239,7 +239,7 @@ Handler = Callable[[Message, bytes], None]
 @dataclass
 class _Pending:
     crypto: dict[Epoch, bytearray] = field(
-        default_factory=lambda: {e: bytearray() for e in Epoch})
+        default_factory=lambda: {e: bytearray() for e in EPOCHS})
     events: deque[HandshakeEvent] = field(default_factory=deque)
 
 
@@ -256,7 +256,7 @@ class HandshakeBase:
     def __init__(self, *, entropy: Entropy, transport_parameters: bytes) -> None:
         self.state: Enum
         self.transcript = Transcript()
-        self._readers = {epoch: MessageReader() for epoch in Epoch}
+        self._readers = {epoch: MessageReader() for epoch in EPOCHS}
         self._pending = _Pending()
         self._entropy = entropy
         self._transport_parameters = transport_parameters

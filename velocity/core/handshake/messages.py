@@ -178,7 +178,7 @@ class ClientHello:
         if hello.key_share_profile not in hello.profiles:
             raise IllegalParameter("not one of the offered profiles",
                                    field="CLIENT_HELLO.key_share_profile")
-        _allowed_extensions(f.msg, hello.extensions, frozenset(ExtensionType))
+        _allowed_extensions(f.msg, hello.extensions, KNOWN_EXTENSIONS)
         psk = [i for i, (t, _) in enumerate(hello.extensions) if t == ExtensionType.PRE_SHARED_KEY]
         if psk and psk[0] != len(hello.extensions) - 1:
             raise IllegalParameter("pre_shared_key is not the last extension",
