@@ -201,7 +201,7 @@ class Connection:
         self._zero_rtt_recv: PacketKeys | None = None
         self.recovery = Recovery(config.max_datagram_size, is_client=self.is_client)
         self.recovery.max_ack_delay = config.max_ack_delay
-        self._events: deque[Event] = deque()
+        self._events: deque[Event | _DataRun] = deque()
         self.streams: dict[int, StreamState] = {}
         self.flow = FlowState(max_recv=config.max_data, max_recv_sent=config.max_data,
                               window=config.max_data)
@@ -373,7 +373,15 @@ class Connection:
         self._events.append(ConnectionTerminated(error_code, frame_type, reason, False))
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if not isinstance(event, _DataRun):
+            return event
+        chunks = event.chunks
+        return StreamDataReceived(event.stream_id,
+                                  chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                                  event.end_stream)
 
     # --- streams -------------------------------------------------------------------------
 
@@ -754,7 +762,13 @@ class Connection:
             raise FlowControlError("connection data limit exceeded", field="STREAM.offset")
         if data or (receiver.complete and fin):
             flow.consumed += len(data)
-            self._events.append(StreamDataReceived(stream_id, data, receiver.complete))
+            events = self._events
+            tail = events[-1] if events else None
+            if type(tail) is _DataRun and tail.stream_id == stream_id:
+                tail.chunks.append(data)
+                tail.end_stream = receiver.complete
+            else:
+                events.append(_DataRun(stream_id, [data], receiver.complete))
 
     def _on_reset_stream(self, frame: ResetStream, epoch: Epoch, now: float) -> None:
         try:
@@ -1062,6 +1076,17 @@ class Connection:
             self._close_deadline = now + 3 * self.recovery.pto_duration(Epoch.APPLICATION)
         self._discard_closed_streams()
         return [(d, self.peer_address) for d in datagrams]
+
+
+class _DataRun:
+    """Data of one stream delivered by consecutive packets, kept as chunks until
+    ``next_event`` hands it out as one StreamDataReceived: a bulk transfer would otherwise
+    cost an event, and its routing, per packet."""
+
+    __slots__ = ("chunks", "end_stream", "stream_id")
+
+    def __init__(self, stream_id: int, chunks: list[bytes], end_stream: bool) -> None:
+        self.stream_id, self.chunks, self.end_stream = stream_id, chunks, end_stream
 
 
 class StreamsExhausted(UsageError):

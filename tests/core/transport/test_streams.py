@@ -1,7 +1,11 @@
-"""Send buffers: what is resent after a loss, and what a late acknowledgement withdraws."""
+"""Send buffers: what is resent after a loss, and what a late acknowledgement withdraws;
+received data handed to the application."""
 
 from __future__ import annotations
 
+from harness.loopback import SERVER_ADDR
+from tests.core.transport.helpers import both_completed, make
+from velocity.core.events import StreamDataReceived
 from velocity.core.streams import SendBuffer
 
 
@@ -31,3 +35,28 @@ def test_lost_bytes_are_resent_from_their_offsets() -> None:
     buffer.on_lost(0, 4, False)
     assert buffer.next_frame(10, 1 << 62) == (0, b"abcd", False)
     assert buffer.next_frame(10, 1 << 62) == (8, b"ij", False)
+
+
+def test_consecutive_packets_of_a_stream_are_one_event() -> None:
+    """Data of one stream that several packets delivered before the application asked is
+    handed out as one StreamDataReceived, in order, with the end of the stream."""
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    server = pair.server
+    assert server is not None
+    stream = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stream, b"get", end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", stream))
+    server.recovery.cc.window = 1 << 30  # the whole answer leaves in one call
+    body = bytes(range(256)) * 200
+    server.send_stream_data(stream, body, end_stream=True)
+    pair.endpoint.mark(server)
+    datagrams = pair.endpoint.datagrams_to_send(now=pair.now)
+    assert len(datagrams) > 10
+    for datagram, _ in datagrams:
+        pair.client.receive_datagram(datagram, SERVER_ADDR, now=pair.now)
+    events = []
+    while (event := pair.client.next_event()) is not None:
+        events.append(event)
+    assert events == [StreamDataReceived(stream, body, True)]
