@@ -11,7 +11,7 @@ from velocity.core.errors import BufferReadError, UsageError
 
 VARINT_MAX = (1 << 62) - 1
 _VARINT_MASKS = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)
-_ONE_BYTE = tuple(bytes((value,)) for value in range(0x40))
+SINGLE_BYTES = tuple(bytes((value,)) for value in range(256))  # bytes([v]) without a call
 
 
 def varint_size(value: int) -> int:
@@ -31,7 +31,7 @@ def encode_varint(value: int, size: int | None = None) -> bytes:
     """Encode ``value`` as a varint, minimal unless ``size`` (1, 2, 4 or 8) asks for more."""
     if size is None and value >= 0:  # the minimal encodings, written directly
         if value < 0x40:
-            return _ONE_BYTE[value]
+            return SINGLE_BYTES[value]
         if value < 0x4000:
             return (value | 0x4000).to_bytes(2, "big")
         if value < 0x40000000:

@@ -557,12 +557,12 @@ class Connection:
         received = space.received
         if packet_number < space.ack_floor or packet_number in received:
             return
-        streams, start = [], 0
-        while (stream := stream_frame_at(payload, start)) is not None:
+        streams, start, size = [], 0, len(payload)
+        while start < size and (stream := stream_frame_at(payload, start)) is not None:
             streams.append(stream)
             start = stream[4]
         frames = decode_frames(payload, PacketType.ONE_RTT, start) if (
-            start < len(payload) or not start) else []
+            start < size or not start) else []
         expected = received.bounds()[1] if received else space.ack_floor
         if packet_number >= expected:
             space.largest_received_time = now  # for the ACK delay field
@@ -749,11 +749,13 @@ class Connection:
 
     def _stream_data(self, stream_id: int, offset: int, data: bytes, fin: bool) -> None:
         """A STREAM frame's contents: reassembly, flow control, StreamDataReceived."""
-        try:
-            stream = self._peer_stream(stream_id, "STREAM")
-        except _Closed:
-            return
-        receiver = stream.require_receiver("STREAM")
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            try:
+                stream = self._peer_stream(stream_id, "STREAM")
+            except _Closed:
+                return
+        receiver = stream.receiver or stream.require_receiver("STREAM")
         before = receiver.highest
         data = receiver.receive(offset, data, fin)
         flow = self.flow

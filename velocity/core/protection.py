@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from velocity.core.buffer import SINGLE_BYTES
 from velocity.core.errors import AuthenticationFailed, PacketDropped, UsageError
 from velocity.core.keyschedule import LABEL_PREFIX, HmacKey, expand_label, extract
 from velocity.core.packet import FORM_LONG, VELOCITY_VERSION, decode_packet_number
@@ -139,13 +140,11 @@ class PacketKeys:
                           self.hash_name, self._params, hp_key=self._hp_key)
 
     def _mask(self, sample: bytes) -> bytes:
+        """The header-protection mask (its first 5 bytes are used)."""
         if self._ecb is not None:
-            return self._ecb.update(sample)[:5]
+            return self._ecb.update(sample)
         encryptor = Cipher(algorithms.ChaCha20(self._hp_key, sample), None).encryptor()
         return encryptor.update(b"\x00" * 5)
-
-    def _nonce(self, packet_number: int) -> bytes:
-        return (self._iv ^ packet_number).to_bytes(IV_LENGTH, "big")
 
     def encrypt_packet(self, plain_header: bytes, payload: bytes, packet_number: int) -> bytes:
         """Seal ``payload`` under ``plain_header`` (which ends with the packet number) and
@@ -153,7 +152,8 @@ class PacketKeys:
         pn_length = (plain_header[0] & 0x03) + 1
         if pn_length + len(payload) < 4:
             raise UsageError("payload too short for a header-protection sample; pad it")
-        protected = self._aead.encrypt(self._nonce(packet_number), payload, plain_header)
+        protected = self._aead.encrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"),
+                                       payload, plain_header)
         self.encrypted += 1
         pn_offset = len(plain_header) - pn_length
         sample_at = 4 - pn_length
@@ -177,8 +177,8 @@ class PacketKeys:
     def open_payload(self, packet: bytes, header: bytes, packet_number: int) -> bytes:
         """AEAD-open the payload that follows the unprotected ``header``."""
         try:
-            return self._aead.decrypt(self._nonce(packet_number), packet[len(header) :],
-                                      header)
+            return self._aead.decrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"),
+                                      memoryview(packet)[len(header) :], header)
         except InvalidTag:
             raise AuthenticationFailed("AEAD authentication failed", field="payload") from None
 
@@ -188,13 +188,12 @@ class PacketKeys:
         sample = packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_LENGTH]
         if len(sample) < SAMPLE_LENGTH:
             raise PacketDropped("too short for a header-protection sample", field="payload")
-        mask = self._mask(sample)
+        mask = self._ecb.update(sample) if self._ecb is not None else self._mask(sample)
         first = packet[0] ^ (mask[0] & (0x0F if packet[0] & FORM_LONG else 0x1F))
         pn_length = (first & 0x03) + 1
         truncated = (int.from_bytes(packet[pn_offset : pn_offset + pn_length], "big")
                      ^ int.from_bytes(mask[1 : 1 + pn_length], "big"))
-        header = b"".join((first.to_bytes(1, "big"), packet[1:pn_offset],
-                           truncated.to_bytes(pn_length, "big")))
+        header = SINGLE_BYTES[first] + packet[1:pn_offset] + truncated.to_bytes(pn_length, "big")
         return header, decode_packet_number(truncated, pn_length, expected_packet_number)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from velocity.core.buffer import Writer, encode_varint, varint_size
+from velocity.core.buffer import SINGLE_BYTES, Writer, encode_varint, varint_size
 from velocity.core.errors import ErrorCode
 from velocity.core.frames import (
     Ack,
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 MAX_DATAGRAMS_PER_CALL = 64
 STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type, stream id, offset, length (upper bounds)
 MAX_ACK_RANGES = 32
-_BYTES = tuple(bytes((value,)) for value in range(256))
 
 
 @dataclass
@@ -415,9 +414,9 @@ def _bulk_packets(conn: Connection, stream: StreamState, limit: int, now: float,
         flow.sent += sender.sent_max - before
         space.next_packet_number = pn + 1
         payload = b"".join((
-            _BYTES[0x0A | (0x04 if offset else 0) | fin], frame_head,
+            SINGLE_BYTES[0x0A | (0x04 if offset else 0) | fin], frame_head,
             encode_varint(offset) if offset else b"", encode_varint(len(data)), data))
-        header = _BYTES[phase_bits | (pn_length - 1)] + peer_cid + (
+        header = SINGLE_BYTES[phase_bits | (pn_length - 1)] + peer_cid + (
             pn & ((1 << (8 * pn_length)) - 1)).to_bytes(pn_length, "big")
         packet = keys.encrypt_packet(header, payload, pn)
         end = offset + len(data)

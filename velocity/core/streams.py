@@ -165,6 +165,12 @@ class ReceiveBuffer:
     def receive(self, offset: int, data: bytes, fin: bool = False) -> bytes:
         """Store a frame's data; return newly contiguous bytes (possibly empty)."""
         end = offset + len(data)
+        if (offset == self.delivered and end <= self.limit and data and not fin
+                and not self._chunks and not self._crypto and self.final_size is None):
+            self.delivered = end  # in order, within the window, nothing held: the usual case
+            if end > self.highest:
+                self.highest = end
+            return data
         self._check_limit(end)
         self._check_final(end, fin)
         self.highest = max(self.highest, end)
