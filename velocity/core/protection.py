@@ -157,7 +157,8 @@ class PacketKeys:
         self.encrypted += 1
         pn_offset = len(plain_header) - pn_length
         sample_at = 4 - pn_length
-        mask = self._mask(protected[sample_at : sample_at + SAMPLE_LENGTH])
+        sample = protected[sample_at : sample_at + SAMPLE_LENGTH]
+        mask = self._ecb.update(sample) if self._ecb is not None else self._mask(sample)
         first = plain_header[0] ^ (mask[0] & (0x0F if plain_header[0] & FORM_LONG else 0x1F))
         pn = (int.from_bytes(plain_header[pn_offset:], "big")
               ^ int.from_bytes(mask[1 : 1 + pn_length], "big")).to_bytes(pn_length, "big")

@@ -97,9 +97,19 @@ class SendBuffer:
         return None
 
     def on_acked(self, start: int, stop: int, fin: bool) -> None:
-        self._acked.add(start, stop)
         if fin:
             self._fin_acked = True
+        if stop <= self._base:
+            return  # a second copy of bytes already acknowledged and gone
+        start = max(start, self._base)
+        if start == self._base and not self._acked:  # in order: the usual case
+            del self._buffer[: stop - start]
+            self._base = stop
+            pending = self._pending
+            if pending and pending.first()[0] < stop:
+                pending.subtract(0, stop)  # declared lost, acknowledged late: not resent
+            return
+        self._acked.add(start, stop)
         if self._acked and self._acked.first()[0] == self._base:
             _, high = self._acked.shift()
             del self._buffer[: high - self._base]

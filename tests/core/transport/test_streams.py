@@ -60,3 +60,17 @@ def test_consecutive_packets_of_a_stream_are_one_event() -> None:
     while (event := pair.client.next_event()) is not None:
         events.append(event)
     assert events == [StreamDataReceived(stream, body, True)]
+
+
+def test_a_second_acknowledgement_of_gone_bytes_changes_nothing() -> None:
+    """Bytes sent twice (a retransmission) can be acknowledged twice; the second time they
+    are already gone from the buffer and must not stop it from trimming later ranges."""
+    buffer = SendBuffer()
+    buffer.write(bytes(300))
+    for _ in range(3):
+        buffer.next_frame(100, 1 << 62)
+    buffer.on_acked(0, 100, False)
+    buffer.on_acked(0, 100, False)  # the retransmission's ACK
+    buffer.on_acked(100, 200, False)
+    buffer.on_acked(200, 300, False)
+    assert buffer.buffered == 0
