@@ -546,15 +546,26 @@ class Connection:
             self._trace_dropped(None, len(packet), "header_parse_error")
             return
         space = self.spaces[Epoch.APPLICATION]
-        opened = self._open(packet, PacketType.ONE_RTT, 1 + self.config.cid_length, space)
-        if opened is None:
+        keys = space.recv_keys
+        if keys is None or space.discarded:
+            self._trace_dropped(PacketType.ONE_RTT, len(packet), "key_unavailable")
             return
-        plain, payload, packet_number = opened
+        received = space.received
+        expected = received.bounds()[1] if received else space.ack_floor
+        try:
+            plain, packet_number = keys.remove_header_protection(
+                packet, 1 + self.config.cid_length, expected)
+            if (plain[0] >> 2) & 1 == self._recv_phase:
+                payload = keys.open_payload(packet, plain, packet_number)
+            else:
+                payload = self._open_other_phase(packet, plain, packet_number, expected)
+        except PacketDropped as exc:  # AuthenticationFailed included
+            self._not_opened(PacketType.ONE_RTT, len(packet), keys, exc)
+            return
         if not self.is_client and not self.spaces[Epoch.HANDSHAKE].discarded:
             self._server_done_with_handshake_keys(client_completed=True)
         if plain[0] & 0x18:
             raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-        received = space.received
         if packet_number < space.ack_floor or packet_number in received:
             return
         streams, start, size = [], 0, len(payload)
@@ -563,7 +574,6 @@ class Connection:
             start = stream[4]
         frames = decode_frames(payload, PacketType.ONE_RTT, start) if (
             start < size or not start) else []
-        expected = received.bounds()[1] if received else space.ack_floor
         if packet_number >= expected:
             space.largest_received_time = now  # for the ACK delay field
         received.add(packet_number)
@@ -587,18 +597,29 @@ class Connection:
             return None
         expected = space.received.bounds()[1] if space.received else space.ack_floor
         try:
-            if packet_type == PacketType.ONE_RTT:
-                return self._open_one_rtt(packet, pn_offset, expected)
-            return keys.decrypt_packet(packet, pn_offset, expected)
-        except AuthenticationFailed:
-            self._forgeries += 1
-            if self._forgeries > INTEGRITY_LIMIT[keys.aead]:
-                raise AeadLimitReached("too many packets failed authentication",
-                                       field="payload") from None
-            self._trace_dropped(packet_type, len(packet), "decryption_failure")
-        except PacketDropped:
-            self._trace_dropped(packet_type, len(packet), "invalid")
+            if packet_type != PacketType.ONE_RTT:
+                return keys.decrypt_packet(packet, pn_offset, expected)
+            header, packet_number = keys.remove_header_protection(packet, pn_offset, expected)
+            if (header[0] >> 2) & 1 == self._recv_phase:
+                return header, keys.open_payload(packet, header, packet_number), packet_number
+            return header, self._open_other_phase(packet, header, packet_number,
+                                                  expected), packet_number
+        except PacketDropped as exc:  # AuthenticationFailed included
+            self._not_opened(packet_type, len(packet), keys, exc)
         return None
+
+    def _not_opened(self, packet_type: PacketType, length: int, keys: PacketKeys,
+                    exc: PacketDropped) -> None:
+        """A packet that could not be opened is dropped; forgeries count towards the AEAD's
+        integrity limit (VEL-PROT-012)."""
+        if not isinstance(exc, AuthenticationFailed):
+            self._trace_dropped(packet_type, length, "invalid")
+            return
+        self._forgeries += 1
+        if self._forgeries > INTEGRITY_LIMIT[keys.aead]:
+            raise AeadLimitReached("too many packets failed authentication",
+                                   field="payload") from None
+        self._trace_dropped(packet_type, length, "decryption_failure")
 
     def _trace_dropped(self, packet_type: PacketType | None, length: int, trigger: str) -> None:
         if self.tracer is not None:
@@ -607,20 +628,15 @@ class Connection:
             self._trace("quic:packet_dropped", {"header": header, "raw": {"length": length},
                                                 "trigger": trigger})
 
-    def _open_one_rtt(self, packet: bytes, pn_offset: int,
-                      expected: int) -> tuple[bytes, bytes, int]:
-        """Open a 1-RTT packet under the keys its key-phase bit names (VEL-PROT-011): the
-        current ones, the previous ones (a packet from before an update), or the next ones
-        (the peer updated: follow it, and update our sending keys if we did not start it)."""
+    def _open_other_phase(self, packet: bytes, header: bytes, packet_number: int,
+                          expected: int) -> bytes:
+        """Open a 1-RTT packet whose key-phase bit is not the current one (VEL-PROT-011): a
+        packet from before an update (previous keys), or the peer updated (the next keys:
+        follow it, and update our sending keys if we did not start it)."""
         keys = self.spaces[Epoch.APPLICATION].recv_keys
         assert keys is not None  # checked by the caller
-        header, packet_number = keys.remove_header_protection(packet, pn_offset, expected)
-        phase = (header[0] >> 2) & 1
-        if phase == self._recv_phase:
-            return header, keys.open_payload(packet, header, packet_number), packet_number
         if self._previous_recv_keys is not None and packet_number < expected:
-            previous = self._previous_recv_keys
-            return header, previous.open_payload(packet, header, packet_number), packet_number
+            return self._previous_recv_keys.open_payload(packet, header, packet_number)
         following = keys.next_generation()
         payload = following.open_payload(packet, header, packet_number)
         if not self.handshake_confirmed:
@@ -631,7 +647,7 @@ class Connection:
         self._recv_phase ^= 1
         if self._send_phase != self._recv_phase:
             self._rotate_send_keys()
-        return header, payload, packet_number
+        return payload
 
     def _rotate_send_keys(self) -> None:
         space = self.spaces[Epoch.APPLICATION]

@@ -178,8 +178,7 @@ class ReceiveBuffer:
         if (offset == self.delivered and end <= self.limit and data and not fin
                 and not self._chunks and not self._crypto and self.final_size is None):
             self.delivered = end  # in order, within the window, nothing held: the usual case
-            if end > self.highest:
-                self.highest = end
+            self.highest = max(self.highest, end)
             return data
         self._check_limit(end)
         self._check_final(end, fin)
