@@ -83,3 +83,21 @@ def test_ack_range_count_beyond_payload_is_refused_without_looping() -> None:
     with pytest.raises(FrameEncodingError) as info:
         f.decode_frames(wire, PacketType.ONE_RTT)
     assert info.value.field == "ACK.range_count"
+
+
+def test_every_truncation_of_a_stream_frame_is_refused() -> None:
+    """The fast STREAM reader hands every cut it cannot read whole to the general decoder,
+    which names the field; it never returns a frame from a short varint."""
+    for frame_type_bits in range(8):
+        frame = f.Stream(0x3FFF, b"data", 0x12345 if frame_type_bits & 4 else 0,
+                         bool(frame_type_bits & 1), bool(frame_type_bits & 2))
+        wire = f.encode_frames([frame])
+        assert f.stream_frame_at(wire, 0) == (0x3FFF, frame.offset, b"data", frame.fin,
+                                              len(wire))
+        for cut in range(1, len(wire)):
+            found = f.stream_frame_at(wire[:cut], 0)
+            if not frame.explicit_length and found is not None:  # data runs to the end
+                assert found[2] == b"data"[: len(found[2])] and found[4] == cut
+                assert cut >= len(wire) - len(b"data")
+            else:
+                assert found is None, (frame, cut, found)

@@ -775,18 +775,21 @@ class Connection:
         before = receiver.highest
         data = receiver.receive(offset, data, fin)
         flow = self.flow
-        flow.received += max(receiver.highest - before, 0)
-        if flow.received > flow.max_recv:
-            raise FlowControlError("connection data limit exceeded", field="STREAM.offset")
-        if data or (receiver.complete and fin):
+        if receiver.highest > before:
+            flow.received += receiver.highest - before
+            if flow.received > flow.max_recv:
+                raise FlowControlError("connection data limit exceeded",
+                                       field="STREAM.offset")
+        complete = receiver.final_size is not None and receiver.complete
+        if data or (complete and fin):
             flow.consumed += len(data)
             events = self._events
             tail = events[-1] if events else None
             if type(tail) is _DataRun and tail.stream_id == stream_id:
                 tail.chunks.append(data)
-                tail.end_stream = receiver.complete
+                tail.end_stream = complete
             else:
-                events.append(_DataRun(stream_id, [data], receiver.complete))
+                events.append(_DataRun(stream_id, [data], complete))
 
     def _on_reset_stream(self, frame: ResetStream, epoch: Epoch, now: float) -> None:
         try:

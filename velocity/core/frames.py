@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, cast
 
-from velocity.core.buffer import VARINT_MAX, Reader, Writer, varint_at
+from velocity.core.buffer import VARINT_MAX, Reader, Writer
 from velocity.core.errors import (
     BufferReadError,
     FrameEncodingError,
@@ -551,28 +551,39 @@ def pull_frame(reader: Reader, packet_type: PacketType) -> Frame:
     return frame
 
 
+_MASKS = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)
+
+
 def stream_frame_at(payload: bytes, pos: int) -> tuple[int, int, bytes, bool, int] | None:
     """(stream id, offset, data, fin, end) of a well-formed STREAM frame at ``pos``; None for
     anything else (``pull_frame`` then decodes it, or names what is wrong). The common
     payload of a 1-RTT packet, read without a Reader or a frame object."""
-    if pos >= len(payload):
+    size = len(payload)
+    if pos >= size or payload[pos] & 0xF8 != 0x08:
         return None
     frame_type = payload[pos]
-    if frame_type & 0xF8 != 0x08:
-        return None
-    try:
-        stream_id, pos = varint_at(payload, pos + 1)
+    try:  # three varints, read in line (an IndexError or a short slice: not this path)
+        kind = payload[pos + 1] >> 6
+        step = 1 << kind
+        stream_id = int.from_bytes(payload[pos + 1 : pos + 1 + step], "big") & _MASKS[kind]
+        pos += 1 + step
         offset = 0
         if frame_type & 0x04:
-            offset, pos = varint_at(payload, pos)
+            kind = payload[pos] >> 6
+            step = 1 << kind
+            offset = int.from_bytes(payload[pos : pos + step], "big") & _MASKS[kind]
+            pos += step
         if frame_type & 0x02:
-            length, pos = varint_at(payload, pos)
+            kind = payload[pos] >> 6
+            step = 1 << kind
+            length = int.from_bytes(payload[pos : pos + step], "big") & _MASKS[kind]
+            pos += step
         else:
-            length = len(payload) - pos
-    except BufferReadError:
+            length = size - pos
+    except IndexError:
         return None
     end = pos + length
-    if end > len(payload) or offset + length > VARINT_MAX:
+    if end > size or pos > size or offset + length > VARINT_MAX:
         return None
     return stream_id, offset, payload[pos:end], bool(frame_type & 0x01), end
 
