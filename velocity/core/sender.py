@@ -479,6 +479,8 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
             if len(out) >= MAX_DATAGRAMS_PER_CALL:
                 break
             continue
+        if out and _nothing_to_send(conn, now):
+            break
         plans = _plan_packets(conn, limit, now)
         if not plans:
             break
