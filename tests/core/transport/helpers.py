@@ -6,7 +6,7 @@ from typing import Any
 
 from harness.loopback import Network, Pair, perfect
 from harness.pair import PairSpec, make_configs
-from velocity.core.connection import ConnectionConfig
+from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.events import (
     ConnectionTerminated,
     Event,
@@ -56,3 +56,16 @@ def resumable(*, server: dict[str, Any] | None = None, network: Network = perfec
         "remembered_transport_parameters": ticket.transport_parameters, "token": token})
     second.now = first.now + 1.0
     return second
+
+
+def requested(pair: Pair) -> tuple[Connection, int]:
+    """Complete the handshake and deliver a request ("get", FIN) on a new client stream: the
+    server's connection and the stream, ready for its answer."""
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    server = pair.server
+    assert server is not None
+    stream = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stream, b"get", end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", stream))
+    return server, stream

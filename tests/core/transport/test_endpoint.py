@@ -9,7 +9,14 @@ import pytest
 
 from harness.loopback import CLIENT_ADDR, ONE_WAY, SERVER_ADDR, Pair, perfect
 from harness.pair import PairSpec, make_configs
-from tests.core.transport.helpers import TOKENS, both_completed, make, resumable, terminated
+from tests.core.transport.helpers import (
+    TOKENS,
+    both_completed,
+    make,
+    requested,
+    resumable,
+    terminated,
+)
 from velocity.core.connection import ConnectionConfig, State
 from velocity.core.errors import ErrorCode
 from velocity.core.frames import Crypto, decode_frames
@@ -174,14 +181,7 @@ def test_a_connection_stopped_by_the_batch_bound_stays_due() -> None:
     """``datagrams_to_send`` stops a connection at MAX_DATAGRAMS_PER_CALL; the endpoint visits
     it again on the next call without waiting for an ACK, a timer or a write."""
     pair = make()
-    pair.connect()
-    assert pair.run(lambda: both_completed(pair))
-    server = pair.server
-    assert server is not None
-    sid = pair.client.get_next_available_stream_id()
-    pair.client.send_stream_data(sid, b"?")
-    for datagram, _ in pair.client.datagrams_to_send(now=pair.now):
-        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    server, sid = requested(pair)
     pair.endpoint.datagrams_to_send(now=pair.now)
     server.recovery.cc.window = 1 << 30  # neither the window nor the pacer stops it here
     server.send_stream_data(sid, bytes(400_000), end_stream=True)

@@ -10,7 +10,7 @@ import pytest
 import velocity.core.sender as sender_module
 from harness.loopback import Network, lossy
 from harness.pair import PairSpec
-from tests.core.transport.helpers import both_completed, make
+from tests.core.transport.helpers import make, requested
 
 
 def recording(into: list[tuple[str, bytes]], network: Network) -> Network:
@@ -26,13 +26,7 @@ def transfer_datagrams(network: Network) -> list[tuple[str, bytes]]:
     wire: list[tuple[str, bytes]] = []
     pair = make(spec=PairSpec(client_backend="kyber-py", server_backend="kyber-py"),
                 network=recording(wire, network), seed="bulk")
-    pair.connect()
-    assert pair.run(lambda: both_completed(pair))
-    server = pair.server
-    assert server is not None
-    stream = pair.client.get_next_available_stream_id()
-    pair.client.send_stream_data(stream, b"get", end_stream=True)
-    assert pair.run(lambda: pair.finished_stream("server", stream))
+    server, stream = requested(pair)
     server.send_stream_data(stream, bytes(range(256)) * 1200, end_stream=True)
     assert pair.run(lambda: pair.finished_stream("client", stream))
     assert pair.received("client", stream) == (bytes(range(256)) * 1200, True)

@@ -4,7 +4,7 @@ received data handed to the application."""
 from __future__ import annotations
 
 from harness.loopback import SERVER_ADDR
-from tests.core.transport.helpers import both_completed, make
+from tests.core.transport.helpers import make, requested
 from velocity.core.events import StreamDataReceived
 from velocity.core.streams import SendBuffer
 
@@ -41,13 +41,7 @@ def test_consecutive_packets_of_a_stream_are_one_event() -> None:
     """Data of one stream that several packets delivered before the application asked is
     handed out as one StreamDataReceived, in order, with the end of the stream."""
     pair = make()
-    pair.connect()
-    assert pair.run(lambda: both_completed(pair))
-    server = pair.server
-    assert server is not None
-    stream = pair.client.get_next_available_stream_id()
-    pair.client.send_stream_data(stream, b"get", end_stream=True)
-    assert pair.run(lambda: pair.finished_stream("server", stream))
+    server, stream = requested(pair)
     server.recovery.cc.window = 1 << 30  # the whole answer leaves in one call
     body = bytes(range(256)) * 200
     server.send_stream_data(stream, body, end_stream=True)
