@@ -2,8 +2,9 @@
 handshakes per second with a sequential client (1 / mean time to a completed handshake,
 teardown excluded), handshake latency p50/p99, server CPU per handshake (the server runs in
 its own process and reports its CPU time, teardown included), bytes per handshake
-in each direction (counted by a pass-through relay), and the goodput of a single-stream
-download. Medians of several runs.
+in each direction and by flight (runs of datagrams in one direction, counted by a
+pass-through relay, the close included), and the goodput of a single-stream download.
+Medians of several runs.
 
     python -m bench.transport [--runs 3] [--handshakes 100] [--download-mb 50] [--markdown]
 """
@@ -105,6 +106,7 @@ class Result:
     client_to_server: int
     server_to_client: int
     goodput_mbps: float
+    flights: tuple[int, ...] = ()  # bytes per flight, client first, alternating
 
 
 async def _velocity_connect(port: int) -> Any:
@@ -165,11 +167,13 @@ async def _measure(name: str, port: int, pipe: Pipe, handshakes: int,
     await _handshake(name, relay_port)
     await asyncio.sleep(0.05)  # let the closing datagrams pass
     c2s, s2c = relay.stats.bytes_c2s, relay.stats.bytes_s2c
+    flights = tuple(size for _, size in relay.stats.flights)
     relay.close()
     latencies.sort()
     goodput = await _download(name, port, download)
     return Result(name, 1000 / statistics.fmean(latencies), statistics.median(latencies),
-                  latencies[int(len(latencies) * 0.99) - 1], server_cpu, c2s, s2c, goodput)
+                  latencies[int(len(latencies) * 0.99) - 1], server_cpu, c2s, s2c, goodput,
+                  flights)
 
 
 def run_one(name: str, handshakes: int, download: int) -> Result:
@@ -201,15 +205,15 @@ def main(runs: int, handshakes: int, download_mb: int, markdown: bool) -> None:
     for name, values in results.items():
         rows.append(Result(name, *(statistics.median(getattr(v, f) for v in values) for f in (
             "handshakes_per_second", "p50_ms", "p99_ms", "server_cpu_us", "client_to_server",
-            "server_to_client", "goodput_mbps"))))
+            "server_to_client", "goodput_mbps")), statistics.mode(v.flights for v in values)))
     qh3_row = next(r for r in rows if r.name == "qh3")
     header = ("implementation", "handshakes/s", "latency p50 ms", "p99 ms",
-              "server CPU µs/handshake", "bytes c→s", "bytes s→c", "goodput Mbit/s",
-              "rate ÷ qh3", "goodput ÷ qh3")
+              "server CPU µs/handshake", "bytes c→s", "bytes s→c",
+              "bytes by flight (c / s / c …)", "goodput Mbit/s", "rate ÷ qh3", "goodput ÷ qh3")
     lines = [header] + [(r.name, f"{r.handshakes_per_second:.0f}", f"{r.p50_ms:.1f}",
                          f"{r.p99_ms:.1f}", f"{r.server_cpu_us:.0f}",
                          f"{r.client_to_server:.0f}", f"{r.server_to_client:.0f}",
-                         f"{r.goodput_mbps:.0f}",
+                         " / ".join(map(str, r.flights)), f"{r.goodput_mbps:.0f}",
                          f"{r.handshakes_per_second / qh3_row.handshakes_per_second:.2f}",
                          f"{r.goodput_mbps / qh3_row.goodput_mbps:.2f}") for r in rows]
     print_table(header, lines[1:], markdown=markdown)

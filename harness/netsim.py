@@ -27,6 +27,18 @@ class RelayStats:
     duplicated: int = 0
     bytes_c2s: int = 0
     bytes_s2c: int = 0
+    # bytes per flight: runs of datagrams in one direction, in order ("c2s"/"s2c", bytes)
+    flights: list[tuple[str, int]] = field(default_factory=list)
+
+    def count(self, direction: str, size: int) -> None:
+        if direction == "c2s":
+            self.bytes_c2s += size
+        else:
+            self.bytes_s2c += size
+        if self.flights and self.flights[-1][0] == direction:
+            self.flights[-1] = (direction, self.flights[-1][1] + size)
+        else:
+            self.flights.append((direction, size))
 
 
 class _Side(asyncio.DatagramProtocol):
@@ -73,9 +85,7 @@ class UdpRelay:
             return
         if not from_server:
             self._client = source
-            self.stats.bytes_c2s += len(data)
-        else:
-            self.stats.bytes_s2c += len(data)
+        self.stats.count("s2c" if from_server else "c2s", len(data))
         side = self._front if from_server else self._back
         target = self._client if from_server else self.server
         if side is None or side.transport is None or target is None:

@@ -83,6 +83,29 @@ async def test_transfer_through_a_lossy_reordering_relay(seed: int) -> None:
         assert relay.stats.dropped > 0, f"seed {seed} dropped nothing"
 
 
+@pytest.mark.spec("VEL-SIZE-001", "VEL-SIZE-002")
+async def test_relay_counts_a_pdk_handshake_by_flight() -> None:
+    """Through a clean relay a PDK handshake is three flights: the CLIENT_HELLO in two equal
+    datagrams, the server's share, ENCRYPTED_EXTENSIONS and FINISHED (with an ACK of the
+    first datagram when the two arrive apart), then the client's FINISHED (with its close,
+    which follows at once)."""
+    async with server() as running:
+        relay = UdpRelay(running.address, Impairment())
+        host, port = await relay.start()
+        try:
+            async with connect(host, port, ConnectionConfig(CLIENT_HS)):
+                pass
+            await asyncio.sleep(0.05)
+        finally:
+            relay.close()
+    directions = [direction for direction, _ in relay.stats.flights]
+    sizes = [size for _, size in relay.stats.flights]
+    assert directions[:3] == ["c2s", "s2c", "c2s"]
+    assert 2 * 1200 <= sizes[0] <= 2 * 1452 and sizes[0] % 2 == 0
+    assert 1120 < sizes[1] < 1452 + 100  # the 1120-byte share; one more datagram at most
+    assert sum(sizes) == relay.stats.bytes_c2s + relay.stats.bytes_s2c
+
+
 @pytest.mark.spec("VEL-ERR-005", "VEL-CONN-004")
 async def test_random_datagrams_do_not_stop_the_server() -> None:
     async with server() as running:
