@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -111,10 +112,13 @@ def next_secret(secret: bytes, hash_name: str, params: WireParams = VELOCITY_PAR
 
 
 class PacketKeys:
-    """Protection for one direction of one packet-number space under one traffic secret."""
+    """Protection for one direction of one packet-number space under one traffic secret.
+    The key, IV and header-protection key, and the cipher contexts, are set up on first use:
+    a server's 1-RTT keys exist from its first flight on but protect nothing until the
+    client's FINISHED, and that flight should not wait for them."""
 
-    __slots__ = ("_aead", "_ecb", "_hp_key", "_iv", "_params", "aead", "encrypted",
-                 "hash_name", "material", "secret")
+    __slots__ = ("_aead", "_ecb", "_hp_key", "_iv", "_material", "_params", "aead",
+                 "encrypted", "hash_name", "secret")
 
     def __init__(self, secret: bytes, aead: Aead, hash_name: str,
                  params: WireParams = VELOCITY_PARAMS, *, hp_key: bytes | None = None) -> None:
@@ -123,27 +127,45 @@ class PacketKeys:
         self.hash_name = hash_name
         self._params = params
         self.encrypted = 0  # packets sealed under this key (the confidentiality limit)
-        self.material = derive_key_material(secret, aead, hash_name, params)
-        self._iv = int.from_bytes(self.material.iv, "big")
-        self._hp_key = hp_key or self.material.hp  # a key update keeps the first HP key
-        self._aead: AESGCM | ChaCha20Poly1305
-        if aead == Aead.CHACHA20_POLY1305:
-            self._aead = ChaCha20Poly1305(self.material.key)
-            self._ecb = None
+        self._material: KeyMaterial | None = None
+        self._hp_key = hp_key  # a key update keeps the first HP key
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        self._ecb: Any = None
+        self._iv = 0
+
+    @property
+    def material(self) -> KeyMaterial:
+        if self._material is None:
+            self._set_up()
+            assert self._material is not None
+        return self._material
+
+    def _set_up(self) -> None:
+        material = self._material = derive_key_material(self.secret, self.aead,
+                                                        self.hash_name, self._params)
+        self._iv = int.from_bytes(material.iv, "big")
+        self._hp_key = self._hp_key or material.hp
+        if self.aead == Aead.CHACHA20_POLY1305:
+            self._aead = ChaCha20Poly1305(material.key)
         else:
-            self._aead = AESGCM(self.material.key)
+            self._aead = AESGCM(material.key)
             self._ecb = Cipher(algorithms.AES(self._hp_key), modes.ECB()).encryptor()
 
     def next_generation(self) -> PacketKeys:
         """The keys after a key update (VEL-PROT-011): next secret, same header protection."""
+        if self._material is None:
+            self._set_up()
         return PacketKeys(next_secret(self.secret, self.hash_name, self._params), self.aead,
                           self.hash_name, self._params, hp_key=self._hp_key)
 
     def _mask(self, sample: bytes) -> bytes:
         """The header-protection mask (its first 5 bytes are used)."""
         if self._ecb is not None:
-            return self._ecb.update(sample)
-        encryptor = Cipher(algorithms.ChaCha20(self._hp_key, sample), None).encryptor()
+            mask: bytes = self._ecb.update(sample)
+            return mask
+        hp_key = self._hp_key
+        assert hp_key is not None  # set up by the caller
+        encryptor = Cipher(algorithms.ChaCha20(hp_key, sample), None).encryptor()
         return encryptor.update(b"\x00" * 5)
 
     def encrypt_packet(self, plain_header: bytes, payload: bytes, packet_number: int) -> bytes:
@@ -152,6 +174,9 @@ class PacketKeys:
         pn_length = (plain_header[0] & 0x03) + 1
         if pn_length + len(payload) < 4:
             raise UsageError("payload too short for a header-protection sample; pad it")
+        if self._aead is None:
+            self._set_up()
+            assert self._aead is not None
         protected = self._aead.encrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"),
                                        payload, plain_header)
         self.encrypted += 1
@@ -177,6 +202,9 @@ class PacketKeys:
 
     def open_payload(self, packet: bytes, header: bytes, packet_number: int) -> bytes:
         """AEAD-open the payload that follows the unprotected ``header``."""
+        if self._aead is None:
+            self._set_up()
+            assert self._aead is not None
         try:
             return self._aead.decrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"),
                                       memoryview(packet)[len(header) :], header)
@@ -189,6 +217,8 @@ class PacketKeys:
         sample = packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_LENGTH]
         if len(sample) < SAMPLE_LENGTH:
             raise PacketDropped("too short for a header-protection sample", field="payload")
+        if self._material is None:
+            self._set_up()
         mask = self._ecb.update(sample) if self._ecb is not None else self._mask(sample)
         first = packet[0] ^ (mask[0] & (0x0F if packet[0] & FORM_LONG else 0x1F))
         pn_length = (first & 0x03) + 1
