@@ -2,32 +2,22 @@
 ``handle_timer`` and commands, read with ``datagrams_to_send``, ``next_event`` and
 ``get_timer``. ``now`` is always an argument (seconds); randomness comes from ``Entropy``.
 
-This module owns the connection's state machine: packet spaces and their keys, the
-handshake, frames in and out, flow control, closing and draining. Packet assembly lives in
-``velocity.core.sender`` and loss recovery in ``velocity.core.recovery``.
+This module owns the connection's state machine: commands, streams, the handshake and its
+keys, flow-control limits, closing, draining and timers. Reading packets and handling their
+frames lives in ``velocity.core.receiver``, packet assembly in ``velocity.core.sender``, loss
+recovery in ``velocity.core.recovery`` and the state records in ``velocity.core.state``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum, auto
+from dataclasses import dataclass
 from typing import Any
 
 from velocity.core.entropy import Entropy
 from velocity.core.errors import (
-    AeadLimitReached,
-    AuthenticationFailed,
-    ConnectionIdLimitError,
     ErrorCode,
-    FlowControlError,
-    KeyUpdateError,
-    PacketDropped,
     ProtocolError,
-    ProtocolViolation,
-    StreamLimitError,
-    StreamStateError,
     TransportParameterError,
     UsageError,
 )
@@ -35,39 +25,15 @@ from velocity.core.events import (
     ConnectionTerminated,
     Event,
     HandshakeConfirmed,
-    NewTokenReceived,
-    StopSendingReceived,
     StreamDataReceived,
-    StreamReset,
     TicketReceived,
 )
 from velocity.core.frames import (
-    Ack,
-    ApplicationClose,
-    ConnectionClose,
-    Crypto,
-    DataBlocked,
     Frame,
-    HandshakeDone,
-    MaxData,
-    MaxStreamData,
-    MaxStreamsBidi,
-    MaxStreamsUni,
-    NewConnectionId,
-    NewToken,
-    Padding,
-    PathChallenge,
-    PathResponse,
-    Ping,
     ResetStream,
-    RetireConnectionId,
     StopSending,
-    Stream,
-    StreamDataBlocked,
     StreamsBlockedBidi,
     StreamsBlockedUni,
-    decode_frames,
-    stream_frame_at,
 )
 from velocity.core.handshake.client import ClientConfig, ClientHandshake
 from velocity.core.handshake.common import (
@@ -80,33 +46,24 @@ from velocity.core.handshake.common import (
 )
 from velocity.core.handshake.server import ServerConfig, ServerHandshake
 from velocity.core.packet import (
-    EPOCH_OF,
     EPOCHS,
-    FIXED_BIT,
     VELOCITY_VERSION,
     Epoch,
-    PacketType,
-    decode_retry,
-    decode_version_negotiation,
-    parse_header,
 )
 from velocity.core.protection import (
     CONFIDENTIALITY_LIMIT,
-    INTEGRITY_LIMIT,
     PacketKeys,
     initial_keys,
-    retry_tag_valid,
 )
-from velocity.core.rangeset import RangeSet
+from velocity.core.receiver import DataRun, read_datagram
 from velocity.core.recovery import Recovery
 from velocity.core.sender import build_datagrams
-from velocity.core.streams import ReceiveBuffer, SendBuffer, StreamState, is_unidirectional
+from velocity.core.state import FlowState, SpaceState, State
+from velocity.core.streams import StreamState, is_unidirectional
 from velocity.core.trace import (
-    QLOG_PACKET_TYPES,
     Tracer,
     describe,
     digest,
-    packet_data,
     type_name,
 )
 from velocity.core.transport_params import (
@@ -116,7 +73,6 @@ from velocity.core.transport_params import (
 )
 
 Address = tuple[str, int]
-CRYPTO_BUFFER_LIMIT = 65536
 
 
 @dataclass(frozen=True)
@@ -142,48 +98,6 @@ class ConnectionConfig:
         return isinstance(self.handshake, ClientConfig)
 
 
-class State(Enum):
-    HANDSHAKE = auto()
-    CONNECTED = auto()
-    CLOSING = auto()
-    DRAINING = auto()
-    TERMINATED = auto()
-
-
-@dataclass
-class SpaceState:
-    """Per packet-number space: keys, CRYPTO streams, received packets and ACK state."""
-
-    send_keys: PacketKeys | None = None
-    recv_keys: PacketKeys | None = None
-    crypto_send: SendBuffer = field(default_factory=SendBuffer)
-    crypto_recv: ReceiveBuffer = field(
-        default_factory=lambda: ReceiveBuffer(CRYPTO_BUFFER_LIMIT, crypto=True))
-    next_packet_number: int = 0
-    received: RangeSet = field(default_factory=RangeSet)
-    ack_floor: int = 0  # packet numbers below were acknowledged in an ACK the peer saw
-    largest_received_time: float = 0.0
-    ack_needed: bool = False
-    ack_eliciting_since_ack: int = 0
-    ack_deadline: float | None = None
-    probes: int = 0
-    discarded: bool = False
-
-
-@dataclass
-class FlowState:
-    """Connection-level flow control in both directions."""
-
-    max_send: int = 0
-    sent: int = 0
-    max_recv: int = 0
-    max_recv_sent: int = 0
-    received: int = 0
-    consumed: int = 0
-    window: int = 0
-    blocked_sent_at: int = -1
-
-
 class Connection:
     """One Velocity/1 connection (client or server)."""
 
@@ -201,7 +115,7 @@ class Connection:
         self._zero_rtt_recv: PacketKeys | None = None
         self.recovery = Recovery(config.max_datagram_size, is_client=self.is_client)
         self.recovery.max_ack_delay = config.max_ack_delay
-        self._events: deque[Event | _DataRun] = deque()
+        self._events: deque[Event | DataRun] = deque()
         self.streams: dict[int, StreamState] = {}
         self.flow = FlowState(max_recv=config.max_data, max_recv_sent=config.max_data,
                               window=config.max_data)
@@ -376,7 +290,7 @@ class Connection:
         if not self._events:
             return None
         event = self._events.popleft()
-        if not isinstance(event, _DataRun):
+        if not isinstance(event, DataRun):
             return event
         chunks = event.chunks
         return StreamDataReceived(event.stream_id,
@@ -413,29 +327,6 @@ class Connection:
         self.streams[stream_id] = stream
         return stream
 
-    def _peer_stream(self, stream_id: int, frame: str) -> StreamState:
-        """The stream a frame names, opening peer-initiated streams up to the limit."""
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            return stream
-        local = (stream_id & 0x01) == (0 if self.is_client else 1)
-        unidirectional = is_unidirectional(stream_id)
-        if local:
-            if stream_id // 4 < self._local_streams_next[unidirectional]:
-                raise _Closed  # a stream of ours that is already gone
-            raise StreamStateError(f"stream {stream_id} was never opened",
-                                   field=f"{frame}.stream_id")
-        if stream_id // 4 >= self._local_streams_limit[unidirectional]:
-            raise StreamLimitError(f"stream {stream_id} exceeds the stream limit",
-                                   field=f"{frame}.stream_id")
-        if stream_id // 4 < self._peer_streams_opened[unidirectional]:
-            raise _Closed
-        # opening a stream opens every lower-numbered one of its type (RFC 9000 3.2)
-        base = stream_id & 0x03
-        for index in range(self._peer_streams_opened[unidirectional], stream_id // 4):
-            self._new_stream(index * 4 + base, local=False)
-        self._peer_streams_opened[unidirectional] = stream_id // 4 + 1
-        return self._new_stream(stream_id, local=False)
 
     def _discard_closed_streams(self) -> None:
         for stream_id in [sid for sid, s in self.streams.items() if s.closed]:
@@ -470,184 +361,17 @@ class Connection:
             self._closing_heard += 1
             self.close_pending = not self._closing_heard & (self._closing_heard - 1)
             return
-        offset = 0
         try:
-            while offset < len(data):
-                if not data[offset] & 0x80 and self.tracer is None:
-                    self._receive_short(data, offset, now)  # always the last packet
-                    break
-                offset = self._receive_packet(data, offset, now)
+            read_datagram(self, data, now)
         except ProtocolError as exc:
             self._fail(exc)
             self._pump_handshake(now)  # what the handshake produced before it failed
 
-    def _receive_packet(self, data: bytes, offset: int, now: float) -> int:
-        """Handle the packet at ``offset``; return where the next one starts."""
-        try:
-            header = parse_header(data, offset, short_dcid_length=self.config.cid_length)
-        except (PacketDropped, ProtocolError):
-            self._trace_dropped(None, len(data) - offset, "header_parse_error")
-            return len(data)  # an undecodable header ends the datagram (VEL-PKT-005)
-        if header.packet_type == PacketType.VERSION_NEGOTIATION:
-            self._on_version_negotiation(data[offset:])
-            return len(data)
-        if header.version != VELOCITY_VERSION:
-            self._trace_dropped(None, len(data) - offset, "unsupported_version")
-            return len(data)
-        if header.packet_type == PacketType.RETRY:
-            self._on_retry(data[offset:], now)
-            return len(data)
-        end = header.end
-        packet = data if offset == 0 and end == len(data) else data[offset:end]
-        epoch = EPOCH_OF[header.packet_type]
-        space = self.spaces[epoch]
-        opened = self._open(packet, header.packet_type, header.pn_offset - offset, space)
-        if opened is None:
-            return end
-        plain, payload, packet_number = opened
-        if header.packet_type == PacketType.ONE_RTT and not self.is_client and (
-                not self.spaces[Epoch.HANDSHAKE].discarded):
-            self._server_done_with_handshake_keys(client_completed=True)
-        if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
-            raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-        if packet_number < space.ack_floor or packet_number in space.received:
-            self._trace_dropped(header.packet_type, end - offset, "duplicate")
-            return end
-        if self.is_client and not self._peer_cid_set and header.packet_type in (
-                PacketType.INITIAL, PacketType.HANDSHAKE):
-            self.peer_cid, self._peer_cid_set = header.scid, True
-            self._first_server_scid = header.scid
-        if not self.is_client and epoch == Epoch.HANDSHAKE:
-            self.address_validated = True
-            self._discard_space(Epoch.INITIAL)
-        frames = decode_frames(payload, header.packet_type)
-        if self.tracer is not None:
-            self._trace("quic:packet_received",
-                        packet_data(header.packet_type, packet_number, end - offset, frames))
-        expected = space.received.bounds()[1] if space.received else space.ack_floor
-        if packet_number >= expected:
-            space.largest_received_time = now  # for the ACK delay field
-        space.received.add(packet_number)
-        self._last_activity = now
-        ack_eliciting = False
-        for frame in frames:
-            ack_eliciting |= frame.ACK_ELICITING
-            self._handle_frame(frame, epoch, header.packet_type, now)
-        if ack_eliciting:
-            self._note_ack_eliciting(space, epoch, now, in_order=packet_number == expected)
-        return end
 
-    def _receive_short(self, data: bytes, offset: int, now: float) -> None:
-        """A 1-RTT packet: it runs to the end of the datagram. Everything ``_receive_packet``
-        does for one, without building a header or, for the STREAM frames that lead a bulk
-        payload, frame objects (a tracer, which records frames, takes the general path)."""
-        packet = data[offset:] if offset else data
-        if not packet[0] & FIXED_BIT:
-            self._trace_dropped(None, len(packet), "header_parse_error")
-            return
-        space = self.spaces[Epoch.APPLICATION]
-        keys = space.recv_keys
-        if keys is None or space.discarded:
-            self._trace_dropped(PacketType.ONE_RTT, len(packet), "key_unavailable")
-            return
-        received = space.received
-        expected = received.bounds()[1] if received else space.ack_floor
-        try:
-            plain, packet_number = keys.remove_header_protection(
-                packet, 1 + self.config.cid_length, expected)
-            if (plain[0] >> 2) & 1 == self._recv_phase:
-                payload = keys.open_payload(packet, plain, packet_number)
-            else:
-                payload = self._open_other_phase(packet, plain, packet_number, expected)
-        except PacketDropped as exc:  # AuthenticationFailed included
-            self._not_opened(PacketType.ONE_RTT, len(packet), keys, exc)
-            return
-        if not self.is_client and not self.spaces[Epoch.HANDSHAKE].discarded:
-            self._server_done_with_handshake_keys(client_completed=True)
-        if plain[0] & 0x18:
-            raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-        if packet_number < space.ack_floor or packet_number in received:
-            return
-        streams, start, size = [], 0, len(payload)
-        while start < size and (stream := stream_frame_at(payload, start)) is not None:
-            streams.append(stream)
-            start = stream[4]
-        frames = decode_frames(payload, PacketType.ONE_RTT, start) if (
-            start < size or not start) else []
-        if packet_number >= expected:
-            space.largest_received_time = now  # for the ACK delay field
-        received.add(packet_number)
-        self._last_activity = now
-        for stream_id, stream_offset, chunk, fin, _ in streams:
-            self._stream_data(stream_id, stream_offset, chunk, fin)
-        ack_eliciting = bool(streams)
-        for frame in frames:
-            ack_eliciting |= frame.ACK_ELICITING
-            self._handle_frame(frame, Epoch.APPLICATION, PacketType.ONE_RTT, now)
-        if ack_eliciting:
-            self._note_ack_eliciting(space, Epoch.APPLICATION, now,
-                                     in_order=packet_number == expected)
 
-    def _open(self, packet: bytes, packet_type: PacketType, pn_offset: int,
-              space: SpaceState) -> tuple[bytes, bytes, int] | None:
-        """(header, payload, packet number), or None for a packet to drop."""
-        keys = self._zero_rtt_recv if packet_type == PacketType.ZERO_RTT else space.recv_keys
-        if keys is None or space.discarded:
-            self._trace_dropped(packet_type, len(packet), "key_unavailable")
-            return None
-        expected = space.received.bounds()[1] if space.received else space.ack_floor
-        try:
-            if packet_type != PacketType.ONE_RTT:
-                return keys.decrypt_packet(packet, pn_offset, expected)
-            header, packet_number = keys.remove_header_protection(packet, pn_offset, expected)
-            if (header[0] >> 2) & 1 == self._recv_phase:
-                return header, keys.open_payload(packet, header, packet_number), packet_number
-            return header, self._open_other_phase(packet, header, packet_number,
-                                                  expected), packet_number
-        except PacketDropped as exc:  # AuthenticationFailed included
-            self._not_opened(packet_type, len(packet), keys, exc)
-        return None
 
-    def _not_opened(self, packet_type: PacketType, length: int, keys: PacketKeys,
-                    exc: PacketDropped) -> None:
-        """A packet that could not be opened is dropped; forgeries count towards the AEAD's
-        integrity limit (VEL-PROT-012)."""
-        if not isinstance(exc, AuthenticationFailed):
-            self._trace_dropped(packet_type, length, "invalid")
-            return
-        self._forgeries += 1
-        if self._forgeries > INTEGRITY_LIMIT[keys.aead]:
-            raise AeadLimitReached("too many packets failed authentication",
-                                   field="payload") from None
-        self._trace_dropped(packet_type, length, "decryption_failure")
 
-    def _trace_dropped(self, packet_type: PacketType | None, length: int, trigger: str) -> None:
-        if self.tracer is not None:
-            header = {} if packet_type is None else {
-                "packet_type": QLOG_PACKET_TYPES[packet_type]}
-            self._trace("quic:packet_dropped", {"header": header, "raw": {"length": length},
-                                                "trigger": trigger})
 
-    def _open_other_phase(self, packet: bytes, header: bytes, packet_number: int,
-                          expected: int) -> bytes:
-        """Open a 1-RTT packet whose key-phase bit is not the current one (VEL-PROT-011): a
-        packet from before an update (previous keys), or the peer updated (the next keys:
-        follow it, and update our sending keys if we did not start it)."""
-        keys = self.spaces[Epoch.APPLICATION].recv_keys
-        assert keys is not None  # checked by the caller
-        if self._previous_recv_keys is not None and packet_number < expected:
-            return self._previous_recv_keys.open_payload(packet, header, packet_number)
-        following = keys.next_generation()
-        payload = following.open_payload(packet, header, packet_number)
-        if not self.handshake_confirmed:
-            raise KeyUpdateError("key update before the handshake is confirmed",
-                                 field="short.key_phase")
-        self._previous_recv_keys = keys
-        self.spaces[Epoch.APPLICATION].recv_keys = following
-        self._recv_phase ^= 1
-        if self._send_phase != self._recv_phase:
-            self._rotate_send_keys()
-        return payload
 
     def _rotate_send_keys(self) -> None:
         space = self.spaces[Epoch.APPLICATION]
@@ -673,71 +397,12 @@ class Connection:
                              "progress")
         self._rotate_send_keys()
 
-    def _note_ack_eliciting(self, space: SpaceState, epoch: Epoch, now: float, *,
-                            in_order: bool) -> None:
-        """Acknowledge at once outside 1-RTT, after ``ack_every`` packets, or when a packet
-        arrives out of order or after a gap: the sender's loss detection needs to hear of it
-        now (RFC 9000 section 13.2.1)."""
-        space.ack_eliciting_since_ack += 1
-        if (epoch != Epoch.APPLICATION or not in_order
-                or space.ack_eliciting_since_ack >= self.config.ack_every):
-            space.ack_needed = True
-        elif space.ack_deadline is None:
-            space.ack_deadline = now + self.config.max_ack_delay
 
-    def _on_version_negotiation(self, data: bytes) -> None:
-        if not self.is_client or self._peer_cid_set or self._received_retry:
-            return
-        try:
-            packet = decode_version_negotiation(data)
-        except ProtocolError:
-            return
-        if VELOCITY_VERSION in packet.versions:
-            return  # VEL-VN-004: a VN listing our version is discarded
-        self.state = State.TERMINATED
-        versions = ", ".join(f"0x{v:08x}" for v in packet.versions)
-        self._events.append(ConnectionTerminated(
-            ErrorCode.NO_VIABLE_PATH, 0, f"server supports only {versions}", True))
 
-    def _on_retry(self, data: bytes, now: float) -> None:
-        if not self.is_client or self._received_retry or self._peer_cid_set:
-            return
-        try:
-            retry = decode_retry(data)
-        except ProtocolError:
-            return
-        if not retry_tag_valid(data, self.original_dcid):
-            return
-        self._received_retry = True
-        self.retry_scid = retry.scid
-        self.peer_cid = retry.scid
-        self._retry_token = retry.token
-        self._install_initial_keys(retry.scid)
-        self.recovery.discard(Epoch.INITIAL)
-        crypto = self.spaces[Epoch.INITIAL].crypto_send
-        crypto.on_lost(0, crypto.write_offset, False)
 
     # --- frames --------------------------------------------------------------------------
 
-    def _handle_frame(self, frame: Frame, epoch: Epoch, packet_type: PacketType,
-                      now: float) -> None:
-        handler = _HANDLERS.get(type(frame))
-        if packet_type is PacketType.ZERO_RTT and isinstance(frame, Stream):
-            self.early_streams.add(frame.stream_id)
-        if handler is not None:
-            handler(self, frame, epoch, now)
 
-    def _on_ack(self, frame: Ack, epoch: Epoch, now: float) -> None:
-        ranges = frame.packet_ranges()
-        if ranges[0][1] >= self.spaces[epoch].next_packet_number:
-            raise ProtocolViolation("acknowledges a packet never sent", field="ACK.largest")
-        exponent = self.peer_params.ack_delay_exponent if self.peer_params else 3
-        delay = (frame.delay << exponent) / 1_000_000 if epoch == Epoch.APPLICATION else 0.0
-        self.recovery.on_ack(epoch, ranges, delay, now,
-                             handshake_confirmed=self.handshake_confirmed,
-                             peer_completed_address_validation=self.handshake_complete)
-        if epoch == Epoch.HANDSHAKE:
-            self._server_done_with_handshake_keys()
 
     def _server_done_with_handshake_keys(self, *, client_completed: bool = False) -> None:
         """VEL-PROT-013: a server drops its Handshake keys once its handshake is complete and
@@ -749,98 +414,15 @@ class Connection:
                 client_completed or not self.spaces[Epoch.HANDSHAKE].crypto_send.buffered):
             self._discard_space(Epoch.HANDSHAKE)
 
-    def _on_crypto(self, frame: Crypto, epoch: Epoch, now: float) -> None:
-        data = self.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
-        if data and epoch == Epoch.APPLICATION and not self.handshake_complete:
-            # 1-RTT CRYPTO (a ticket) can overtake the server's FINISHED when that is lost
-            # or reordered: it waits for the handshake to complete (RFC 9001 section 4.1.3)
-            self._early_crypto += data
-            return
-        if data:
-            self.handshake.receive(epoch, data, now_ms=int(now * 1000))
-            self._pump_handshake(now)  # keys for packets coalesced behind this one
 
-    def _on_stream(self, frame: Stream, epoch: Epoch, now: float) -> None:
-        self._stream_data(frame.stream_id, frame.offset, frame.data, frame.fin)
 
-    def _stream_data(self, stream_id: int, offset: int, data: bytes, fin: bool) -> None:
-        """A STREAM frame's contents: reassembly, flow control, StreamDataReceived."""
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            try:
-                stream = self._peer_stream(stream_id, "STREAM")
-            except _Closed:
-                return
-        receiver = stream.receiver or stream.require_receiver("STREAM")
-        before = receiver.highest
-        data = receiver.receive(offset, data, fin)
-        flow = self.flow
-        if receiver.highest > before:
-            flow.received += receiver.highest - before
-            if flow.received > flow.max_recv:
-                raise FlowControlError("connection data limit exceeded",
-                                       field="STREAM.offset")
-        complete = receiver.final_size is not None and receiver.complete
-        if data or (complete and fin):
-            flow.consumed += len(data)
-            events = self._events
-            tail = events[-1] if events else None
-            if type(tail) is _DataRun and tail.stream_id == stream_id:
-                tail.chunks.append(data)
-                tail.end_stream = complete
-            else:
-                events.append(_DataRun(stream_id, [data], complete))
 
-    def _on_reset_stream(self, frame: ResetStream, epoch: Epoch, now: float) -> None:
-        try:
-            stream = self._peer_stream(frame.stream_id, "RESET_STREAM")
-        except _Closed:
-            return
-        receiver = stream.require_receiver("RESET_STREAM")
-        if receiver.reset_code is None:
-            self.flow.received += max(frame.final_size - receiver.highest, 0)
-            receiver.reset(frame.final_size, frame.error_code)
-            self._events.append(StreamReset(frame.stream_id, frame.error_code))
 
-    def _on_stop_sending(self, frame: StopSending, epoch: Epoch, now: float) -> None:
-        try:
-            stream = self._peer_stream(frame.stream_id, "STOP_SENDING")
-        except _Closed:
-            return
-        stream.require_sender("STOP_SENDING")
-        self._events.append(StopSendingReceived(frame.stream_id, frame.error_code))
-        self.reset_stream(frame.stream_id, frame.error_code)
 
-    def _on_max_data(self, frame: MaxData, epoch: Epoch, now: float) -> None:
-        self.flow.max_send = max(self.flow.max_send, frame.maximum)
 
-    def _on_max_stream_data(self, frame: MaxStreamData, epoch: Epoch, now: float) -> None:
-        try:
-            stream = self._peer_stream(frame.stream_id, "MAX_STREAM_DATA")
-        except _Closed:
-            return
-        stream.require_sender("MAX_STREAM_DATA")
-        stream.max_send = max(stream.max_send, frame.maximum)
 
-    def _on_max_streams(self, frame: MaxStreamsBidi | MaxStreamsUni, epoch: Epoch,
-                        now: float) -> None:
-        if isinstance(frame, MaxStreamsUni):
-            self._peer_streams_uni = max(self._peer_streams_uni, frame.maximum)
-        else:
-            self._peer_streams_bidi = max(self._peer_streams_bidi, frame.maximum)
 
-    def _on_new_token(self, frame: NewToken, epoch: Epoch, now: float) -> None:
-        if not self.is_client:
-            raise ProtocolViolation("a client sent NEW_TOKEN", field="frame_type",
-                                    frame_type=NewToken.TYPE)
-        self._events.append(NewTokenReceived(frame.token))
 
-    def _on_handshake_done(self, frame: HandshakeDone, epoch: Epoch, now: float) -> None:
-        if not self.is_client:
-            raise ProtocolViolation("a client sent HANDSHAKE_DONE", field="frame_type",
-                                    frame_type=HandshakeDone.TYPE)
-        self._handshake_done_received = True
-        self._confirm()
 
     def _confirm(self) -> None:
         """Client: confirmed once HANDSHAKE_DONE arrived and the handshake is complete (a
@@ -851,31 +433,9 @@ class Connection:
             self._discard_space(Epoch.HANDSHAKE)
             self._events.append(HandshakeConfirmed())
 
-    def _on_new_connection_id(self, frame: NewConnectionId, epoch: Epoch, now: float) -> None:
-        self._peer_cids[frame.sequence] = frame.connection_id
-        if len(self._peer_cids) > 2:
-            raise ConnectionIdLimitError("more connection ids than active_connection_id_limit",
-                                         field="NEW_CONNECTION_ID.sequence")
 
-    def _on_path_challenge(self, frame: PathChallenge, epoch: Epoch, now: float) -> None:
-        self._control.append(PathResponse(frame.data))
 
-    def _on_connection_close(self, frame: ConnectionClose | ApplicationClose, epoch: Epoch,
-                             now: float) -> None:
-        if self.state in (State.DRAINING, State.TERMINATED):
-            return  # the same close, coalesced in several packet types
-        frame_type = frame.frame_type if isinstance(frame, ConnectionClose) else 0
-        self._trace("quic:connection_closed", {
-            "owner": "remote", "error_code": frame.error_code, "frame_type": frame_type,
-            "reason": frame.reason.decode(errors="replace"),
-            "application": isinstance(frame, ApplicationClose)})
-        self._events.append(ConnectionTerminated(
-            frame.error_code, frame_type, frame.reason.decode(errors="replace"), True))
-        self.state = State.DRAINING
-        self._close_deadline = now + 3 * self.recovery.pto_duration(Epoch.APPLICATION)
 
-    def _ignore(self, frame: Frame, epoch: Epoch, now: float) -> None:
-        """Frames that need no action here (PING, PADDING, *_BLOCKED, PATH_RESPONSE)."""
 
     # --- handshake -----------------------------------------------------------------------
 
@@ -1099,47 +659,5 @@ class Connection:
         return [(d, self.peer_address) for d in datagrams]
 
 
-class _DataRun:
-    """Data of one stream delivered by consecutive packets, kept as chunks until
-    ``next_event`` hands it out as one StreamDataReceived: a bulk transfer would otherwise
-    cost an event, and its routing, per packet."""
-
-    __slots__ = ("chunks", "end_stream", "stream_id")
-
-    def __init__(self, stream_id: int, chunks: list[bytes], end_stream: bool) -> None:
-        self.stream_id, self.chunks, self.end_stream = stream_id, chunks, end_stream
-
-
 class StreamsExhausted(UsageError):
     """The peer's stream limit is reached; wait for MAX_STREAMS."""
-
-
-class _Closed(Exception):
-    """A frame for a stream that is already closed and forgotten: ignore it."""
-
-
-_HANDLERS: dict[type[Frame], Callable[[Connection, Any, Epoch, float], None]] = {
-    Ack: Connection._on_ack,
-    Crypto: Connection._on_crypto,
-    Stream: Connection._on_stream,
-    ResetStream: Connection._on_reset_stream,
-    StopSending: Connection._on_stop_sending,
-    MaxData: Connection._on_max_data,
-    MaxStreamData: Connection._on_max_stream_data,
-    MaxStreamsBidi: Connection._on_max_streams,
-    MaxStreamsUni: Connection._on_max_streams,
-    NewToken: Connection._on_new_token,
-    HandshakeDone: Connection._on_handshake_done,
-    NewConnectionId: Connection._on_new_connection_id,
-    PathChallenge: Connection._on_path_challenge,
-    ConnectionClose: Connection._on_connection_close,
-    ApplicationClose: Connection._on_connection_close,
-    Ping: Connection._ignore,
-    Padding: Connection._ignore,
-    DataBlocked: Connection._ignore,
-    StreamDataBlocked: Connection._ignore,
-    StreamsBlockedBidi: Connection._ignore,
-    StreamsBlockedUni: Connection._ignore,
-    PathResponse: Connection._ignore,
-    RetireConnectionId: Connection._ignore,
-}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from velocity.core.buffer import Writer
-from velocity.core.connection import Address, Connection, ConnectionConfig, State
+from velocity.core.connection import Address, Connection, ConnectionConfig
 from velocity.core.entropy import Entropy
 from velocity.core.errors import ErrorCode, InvalidToken, ProtocolError, UsageError
 from velocity.core.events import Event
@@ -31,6 +31,7 @@ from velocity.core.packet import (
 )
 from velocity.core.protection import initial_keys, retry_integrity_tag
 from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
+from velocity.core.state import State
 from velocity.core.trace import Tracer
 
 RETRY_POLICIES = ("never", "always", "under-load")

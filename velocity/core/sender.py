@@ -44,7 +44,8 @@ from velocity.core.recovery import SentPacket
 from velocity.core.trace import packet_data
 
 if TYPE_CHECKING:
-    from velocity.core.connection import Connection, SpaceState
+    from velocity.core.connection import Connection
+    from velocity.core.state import SpaceState
     from velocity.core.streams import StreamState
 
 MAX_DATAGRAMS_PER_CALL = 64

@@ -10,7 +10,7 @@ import pytest
 from harness.loopback import ONE_WAY, lossy, perfect
 from harness.pair import PairSpec
 from tests.core.transport.helpers import both_completed, completed, make, terminated
-from velocity.core.connection import State, StreamsExhausted
+from velocity.core.connection import StreamsExhausted
 from velocity.core.errors import ErrorCode
 from velocity.core.events import (
     HandshakeConfirmed,
@@ -19,6 +19,7 @@ from velocity.core.events import (
     StreamReset,
 )
 from velocity.core.hybrid import PROFILES, Profile
+from velocity.core.state import State
 
 PAYLOAD = hashlib.shake_256(b"velocity transfer").digest(300_000)
 

@@ -17,7 +17,7 @@ from tests.core.transport.helpers import (
     resumable,
     terminated,
 )
-from velocity.core.connection import ConnectionConfig, State
+from velocity.core.connection import ConnectionConfig
 from velocity.core.errors import ErrorCode
 from velocity.core.frames import Crypto, decode_frames
 from velocity.core.handshake.common import FallbackDirected, ServerKeyLearned
@@ -26,6 +26,7 @@ from velocity.core.hybrid import BALANCED, LIGHT, SECURE, Profile
 from velocity.core.packet import VELOCITY_VERSION, Epoch, PacketType, parse_header
 from velocity.core.protection import initial_keys
 from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
+from velocity.core.state import State
 
 
 @pytest.mark.spec("VEL-RTY-001", "VEL-RTY-002", "VEL-RTY-003", "VEL-RTY-004", "VEL-RTY-005",

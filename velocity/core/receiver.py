@@ -1,0 +1,538 @@
+"""Packets and frames in, for a ``Connection``: headers, packet protection, duplicate
+detection and ACK bookkeeping, then each frame to its handler through one table. 1-RTT
+packets, the bulk of any transfer, take a path that builds no header or STREAM frame
+objects; a traced connection, which records every frame, takes the general one. Packet
+assembly is ``velocity.core.sender``'s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from velocity.core.errors import (
+    AeadLimitReached,
+    AuthenticationFailed,
+    ConnectionIdLimitError,
+    ErrorCode,
+    FlowControlError,
+    KeyUpdateError,
+    PacketDropped,
+    ProtocolError,
+    ProtocolViolation,
+    StreamLimitError,
+    StreamStateError,
+)
+from velocity.core.events import (
+    ConnectionTerminated,
+    NewTokenReceived,
+    StopSendingReceived,
+    StreamReset,
+)
+from velocity.core.frames import (
+    Ack,
+    ApplicationClose,
+    ConnectionClose,
+    Crypto,
+    DataBlocked,
+    Frame,
+    HandshakeDone,
+    MaxData,
+    MaxStreamData,
+    MaxStreamsBidi,
+    MaxStreamsUni,
+    NewConnectionId,
+    NewToken,
+    Padding,
+    PathChallenge,
+    PathResponse,
+    Ping,
+    ResetStream,
+    RetireConnectionId,
+    StopSending,
+    Stream,
+    StreamDataBlocked,
+    StreamsBlockedBidi,
+    StreamsBlockedUni,
+    decode_frames,
+    stream_frame_at,
+)
+from velocity.core.packet import (
+    EPOCH_OF,
+    FIXED_BIT,
+    VELOCITY_VERSION,
+    Epoch,
+    PacketType,
+    decode_retry,
+    decode_version_negotiation,
+    parse_header,
+)
+from velocity.core.protection import (
+    INTEGRITY_LIMIT,
+    PacketKeys,
+    retry_tag_valid,
+)
+from velocity.core.state import State
+from velocity.core.streams import StreamState, is_unidirectional
+from velocity.core.trace import (
+    QLOG_PACKET_TYPES,
+    packet_data,
+)
+
+if TYPE_CHECKING:
+    from velocity.core.connection import Connection
+    from velocity.core.state import SpaceState
+
+
+def read_datagram(conn: Connection, data: bytes, now: float) -> None:
+    """Every packet of one datagram (coalesced packets in order; a short header is last)."""
+    offset = 0
+    while offset < len(data):
+        if not data[offset] & 0x80 and conn.tracer is None:
+            _receive_short(conn, data, offset, now)
+            return
+        offset = _receive_packet(conn, data, offset, now)
+
+
+def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> int:
+    """Handle the packet at ``offset``; return where the next one starts."""
+    try:
+        header = parse_header(data, offset, short_dcid_length=conn.config.cid_length)
+    except (PacketDropped, ProtocolError):
+        _trace_dropped(conn, None, len(data) - offset, "header_parse_error")
+        return len(data)  # an undecodable header ends the datagram (VEL-PKT-005)
+    if header.packet_type == PacketType.VERSION_NEGOTIATION:
+        _on_version_negotiation(conn, data[offset:])
+        return len(data)
+    if header.version != VELOCITY_VERSION:
+        _trace_dropped(conn, None, len(data) - offset, "unsupported_version")
+        return len(data)
+    if header.packet_type == PacketType.RETRY:
+        _on_retry(conn, data[offset:], now)
+        return len(data)
+    end = header.end
+    packet = data if offset == 0 and end == len(data) else data[offset:end]
+    epoch = EPOCH_OF[header.packet_type]
+    space = conn.spaces[epoch]
+    opened = _open(conn, packet, header.packet_type, header.pn_offset - offset, space)
+    if opened is None:
+        return end
+    plain, payload, packet_number = opened
+    if header.packet_type == PacketType.ONE_RTT and not conn.is_client and (
+            not conn.spaces[Epoch.HANDSHAKE].discarded):
+        conn._server_done_with_handshake_keys(client_completed=True)
+    if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
+        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
+    if packet_number < space.ack_floor or packet_number in space.received:
+        _trace_dropped(conn, header.packet_type, end - offset, "duplicate")
+        return end
+    if conn.is_client and not conn._peer_cid_set and header.packet_type in (
+            PacketType.INITIAL, PacketType.HANDSHAKE):
+        conn.peer_cid, conn._peer_cid_set = header.scid, True
+        conn._first_server_scid = header.scid
+    if not conn.is_client and epoch == Epoch.HANDSHAKE:
+        conn.address_validated = True
+        conn._discard_space(Epoch.INITIAL)
+    frames = decode_frames(payload, header.packet_type)
+    if conn.tracer is not None:
+        conn._trace("quic:packet_received",
+                    packet_data(header.packet_type, packet_number, end - offset, frames))
+    expected = space.received.bounds()[1] if space.received else space.ack_floor
+    if packet_number >= expected:
+        space.largest_received_time = now  # for the ACK delay field
+    space.received.add(packet_number)
+    conn._last_activity = now
+    ack_eliciting = False
+    for frame in frames:
+        ack_eliciting |= frame.ACK_ELICITING
+        _handle_frame(conn, frame, epoch, header.packet_type, now)
+    if ack_eliciting:
+        _note_ack_eliciting(conn, space, epoch, now, in_order=packet_number == expected)
+    return end
+
+
+def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> None:
+    """A 1-RTT packet: it runs to the end of the datagram. Everything ``_receive_packet``
+    does for one, without building a header or, for the STREAM frames that lead a bulk
+    payload, frame objects (a tracer, which records frames, takes the general path)."""
+    packet = data[offset:] if offset else data
+    if not packet[0] & FIXED_BIT:
+        _trace_dropped(conn, None, len(packet), "header_parse_error")
+        return
+    space = conn.spaces[Epoch.APPLICATION]
+    keys = space.recv_keys
+    if keys is None or space.discarded:
+        _trace_dropped(conn, PacketType.ONE_RTT, len(packet), "key_unavailable")
+        return
+    received = space.received
+    expected = received.bounds()[1] if received else space.ack_floor
+    try:
+        plain, packet_number = keys.remove_header_protection(
+            packet, 1 + conn.config.cid_length, expected)
+        if (plain[0] >> 2) & 1 == conn._recv_phase:
+            payload = keys.open_payload(packet, plain, packet_number)
+        else:
+            payload = _open_other_phase(conn, packet, plain, packet_number, expected)
+    except PacketDropped as exc:  # AuthenticationFailed included
+        _not_opened(conn, PacketType.ONE_RTT, len(packet), keys, exc)
+        return
+    if not conn.is_client and not conn.spaces[Epoch.HANDSHAKE].discarded:
+        conn._server_done_with_handshake_keys(client_completed=True)
+    if plain[0] & 0x18:
+        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
+    if packet_number < space.ack_floor or packet_number in received:
+        return
+    streams, start, size = [], 0, len(payload)
+    while start < size and (stream := stream_frame_at(payload, start)) is not None:
+        streams.append(stream)
+        start = stream[4]
+    frames = decode_frames(payload, PacketType.ONE_RTT, start) if (
+        start < size or not start) else []
+    if packet_number >= expected:
+        space.largest_received_time = now  # for the ACK delay field
+    received.add(packet_number)
+    conn._last_activity = now
+    for stream_id, stream_offset, chunk, fin, _ in streams:
+        _stream_data(conn, stream_id, stream_offset, chunk, fin)
+    ack_eliciting = bool(streams)
+    for frame in frames:
+        ack_eliciting |= frame.ACK_ELICITING
+        _handle_frame(conn, frame, Epoch.APPLICATION, PacketType.ONE_RTT, now)
+    if ack_eliciting:
+        _note_ack_eliciting(conn, space, Epoch.APPLICATION, now,
+                                 in_order=packet_number == expected)
+
+
+def _open(conn: Connection, packet: bytes, packet_type: PacketType, pn_offset: int,
+          space: SpaceState) -> tuple[bytes, bytes, int] | None:
+    """(header, payload, packet number), or None for a packet to drop."""
+    keys = conn._zero_rtt_recv if packet_type == PacketType.ZERO_RTT else space.recv_keys
+    if keys is None or space.discarded:
+        _trace_dropped(conn, packet_type, len(packet), "key_unavailable")
+        return None
+    expected = space.received.bounds()[1] if space.received else space.ack_floor
+    try:
+        if packet_type != PacketType.ONE_RTT:
+            return keys.decrypt_packet(packet, pn_offset, expected)
+        header, packet_number = keys.remove_header_protection(packet, pn_offset, expected)
+        if (header[0] >> 2) & 1 == conn._recv_phase:
+            return header, keys.open_payload(packet, header, packet_number), packet_number
+        return header, _open_other_phase(conn, packet, header, packet_number,
+                                              expected), packet_number
+    except PacketDropped as exc:  # AuthenticationFailed included
+        _not_opened(conn, packet_type, len(packet), keys, exc)
+    return None
+
+
+def _not_opened(conn: Connection, packet_type: PacketType, length: int, keys: PacketKeys,
+                exc: PacketDropped) -> None:
+    """A packet that could not be opened is dropped; forgeries count towards the AEAD's
+    integrity limit (VEL-PROT-012)."""
+    if not isinstance(exc, AuthenticationFailed):
+        _trace_dropped(conn, packet_type, length, "invalid")
+        return
+    conn._forgeries += 1
+    if conn._forgeries > INTEGRITY_LIMIT[keys.aead]:
+        raise AeadLimitReached("too many packets failed authentication",
+                               field="payload") from None
+    _trace_dropped(conn, packet_type, length, "decryption_failure")
+
+
+def _trace_dropped(conn: Connection, packet_type: PacketType | None, length: int,
+                   trigger: str) -> None:
+    if conn.tracer is not None:
+        header = {} if packet_type is None else {
+            "packet_type": QLOG_PACKET_TYPES[packet_type]}
+        conn._trace("quic:packet_dropped", {"header": header, "raw": {"length": length},
+                                            "trigger": trigger})
+
+
+def _open_other_phase(conn: Connection, packet: bytes, header: bytes, packet_number: int,
+                      expected: int) -> bytes:
+    """Open a 1-RTT packet whose key-phase bit is not the current one (VEL-PROT-011): a
+    packet from before an update (previous keys), or the peer updated (the next keys:
+    follow it, and update our sending keys if we did not start it)."""
+    keys = conn.spaces[Epoch.APPLICATION].recv_keys
+    assert keys is not None  # checked by the caller
+    if conn._previous_recv_keys is not None and packet_number < expected:
+        return conn._previous_recv_keys.open_payload(packet, header, packet_number)
+    following = keys.next_generation()
+    payload = following.open_payload(packet, header, packet_number)
+    if not conn.handshake_confirmed:
+        raise KeyUpdateError("key update before the handshake is confirmed",
+                             field="short.key_phase")
+    conn._previous_recv_keys = keys
+    conn.spaces[Epoch.APPLICATION].recv_keys = following
+    conn._recv_phase ^= 1
+    if conn._send_phase != conn._recv_phase:
+        conn._rotate_send_keys()
+    return payload
+
+
+def _note_ack_eliciting(conn: Connection, space: SpaceState, epoch: Epoch, now: float, *,
+                        in_order: bool) -> None:
+    """Acknowledge at once outside 1-RTT, after ``ack_every`` packets, or when a packet
+    arrives out of order or after a gap: the sender's loss detection needs to hear of it
+    now (RFC 9000 section 13.2.1)."""
+    space.ack_eliciting_since_ack += 1
+    if (epoch != Epoch.APPLICATION or not in_order
+            or space.ack_eliciting_since_ack >= conn.config.ack_every):
+        space.ack_needed = True
+    elif space.ack_deadline is None:
+        space.ack_deadline = now + conn.config.max_ack_delay
+
+
+def _on_version_negotiation(conn: Connection, data: bytes) -> None:
+    if not conn.is_client or conn._peer_cid_set or conn._received_retry:
+        return
+    try:
+        packet = decode_version_negotiation(data)
+    except ProtocolError:
+        return
+    if VELOCITY_VERSION in packet.versions:
+        return  # VEL-VN-004: a VN listing our version is discarded
+    conn.state = State.TERMINATED
+    versions = ", ".join(f"0x{v:08x}" for v in packet.versions)
+    conn._events.append(ConnectionTerminated(
+        ErrorCode.NO_VIABLE_PATH, 0, f"server supports only {versions}", True))
+
+
+def _on_retry(conn: Connection, data: bytes, now: float) -> None:
+    if not conn.is_client or conn._received_retry or conn._peer_cid_set:
+        return
+    try:
+        retry = decode_retry(data)
+    except ProtocolError:
+        return
+    if not retry_tag_valid(data, conn.original_dcid):
+        return
+    conn._received_retry = True
+    conn.retry_scid = retry.scid
+    conn.peer_cid = retry.scid
+    conn._retry_token = retry.token
+    conn._install_initial_keys(retry.scid)
+    conn.recovery.discard(Epoch.INITIAL)
+    crypto = conn.spaces[Epoch.INITIAL].crypto_send
+    crypto.on_lost(0, crypto.write_offset, False)
+
+
+def _handle_frame(conn: Connection, frame: Frame, epoch: Epoch, packet_type: PacketType,
+                  now: float) -> None:
+    handler = _HANDLERS.get(type(frame))
+    if packet_type is PacketType.ZERO_RTT and isinstance(frame, Stream):
+        conn.early_streams.add(frame.stream_id)
+    if handler is not None:
+        handler(conn, frame, epoch, now)
+
+
+def _on_ack(conn: Connection, frame: Ack, epoch: Epoch, now: float) -> None:
+    ranges = frame.packet_ranges()
+    if ranges[0][1] >= conn.spaces[epoch].next_packet_number:
+        raise ProtocolViolation("acknowledges a packet never sent", field="ACK.largest")
+    exponent = conn.peer_params.ack_delay_exponent if conn.peer_params else 3
+    delay = (frame.delay << exponent) / 1_000_000 if epoch == Epoch.APPLICATION else 0.0
+    conn.recovery.on_ack(epoch, ranges, delay, now,
+                         handshake_confirmed=conn.handshake_confirmed,
+                         peer_completed_address_validation=conn.handshake_complete)
+    if epoch == Epoch.HANDSHAKE:
+        conn._server_done_with_handshake_keys()
+
+
+def _on_crypto(conn: Connection, frame: Crypto, epoch: Epoch, now: float) -> None:
+    data = conn.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
+    if data and epoch == Epoch.APPLICATION and not conn.handshake_complete:
+        # 1-RTT CRYPTO (a ticket) can overtake the server's FINISHED when that is lost
+        # or reordered: it waits for the handshake to complete (RFC 9001 section 4.1.3)
+        conn._early_crypto += data
+        return
+    if data:
+        conn.handshake.receive(epoch, data, now_ms=int(now * 1000))
+        conn._pump_handshake(now)  # keys for packets coalesced behind this one
+
+
+def _on_stream(conn: Connection, frame: Stream, epoch: Epoch, now: float) -> None:
+    _stream_data(conn, frame.stream_id, frame.offset, frame.data, frame.fin)
+
+
+def _stream_data(conn: Connection, stream_id: int, offset: int, data: bytes, fin: bool) -> None:
+    """A STREAM frame's contents: reassembly, flow control, StreamDataReceived."""
+    stream = conn.streams.get(stream_id)
+    if stream is None:
+        try:
+            stream = _peer_stream(conn, stream_id, "STREAM")
+        except _StreamGone:
+            return
+    receiver = stream.receiver or stream.require_receiver("STREAM")
+    before = receiver.highest
+    data = receiver.receive(offset, data, fin)
+    flow = conn.flow
+    if receiver.highest > before:
+        flow.received += receiver.highest - before
+        if flow.received > flow.max_recv:
+            raise FlowControlError("connection data limit exceeded",
+                                   field="STREAM.offset")
+    complete = receiver.final_size is not None and receiver.complete
+    if data or (complete and fin):
+        flow.consumed += len(data)
+        events = conn._events
+        tail = events[-1] if events else None
+        if type(tail) is DataRun and tail.stream_id == stream_id:
+            tail.chunks.append(data)
+            tail.end_stream = complete
+        else:
+            events.append(DataRun(stream_id, [data], complete))
+
+
+def _on_reset_stream(conn: Connection, frame: ResetStream, epoch: Epoch, now: float) -> None:
+    try:
+        stream = _peer_stream(conn, frame.stream_id, "RESET_STREAM")
+    except _StreamGone:
+        return
+    receiver = stream.require_receiver("RESET_STREAM")
+    if receiver.reset_code is None:
+        conn.flow.received += max(frame.final_size - receiver.highest, 0)
+        receiver.reset(frame.final_size, frame.error_code)
+        conn._events.append(StreamReset(frame.stream_id, frame.error_code))
+
+
+def _on_stop_sending(conn: Connection, frame: StopSending, epoch: Epoch, now: float) -> None:
+    try:
+        stream = _peer_stream(conn, frame.stream_id, "STOP_SENDING")
+    except _StreamGone:
+        return
+    stream.require_sender("STOP_SENDING")
+    conn._events.append(StopSendingReceived(frame.stream_id, frame.error_code))
+    conn.reset_stream(frame.stream_id, frame.error_code)
+
+
+def _on_max_data(conn: Connection, frame: MaxData, epoch: Epoch, now: float) -> None:
+    conn.flow.max_send = max(conn.flow.max_send, frame.maximum)
+
+
+def _on_max_stream_data(conn: Connection, frame: MaxStreamData, epoch: Epoch, now: float) -> None:
+    try:
+        stream = _peer_stream(conn, frame.stream_id, "MAX_STREAM_DATA")
+    except _StreamGone:
+        return
+    stream.require_sender("MAX_STREAM_DATA")
+    stream.max_send = max(stream.max_send, frame.maximum)
+
+
+def _on_max_streams(conn: Connection, frame: MaxStreamsBidi | MaxStreamsUni, epoch: Epoch,
+                    now: float) -> None:
+    if isinstance(frame, MaxStreamsUni):
+        conn._peer_streams_uni = max(conn._peer_streams_uni, frame.maximum)
+    else:
+        conn._peer_streams_bidi = max(conn._peer_streams_bidi, frame.maximum)
+
+
+def _on_new_token(conn: Connection, frame: NewToken, epoch: Epoch, now: float) -> None:
+    if not conn.is_client:
+        raise ProtocolViolation("a client sent NEW_TOKEN", field="frame_type",
+                                frame_type=NewToken.TYPE)
+    conn._events.append(NewTokenReceived(frame.token))
+
+
+def _on_handshake_done(conn: Connection, frame: HandshakeDone, epoch: Epoch, now: float) -> None:
+    if not conn.is_client:
+        raise ProtocolViolation("a client sent HANDSHAKE_DONE", field="frame_type",
+                                frame_type=HandshakeDone.TYPE)
+    conn._handshake_done_received = True
+    conn._confirm()
+
+
+def _on_new_connection_id(conn: Connection, frame: NewConnectionId, epoch: Epoch,
+                          now: float) -> None:
+    conn._peer_cids[frame.sequence] = frame.connection_id
+    if len(conn._peer_cids) > 2:
+        raise ConnectionIdLimitError("more connection ids than active_connection_id_limit",
+                                     field="NEW_CONNECTION_ID.sequence")
+
+
+def _on_path_challenge(conn: Connection, frame: PathChallenge, epoch: Epoch, now: float) -> None:
+    conn._control.append(PathResponse(frame.data))
+
+
+def _on_connection_close(conn: Connection, frame: ConnectionClose | ApplicationClose, epoch: Epoch,
+                         now: float) -> None:
+    if conn.state in (State.DRAINING, State.TERMINATED):
+        return  # the same close, coalesced in several packet types
+    frame_type = frame.frame_type if isinstance(frame, ConnectionClose) else 0
+    conn._trace("quic:connection_closed", {
+        "owner": "remote", "error_code": frame.error_code, "frame_type": frame_type,
+        "reason": frame.reason.decode(errors="replace"),
+        "application": isinstance(frame, ApplicationClose)})
+    conn._events.append(ConnectionTerminated(
+        frame.error_code, frame_type, frame.reason.decode(errors="replace"), True))
+    conn.state = State.DRAINING
+    conn._close_deadline = now + 3 * conn.recovery.pto_duration(Epoch.APPLICATION)
+
+
+def _ignore(conn: Connection, frame: Frame, epoch: Epoch, now: float) -> None:
+    """Frames that need no action here (PING, PADDING, *_BLOCKED, PATH_RESPONSE)."""
+
+
+def _peer_stream(conn: Connection, stream_id: int, frame: str) -> StreamState:
+    """The stream a frame names, opening peer-initiated streams up to the limit."""
+    stream = conn.streams.get(stream_id)
+    if stream is not None:
+        return stream
+    local = (stream_id & 0x01) == (0 if conn.is_client else 1)
+    unidirectional = is_unidirectional(stream_id)
+    if local:
+        if stream_id // 4 < conn._local_streams_next[unidirectional]:
+            raise _StreamGone  # a stream of ours that is already gone
+        raise StreamStateError(f"stream {stream_id} was never opened",
+                               field=f"{frame}.stream_id")
+    if stream_id // 4 >= conn._local_streams_limit[unidirectional]:
+        raise StreamLimitError(f"stream {stream_id} exceeds the stream limit",
+                               field=f"{frame}.stream_id")
+    if stream_id // 4 < conn._peer_streams_opened[unidirectional]:
+        raise _StreamGone
+    # opening a stream opens every lower-numbered one of its type (RFC 9000 3.2)
+    base = stream_id & 0x03
+    for index in range(conn._peer_streams_opened[unidirectional], stream_id // 4):
+        conn._new_stream(index * 4 + base, local=False)
+    conn._peer_streams_opened[unidirectional] = stream_id // 4 + 1
+    return conn._new_stream(stream_id, local=False)
+
+
+class DataRun:
+    """Data of one stream delivered by consecutive packets, kept as chunks until
+    ``next_event`` hands it out as one StreamDataReceived: a bulk transfer would otherwise
+    cost an event, and its routing, per packet."""
+
+    __slots__ = ("chunks", "end_stream", "stream_id")
+
+    def __init__(self, stream_id: int, chunks: list[bytes], end_stream: bool) -> None:
+        self.stream_id, self.chunks, self.end_stream = stream_id, chunks, end_stream
+
+
+class _StreamGone(Exception):
+    """A frame for a stream that is already closed and forgotten: ignore it."""
+
+
+_HANDLERS: dict[type[Frame], Callable[[Connection, Any, Epoch, float], None]] = {
+    Ack: _on_ack,
+    Crypto: _on_crypto,
+    Stream: _on_stream,
+    ResetStream: _on_reset_stream,
+    StopSending: _on_stop_sending,
+    MaxData: _on_max_data,
+    MaxStreamData: _on_max_stream_data,
+    MaxStreamsBidi: _on_max_streams,
+    MaxStreamsUni: _on_max_streams,
+    NewToken: _on_new_token,
+    HandshakeDone: _on_handshake_done,
+    NewConnectionId: _on_new_connection_id,
+    PathChallenge: _on_path_challenge,
+    ConnectionClose: _on_connection_close,
+    ApplicationClose: _on_connection_close,
+    Ping: _ignore,
+    Padding: _ignore,
+    DataBlocked: _ignore,
+    StreamDataBlocked: _ignore,
+    StreamsBlockedBidi: _ignore,
+    StreamsBlockedUni: _ignore,
+    PathResponse: _ignore,
+    RetireConnectionId: _ignore,
+}
