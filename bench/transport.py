@@ -12,6 +12,7 @@ Medians of several runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import resource
 import ssl
@@ -109,15 +110,20 @@ class Result:
     flights: tuple[int, ...] = ()  # bytes per flight, client first, alternating
 
 
-async def _velocity_connect(port: int) -> Any:
-    client_hs, _ = make_configs(PairSpec(mode="pdk"))
-    return velocity_connect("127.0.0.1", port, ConnectionConfig(client_hs))
-
-
-def _peer_configuration(name: str) -> Any:
+@functools.cache
+def _client_configuration(name: str) -> Any:
+    """Each implementation's client configuration, made once (by the warm-up, outside the
+    timed handshakes) and used for every connection, as a client would."""
+    if name == "velocity":
+        client_hs, _ = make_configs(PairSpec(mode="pdk"))
+        return ConnectionConfig(client_hs)
     cls = AioquicConfiguration if name == "aioquic" else Qh3Configuration
     return cls(is_client=True, alpn_protocols=["bench"], verify_mode=ssl.CERT_NONE,
                server_name="localhost")
+
+
+async def _velocity_connect(port: int) -> Any:
+    return velocity_connect("127.0.0.1", port, _client_configuration("velocity"))
 
 
 async def _handshake(name: str, port: int) -> float:
@@ -128,7 +134,7 @@ async def _handshake(name: str, port: int) -> float:
         async with await _velocity_connect(port):
             return time.perf_counter() - began
     module = aioquic.asyncio if name == "aioquic" else qh3.asyncio
-    async with module.connect("127.0.0.1", port, configuration=_peer_configuration(name)):
+    async with module.connect("127.0.0.1", port, configuration=_client_configuration(name)):
         return time.perf_counter() - began
 
 
@@ -144,7 +150,7 @@ async def _download(name: str, port: int, size: int) -> float:
     else:
         module = aioquic.asyncio if name == "aioquic" else qh3.asyncio
         async with module.connect("127.0.0.1", port,
-                                  configuration=_peer_configuration(name)) as protocol:
+                                  configuration=_client_configuration(name)) as protocol:
             reader, writer = await protocol.create_stream()
             writer.write(f"{size}\n".encode())
             while chunk := await reader.read(1 << 20):
