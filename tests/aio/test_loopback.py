@@ -237,6 +237,27 @@ async def test_a_backlog_is_answered_while_it_is_read() -> None:
         assert transmissions >= 4
 
 
+async def test_an_early_timer_is_handled_at_its_deadline() -> None:
+    """An event loop may run a timer before its deadline (uvloop rounds to milliseconds).
+    Handled at the loop's time, the deadline would still lie ahead, be armed again, fire at
+    once, and spin the loop until the clock caught up (hundreds of empty transmissions
+    between handshakes); the driver handles it at the deadline it armed."""
+    async with server() as running:
+        seen: list[float] = []
+        endpoint = running.endpoint
+        original = endpoint.handle_timer
+
+        def observed(*, now: float) -> None:
+            seen.append(now)
+            original(now=now)
+
+        endpoint.handle_timer = observed  # type: ignore[method-assign]
+        deadline = running._loop.time() + 0.0008
+        running._timer_at = deadline
+        running._on_timer()  # as a loop that runs it early would
+        assert seen == [deadline]
+
+
 class _FullAtFirst(socket.socket):
     """A UDP socket whose first sends find the buffer full, as a busy host's would."""
 

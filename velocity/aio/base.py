@@ -283,8 +283,11 @@ class DatagramDriver:
                            else self._loop.call_at(deadline, self._on_timer))
 
     def _on_timer(self) -> None:
-        self._timer_at = None
-        self._machine.handle_timer(now=self._loop.time())
+        # an event loop may run a timer up to its clock's resolution early (uvloop's is a
+        # millisecond): handled at the loop's time, the deadline would still lie ahead, be
+        # armed again, fire at once, and spin until the clock caught up
+        due, self._timer_at = self._timer_at, None
+        self._machine.handle_timer(now=max(self._loop.time(), due or 0.0))
         self._route()
         self._transmit()
 
