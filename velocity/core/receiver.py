@@ -281,8 +281,14 @@ def _note_ack_eliciting(conn: Connection, space: SpaceState, epoch: Epoch, now: 
         space.ack_deadline = now + conn.config.max_ack_delay
 
 
+def _awaiting_first_answer(conn: Connection) -> bool:
+    """A client that has heard nothing from the server yet: the only one a Version
+    Negotiation or Retry packet may still concern (RFC 9000 sections 6.2 and 17.2.5.2)."""
+    return conn.is_client and not conn._peer_cid_set and not conn._received_retry
+
+
 def _on_version_negotiation(conn: Connection, data: bytes) -> None:
-    if not conn.is_client or conn._peer_cid_set or conn._received_retry:
+    if not _awaiting_first_answer(conn):
         return
     try:
         packet = decode_version_negotiation(data)
@@ -297,7 +303,7 @@ def _on_version_negotiation(conn: Connection, data: bytes) -> None:
 
 
 def _on_retry(conn: Connection, data: bytes, now: float) -> None:
-    if not conn.is_client or conn._received_retry or conn._peer_cid_set:
+    if not _awaiting_first_answer(conn):
         return
     try:
         retry = decode_retry(data)
