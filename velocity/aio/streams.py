@@ -9,7 +9,7 @@ from collections.abc import Callable
 from velocity.core.connection import Connection
 from velocity.core.errors import UsageError
 
-HIGH_WATER = 4 << 20  # unacknowledged bytes per stream before drain() waits: a stream window
+HIGH_WATER = 1 << 20  # unacknowledged bytes per stream before drain() waits
 
 
 class StreamResetError(ConnectionError):
