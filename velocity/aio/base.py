@@ -191,8 +191,9 @@ class SansIo(Protocol):
 
 class DatagramDriver:
     """Feeds a sans-I/O object from its UDP socket (every datagram the socket holds, up to a
-    bound, split from GRO batches), then sends what it produces once (GSO batches), and keeps
-    one timer at its ``get_timer()``."""
+    bound, split from GRO batches), sends what it produces (GSO batches) once they are read,
+    or every TRANSMIT_EVERY datagrams while a backlog is read, and keeps one timer at its
+    ``get_timer()``."""
 
     def __init__(self, machine: SansIo, sock: socket.socket) -> None:
         self._machine = machine
