@@ -173,7 +173,7 @@ async def _measure(name: str, port: int, pipe: Pipe, handshakes: int,
     await _handshake(name, relay_port)
     await asyncio.sleep(0.05)  # let the closing datagrams pass
     c2s, s2c = relay.stats.bytes_c2s, relay.stats.bytes_s2c
-    flights = tuple(size for _, size in relay.stats.flights)
+    flights = tuple(size for _, size, _ in relay.stats.flights)
     relay.close()
     latencies.sort()
     goodput = await _download(name, port, download)

@@ -27,8 +27,8 @@ class RelayStats:
     duplicated: int = 0
     bytes_c2s: int = 0
     bytes_s2c: int = 0
-    # bytes per flight: runs of datagrams in one direction, in order ("c2s"/"s2c", bytes)
-    flights: list[tuple[str, int]] = field(default_factory=list)
+    # flights: runs of datagrams in one direction, in order ("c2s"/"s2c", bytes, datagrams)
+    flights: list[tuple[str, int, int]] = field(default_factory=list)
 
     def count(self, direction: str, size: int) -> None:
         if direction == "c2s":
@@ -36,9 +36,10 @@ class RelayStats:
         else:
             self.bytes_s2c += size
         if self.flights and self.flights[-1][0] == direction:
-            self.flights[-1] = (direction, self.flights[-1][1] + size)
+            _, total, datagrams = self.flights[-1]
+            self.flights[-1] = (direction, total + size, datagrams + 1)
         else:
-            self.flights.append((direction, size))
+            self.flights.append((direction, size, 1))
 
 
 class _Side(asyncio.DatagramProtocol):

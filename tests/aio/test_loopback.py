@@ -98,12 +98,32 @@ async def test_relay_counts_a_pdk_handshake_by_flight() -> None:
             await asyncio.sleep(0.05)
         finally:
             relay.close()
-    directions = [direction for direction, _ in relay.stats.flights]
-    sizes = [size for _, size in relay.stats.flights]
+    directions = [direction for direction, _, _ in relay.stats.flights]
+    sizes = [size for _, size, _ in relay.stats.flights]
     assert directions[:3] == ["c2s", "s2c", "c2s"]
     assert 2 * 1200 <= sizes[0] <= 2 * 1452 and sizes[0] % 2 == 0
     assert 1120 < sizes[1] < 1452 + 100  # the 1120-byte share; one more datagram at most
     assert sum(sizes) == relay.stats.bytes_c2s + relay.stats.bytes_s2c
+
+
+async def test_a_request_written_at_once_leaves_with_the_clients_finished() -> None:
+    """The client's FINISHED waits one turn of the loop after the handshake completes, so a
+    request the application writes straight away shares its datagram."""
+    async with server() as running:
+        relay = UdpRelay(running.address, Impairment())
+        host, port = await relay.start()
+        try:
+            async with connect(host, port, ConnectionConfig(CLIENT_HS)) as client:
+                stream = await client.open_stream()
+                stream.write(b"request", end_stream=True)
+                assert await asyncio.wait_for(stream.read(), 10) == b"request"
+        finally:
+            relay.close()
+    after_hello = [(direction, datagrams) for direction, _, datagrams
+                   in relay.stats.flights[2:]]  # after the CLIENT_HELLO and the answer
+    assert after_hello[0] == ("c2s", 1)
+    # FINISHED with the request, then the close: no datagram for the request alone
+    assert sum(n for direction, n in after_hello if direction == "c2s") == 2
 
 
 @pytest.mark.spec("VEL-ERR-005", "VEL-CONN-004")
@@ -153,6 +173,7 @@ async def test_graceful_shutdown_closes_with_no_error() -> None:
     running = await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(SERVER_HS)), echo)
     host, port = running.address
     async with connect(host, port, ConnectionConfig(CLIENT_HS)) as client:
+        assert await roundtrip(client, b"up") == b"up"  # established on both ends
         await running.close()
         for _ in range(100):
             if client.router.terminated is not None:

@@ -201,6 +201,10 @@ class DatagramDriver:
         self._loop = asyncio.get_running_loop()
         self._sender: Sender | None = Sender(sock, self._loop)
         self._transmit_scheduled = False
+        # set while handling a read that woke the application with something to answer at
+        # once (the client's completed handshake): what the read produced waits one turn
+        # of the loop, so that the application's first data leaves in the same datagram
+        self.let_application_write_first = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._space = socket.CMSG_SPACE(4)
@@ -239,7 +243,11 @@ class DatagramDriver:
                     self.datagram_received(data[start : start + size], address, now)
                 unanswered += -(-len(data) // size)
         self._route()
-        self._transmit()
+        if self.let_application_write_first:
+            self.let_application_write_first = False
+            self.schedule_transmit()
+        else:
+            self._transmit()
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
         """One datagram for the sans-I/O object, read at ``now`` (events and sending follow

@@ -74,6 +74,7 @@ class VelocityClient(DatagramDriver):
             self.completed = event
             if not self._handshake.done():
                 self._handshake.set_result(event)
+                self.let_application_write_first = True  # its request joins our FINISHED
         elif isinstance(event, FallbackDirected):
             if not self._handshake.done():
                 self._handshake.set_exception(FallbackError(event))
@@ -157,7 +158,8 @@ async def connect(host: str, port: int, config: ConnectionConfig, *,
             yield client
             return
         try:
-            await asyncio.wait_for(client.wait_handshake(), timeout)
+            async with asyncio.timeout(timeout):
+                await client.wait_handshake()
         except TimeoutError:
             raise TimeoutError(f"no Velocity/1 handshake with {host}:{port} within "
                                f"{timeout:g} s") from None
