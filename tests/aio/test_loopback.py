@@ -25,6 +25,7 @@ from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import ErrorCode
+from velocity.core.handshake.common import HandshakeCompleted
 from velocity.crypto.sealing import RetryTokens
 
 CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
@@ -314,3 +315,27 @@ async def test_sends_wait_in_order_while_the_socket_is_full() -> None:
     finally:
         sending.close()
         receiver.close()
+
+
+async def test_a_connection_closed_at_once_still_completes_the_servers_handshake() -> None:
+    """Closing right after connect returns sends the client's FINISHED (held for a request
+    that did not come) before the close, so the server completes its handshake too."""
+    async with server() as running:
+        completed = []
+        original = running.endpoint.next_event
+
+        def observed() -> Any:
+            item = original()
+            if item is not None and isinstance(item[1], HandshakeCompleted):
+                completed.append(item[1])
+            return item
+
+        running.endpoint.next_event = observed  # type: ignore[method-assign]
+        host, port = running.address
+        async with connect(host, port, ConnectionConfig(CLIENT_HS)):
+            pass
+        for _ in range(100):
+            if completed:
+                break
+            await asyncio.sleep(0.01)
+        assert len(completed) == 1

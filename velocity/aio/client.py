@@ -112,6 +112,8 @@ class VelocityClient(DatagramDriver):
             return stream
 
     async def close(self, error_code: int = 0, reason: str = "") -> None:
+        if self._transmit_scheduled:
+            self._transmit()  # what waits (our FINISHED, say) leaves before the close
         self.connection.close(error_code, reason)
         self._transmit()
         await asyncio.sleep(0)
