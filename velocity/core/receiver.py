@@ -361,12 +361,9 @@ def _on_stream(conn: Connection, frame: Stream, epoch: Epoch, now: float) -> Non
 
 def _stream_data(conn: Connection, stream_id: int, offset: int, data: bytes, fin: bool) -> None:
     """A STREAM frame's contents: reassembly, flow control, StreamDataReceived."""
-    stream = conn.streams.get(stream_id)
+    stream = conn.streams.get(stream_id) or _named_stream(conn, stream_id, "STREAM")
     if stream is None:
-        try:
-            stream = _peer_stream(conn, stream_id, "STREAM")
-        except _StreamGone:
-            return
+        return
     receiver = stream.receiver or stream.require_receiver("STREAM")
     before = receiver.highest
     data = receiver.receive(offset, data, fin)
@@ -389,9 +386,8 @@ def _stream_data(conn: Connection, stream_id: int, offset: int, data: bytes, fin
 
 
 def _on_reset_stream(conn: Connection, frame: ResetStream, epoch: Epoch, now: float) -> None:
-    try:
-        stream = _peer_stream(conn, frame.stream_id, "RESET_STREAM")
-    except _StreamGone:
+    stream = _named_stream(conn, frame.stream_id, "RESET_STREAM")
+    if stream is None:
         return
     receiver = stream.require_receiver("RESET_STREAM")
     if receiver.reset_code is None:
@@ -401,9 +397,8 @@ def _on_reset_stream(conn: Connection, frame: ResetStream, epoch: Epoch, now: fl
 
 
 def _on_stop_sending(conn: Connection, frame: StopSending, epoch: Epoch, now: float) -> None:
-    try:
-        stream = _peer_stream(conn, frame.stream_id, "STOP_SENDING")
-    except _StreamGone:
+    stream = _named_stream(conn, frame.stream_id, "STOP_SENDING")
+    if stream is None:
         return
     stream.require_sender("STOP_SENDING")
     conn._events.append(StopSendingReceived(frame.stream_id, frame.error_code))
@@ -415,9 +410,8 @@ def _on_max_data(conn: Connection, frame: MaxData, epoch: Epoch, now: float) -> 
 
 
 def _on_max_stream_data(conn: Connection, frame: MaxStreamData, epoch: Epoch, now: float) -> None:
-    try:
-        stream = _peer_stream(conn, frame.stream_id, "MAX_STREAM_DATA")
-    except _StreamGone:
+    stream = _named_stream(conn, frame.stream_id, "MAX_STREAM_DATA")
+    if stream is None:
         return
     stream.require_sender("MAX_STREAM_DATA")
     stream.max_send = max(stream.max_send, frame.maximum)
@@ -477,8 +471,9 @@ def _ignore(conn: Connection, frame: Frame, epoch: Epoch, now: float) -> None:
     """Frames that need no action here (PING, PADDING, *_BLOCKED, PATH_RESPONSE)."""
 
 
-def _peer_stream(conn: Connection, stream_id: int, frame: str) -> StreamState:
-    """The stream a frame names, opening peer-initiated streams up to the limit."""
+def _named_stream(conn: Connection, stream_id: int, frame: str) -> StreamState | None:
+    """The stream a frame names, opening peer-initiated streams up to the limit; None for a
+    stream that is closed and forgotten (the frame is then ignored)."""
     stream = conn.streams.get(stream_id)
     if stream is not None:
         return stream
@@ -486,14 +481,14 @@ def _peer_stream(conn: Connection, stream_id: int, frame: str) -> StreamState:
     unidirectional = is_unidirectional(stream_id)
     if local:
         if stream_id // 4 < conn._local_streams_next[unidirectional]:
-            raise _StreamGone  # a stream of ours that is already gone
+            return None  # a stream of ours that is already gone
         raise StreamStateError(f"stream {stream_id} was never opened",
                                field=f"{frame}.stream_id")
     if stream_id // 4 >= conn._local_streams_limit[unidirectional]:
         raise StreamLimitError(f"stream {stream_id} exceeds the stream limit",
                                field=f"{frame}.stream_id")
     if stream_id // 4 < conn._peer_streams_opened[unidirectional]:
-        raise _StreamGone
+        return None
     # opening a stream opens every lower-numbered one of its type (RFC 9000 3.2)
     base = stream_id & 0x03
     for index in range(conn._peer_streams_opened[unidirectional], stream_id // 4):
@@ -511,10 +506,6 @@ class DataRun:
 
     def __init__(self, stream_id: int, chunks: list[bytes], end_stream: bool) -> None:
         self.stream_id, self.chunks, self.end_stream = stream_id, chunks, end_stream
-
-
-class _StreamGone(Exception):
-    """A frame for a stream that is already closed and forgotten: ignore it."""
 
 
 _HANDLERS: dict[type[Frame], Callable[[Connection, Any, Epoch, float], None]] = {
