@@ -10,7 +10,7 @@ from __future__ import annotations
 from velocity.core.errors import BufferReadError, UsageError
 
 VARINT_MAX = (1 << 62) - 1
-_VARINT_MASKS = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)
+VARINT_MASKS = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)  # by the 2-bit length prefix
 SINGLE_BYTES = tuple(bytes((value,)) for value in range(256))  # bytes([v]) without a call
 
 
@@ -59,7 +59,7 @@ def varint_at(data: bytes, pos: int) -> tuple[int, int]:
     end = pos + (1 << kind)
     if end > len(data):
         raise BufferReadError(f"varint needs {1 << kind} bytes, {len(data) - pos} left")
-    return int.from_bytes(data[pos:end], "big") & _VARINT_MASKS[kind], end
+    return int.from_bytes(data[pos:end], "big") & VARINT_MASKS[kind], end
 
 
 class Reader:
@@ -132,7 +132,7 @@ class Reader:
         if pos + size > self._end:
             raise BufferReadError(f"varint needs {size} bytes, {self._end - pos} left")
         self._pos = pos + size
-        return int.from_bytes(self._data[pos : pos + size], "big") & _VARINT_MASKS[kind]
+        return int.from_bytes(self._data[pos : pos + size], "big") & VARINT_MASKS[kind]
 
     def pull_varint_minimal(self) -> int:
         """A varint that must use its shortest encoding (frame types, extension types)."""

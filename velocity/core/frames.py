@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, cast
 
-from velocity.core.buffer import VARINT_MAX, Reader, Writer
+from velocity.core.buffer import VARINT_MASKS, VARINT_MAX, Reader, Writer
 from velocity.core.errors import (
     BufferReadError,
     FrameEncodingError,
@@ -551,9 +551,6 @@ def pull_frame(reader: Reader, packet_type: PacketType) -> Frame:
     return frame
 
 
-_MASKS = (0x3F, 0x3FFF, 0x3FFFFFFF, 0x3FFFFFFFFFFFFFFF)
-
-
 def stream_frame_at(payload: bytes, pos: int) -> tuple[int, int, bytes, bool, int] | None:
     """(stream id, offset, data, fin, end) of a well-formed STREAM frame at ``pos``; None for
     anything else (``pull_frame`` then decodes it, or names what is wrong). The common
@@ -565,18 +562,18 @@ def stream_frame_at(payload: bytes, pos: int) -> tuple[int, int, bytes, bool, in
     try:  # three varints, read in line (an IndexError or a short slice: not this path)
         kind = payload[pos + 1] >> 6
         step = 1 << kind
-        stream_id = int.from_bytes(payload[pos + 1 : pos + 1 + step], "big") & _MASKS[kind]
+        stream_id = int.from_bytes(payload[pos + 1 : pos + 1 + step], "big") & VARINT_MASKS[kind]
         pos += 1 + step
         offset = 0
         if frame_type & 0x04:
             kind = payload[pos] >> 6
             step = 1 << kind
-            offset = int.from_bytes(payload[pos : pos + step], "big") & _MASKS[kind]
+            offset = int.from_bytes(payload[pos : pos + step], "big") & VARINT_MASKS[kind]
             pos += step
         if frame_type & 0x02:
             kind = payload[pos] >> 6
             step = 1 << kind
-            length = int.from_bytes(payload[pos : pos + step], "big") & _MASKS[kind]
+            length = int.from_bytes(payload[pos : pos + step], "big") & VARINT_MASKS[kind]
             pos += step
         else:
             length = size - pos

@@ -153,16 +153,13 @@ class PacketKeys:
 
     def next_generation(self) -> PacketKeys:
         """The keys after a key update (VEL-PROT-011): next secret, same header protection."""
-        if self._material is None:
+        if self._aead is None:
             self._set_up()
         return PacketKeys(next_secret(self.secret, self.hash_name, self._params), self.aead,
                           self.hash_name, self._params, hp_key=self._hp_key)
 
-    def _mask(self, sample: bytes) -> bytes:
-        """The header-protection mask (its first 5 bytes are used)."""
-        if self._ecb is not None:
-            mask: bytes = self._ecb.update(sample)
-            return mask
+    def _chacha_mask(self, sample: bytes) -> bytes:
+        """ChaCha20 header protection's mask (AES's is one ECB block, taken in line)."""
         hp_key = self._hp_key
         assert hp_key is not None  # set up by the caller
         encryptor = Cipher(algorithms.ChaCha20(hp_key, sample), None).encryptor()
@@ -183,7 +180,7 @@ class PacketKeys:
         pn_offset = len(plain_header) - pn_length
         sample_at = 4 - pn_length
         sample = protected[sample_at : sample_at + SAMPLE_LENGTH]
-        mask = self._ecb.update(sample) if self._ecb is not None else self._mask(sample)
+        mask = self._ecb.update(sample) if self._ecb is not None else self._chacha_mask(sample)
         first = plain_header[0] ^ (mask[0] & (0x0F if plain_header[0] & FORM_LONG else 0x1F))
         pn = (int.from_bytes(plain_header[pn_offset:], "big")
               ^ int.from_bytes(mask[1 : 1 + pn_length], "big")).to_bytes(pn_length, "big")
@@ -217,9 +214,9 @@ class PacketKeys:
         sample = packet[pn_offset + 4 : pn_offset + 4 + SAMPLE_LENGTH]
         if len(sample) < SAMPLE_LENGTH:
             raise PacketDropped("too short for a header-protection sample", field="payload")
-        if self._material is None:
+        if self._aead is None:
             self._set_up()
-        mask = self._ecb.update(sample) if self._ecb is not None else self._mask(sample)
+        mask = self._ecb.update(sample) if self._ecb is not None else self._chacha_mask(sample)
         first = packet[0] ^ (mask[0] & (0x0F if packet[0] & FORM_LONG else 0x1F))
         pn_length = (first & 0x03) + 1
         truncated = (int.from_bytes(packet[pn_offset : pn_offset + pn_length], "big")

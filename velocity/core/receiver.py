@@ -113,7 +113,9 @@ def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> i
     packet = data if offset == 0 and end == len(data) else data[offset:end]
     epoch = EPOCH_OF[header.packet_type]
     space = conn.spaces[epoch]
-    opened = _open(conn, packet, header.packet_type, header.pn_offset - offset, space)
+    expected = space.received.bounds()[1] if space.received else space.ack_floor
+    opened = _open(conn, packet, header.packet_type, header.pn_offset - offset, space,
+                   expected)
     if opened is None:
         return end
     plain, payload, packet_number = opened
@@ -136,7 +138,6 @@ def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> i
     if conn.tracer is not None:
         conn._trace("quic:packet_received",
                     packet_data(header.packet_type, packet_number, end - offset, frames))
-    expected = space.received.bounds()[1] if space.received else space.ack_floor
     if packet_number >= expected:
         space.largest_received_time = now  # for the ACK delay field
     space.received.add(packet_number)
@@ -159,22 +160,13 @@ def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> No
         _trace_dropped(conn, None, len(packet), "header_parse_error")
         return
     space = conn.spaces[Epoch.APPLICATION]
-    keys = space.recv_keys
-    if keys is None or space.discarded:
-        _trace_dropped(conn, PacketType.ONE_RTT, len(packet), "key_unavailable")
-        return
     received = space.received
     expected = received.bounds()[1] if received else space.ack_floor
-    try:
-        plain, packet_number = keys.remove_header_protection(
-            packet, 1 + conn.config.cid_length, expected)
-        if (plain[0] >> 2) & 1 == conn._recv_phase:
-            payload = keys.open_payload(packet, plain, packet_number)
-        else:
-            payload = _open_other_phase(conn, packet, plain, packet_number, expected)
-    except PacketDropped as exc:  # AuthenticationFailed included
-        _not_opened(conn, PacketType.ONE_RTT, len(packet), keys, exc)
+    opened = _open(conn, packet, PacketType.ONE_RTT, 1 + conn.config.cid_length, space,
+                   expected)
+    if opened is None:
         return
+    plain, payload, packet_number = opened
     if not conn.is_client and not conn.spaces[Epoch.HANDSHAKE].discarded:
         conn._server_done_with_handshake_keys(client_completed=True)
     if plain[0] & 0x18:
@@ -199,25 +191,25 @@ def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> No
         _handle_frame(conn, frame, Epoch.APPLICATION, PacketType.ONE_RTT, now)
     if ack_eliciting:
         _note_ack_eliciting(conn, space, Epoch.APPLICATION, now,
-                                 in_order=packet_number == expected)
+                            in_order=packet_number == expected)
 
 
 def _open(conn: Connection, packet: bytes, packet_type: PacketType, pn_offset: int,
-          space: SpaceState) -> tuple[bytes, bytes, int] | None:
-    """(header, payload, packet number), or None for a packet to drop."""
+          space: SpaceState, expected: int) -> tuple[bytes, bytes, int] | None:
+    """(header, payload, packet number), or None for a packet to drop. ``expected`` is
+    the packet number the space expects next (its largest received, plus one)."""
     keys = conn._zero_rtt_recv if packet_type == PacketType.ZERO_RTT else space.recv_keys
     if keys is None or space.discarded:
         _trace_dropped(conn, packet_type, len(packet), "key_unavailable")
         return None
-    expected = space.received.bounds()[1] if space.received else space.ack_floor
     try:
         if packet_type != PacketType.ONE_RTT:
             return keys.decrypt_packet(packet, pn_offset, expected)
         header, packet_number = keys.remove_header_protection(packet, pn_offset, expected)
         if (header[0] >> 2) & 1 == conn._recv_phase:
             return header, keys.open_payload(packet, header, packet_number), packet_number
-        return header, _open_other_phase(conn, packet, header, packet_number,
-                                              expected), packet_number
+        payload = _open_other_phase(conn, packet, header, packet_number, expected)
+        return header, payload, packet_number
     except PacketDropped as exc:  # AuthenticationFailed included
         _not_opened(conn, packet_type, len(packet), keys, exc)
     return None

@@ -314,9 +314,8 @@ def _seal(conn: Connection, plans: list[_Plan], now: float, pad_to: int) -> byte
     header-protection sample), protect, and record each packet as sent."""
     sizes = [p.header_size + len(p.payload) + TAG_LENGTH for p in plans]
     padded_initial = any(p.epoch == Epoch.INITIAL and p.sent.ack_eliciting for p in plans)
-    target = pad_to
-    if padded_initial and sum(sizes) < target:
-        plans[-1].payload += bytes(target - sum(sizes))
+    if padded_initial and sum(sizes) < pad_to:
+        plans[-1].payload += bytes(pad_to - sum(sizes))
         plans[-1].sent.in_flight = True
     datagram = bytearray()
     for plan in plans:
