@@ -204,7 +204,7 @@ class DatagramDriver:
         # set while handling a read that woke the application with something to answer at
         # once (the client's completed handshake): what the read produced waits one turn
         # of the loop, so that the application's first data leaves in the same datagram
-        self.let_application_write_first = False
+        self._let_application_write_first = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._space = socket.CMSG_SPACE(4)
@@ -243,8 +243,8 @@ class DatagramDriver:
                     self.datagram_received(data[start : start + size], address, now)
                 unanswered += -(-len(data) // size)
         self._route()
-        if self.let_application_write_first:
-            self.let_application_write_first = False
+        if self._let_application_write_first:
+            self._let_application_write_first = False
             self.schedule_transmit()
         else:
             self._transmit()

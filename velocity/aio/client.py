@@ -74,7 +74,7 @@ class VelocityClient(DatagramDriver):
             self.completed = event
             if not self._handshake.done():
                 self._handshake.set_result(event)
-                self.let_application_write_first = True  # its request joins our FINISHED
+                self._let_application_write_first = True  # its request joins our FINISHED
         elif isinstance(event, FallbackDirected):
             if not self._handshake.done():
                 self._handshake.set_exception(FallbackError(event))

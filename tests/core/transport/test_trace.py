@@ -8,10 +8,13 @@ import re
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from harness.loopback import Network, Pair, lossy
 from harness.pair import PairSpec
 from harness.schemas import schema_errors
 from tests.core.transport.helpers import both_completed, make
+from velocity.core import receiver
 from velocity.core.connection import Connection
 from velocity.core.trace import Transcript
 
@@ -100,12 +103,22 @@ def test_duplicates_are_traced_as_dropped() -> None:
     assert any(d["trigger"] == "duplicate" for d in dropped)
 
 
-def test_tracing_does_not_change_what_crosses_the_network() -> None:
+def test_tracing_does_not_change_what_crosses_the_network(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A traced connection reads 1-RTT packets through the general path (it records their
     frames), an untraced one through the short-header path: over the same seeded lossy,
     reordering network both send the same bytes and emit the same events."""
-    runs = []
+    short_reads: list[int] = []
+    receive_short = receiver._receive_short
+
+    def counted(*args: Any) -> None:
+        short_reads.append(1)
+        receive_short(*args)
+
+    monkeypatch.setattr(receiver, "_receive_short", counted)
+    runs, reads = [], []
     for trace in (False, True):
+        short_reads.clear()
         wire: list[tuple[str, bytes]] = []
         network = lossy("same-wire", loss=0.05, reorder=0.2, duplicate=0.05)
 
@@ -119,6 +132,8 @@ def test_tracing_does_not_change_what_crosses_the_network() -> None:
                     network=recording, trace=trace, seed="same-wire")
         transfer(pair, size=200_000)
         runs.append((wire, pair.client_events, pair.server_events))
+        reads.append(len(short_reads))
+    assert reads[0] > 100 and reads[1] == 0  # each run took the path it is meant to
     (wire, client, server), (traced_wire, traced_client, traced_server) = runs
     assert len(wire) > 150 and wire == traced_wire
     assert client == traced_client and server == traced_server
