@@ -47,19 +47,31 @@ def encode_varint(value: int, size: int | None = None) -> bytes:
     return bytes([raw[0] | prefix]) + raw[1:]
 
 
-def varint_at(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, position after it) of the varint at ``pos`` without a ``Reader``, for hot
-    loops; raises ``BufferReadError`` when ``data`` ends first."""
-    if pos >= len(data):
+def varint_at(data: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos``, reading no further than ``end``
+    (the end of ``data`` by default), without a ``Reader``; raises ``BufferReadError`` when
+    the bytes end first."""
+    if end is None:
+        end = len(data)
+    if pos >= end:
         raise BufferReadError("varint needs 1 byte, 0 left")
     first = data[pos]
     kind = first >> 6
     if not kind:
         return first, pos + 1
-    end = pos + (1 << kind)
-    if end > len(data):
-        raise BufferReadError(f"varint needs {1 << kind} bytes, {len(data) - pos} left")
-    return int.from_bytes(data[pos:end], "big") & VARINT_MASKS[kind], end
+    stop = pos + (1 << kind)
+    if stop > end:
+        raise BufferReadError(f"varint needs {1 << kind} bytes, {end - pos} left")
+    return int.from_bytes(data[pos:stop], "big") & VARINT_MASKS[kind], stop
+
+
+def minimal_varint_at(data: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
+    """``varint_at`` for a varint that must use its shortest encoding (frame, extension and
+    transport parameter types)."""
+    value, stop = varint_at(data, pos, end)
+    if stop - pos != varint_size(value):
+        raise BufferReadError(f"non-minimal varint encoding of {value}")
+    return value, stop
 
 
 class Reader:
@@ -120,26 +132,12 @@ class Reader:
         return self.pull_uint(4)
 
     def pull_varint(self) -> int:
-        pos = self._pos
-        if pos >= self._end:
-            raise BufferReadError("varint needs 1 byte, 0 left")
-        first = self._data[pos]
-        kind = first >> 6
-        if kind == 0:
-            self._pos = pos + 1
-            return first
-        size = 1 << kind
-        if pos + size > self._end:
-            raise BufferReadError(f"varint needs {size} bytes, {self._end - pos} left")
-        self._pos = pos + size
-        return int.from_bytes(self._data[pos : pos + size], "big") & VARINT_MASKS[kind]
+        value, self._pos = varint_at(self._data, self._pos, self._end)
+        return value
 
     def pull_varint_minimal(self) -> int:
         """A varint that must use its shortest encoding (frame types, extension types)."""
-        start = self._pos
-        value = self.pull_varint()
-        if self._pos - start != varint_size(value):
-            raise BufferReadError(f"non-minimal varint encoding of {value}")
+        value, self._pos = minimal_varint_at(self._data, self._pos, self._end)
         return value
 
     def pull_vec_varint(self) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from velocity.core.buffer import encode_varint, varint_at, varint_size
+from velocity.core.buffer import encode_varint, minimal_varint_at, varint_at
 from velocity.core.errors import BufferReadError, TransportParameterError
 
 MAX_STREAMS_LIMIT = 1 << 60
@@ -98,10 +98,7 @@ def decode_transport_parameters(data: bytes, *, from_server: bool) -> TransportP
     try:
         while pos < len(data):
             field = "transport_parameters.id"
-            start = pos
-            pid, pos = varint_at(data, pos)
-            if pos - start != varint_size(pid):
-                raise BufferReadError(f"non-minimal varint encoding of {pid}")
+            pid, pos = minimal_varint_at(data, pos)
             field = f"transport_parameters.0x{pid:x}"
             length, pos = varint_at(data, pos)
             raw, pos = data[pos : pos + length], pos + length
