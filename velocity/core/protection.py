@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -137,19 +137,22 @@ class PacketKeys:
     def material(self) -> KeyMaterial:
         if self._material is None:
             self._set_up()
-            assert self._material is not None
-        return self._material
+        return cast(KeyMaterial, self._material)
 
-    def _set_up(self) -> None:
+    def _set_up(self) -> AESGCM | ChaCha20Poly1305:
+        """Derive the key material and make the cipher contexts; answers the AEAD."""
         material = self._material = derive_key_material(self.secret, self.aead,
                                                         self.hash_name, self._params)
         self._iv = int.from_bytes(material.iv, "big")
         self._hp_key = self._hp_key or material.hp
+        aead: AESGCM | ChaCha20Poly1305
         if self.aead == Aead.CHACHA20_POLY1305:
-            self._aead = ChaCha20Poly1305(material.key)
+            aead = ChaCha20Poly1305(material.key)
         else:
-            self._aead = AESGCM(material.key)
+            aead = AESGCM(material.key)
             self._ecb = Cipher(algorithms.AES(self._hp_key), modes.ECB()).encryptor()
+        self._aead = aead
+        return aead
 
     def next_generation(self) -> PacketKeys:
         """The keys after a key update (VEL-PROT-011): next secret, same header protection."""
@@ -171,11 +174,9 @@ class PacketKeys:
         pn_length = (plain_header[0] & 0x03) + 1
         if pn_length + len(payload) < 4:
             raise UsageError("payload too short for a header-protection sample; pad it")
-        if self._aead is None:
-            self._set_up()
-            assert self._aead is not None
-        protected = self._aead.encrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"),
-                                       payload, plain_header)
+        aead = self._aead or self._set_up()
+        protected = aead.encrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"), payload,
+                                 plain_header)
         self.encrypted += 1
         pn_offset = len(plain_header) - pn_length
         sample_at = 4 - pn_length
@@ -199,12 +200,10 @@ class PacketKeys:
 
     def open_payload(self, packet: bytes, header: bytes, packet_number: int) -> bytes:
         """AEAD-open the payload that follows the unprotected ``header``."""
-        if self._aead is None:
-            self._set_up()
-            assert self._aead is not None
+        aead = self._aead or self._set_up()
         try:
-            return self._aead.decrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"),
-                                      memoryview(packet)[len(header) :], header)
+            return aead.decrypt((self._iv ^ packet_number).to_bytes(IV_LENGTH, "big"),
+                                memoryview(packet)[len(header) :], header)
         except InvalidTag:
             raise AuthenticationFailed("AEAD authentication failed", field="payload") from None
 
