@@ -80,17 +80,16 @@ class CryptographyKem:
 
     def encapsulate(self, params: KemParams, encapsulation_key: bytes,
                     m: bytes) -> tuple[bytes, bytes]:
-        self._classes(params)
-        shared, ciphertext = _openssl_public_key(params, encapsulation_key).encapsulate()
+        public_class = self._classes(params)[1]
+        shared, ciphertext = _openssl_public_key(public_class, encapsulation_key).encapsulate()
         return ciphertext, shared
 
 
 @functools.lru_cache(maxsize=64)
-def _openssl_public_key(params: KemParams, encapsulation_key: bytes) -> Any:
+def _openssl_public_key(public_class: Any, encapsulation_key: bytes) -> Any:
     """A checked (FIPS 203 section 7.2) OpenSSL public key. Loading costs as much as an
     encapsulation, and a client encapsulates to the same pinned server key on every
     connection; a key that fails the check raises and is not kept."""
-    public_class: Any = _OPENSSL[params][1]
     return public_class.from_public_bytes(encapsulation_key)
 
 
