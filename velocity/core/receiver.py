@@ -113,19 +113,13 @@ def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> i
     packet = data if offset == 0 and end == len(data) else data[offset:end]
     epoch = EPOCH_OF[header.packet_type]
     space = conn.spaces[epoch]
-    expected = space.received.bounds()[1] if space.received else space.ack_floor
+    expected = _expected(space)
     opened = _open(conn, packet, header.packet_type, header.pn_offset - offset, space,
                    expected)
     if opened is None:
         return end
     plain, payload, packet_number = opened
-    if header.packet_type == PacketType.ONE_RTT and not conn.is_client and (
-            not conn.spaces[Epoch.HANDSHAKE].discarded):
-        conn._server_done_with_handshake_keys(client_completed=True)
-    if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
-        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-    if packet_number < space.ack_floor or packet_number in space.received:
-        _trace_dropped(conn, header.packet_type, end - offset, "duplicate")
+    if not _is_new(conn, space, header.packet_type, plain, packet_number, end - offset):
         return end
     if conn.is_client and not conn._peer_cid_set and header.packet_type in (
             PacketType.INITIAL, PacketType.HANDSHAKE):
@@ -138,15 +132,8 @@ def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> i
     if conn.tracer is not None:
         conn._trace("quic:packet_received",
                     packet_data(header.packet_type, packet_number, end - offset, frames))
-    if packet_number >= expected:
-        space.largest_received_time = now  # for the ACK delay field
-    space.received.add(packet_number)
-    conn._last_activity = now
-    ack_eliciting = False
-    for frame in frames:
-        ack_eliciting |= frame.ACK_ELICITING
-        _handle_frame(conn, frame, epoch, header.packet_type, now)
-    if ack_eliciting:
+    _record_received(conn, space, packet_number, expected, now)
+    if _handle_frames(conn, frames, epoch, header.packet_type, now):
         _note_ack_eliciting(conn, space, epoch, now, in_order=packet_number == expected)
     return end
 
@@ -160,18 +147,13 @@ def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> No
         _trace_dropped(conn, None, len(packet), "header_parse_error")
         return
     space = conn.spaces[Epoch.APPLICATION]
-    received = space.received
-    expected = received.bounds()[1] if received else space.ack_floor
+    expected = _expected(space)
     opened = _open(conn, packet, PacketType.ONE_RTT, 1 + conn.config.cid_length, space,
                    expected)
     if opened is None:
         return
     plain, payload, packet_number = opened
-    if not conn.is_client and not conn.spaces[Epoch.HANDSHAKE].discarded:
-        conn._server_done_with_handshake_keys(client_completed=True)
-    if plain[0] & 0x18:
-        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
-    if packet_number < space.ack_floor or packet_number in received:
+    if not _is_new(conn, space, PacketType.ONE_RTT, plain, packet_number, len(packet)):
         return
     streams, start, size = [], 0, len(payload)
     while start < size and (stream := stream_frame_at(payload, start)) is not None:
@@ -179,19 +161,51 @@ def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> No
         start = stream[4]
     frames = decode_frames(payload, PacketType.ONE_RTT, start) if (
         start < size or not start) else []
-    if packet_number >= expected:
-        space.largest_received_time = now  # for the ACK delay field
-    received.add(packet_number)
-    conn._last_activity = now
+    _record_received(conn, space, packet_number, expected, now)
     for stream_id, stream_offset, chunk, fin, _ in streams:
         _stream_data(conn, stream_id, stream_offset, chunk, fin)
-    ack_eliciting = bool(streams)
-    for frame in frames:
-        ack_eliciting |= frame.ACK_ELICITING
-        _handle_frame(conn, frame, Epoch.APPLICATION, PacketType.ONE_RTT, now)
-    if ack_eliciting:
+    if _handle_frames(conn, frames, Epoch.APPLICATION, PacketType.ONE_RTT, now) or streams:
         _note_ack_eliciting(conn, space, Epoch.APPLICATION, now,
                             in_order=packet_number == expected)
+
+
+def _is_new(conn: Connection, space: SpaceState, packet_type: PacketType, plain: bytes,
+            packet_number: int, length: int) -> bool:
+    """What every opened packet passes before its frames: a server's first 1-RTT packet
+    from the client ends its use of the Handshake keys, reserved bits must be 0, and a
+    duplicate is dropped (False)."""
+    if packet_type == PacketType.ONE_RTT and not conn.is_client and (
+            not conn.spaces[Epoch.HANDSHAKE].discarded):
+        conn._server_done_with_handshake_keys(client_completed=True)
+    if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
+        raise ProtocolViolation("reserved bits are not 0", field="first_byte")
+    if packet_number < space.ack_floor or packet_number in space.received:
+        _trace_dropped(conn, packet_type, length, "duplicate")
+        return False
+    return True
+
+
+def _expected(space: SpaceState) -> int:
+    """The packet number a space expects next: its largest received, plus one."""
+    return space.received.bounds()[1] if space.received else space.ack_floor
+
+
+def _record_received(conn: Connection, space: SpaceState, packet_number: int, expected: int,
+                     now: float) -> None:
+    if packet_number >= expected:
+        space.largest_received_time = now  # for the ACK delay field
+    space.received.add(packet_number)
+    conn._last_activity = now
+
+
+def _handle_frames(conn: Connection, frames: list[Frame], epoch: Epoch,
+                   packet_type: PacketType, now: float) -> bool:
+    """Handle a packet's frames in order; whether any was ack-eliciting."""
+    ack_eliciting = False
+    for frame in frames:
+        ack_eliciting |= frame.ACK_ELICITING
+        _handle_frame(conn, frame, epoch, packet_type, now)
+    return ack_eliciting
 
 
 def _open(conn: Connection, packet: bytes, packet_type: PacketType, pn_offset: int,
