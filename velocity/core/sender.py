@@ -433,11 +433,11 @@ def _bulk_packets(conn: Connection, stream: StreamState, limit: int, now: float,
 
 
 def _client_hello_split(conn: Connection, mtu: int) -> tuple[int, int] | None:
-    """A client's CLIENT_HELLO goes in at least two Initial datagrams of equal size, padded
-    alike (VEL-SIZE-002): the server's flight (a certificate in discovery) then fits its 3x
-    budget at once, and equal datagrams leave in one GSO call and arrive in one GRO read.
-    (a datagram limit that carries an equal share of the CLIENT_HELLO, the size to pad each
-    datagram to), or None unless the whole CLIENT_HELLO waits to be sent."""
+    """(datagram limit, size to pad each datagram to) that put a client's CLIENT_HELLO in at
+    least two Initial datagrams of equal size, padded alike (VEL-SIZE-002); None unless the
+    whole CLIENT_HELLO waits to be sent. The server's flight (a certificate in discovery)
+    then fits its 3x budget at once, and equal datagrams leave in one GSO call and arrive in
+    one GRO read."""
     space = conn.spaces[Epoch.INITIAL]
     if not conn.is_client or space.discarded or space.send_keys is None:
         return None
