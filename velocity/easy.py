@@ -292,8 +292,11 @@ class AsyncEasyClient:
                 raise
             return await self._over_velocity(path, method, headers, body,
                                              progress)  # reconnect once
+        # a discovery client's request left with its FINISHED; the response is readable only
+        # once the server's FINISHED verified, so this returns at once
+        handshake = await session.client.wait_handshake()
         return Fetched(response.status, response.headers, response.body, "velocity/1",
-                       handshake=session.client.completed, key_cached=session.key_cached,
+                       handshake=handshake, key_cached=session.key_cached,
                        early_data=pending is not None
                        and session.client.connection.early_data_accepted)
 

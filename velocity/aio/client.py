@@ -15,6 +15,7 @@ from velocity.core.connection import Address, Connection, ConnectionConfig, Stre
 from velocity.core.entropy import Entropy
 from velocity.core.errors import UsageError
 from velocity.core.events import (
+    ApplicationKeysInstalled,
     ConnectionTerminated,
     Event,
     NewTokenReceived,
@@ -51,15 +52,24 @@ class VelocityClient(DatagramDriver):
         self.tickets: list[TicketReceived] = []
         self.new_token: bytes | None = None
         self.learned_key: ServerKeyLearned | None = None
+        # ready: 1-RTT data may be sent (with the client's FINISHED in discovery mode);
+        # handshake: the server is authenticated (its FINISHED verified)
+        self._ready: asyncio.Future[None] = self._loop.create_future()
         self._handshake: asyncio.Future[HandshakeCompleted] = self._loop.create_future()
+        for future in (self._ready, self._handshake):  # a failure nobody awaited is no error
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._progress = asyncio.Event()
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
         self.connection.receive_datagram(data, address, now=now)
 
     def error_received(self, exc: OSError) -> None:
-        if not self._handshake.done():
-            self._handshake.set_exception(ConnectionError(f"network error: {exc}"))
+        self._fail_handshake(ConnectionError(f"network error: {exc}"))
+
+    def _fail_handshake(self, exc: Exception) -> None:
+        for future in (self._ready, self._handshake):
+            if not future.done():
+                future.set_exception(exc)
 
     def _route(self) -> None:
         while (event := self.connection.next_event()) is not None:
@@ -70,28 +80,36 @@ class VelocityClient(DatagramDriver):
         if type(event) is StreamDataReceived:  # nearly every event: straight to its stream
             self.router.handle(event)
             return
-        if isinstance(event, HandshakeCompleted):
+        if isinstance(event, ApplicationKeysInstalled):
+            if not self._ready.done():
+                self._ready.set_result(None)
+                self._let_application_write_first = True  # its request joins our FINISHED
+        elif isinstance(event, HandshakeCompleted):
             self.completed = event
             if not self._handshake.done():
                 self._handshake.set_result(event)
-                self._let_application_write_first = True  # its request joins our FINISHED
         elif isinstance(event, FallbackDirected):
-            if not self._handshake.done():
-                self._handshake.set_exception(FallbackError(event))
+            self._fail_handshake(FallbackError(event))
         elif isinstance(event, TicketReceived):
             self.tickets.append(event)
         elif isinstance(event, NewTokenReceived):
             self.new_token = event.token
         elif isinstance(event, ServerKeyLearned):
             self.learned_key = event
-        elif isinstance(event, ConnectionTerminated) and not self._handshake.done():
-            self._handshake.set_exception(HandshakeError(event))
+        elif isinstance(event, ConnectionTerminated):
+            self._fail_handshake(HandshakeError(event))
         self.router.handle(event)
 
     def _after_transmit(self) -> None:
         self.router.update_writable()
 
+    async def wait_ready(self) -> None:
+        """Until 1-RTT data may be sent: the handshake is complete, or (discovery mode) the
+        client's FINISHED is out and a request can travel with it."""
+        await self._ready
+
     async def wait_handshake(self) -> HandshakeCompleted:
+        """Until the server is authenticated (its FINISHED verified)."""
         return await self._handshake
 
     async def open_stream(self, *, unidirectional: bool = False) -> VelocityStream:
@@ -144,10 +162,12 @@ async def connect(host: str, port: int, config: ConnectionConfig, *,
                   entropy: Entropy | None = None, timeout: float = 10.0,
                   early: bool = False,
                   tracer: Tracer | None = None) -> AsyncIterator[VelocityClient]:
-    """Connect and complete the handshake. Raises FallbackError, HandshakeError, OSError or
-    TimeoutError; closes the connection with NO_ERROR on exit. With ``early`` (a resumption
-    with early data configured) it yields as soon as the first flight is out, so that streams
-    opened now travel as 0-RTT; the caller then awaits ``wait_handshake``."""
+    """Connect and run the handshake until 1-RTT data may be sent (``wait_ready``: in
+    discovery mode that is before the server's FINISHED, so a first request leaves with the
+    client's FINISHED; ``wait_handshake`` waits for the server's). Raises FallbackError,
+    HandshakeError, OSError or TimeoutError; closes the connection with NO_ERROR on exit.
+    With ``early`` (a resumption with early data configured) it yields as soon as the first
+    flight is out, so that streams opened now travel as 0-RTT."""
     loop = asyncio.get_running_loop()
     address = await resolve(host, port)
     connection = Connection(config, entropy=entropy or OsEntropy(), tracer=tracer)
@@ -161,7 +181,7 @@ async def connect(host: str, port: int, config: ConnectionConfig, *,
             return
         try:
             async with asyncio.timeout(timeout):
-                await client.wait_handshake()
+                await client.wait_ready()
         except TimeoutError:
             raise TimeoutError(f"no Velocity/1 handshake with {host}:{port} within "
                                f"{timeout:g} s") from None

@@ -7,6 +7,7 @@ Exit codes of ``probe``: 0 Velocity/1 negotiated (or the server requires a known
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -52,8 +53,7 @@ async def probe_target(host: str, port: int, *, alpn: tuple[bytes, ...], profile
     try:
         async with connect(host, port, ConnectionConfig(config), timeout=timeout,
                            tracer=transcript) as client:
-            done = client.completed
-            assert done is not None  # connect() returns after the handshake
+            done = await asyncio.wait_for(client.wait_handshake(), timeout)
             learned = client.learned_key
             connection = client.connection
             result.update(outcome="velocity", alpn=done.alpn, profile=done.profile,

@@ -22,6 +22,7 @@ from velocity.core.errors import (
     UsageError,
 )
 from velocity.core.events import (
+    ApplicationKeysInstalled,
     ConnectionTerminated,
     Event,
     HandshakeConfirmed,
@@ -37,6 +38,7 @@ from velocity.core.frames import (
 )
 from velocity.core.handshake.client import ClientConfig, ClientHandshake
 from velocity.core.handshake.common import (
+    AuthMode,
     FallbackDirected,
     HandshakeCompleted,
     HandshakeEvent,
@@ -404,14 +406,21 @@ class Connection:
 
 
 
-    def _server_done_with_handshake_keys(self, *, client_completed: bool = False) -> None:
+    def _server_done_with_handshake_keys(self, *, one_rtt_packet: bool = False,
+                                         one_rtt_ack: bool = False) -> None:
         """VEL-PROT-013: a server drops its Handshake keys once its handshake is complete and
-        the client has its FINISHED: the FINISHED is acknowledged, or a 1-RTT packet came
-        (``client_completed``: a client sends 1-RTT only once complete). The client's ACK
-        of the FINISHED can be lost for good, as it drops its Handshake keys on
-        HANDSHAKE_DONE; without the second rule the server would probe forever."""
-        if not self.is_client and self.handshake_complete and (
-                client_completed or not self.spaces[Epoch.HANDSHAKE].crypto_send.buffered):
+        the client has its FINISHED: its Handshake CRYPTO data is acknowledged, or the client
+        acknowledged a 1-RTT packet (a client reads 1-RTT only once the server's FINISHED
+        verified), or, in PDK and resumption modes, any 1-RTT packet came (such a client
+        sends 1-RTT only once complete; a discovery client sends it with its own FINISHED,
+        before it has the server's). Without the 1-RTT rules a lost ACK of the FINISHED
+        would keep the server probing forever, as the client drops its Handshake keys on
+        HANDSHAKE_DONE."""
+        summary = self.handshake_summary
+        if self.is_client or summary is None or self.spaces[Epoch.HANDSHAKE].discarded:
+            return
+        if (not self.spaces[Epoch.HANDSHAKE].crypto_send.buffered or one_rtt_ack
+                or (one_rtt_packet and summary.mode is not AuthMode.DISCOVERY)):
             self._discard_space(Epoch.HANDSHAKE)
 
 
@@ -476,6 +485,12 @@ class Connection:
                     self._zero_rtt_recv = keys
                 return
             space = self.spaces[event.epoch]
+            if event.send and self.is_client and event.epoch == Epoch.APPLICATION:
+                # a discovery client writes before the server's FINISHED: under the
+                # parameters of ENCRYPTED_EXTENSIONS, which that FINISHED covers
+                if not self._peer_params_final:
+                    self._apply_peer_params(self.handshake.peer_transport_parameters)
+                self._events.append(ApplicationKeysInstalled())
             if event.send:
                 space.send_keys = keys
             else:

@@ -51,6 +51,13 @@ class HandshakeConfirmed:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplicationKeysInstalled:
+    """Client: 1-RTT data may be sent from now on: with its FINISHED in discovery mode
+    (before the server is authenticated, which HandshakeCompleted reports), at completion
+    otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionTerminated:
     """The connection is over: ``by_peer`` when the peer closed it, ``reason`` says why."""
 
@@ -61,5 +68,5 @@ class ConnectionTerminated:
 
 
 Event = (StreamDataReceived | StreamReset | StopSendingReceived | TicketReceived
-         | NewTokenReceived | HandshakeConfirmed | ConnectionTerminated | HandshakeCompleted
-         | FallbackDirected | ServerKeyLearned)
+         | NewTokenReceived | HandshakeConfirmed | ApplicationKeysInstalled
+         | ConnectionTerminated | HandshakeCompleted | FallbackDirected | ServerKeyLearned)

@@ -192,12 +192,17 @@ def resumption_psk(hash_name: str, resumption_secret: bytes, ticket_nonce: bytes
                         hashlib.new(hash_name).digest_size)
 
 
-def fallback_mac(hash_name: str, ss_static: bytes, client_hello: bytes,
-                 fallback_without_mac: bytes) -> bytes:
-    """The MAC that authenticates a FALLBACK directive (spec VEL-FB-003)."""
+FALLBACK_LABELS = {"static": b"fallback", "resumption": b"res fallback"}
+
+
+def fallback_mac(hash_name: str, ikm: bytes, client_hello: bytes,
+                 fallback_without_mac: bytes, *, keyed_by: str = "static") -> bytes:
+    """The MAC that authenticates a FALLBACK directive: keyed from the static-KEM secret
+    (``keyed_by="static"``, VEL-FB-003) or from the resumption PSK a resuming client offered
+    (``keyed_by="resumption"``, VEL-FB-010)."""
     length = hashlib.new(hash_name).digest_size
-    fb_secret = extract(hash_name, bytes(length), ss_static)
-    key = expand_label(hash_name, fb_secret, b"fallback",
+    fb_secret = extract(hash_name, bytes(length), ikm)
+    key = expand_label(hash_name, fb_secret, FALLBACK_LABELS[keyed_by],
                        transcript_digest(hash_name, client_hello), length)
     return HmacKey(hash_name, key).mac(
         transcript_digest(hash_name, client_hello + fallback_without_mac))

@@ -172,11 +172,10 @@ def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> No
 def _is_new(conn: Connection, space: SpaceState, packet_type: PacketType, plain: bytes,
             packet_number: int, length: int) -> bool:
     """What every opened packet passes before its frames: a server's first 1-RTT packet
-    from the client ends its use of the Handshake keys, reserved bits must be 0, and a
+    from the client may end its use of the Handshake keys, reserved bits must be 0, and a
     duplicate is dropped (False)."""
-    if packet_type == PacketType.ONE_RTT and not conn.is_client and (
-            not conn.spaces[Epoch.HANDSHAKE].discarded):
-        conn._server_done_with_handshake_keys(client_completed=True)
+    if packet_type == PacketType.ONE_RTT and not conn.is_client:
+        conn._server_done_with_handshake_keys(one_rtt_packet=True)
     if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
         raise ProtocolViolation("reserved bits are not 0", field="first_byte")
     if packet_number < space.ack_floor or packet_number in space.received:
@@ -347,6 +346,8 @@ def _on_ack(conn: Connection, frame: Ack, epoch: Epoch, now: float) -> None:
                          peer_completed_address_validation=conn.handshake_complete)
     if epoch == Epoch.HANDSHAKE:
         conn._server_done_with_handshake_keys()
+    elif epoch == Epoch.APPLICATION:
+        conn._server_done_with_handshake_keys(one_rtt_ack=True)
 
 
 def _on_crypto(conn: Connection, frame: Crypto, epoch: Epoch, now: float) -> None:

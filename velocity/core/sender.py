@@ -119,7 +119,7 @@ def _keys_for(conn: Connection, epoch: Epoch) -> tuple[PacketKeys | None, Packet
         return space.send_keys, PacketType.INITIAL
     if epoch == Epoch.HANDSHAKE:
         return space.send_keys, PacketType.HANDSHAKE
-    if space.send_keys is not None and (conn.handshake_complete or not conn.is_client):
+    if space.send_keys is not None:  # a discovery client's come with its FINISHED
         return space.send_keys, PacketType.ONE_RTT
     if conn.is_client and conn._zero_rtt_send is not None:
         return conn._zero_rtt_send, PacketType.ZERO_RTT

@@ -75,11 +75,48 @@ def test_replayed_client_hello_has_its_early_data_rejected() -> None:
 
 
 def test_full_filter_rejects_rather_than_forgets() -> None:
-    replay = ReplayFilter(capacity=1, window_ms=10_000)
-    assert replay.accept(b"a", 0)
-    assert not replay.accept(b"b", 1)
-    assert not replay.accept(b"a", 2)
-    assert replay.accept(b"b", 10_001)
+    replay = ReplayFilter(capacity=1)
+    assert replay.accept(b"a", 0, 10_000)
+    assert not replay.accept(b"b", 1, 10_001)
+    assert not replay.accept(b"a", 2, 10_002)
+    assert replay.accept(b"b", 10_001, 20_001)
+
+
+@pytest.mark.spec("VEL-RES-007")
+def test_filter_keeps_a_binder_until_its_hello_is_no_longer_fresh() -> None:
+    """Entries expire at their own freshness deadline, not in arrival order."""
+    replay = ReplayFilter()
+    assert replay.accept(b"late", 0, 20_000)
+    assert replay.accept(b"early", 1, 5_000)
+    assert not replay.accept(b"early", 5_000, 15_000)
+    assert replay.accept(b"early", 5_001, 15_001)
+    assert not replay.accept(b"late", 19_999, 30_000)
+
+
+@pytest.mark.spec("VEL-RES-005", "VEL-RES-007")
+@pytest.mark.parametrize("skew_ms", [-9_000, 0, 9_000])
+def test_replay_is_refused_for_as_long_as_its_age_is_accepted(skew_ms: int) -> None:
+    """A ClientHello's age passes for up to 20 s of server time (within 10 s either side of
+    the server's view): the same bytes replayed at any moment they would pass the age check
+    have their early data refused, whatever the client's clock skew. Before the fix the
+    filter forgot binders after 10 s."""
+    ticket, shared = first_ticket(), ReplayFilter()  # issued at 1 s
+    skewed = replace(ticket, issued_ms=ticket.issued_ms - skew_ms)  # client age + skew
+    client, _ = make_pair(PairSpec(mode="discovery", seed="replay", client={
+        "ticket": skewed, "early_data": True}))
+    client.start(now_ms=20_000)
+    hello = client.data_to_send(Epoch.INITIAL)
+
+    def early_accepted(now_ms: int) -> bool:
+        _, server = make_pair(PairSpec(mode="discovery", seed="replay", server={
+            "ticket_sealer": SEALER, "replay_filter": shared}))
+        server.receive(Epoch.INITIAL, hello, now_ms=now_ms)
+        return server.early_data_accepted
+
+    assert early_accepted(20_000)
+    last_fresh = 30_000 + skew_ms  # the server's age exceeds the client's by 10 s after it
+    for now_ms in (20_001, last_fresh - 1, last_fresh, last_fresh + 1):
+        assert not early_accepted(now_ms), now_ms
 
 
 @pytest.mark.spec("VEL-RES-005")

@@ -130,7 +130,7 @@ def test_zero_rtt_request_over_packets(accepted: bool) -> None:
 
 
 class _RejectAll:
-    def accept(self, binder: bytes, now_ms: int) -> bool:
+    def accept(self, binder: bytes, now_ms: int, expires_ms: int) -> bool:
         return False
 
 

@@ -84,6 +84,11 @@ class ClientConfig:
     ticket: SessionTicket | None = None
     early_data: bool = False
     grease: bool = True
+    # the client has an authenticated relationship with this origin (a cached or pinned key,
+    # a trust-on-first-use pin, a ticket) even if it sends no server_key block or PSK now
+    # (rediscovery after STALE_KEM_KEY): an unauthenticated FALLBACK is then DOWNGRADE_DETECTED
+    # (VEL-FB-008); a server_key block or a ticket implies it
+    known_origin: bool = False
 
 
 class ClientState(Enum):
@@ -164,7 +169,7 @@ class ClientHandshake(HandshakeBase):
         if config.server_name:
             ext.append((ExtensionType.SERVER_NAME, config.server_name.encode()))
         ext.append((ExtensionType.TRANSPORT_PARAMETERS, self._transport_parameters))
-        if config.server_key is not None and self._ticket is None:
+        if config.server_key is not None and self._sent_pdk():
             if self.static_secret is None:
                 ciphertext, self.static_secret = config.kem.encapsulate(
                     config.server_key.profile.kem, config.server_key.encapsulation_key,
@@ -242,22 +247,35 @@ class ClientHandshake(HandshakeBase):
         self._transition(S.WAIT_SH)
 
     def _on_fallback(self, message: Message, raw: bytes) -> None:
+        """VEL-FB-004, VEL-FB-008, VEL-FB-010: a client that sent a server_key block or a PSK
+        accepts only a directive MACed over its CLIENT_HELLO as sent; one that knows the
+        origin accepts no unauthenticated directive."""
         assert isinstance(message, Fallback)
-        authenticated = False
-        if self.config.server_key is not None and self.static_secret is not None:
-            expected = fallback_mac(self.config.server_key.profile.hash_name, self.static_secret,
-                                    self._client_hello,
-                                    encode_message(replace(message, mac=b"")))
-            if not macs_equal(message.mac, expected):
-                raise DowngradeDetected("FALLBACK is not authenticated by the server's key",
-                                        field="FALLBACK.mac")
-            authenticated = True
+        unsigned = encode_message(replace(message, mac=b""))
+        expected: bytes | None = None
+        if self._sent_pdk() and self.static_secret is not None:
+            assert self.config.server_key is not None
+            expected = fallback_mac(self.config.server_key.profile.hash_name,
+                                    self.static_secret, self._client_hello, unsigned)
+        elif self._ticket is not None:
+            expected = fallback_mac(PROFILES[self._ticket.profile].hash_name, self._ticket.psk,
+                                    self._client_hello, unsigned, keyed_by="resumption")
+        if expected is not None and not macs_equal(message.mac, expected):
+            raise DowngradeDetected("FALLBACK is not authenticated by the server's key or "
+                                    "the session's PSK", field="FALLBACK.mac")
+        if expected is None and self.config.known_origin:
+            raise DowngradeDetected("unauthenticated FALLBACK from an origin known to speak "
+                                    "Velocity/1", field="FALLBACK.mac")
         self._emit(FallbackDirected(message.alpn.decode(errors="replace"),
                                     message.host.decode(errors="replace"), message.port,
                                     message.reason,
                                     message.reason_text.decode(errors="replace"),
-                                    message.retry_after, authenticated))
+                                    message.retry_after, expected is not None))
         self._transition(S.FALLBACK)
+
+    def _sent_pdk(self) -> bool:
+        """Whether the CLIENT_HELLO carried a server_key block (never beside a PSK)."""
+        return self.config.server_key is not None and self._ticket is None
 
     def _on_server_hello(self, message: Message, raw: bytes) -> None:
         assert isinstance(message, ServerHello) and self._share is not None
@@ -267,7 +285,7 @@ class ClientHandshake(HandshakeBase):
                                    field="SERVER_HELLO.selected_profile")
         if message.selected_aead not in self.config.aeads:
             raise IllegalParameter("not offered", field="SERVER_HELLO.selected_aead")
-        sent_pdk = self.config.server_key is not None and self._ticket is None
+        sent_pdk = self._sent_pdk()
         if message.psk_status and self._ticket is None:
             raise IllegalParameter("PSK accepted but none was offered",
                                    field="SERVER_HELLO.psk_status")
@@ -323,7 +341,7 @@ class ClientHandshake(HandshakeBase):
 
     def _on_certificate(self, message: Message, raw: bytes) -> None:
         assert isinstance(message, Certificate)
-        assert self.profile is not None and self.schedule is not None
+        assert self.profile is not None and self.schedule is not None and self.aead
         verifier = self.config.verifier
         if verifier is None:
             raise HandshakeFailure("the client has no way to validate a certificate",
@@ -347,7 +365,11 @@ class ClientHandshake(HandshakeBase):
         client_ahs, server_ahs = self.schedule.authenticated_secrets(self._digest())
         self._secrets.update(client_ahs=client_ahs, server_ahs=server_ahs)
         self._send_client_finished("client_ahs")
-        self._install_application()
+        # 1-RTT data may leave with this FINISHED (KEMTLS); what the server sends is read
+        # only once its FINISHED verifies (VEL-HS-101)
+        client_ap, self._secrets["server_ap"] = self._application_secrets()
+        self._emit(KeysReady(Epoch.APPLICATION, True, client_ap, self.aead,
+                             self.profile.hash_name))
         self._transition(S.WAIT_SF_DISCOVERY)
 
     def _send_client_finished(self, base: str) -> None:
@@ -374,8 +396,11 @@ class ClientHandshake(HandshakeBase):
         self._complete()
 
     def _on_server_finished_discovery(self, message: Message, raw: bytes) -> None:
+        assert self.profile is not None and self.aead is not None
         self._verify_server_finished(message, "server_ahs")
         self.transcript.add(raw)
+        self._emit(KeysReady(Epoch.APPLICATION, False, self._secrets["server_ap"], self.aead,
+                             self.profile.hash_name))
         self._complete()
 
     def _complete(self) -> None:

@@ -5,6 +5,7 @@ anti-replay filter, and the table-driven state machine base."""
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -210,23 +211,24 @@ class TicketState:
 
 
 class ReplayFilter:
-    """Bounded anti-replay filter of PSK binders (VEL-RES-007): a binder seen within
-    ``window_ms`` is a replay; when full, everything is refused until entries age out."""
+    """Bounded anti-replay filter of PSK binders (VEL-RES-007): each binder is kept until the
+    last moment at which its CLIENT_HELLO would still pass the freshness check
+    (``expires_ms``, VEL-RES-005), so a replay is refused for as long as it could otherwise be
+    accepted; when full, everything is refused until entries expire."""
 
-    def __init__(self, capacity: int = 100_000, window_ms: int = 10_000) -> None:
+    def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self.window_ms = window_ms
         self._seen: dict[bytes, int] = {}
-        self._order: deque[tuple[int, bytes]] = deque()
+        self._expiry: list[tuple[int, bytes]] = []  # heap of (expires_ms, binder)
 
-    def accept(self, binder: bytes, now_ms: int) -> bool:
-        while self._order and self._order[0][0] <= now_ms - self.window_ms:
-            _, old = self._order.popleft()
+    def accept(self, binder: bytes, now_ms: int, expires_ms: int) -> bool:
+        while self._expiry and self._expiry[0][0] < now_ms:
+            _, old = heapq.heappop(self._expiry)
             self._seen.pop(old, None)
         if binder in self._seen or len(self._seen) >= self.capacity:
             return False
-        self._seen[binder] = now_ms
-        self._order.append((now_ms, binder))
+        self._seen[binder] = expires_ms
+        heapq.heappush(self._expiry, (expires_ms, binder))
         return True
 
 
@@ -298,12 +300,17 @@ class HandshakeBase:
         self._emit(KeysReady(epoch, True, mine, self.aead, self.profile.hash_name))
         self._emit(KeysReady(epoch, False, theirs, self.aead, self.profile.hash_name))
 
-    def _install_application(self) -> None:
-        """Enter the master secret and install the 1-RTT keys over the transcript so far."""
+    def _application_secrets(self) -> tuple[bytes, bytes]:
+        """Enter the master secret: (client_ap_secret, server_ap_secret) over the transcript
+        so far."""
         assert self.schedule is not None
         self.schedule.enter_master()
         client_ap, server_ap, _ = self.schedule.application_secrets(self._digest())
-        self._install_keys(Epoch.APPLICATION, client_ap, server_ap)
+        return client_ap, server_ap
+
+    def _install_application(self) -> None:
+        """Enter the master secret and install the 1-RTT keys over the transcript so far."""
+        self._install_keys(Epoch.APPLICATION, *self._application_secrets())
 
     def _send(self, epoch: Epoch, message: Message, *, record: bool = True) -> bytes:
         raw = encode_message(message)

@@ -210,14 +210,15 @@ class ServerHandshake(HandshakeBase):
         return profile, aead, reason
 
     def _static_secret(self, hello: ClientHello) -> tuple[StaticKey | None, bytes | None]:
-        """Decapsulate a PDK block to a key the server holds: (key, ss_static)."""
+        """Decapsulate a PDK block: (key, ss_static), (None, None) without a block; a key id
+        this server does not hold is STALE_KEM_KEY (VEL-AUTH-011)."""
         block = hello.extension(ExtensionType.SERVER_KEY)
         if block is None:
             return None, None
         key_id, ciphertext = _pull_server_key(block)
         key = self.config.key_by_id(key_id)
         if key is None:
-            return None, None
+            raise StaleKemKey("key id unknown to this server", field="CLIENT_HELLO.server_key")
         try:
             secret = key.key.decapsulate(ciphertext)
         except ValueError as exc:
@@ -236,10 +237,16 @@ class ServerHandshake(HandshakeBase):
         if params is None:
             raise HandshakeFailure("missing", field="CLIENT_HELLO.transport_parameters")
         self.peer_transport_parameters = params
-        profile, aead, reason = self._select(hello)
+        if (hello.extension(ExtensionType.SERVER_KEY) is not None
+                and hello.extension(ExtensionType.PRE_SHARED_KEY) is not None):
+            raise IllegalParameter("a resuming CLIENT_HELLO carries no server_key block",
+                                   field="CLIENT_HELLO.server_key")
+        # VEL-FB-011: the key check comes before any fallback decision, so that a client
+        # holding a rotated-out key hears STALE_KEM_KEY, not an unauthenticated directive
         static_key, ss_static = self._static_secret(hello)
+        profile, aead, reason = self._select(hello)
         if reason is not None:
-            self._send_fallback(raw, reason, static_key, ss_static)
+            self._send_fallback(hello, raw, reason, static_key, ss_static)
             return
         assert profile is not None and aead is not None
         if hello.key_share_profile != profile.code:
@@ -257,10 +264,7 @@ class ServerHandshake(HandshakeBase):
         if psk is not None:
             self.mode = AuthMode.RESUMPTION
             self._accept_early_data(hello, psk)
-        elif hello.extension(ExtensionType.SERVER_KEY) is not None:
-            if static_key is None or ss_static is None:
-                raise StaleKemKey("key id unknown to this server",
-                                  field="CLIENT_HELLO.server_key")
+        elif static_key is not None:
             self.mode, self.static_key = AuthMode.PDK, static_key
         else:
             self.static_key = self.config.current_key(profile)
@@ -270,22 +274,43 @@ class ServerHandshake(HandshakeBase):
             self.mode = AuthMode.DISCOVERY
         self._send_server_flight(hello, ss_static if self.mode is AuthMode.PDK else None)
 
-    def _send_fallback(self, client_hello: bytes, reason: int, static_key: StaticKey | None,
-                       ss_static: bytes | None) -> None:
+    def _send_fallback(self, hello: ClientHello, client_hello: bytes, reason: int,
+                       static_key: StaticKey | None, ss_static: bytes | None) -> None:
+        """FALLBACK, MACed under the static-KEM secret of a PDK block (VEL-FB-003) or under
+        the PSK of a resuming client (VEL-FB-010), advisory otherwise."""
         policy = self.config.fallback
         directive = Fallback(policy.alpn, policy.host.encode(), policy.port, reason,
                              FALLBACK_REASONS[reason].encode(), policy.retry_after)
+        unsigned = encode_message(directive)
         if static_key is not None and ss_static is not None:
             directive = replace(directive, mac=fallback_mac(
-                static_key.profile.hash_name, ss_static, client_hello, encode_message(directive)))
+                static_key.profile.hash_name, ss_static, client_hello, unsigned))
+        elif (resumed := self._fallback_psk(hello, client_hello)) is not None:
+            hash_name, psk = resumed
+            directive = replace(directive, mac=fallback_mac(
+                hash_name, psk, client_hello, unsigned, keyed_by="resumption"))
         self._send(Epoch.INITIAL, directive, record=False)
         self._emit(FallbackDirected(policy.alpn.decode(), policy.host, policy.port, reason,
                                     FALLBACK_REASONS[reason], policy.retry_after,
                                     bool(directive.mac)))
         self._transition(S.FALLBACK)
 
-    def _accept_psk(self, hello: ClientHello, raw: bytes, profile: Profile) -> bytes | None:
-        """The PSK of a ticket this server issued for this profile, binder verified."""
+    def _fallback_psk(self, hello: ClientHello, raw: bytes) -> tuple[str, bytes] | None:
+        """(hash, PSK) of an offered ticket this server can open, its binder verified under
+        the ticket's profile; None when there is no such ticket."""
+        opened = self._open_ticket(hello)
+        if opened is None:
+            return None
+        offer, state = opened
+        profile = PROFILES.get(state.profile)
+        if profile is None:
+            return None
+        self._verify_binder(profile, state.psk, offer, raw)
+        return profile.hash_name, state.psk
+
+    def _open_ticket(self, hello: ClientHello) -> tuple[_PskOffer, TicketState] | None:
+        """The offered PSK identity and the state its ticket seals, for a ticket this server
+        issued that is within its lifetime; None otherwise (a full handshake follows)."""
         value = hello.extension(ExtensionType.PRE_SHARED_KEY)
         sealer = self.config.ticket_sealer
         if value is None or sealer is None:
@@ -293,17 +318,32 @@ class ServerHandshake(HandshakeBase):
         offer = _pull_psk(value)
         plaintext = sealer.open(offer.identity)
         state = TicketState.decode(plaintext) if plaintext is not None else None
-        if state is None or state.profile != profile.code or state.alpn != self._alpn or (
-                self.now_ms - state.issued_ms > self.config.ticket_lifetime * 1000):
+        if state is None or self.now_ms - state.issued_ms > self.config.ticket_lifetime * 1000:
             return None
-        schedule = KeySchedule(profile.hash_name, state.psk)
+        return offer, state
+
+    def _verify_binder(self, profile: Profile, psk: bytes, offer: _PskOffer,
+                       raw: bytes) -> KeySchedule:
+        """VEL-RES-003: the binder over the transcript so far and the truncated message."""
+        schedule = KeySchedule(profile.hash_name, psk)
         truncated = raw[: -(1 + len(offer.binder))]
         prior = b"".join(self.transcript.messages)
         expected = finished_mac(profile.hash_name, schedule.binder_key(),
                                 transcript_digest(profile.hash_name, prior + truncated))
         if not macs_equal(offer.binder, expected):
             raise BadBinder("PSK binder does not verify", field="CLIENT_HELLO.pre_shared_key")
-        self.schedule = schedule
+        return schedule
+
+    def _accept_psk(self, hello: ClientHello, raw: bytes, profile: Profile) -> bytes | None:
+        """The PSK of a ticket this server issued for this profile and ALPN, binder
+        verified."""
+        opened = self._open_ticket(hello)
+        if opened is None:
+            return None
+        offer, state = opened
+        if state.profile != profile.code or state.alpn != self._alpn:
+            return None
+        self.schedule = self._verify_binder(profile, state.psk, offer, raw)
         self._ticket_state, self._psk_offer = state, offer
         return state.psk
 
@@ -316,9 +356,13 @@ class ServerHandshake(HandshakeBase):
         assert state is not None and offer is not None  # set by _accept_psk
         client_age = (offer.obfuscated_age - self._ticket_age_add(state)) % (1 << 32)
         fresh = abs((self.now_ms - state.issued_ms) - client_age) <= EARLY_DATA_AGE_TOLERANCE_MS
+        # the same CLIENT_HELLO stays fresh until this server time: the filter keeps its
+        # binder until then (VEL-RES-007)
+        fresh_until = state.issued_ms + client_age + EARLY_DATA_AGE_TOLERANCE_MS
         replay = self.config.replay_filter
         if (self.state is S.START and state.max_early_data > 0 and fresh
-                and replay is not None and replay.accept(offer.binder, self.now_ms)):
+                and replay is not None
+                and replay.accept(offer.binder, self.now_ms, fresh_until)):
             assert self.schedule is not None
             self.early_data_accepted = True
             early = self.schedule.client_early_secret(self.transcript.digest(
