@@ -5,6 +5,7 @@ directive to a real HTTP/3 origin (aioquic)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import itertools
@@ -19,11 +20,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs, server_identity
-from velocity.aio.client import FallbackError, connect
+from velocity.aio.client import FallbackError, HandshakeError, connect
 from velocity.aio.server import serve
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
+from velocity.core.errors import ErrorCode
+from velocity.core.handshake.client import PinnedServerKey
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED
 from velocity.easy import AsyncEasyClient, EasyClient, EasyClientConfig
@@ -31,6 +35,7 @@ from velocity.http.app import Application
 from velocity.http.h1 import request
 from velocity.http.h3 import ensure_tls_certificate, serve_h3
 from velocity.http.static import StaticFiles
+from velocity.keystore import CachedKey, KeyCache
 
 CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="discovery", server={"publish_key": True}))
 
@@ -215,3 +220,99 @@ async def test_progress_follows_the_body(site: Path, ca_file: Path, tmp_path: Pa
     size = len(got.body)
     assert size == 300_000 and seen[-1] == (size, size) and len(seen) > 1
     assert all(a[0] < b[0] for a, b in itertools.pairwise(seen))
+
+
+@asynccontextmanager
+async def fallback_origin(site: Path, tmp_path: Path, **policy: Any) -> AsyncIterator[
+        tuple[str, Any, Any]]:
+    """A fallback-only Velocity server in front of a real HTTP/3 origin: (target, the
+    Velocity server, the origin)."""
+    cert, key = ensure_tls_certificate(tmp_path / "certs", ("127.0.0.1",))
+    origin = await serve_h3("127.0.0.1", 0, application(site).handle, certificate=cert,
+                            key=key)
+    config = EndpointConfig(ConnectionConfig(replace(SERVER_HS, fallback=FallbackPolicy(
+        port=origin.address[1], mode="fallback-only", **policy))))
+    running = await serve("127.0.0.1", 0, config, application(site))
+    try:
+        yield f"127.0.0.1:{running.address[1]}", running, origin
+    finally:
+        await running.close()
+        origin.close()
+
+
+@pytest.mark.spec("VEL-FB-008", "VEL-FB-009", "VEL-AUTH-011")
+async def test_stale_key_never_leads_to_an_unauthenticated_fallback(site: Path,
+                                                                     tmp_path: Path) -> None:
+    """The attack of a forged STALE_KEM_KEY, then a forged FALLBACK into the rediscovery, as an
+    honest server plays it: a rotated-out cached key, a fallback-only server. The client
+    knows the origin speaks Velocity/1: it rediscovers, refuses the unauthenticated directive
+    (DOWNGRADE_DETECTED), never reaches the HTTP/3 origin, and keeps its cached key (before
+    the fix it dropped the key and followed the directive)."""
+    stale = server_identity(BALANCED, seed=77)
+    cache = KeyCache(tmp_path / "cache")
+    cached = CachedKey("balanced", stale.key_id.hex(),
+                       base64.b64encode(stale.encapsulation_key).decode(), "00" * 32)
+    async with fallback_origin(site, tmp_path) as (target, _, origin):
+        host, port = target.rsplit(":", 1)
+        cache.put(host, int(port), cached)
+        config = EasyClientConfig(target, insecure=True, key_cache_dir=tmp_path / "cache")
+        async with AsyncEasyClient(config) as client:
+            with pytest.raises(HandshakeError) as failed:
+                await client.fetch("/index.html")
+        assert failed.value.error_code == ErrorCode.DOWNGRADE_DETECTED
+        assert "possible downgrade attack" in str(failed.value)
+        assert str(tmp_path / "cache") in str(failed.value), "it says what to clear"
+        assert origin.accepted == 0
+        assert cache.get(host, int(port)) == cached
+
+
+@pytest.mark.spec("VEL-FB-012", "VEL-FB-003")
+async def test_an_authenticated_directive_is_kept_and_an_advisory_one_is_not(
+        site: Path, tmp_path: Path) -> None:
+    async with fallback_origin(site, tmp_path) as (target, running, origin):
+        pinned = PinnedServerKey(BALANCED, server_identity(BALANCED).encapsulation_key)
+        config = EasyClientConfig(target, insecure=True, pinned_key=pinned,
+                                  key_cache_dir=tmp_path / "cache")
+        async with AsyncEasyClient(config) as client:
+            first = await client.fetch("/index.html")
+            heard = running.datagrams_received
+            again = await client.fetch("/index.html")
+        assert first.fallback is not None and first.fallback.authenticated
+        assert again.via == "h3" and running.datagrams_received == heard, (
+            "retry_after 0: the authenticated directive holds for the client's life")
+        advisory = EasyClientConfig(target, insecure=True, key_cache_dir=tmp_path / "other")
+        async with AsyncEasyClient(advisory) as client:
+            first = await client.fetch("/index.html")
+            heard = running.datagrams_received
+            again = await client.fetch("/index.html")
+        assert first.fallback is not None and not first.fallback.authenticated
+        assert again.via == "h3" and running.datagrams_received > heard, (
+            "an unauthenticated directive served one request only")
+        assert origin.accepted == 2
+
+
+@pytest.mark.spec("VEL-RES-006")
+async def test_every_resumed_fetch_keeps_a_ticket_for_the_next(site: Path, ca_file: Path,
+                                                               tmp_path: Path) -> None:
+    """Clients that keep tickets on disk, one after the other: each resumes and sends its GET
+    as 0-RTT. The answer to a 0-RTT GET can arrive before the client's FINISHED leaves, and so
+    before the ticket the server issues on it: a client that closed at once left no ticket,
+    and every second fetch was a full handshake."""
+    async with velocity_server(site) as target:
+        host, port = target.rsplit(":", 1)
+        # 30 ms each way: the 0-RTT answer is back a round trip before the ticket
+        relay = UdpRelay((host, int(port)), Impairment(delay=0.03))
+        front = await relay.start()
+        config = EasyClientConfig(f"{front[0]}:{front[1]}", hostname="localhost",
+                                  ca_file=ca_file, key_cache_dir=tmp_path / "cache",
+                                  keep_tickets=True)
+        modes = []
+        try:
+            for _ in range(4):
+                async with AsyncEasyClient(config) as client:
+                    got = await client.fetch("/index.html")
+                assert got.handshake is not None
+                modes.append((got.handshake.mode.value, got.early_data))
+        finally:
+            relay.close()
+    assert modes == [("discovery", False)] + [("resumption", True)] * 3

@@ -42,12 +42,26 @@ from velocity.http.h3 import H3Client
 from velocity.keystore import CachedKey, KeyCache, StoredTicket, TicketCache, TofuPins
 
 FALLBACK_ALPNS = ("h3", "h2", "http/1.1")
+MAX_DIRECTIVE_LIFETIME = 24 * 3600.0  # seconds an authenticated directive is kept at most
+TICKET_WAIT = 1.0  # seconds a closing client that keeps tickets waits for one
 """What the client offers besides velocity/1, and so the only places it follows a FALLBACK
 directive to (VEL-FB-006)."""
 
 
 class KeyRequired(UsageError):
     """The server does not publish its ML-KEM key and none was supplied."""
+
+
+class DowngradeRefused(HandshakeError):
+    """An unauthenticated or wrong FALLBACK from an origin this client knows speaks
+    Velocity/1 (VEL-FB-008): a possible attack, never followed."""
+
+    def __init__(self, error: HandshakeError, origin: str, cache: Path) -> None:
+        super().__init__(error.terminated)
+        self.args = (f"{origin} answered with a FALLBACK directive this client cannot "
+                     f"authenticate, although it knows {origin} speaks Velocity/1 (possible "
+                     f"downgrade attack; not followed). If its operator retired Velocity/1, "
+                     f"remove what this client keeps for it under {cache}",)
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,7 @@ class _Session:
     stack: AsyncExitStack
     key_cached: bool
     early_response: asyncio.Task[Response] | None = None  # the GET sent as 0-RTT
+    early_stream: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,10 +185,15 @@ class AsyncEasyClient:
         self.profile = profile_named(config.profile)
         self._cache = KeyCache(config.key_cache_dir)
         self._tickets = TicketCache(config.key_cache_dir) if config.keep_tickets else None
+        self._pins = (TofuPins(config.key_cache_dir)
+                      if config.ca_file is None and not config.insecure else None)
+        self._pin_name = config.hostname or self.host  # what the verifier pins under
         self._verifier = self._make_verifier()
         self._session: _Session | None = None
         self._connecting = asyncio.Lock()  # concurrent first requests share one handshake
-        self._directive: FallbackDirected | None = None
+        # an authenticated directive this client follows until the loop time given
+        # (VEL-FB-012); an unauthenticated one is followed for one request, never kept
+        self._directive: tuple[FallbackDirected, float] | None = None
         self._resumption: tuple[TicketReceived, bytes] | None = None  # ticket, token; used once
         self._h3: H3Client | None = None  # the fallback connection, reused across fetches
         self._https: httpx.AsyncClient | None = None
@@ -185,7 +205,8 @@ class AsyncEasyClient:
             return X509Verifier(anchors=load_ca_file(self.config.ca_file), clock=clock)
         if self.config.insecure:
             return X509Verifier(insecure=True, clock=clock)
-        return X509Verifier(tofu=TofuPins(self.config.key_cache_dir), clock=clock)
+        assert self._pins is not None
+        return X509Verifier(tofu=self._pins, clock=clock)
 
     @property
     def trust(self) -> str:
@@ -211,6 +232,10 @@ class AsyncEasyClient:
     async def _close_session(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
+            if self._tickets is not None and not session.client.tickets:
+                # a resumed GET's answer can beat our FINISHED, and so the ticket the server
+                # issues on it: without this wait every second fetch is a full handshake
+                await session.client.wait_ticket(min(TICKET_WAIT, self.config.timeout))
             if session.client.tickets:
                 self._resumption = (session.client.tickets[-1], session.client.new_token or b"")
                 if self._tickets is not None:
@@ -247,14 +272,32 @@ class AsyncEasyClient:
         (bytes so far, content-length or None). Raises FallbackError when the server directs
         elsewhere and following is off, UsageError when no key is known and discovery is off
         or refused, and ConnectionError/TimeoutError/OSError for the network."""
-        if self._directive is None:
+        directive = self._kept_directive()
+        if directive is None:
             try:
                 return await self._over_velocity(path, method, headers, body, progress)
             except FallbackError as exc:
                 if not self.config.follow_fallback:
                     raise
-                self._directive = exc.directive
-        return await self._follow(self._directive, path, method, headers, body)
+                directive = exc.directive
+                self._keep_directive(directive)
+        return await self._follow(directive, path, method, headers, body)
+
+    def _kept_directive(self) -> FallbackDirected | None:
+        if self._directive is not None:
+            directive, until = self._directive
+            if asyncio.get_running_loop().time() < until:
+                return directive
+            self._directive = None  # its retry_after is over: try Velocity/1 again
+        return None
+
+    def _keep_directive(self, directive: FallbackDirected) -> None:
+        """Keep an authenticated directive for its retry_after (0: this client's life, at
+        most a day); an unauthenticated one only served the request that met it."""
+        if directive.authenticated:
+            keep = directive.retry_after or MAX_DIRECTIVE_LIFETIME
+            self._directive = (directive, asyncio.get_running_loop().time()
+                               + min(keep, MAX_DIRECTIVE_LIFETIME))
 
     async def fetch_text(self, path: str = "/") -> str:
         return (await self.fetch(path)).text()
@@ -297,8 +340,8 @@ class AsyncEasyClient:
         handshake = await session.client.wait_handshake()
         return Fetched(response.status, response.headers, response.body, "velocity/1",
                        handshake=handshake, key_cached=session.key_cached,
-                       early_data=pending is not None
-                       and session.client.connection.early_data_accepted)
+                       early_data=pending is not None and session.early_stream is not None
+                       and session.client.connection.sent_early(session.early_stream))
 
     def _client_config(self) -> ClientConfig:
         pinned = self.config.pinned_key
@@ -311,20 +354,37 @@ class AsyncEasyClient:
                              "allow discovery")
         return ClientConfig(kem=kem_backend(), profiles=(self.profile,),
                             server_name=self.config.hostname or self.host, server_key=pinned,
-                            verifier=self._verifier,
+                            verifier=self._verifier, known_origin=self._knows_origin(),
                             alpn=(b"velocity/1", *(a.encode() for a in FALLBACK_ALPNS)))
+
+    def _knows_origin(self) -> bool:
+        """VEL-FB-008: a pinned or cached key or a trust-on-first-use pin for this origin
+        (a ticket counts too: the handshake knows when it offers one)."""
+        return (self.config.pinned_key is not None
+                or self._cache.get(self.host, self.port) is not None
+                or (self._pins is not None and self._pins.pinned(self._pin_name) is not None))
 
     async def _connect(self, early_get: _EarlyGet | None) -> _Session:
         """A new connection; with ``early_get`` it resumes with the last ticket and sends
         that GET as 0-RTT."""
         config = self._client_config()
         try:
-            return await self._open(config, early_get)
+            try:
+                return await self._open(config, early_get)
+            except HandshakeError as exc:
+                if (exc.error_code != ErrorCode.STALE_KEM_KEY
+                        or not self.config.server_key_autodiscover):
+                    raise
+                # unauthenticated (VEL-FB-009): rediscover once under the same trust policy;
+                # the cached key is replaced only by one that handshake validates, and the
+                # origin stays known, so no unauthenticated FALLBACK is followed meanwhile
+                return await self._open(replace(config, server_key=None, known_origin=True),
+                                        None)
         except HandshakeError as exc:
-            if exc.error_code == ErrorCode.STALE_KEM_KEY and self.config.server_key_autodiscover:
-                self._cache.drop(self.host, self.port)  # the server rotated: rediscover once
-                return await self._open(replace(config, server_key=None), None)
-            if exc.error_code == ErrorCode.KEM_KEY_REQUIRED:
+            if exc.error_code == ErrorCode.DOWNGRADE_DETECTED:
+                raise DowngradeRefused(exc, f"{self.host}:{self.port}",
+                                       self._cache.directory.parent) from None
+            if exc.error_code == ErrorCode.KEM_KEY_REQUIRED and config.server_key is None:
                 raise KeyRequired(f"{self.host}:{self.port} does not publish its ML-KEM key; "
                                   "supply it (EasyClientConfig.pinned_key)") from None
             raise
@@ -341,12 +401,14 @@ class AsyncEasyClient:
             early_get = None
         stack = AsyncExitStack()
         pending: asyncio.Task[Response] | None = None
+        early_stream: int | None = None
         try:
             client = await stack.enter_async_context(connect(
                 self.host, self.port, connection_config, timeout=self.config.timeout,
                 early=early_get is not None))
             if early_get is not None:
                 stream = await client.open_stream()
+                early_stream = stream.stream_id
                 pending = asyncio.ensure_future(request(
                     stream, "GET", early_get.path, authority=f"{self.host}:{self.port}",
                     headers=early_get.headers, progress=early_get.progress))
@@ -366,7 +428,8 @@ class AsyncEasyClient:
                 next(p.name for p in PROFILES_BY_NAME.values() if p.code == learned.profile),
                 learned.key_id.hex(), base64.b64encode(learned.encapsulation_key).decode(),
                 fingerprint(learned.certificate_chain[0])))
-        return _Session(client, stack, key_cached=learned is not None, early_response=pending)
+        return _Session(client, stack, key_cached=learned is not None, early_response=pending,
+                        early_stream=early_stream)
 
     async def _follow(self, directive: FallbackDirected, path: str, method: str,
                       headers: list[tuple[str, str]] | None, body: bytes) -> Fetched:

@@ -4,6 +4,7 @@ handshake, then ``await client.open_stream()`` gives reader/writer streams."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ class FallbackError(ConnectionError):
 class HandshakeError(ConnectionError):
     def __init__(self, terminated: ConnectionTerminated) -> None:
         super().__init__(f"handshake failed (0x{terminated.error_code:x}): {terminated.reason}")
+        self.terminated = terminated
         self.error_code = terminated.error_code
         self.reason = terminated.reason
 
@@ -59,6 +61,7 @@ class VelocityClient(DatagramDriver):
         for future in (self._ready, self._handshake):  # a failure nobody awaited is no error
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._progress = asyncio.Event()
+        self._ticket = asyncio.Event()
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
         self.connection.receive_datagram(data, address, now=now)
@@ -92,12 +95,14 @@ class VelocityClient(DatagramDriver):
             self._fail_handshake(FallbackError(event))
         elif isinstance(event, TicketReceived):
             self.tickets.append(event)
+            self._ticket.set()
         elif isinstance(event, NewTokenReceived):
             self.new_token = event.token
         elif isinstance(event, ServerKeyLearned):
             self.learned_key = event
         elif isinstance(event, ConnectionTerminated):
             self._fail_handshake(HandshakeError(event))
+            self._ticket.set()  # no ticket will come
         self.router.handle(event)
 
     def _after_transmit(self) -> None:
@@ -106,11 +111,21 @@ class VelocityClient(DatagramDriver):
     async def wait_ready(self) -> None:
         """Until 1-RTT data may be sent: the handshake is complete, or (discovery mode) the
         client's FINISHED is out and a request can travel with it."""
+        self.schedule_transmit()  # an early connection's first flight may still wait
         await self._ready
 
     async def wait_handshake(self) -> HandshakeCompleted:
         """Until the server is authenticated (its FINISHED verified)."""
+        self.schedule_transmit()
         return await self._handshake
+
+    async def wait_ticket(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a session ticket (it comes after our FINISHED);
+        whether one arrived."""
+        if not self.tickets and self.router.terminated is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ticket.wait(), timeout)
+        return bool(self.tickets)
 
     async def open_stream(self, *, unidirectional: bool = False) -> VelocityStream:
         """A new stream; waits while the server's stream limit is reached."""
@@ -166,8 +181,9 @@ async def connect(host: str, port: int, config: ConnectionConfig, *,
     discovery mode that is before the server's FINISHED, so a first request leaves with the
     client's FINISHED; ``wait_handshake`` waits for the server's). Raises FallbackError,
     HandshakeError, OSError or TimeoutError; closes the connection with NO_ERROR on exit.
-    With ``early`` (a resumption with early data configured) it yields as soon as the first
-    flight is out, so that streams opened now travel as 0-RTT."""
+    With ``early`` (a resumption with early data configured) it yields before the first
+    flight leaves: streams written now travel as 0-RTT with it (the flight leaves with the
+    first write, or when ``wait_ready`` or ``wait_handshake`` is awaited)."""
     loop = asyncio.get_running_loop()
     address = await resolve(host, port)
     connection = Connection(config, entropy=entropy or OsEntropy(), tracer=tracer)
@@ -175,10 +191,10 @@ async def connect(host: str, port: int, config: ConnectionConfig, *,
     client = VelocityClient(connection, sock)
     try:
         connection.connect(address, now=loop.time())
-        client._transmit()
-        if early:
+        if early:  # the first flight leaves with the first write (its 0-RTT data) or wait
             yield client
             return
+        client._transmit()
         try:
             async with asyncio.timeout(timeout):
                 await client.wait_ready()

@@ -137,7 +137,7 @@ class Connection:
         self.address_validated = self.is_client or address_validated
         self.bytes_received = self.bytes_sent = 0
         self.started_at: float | None = None  # when it was started or first heard from
-        self.early_streams: set[int] = set()  # peer streams that carried 0-RTT data (server)
+        self.early_streams: set[int] = set()  # streams whose data travelled in 0-RTT packets
         self._close: tuple[int, int, str, bool] | None = None  # code, frame type, reason, app
         # close_pending: CONNECTION_CLOSE to send (on closing, then once per datagram heard)
         self.close_pending = False
@@ -269,6 +269,11 @@ class Connection:
     def queue_after_handshake(self, frame: Frame) -> None:
         """A 1-RTT control frame (NEW_TOKEN) to send once 1-RTT keys exist."""
         self._control.append(frame)
+
+    def sent_early(self, stream_id: int) -> bool:
+        """Client: whether data of ``stream_id`` left in 0-RTT packets that the server
+        accepted (rejected early data is resent in 1-RTT, VEL-RES-008)."""
+        return self.early_data_accepted and stream_id in self.early_streams
 
     def stream_buffered(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet acknowledged (for back-pressure)."""

@@ -223,6 +223,7 @@ def _add_streams(conn: Connection, frames: _Frames, room: int, zero_rtt: bool) -
                        on_loss=partial(sender.on_lost, offset, end, fin))
             if zero_rtt:
                 conn._zero_rtt_frames.append((sid, offset, end, fin))
+                conn.early_streams.add(sid)
 
 
 def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int, now: float,

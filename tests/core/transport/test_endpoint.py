@@ -250,3 +250,19 @@ def test_discovery_flight_is_not_held_by_the_amplification_limit(profile: Profil
         events.append(event)
     assert any(isinstance(e, ServerKeyLearned) for e in events)  # the certificate arrived
     assert sum(map(len, server_flight)) <= 3 * sum(map(len, first_flight))
+
+
+@pytest.mark.spec("VEL-RES-006")
+def test_early_data_is_reported_only_for_data_that_travelled_as_0rtt() -> None:
+    """The server accepts early data whenever the client offers it; a stream written only
+    after the handshake completed did not travel as 0-RTT and is not reported as such."""
+    pair = resumable()
+    pair.connect()
+    early = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(early, b"GET / HTTP/1.1\r\n\r\n", end_stream=True)
+    assert pair.run(lambda: both_completed(pair))
+    late = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(late, b"GET / HTTP/1.1\r\n\r\n", end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", late))
+    assert pair.client.early_data_accepted
+    assert pair.client.sent_early(early) and not pair.client.sent_early(late)
