@@ -107,10 +107,12 @@ def _pair(case: Case, ident: IdentityInputs, seed: str, *, stage: str,
     server_config = ServerConfig(kem=kem, static_keys=(static,),
                                  ticket_sealer=ticket_sealer(stream_bytes(f"{seed}/ticket", 32)),
                                  replay_filter=ReplayFilter(), **case.server)
-    return (ClientHandshake(client_config, entropy=entropy.fork("client"),
-                            transport_parameters=b"client transport parameters"),
-            ServerHandshake(server_config, entropy=entropy.fork("server"),
-                            transport_parameters=b"server transport parameters"))
+    client = ClientHandshake(client_config, entropy=entropy.fork("client"),
+                             transport_parameters=b"client transport parameters")
+    server = ServerHandshake(server_config, entropy=entropy.fork("server"),
+                             transport_parameters=b"server transport parameters")
+    client.keep_secrets = server.keep_secrets = True  # the vector records them
+    return client, server
 
 
 def _event(event: HandshakeEvent) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from velocity.core.protection import (
 from velocity.core.receiver import DataRun, read_datagram
 from velocity.core.recovery import Recovery
 from velocity.core.sender import build_datagrams
-from velocity.core.state import FlowState, SpaceState, State
+from velocity.core.state import FlowState, KeyUpdates, SpaceState, State
 from velocity.core.streams import StreamState, is_unidirectional
 from velocity.core.trace import (
     Tracer,
@@ -151,7 +151,7 @@ class Connection:
         self._peer_cid_set = not self.is_client
         self._peer_cids: dict[int, bytes] = {}
         self._send_phase = self._recv_phase = self._forgeries = 0
-        self._previous_recv_keys: PacketKeys | None = None
+        self.key_updates = KeyUpdates()
         self.paced_until: float | None = None
         self._first_server_scid: bytes | None = None  # checked against its parameters
         self._zero_rtt_frames: list[tuple[int, int, int, bool]] = []
@@ -385,13 +385,27 @@ class Connection:
         assert space.send_keys is not None
         space.send_keys = space.send_keys.next_generation()
         self._send_phase ^= 1
+        self.key_updates.unacked_from = space.next_packet_number
+
+    def _may_update_keys(self) -> bool:
+        """RFC 9001 section 6.1: with a confirmed handshake, no update in progress, and an
+        acknowledgement of a packet sent with the current keys."""
+        return (self.handshake_confirmed and self._send_phase == self._recv_phase
+                and self.key_updates.unacked_from is None)
+
+    def on_application_ack(self, largest: int) -> None:
+        """An ACK in the Application space up to ``largest`` arrived."""
+        first = self.key_updates.unacked_from
+        if first is not None and largest >= first:
+            self.key_updates.unacked_from = None
+        self._server_done_with_handshake_keys(one_rtt_ack=True)
 
     def check_confidentiality_limit(self) -> None:
         """Update keys before the 1-RTT send key reaches its AEAD limit (VEL-PROT-012)."""
         keys = self.spaces[Epoch.APPLICATION].send_keys
         if keys is None or keys.encrypted < CONFIDENTIALITY_LIMIT[keys.aead] - 1024:
             return
-        if self.handshake_confirmed and self._send_phase == self._recv_phase:
+        if self._may_update_keys():
             self._rotate_send_keys()
         elif keys.encrypted >= CONFIDENTIALITY_LIMIT[keys.aead]:
             self.close(ErrorCode.AEAD_LIMIT_REACHED, "key update impossible at the AEAD limit",
@@ -399,9 +413,9 @@ class Connection:
 
     def request_key_update(self) -> None:
         """Start a key update; the peer follows when it sees the new key phase."""
-        if not self.handshake_confirmed or self._send_phase != self._recv_phase:
-            raise UsageError("a key update needs a confirmed handshake and no update in "
-                             "progress")
+        if not self._may_update_keys():
+            raise UsageError("a key update needs a confirmed handshake, no update in "
+                             "progress, and an acknowledged packet under the current keys")
         self._rotate_send_keys()
 
 

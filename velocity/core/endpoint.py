@@ -37,6 +37,7 @@ from velocity.core.trace import Tracer
 RETRY_POLICIES = ("never", "always", "under-load")
 NEW_TOKEN_LIFETIME_MS = 24 * 3600 * 1000
 RESERVED_VERSION = 0x1A2A3A4A  # VEL-VN-005: keep clients tolerant of unknown versions
+MIN_CLIENT_DCID = 8  # bytes of a client's first, unpredictable DCID (VEL-PKT-014)
 
 
 class TokenSealer(Protocol):
@@ -106,8 +107,9 @@ class ServerEndpoint:
         if header.version != VELOCITY_VERSION:
             self._version_negotiation(header, address)
             return
-        if header.packet_type == PacketType.INITIAL:
-            self._accept(header, data, address, now)
+        if header.packet_type == PacketType.INITIAL and (
+                len(header.dcid) >= MIN_CLIENT_DCID or header.token):
+            self._accept(header, data, address, now)  # VEL-PKT-014
 
     def _version_negotiation(self, header: ProtectedHeader, address: Address) -> None:
         packet = VersionNegotiation(header.scid, header.dcid,

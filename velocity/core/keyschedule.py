@@ -139,6 +139,12 @@ class KeySchedule:
         self._secret = HmacKey(hash_name, self._record(
             "early_secret", extract(hash_name, self._zero, psk or self._zero)))
 
+    def erase(self) -> None:
+        """Drop the current stage's secret and the recorded steps (VEL-KS-006): nothing can
+        be derived afterwards."""
+        self._secret = HmacKey(self.hash_name, self._zero)
+        self.steps.clear()
+
     def _record(self, name: str, value: bytes) -> bytes:
         self.steps.append((name, value))
         return value

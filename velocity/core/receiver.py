@@ -255,17 +255,23 @@ def _open_other_phase(conn: Connection, packet: bytes, header: bytes, packet_num
                       expected: int) -> bytes:
     """Open a 1-RTT packet whose key-phase bit is not the current one (VEL-PROT-011): a
     packet from before an update (previous keys), or the peer updated (the next keys:
-    follow it, and update our sending keys if we did not start it)."""
+    follow it, and update our sending keys if we did not start it). A peer may update
+    again only once we acknowledged a packet of its last update."""
     keys = conn.spaces[Epoch.APPLICATION].recv_keys
     assert keys is not None  # checked by the caller
-    if conn._previous_recv_keys is not None and packet_number < expected:
-        return conn._previous_recv_keys.open_payload(packet, header, packet_number)
+    updates = conn.key_updates
+    if updates.previous_recv_keys is not None and packet_number < expected:
+        return updates.previous_recv_keys.open_payload(packet, header, packet_number)
     following = keys.next_generation()
     payload = following.open_payload(packet, header, packet_number)
     if not conn.handshake_confirmed:
         raise KeyUpdateError("key update before the handshake is confirmed",
                              field="short.key_phase")
-    conn._previous_recv_keys = keys
+    if updates.peer_update is not None:
+        raise KeyUpdateError("a second key update before the first was acknowledged",
+                             field="short.key_phase")
+    updates.peer_update = packet_number  # until we acknowledge it (sender._add_ack)
+    updates.previous_recv_keys = keys
     conn.spaces[Epoch.APPLICATION].recv_keys = following
     conn._recv_phase ^= 1
     if conn._send_phase != conn._recv_phase:
@@ -347,7 +353,7 @@ def _on_ack(conn: Connection, frame: Ack, epoch: Epoch, now: float) -> None:
     if epoch == Epoch.HANDSHAKE:
         conn._server_done_with_handshake_keys()
     elif epoch == Epoch.APPLICATION:
-        conn._server_done_with_handshake_keys(one_rtt_ack=True)
+        conn.on_application_ack(ranges[0][1])
 
 
 def _on_crypto(conn: Connection, frame: Crypto, epoch: Epoch, now: float) -> None:

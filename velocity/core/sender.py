@@ -134,6 +134,10 @@ def _add_ack(conn: Connection, space: SpaceState, epoch: Epoch, frames: _Frames,
         delay = int(max(now - space.largest_received_time, 0) * 1_000_000) >> (
             conn.config.ack_delay_exponent)
     largest = ranges[0][1]
+    updates = conn.key_updates
+    if epoch == Epoch.APPLICATION and updates.peer_update is not None and (
+            largest >= updates.peer_update):
+        updates.peer_update = None  # the peer may update its keys again
     frames.add(Ack.from_packet_ranges(ranges, delay),
                on_ack=partial(_ack_acknowledged, space, largest))
     space.ack_needed, space.ack_eliciting_since_ack, space.ack_deadline = False, 0, None

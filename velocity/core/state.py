@@ -43,6 +43,18 @@ class SpaceState:
 
 
 @dataclass
+class KeyUpdates:
+    """1-RTT key updates in progress (RFC 9001 section 6): the receive keys of the previous
+    phase, our first packet under the current send keys until one of ours is acknowledged
+    (None once one is), and the peer's packet that started its last update until we have
+    acknowledged it."""
+
+    previous_recv_keys: PacketKeys | None = None
+    unacked_from: int | None = None
+    peer_update: int | None = None
+
+
+@dataclass
 class FlowState:
     """Connection-level flow control in both directions."""
 

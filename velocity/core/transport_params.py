@@ -16,7 +16,6 @@ MAX_STREAMS_LIMIT = 1 << 60
 class TransportParameters:
     original_destination_connection_id: bytes | None = None
     max_idle_timeout: int = 0
-    stateless_reset_token: bytes | None = None
     max_udp_payload_size: int = 65527
     initial_max_data: int = 0
     initial_max_stream_data_bidi_local: int = 0
@@ -40,7 +39,6 @@ class TransportParameters:
 _TABLE: dict[int, tuple[str, str]] = {
     0x00: ("original_destination_connection_id", "bytes"),
     0x01: ("max_idle_timeout", "int"),
-    0x02: ("stateless_reset_token", "bytes"),
     0x03: ("max_udp_payload_size", "int"),
     0x04: ("initial_max_data", "int"),
     0x05: ("initial_max_stream_data_bidi_local", "int"),
@@ -56,6 +54,8 @@ _TABLE: dict[int, tuple[str, str]] = {
     0x10: ("retry_source_connection_id", "bytes"),
 }
 _IDS = {name: pid for pid, (name, _) in _TABLE.items()}
+# 0x02 stateless_reset_token: Velocity/1 has no stateless reset (VEL-TP-005), so a server's
+# is ignored like an unknown id; a client's is still an error, as in QUIC
 SERVER_ONLY = frozenset({0x00, 0x02, 0x10})
 GREASE_ID = 31 * 7 + 27
 _DEFAULTS = TransportParameters()
@@ -84,7 +84,6 @@ def _check(name: str, value: Any) -> None:
            or (name == "max_ack_delay" and value >= 1 << 14)
            or (name == "active_connection_id_limit" and value < 2)
            or (name.startswith("initial_max_streams") and value > MAX_STREAMS_LIMIT)
-           or (name == "stateless_reset_token" and len(value) != 16)
            or (name.endswith("connection_id") and isinstance(value, bytes) and len(value) > 20))
     if bad:
         raise TransportParameterError(f"value {value!r} out of range", field=name)
@@ -107,12 +106,13 @@ def decode_transport_parameters(data: bytes, *, from_server: bool) -> TransportP
             if pid in seen:
                 raise TransportParameterError("duplicate parameter", field=field)
             seen.add(pid)
+            if pid in SERVER_ONLY and not from_server:
+                raise TransportParameterError("server-only parameter sent by a client",
+                                              field=field)
             if pid not in _TABLE:
                 continue
             name, kind = _TABLE[pid]
             field = name
-            if pid in SERVER_ONLY and not from_server:
-                raise TransportParameterError("sent by a client", field=name)
             values[name] = _value(name, kind, raw)
     except BufferReadError as exc:
         raise TransportParameterError(f"truncated ({exc.reason})", field=field) from None

@@ -35,6 +35,7 @@ from velocity.core.protection import Aead
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import BACKENDS, kem_backend
 from velocity.crypto.keyring import KeyRing
+from velocity.crypto.sealing import ticket_sealer
 
 PAIRS = list(itertools.product(BACKENDS, BACKENDS))
 
@@ -346,3 +347,17 @@ def test_client_drops_its_ephemeral_key_once_combined() -> None:
     client, server = make_pair(PairSpec())
     completed(run_handshake(client, server))
     assert client._share is None
+
+
+@pytest.mark.spec("VEL-KS-006")
+@pytest.mark.parametrize("mode", ["pdk", "discovery"])
+def test_a_completed_handshake_keeps_no_schedule_secret(mode: str) -> None:
+    """Once complete, neither side holds shared secrets, stage secrets, FINISHED base keys
+    or the schedule's steps; the client keeps only its resumption secret, for tickets."""
+    client, server = make_pair(PairSpec(mode=mode, server={"ticket_sealer": ticket_sealer(
+        bytes(32))}))
+    completed(run_handshake(client, server))
+    for side in (client, server):
+        assert side._secrets == {} and side.schedule is None
+        assert side.hybrid is None and side.static_secret is None
+    assert client._share is None and client._resumption

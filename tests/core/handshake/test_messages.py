@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from velocity.core.errors import ProtocolError, TransportParameterError
+from velocity.core.errors import ErrorCode, ProtocolError, TransportParameterError
 from velocity.core.handshake import messages as m
 from velocity.core.transport_params import (
     TransportParameters,
@@ -110,7 +110,7 @@ def test_oversized_message_is_refused() -> None:
 
 params = st.builds(
     TransportParameters, st.none() | st.binary(max_size=20), st.integers(0, 1 << 30),
-    st.none() | st.binary(min_size=16, max_size=16), st.integers(1200, 65527),
+    st.integers(1200, 65527),
     st.integers(0, 1 << 40), st.integers(0, 1 << 30), st.integers(0, 1 << 30),
     st.integers(0, 1 << 30), st.integers(0, 1 << 60), st.integers(0, 1 << 60),
     st.integers(0, 20), st.integers(0, (1 << 14) - 1), st.booleans(), st.integers(2, 100),
@@ -127,9 +127,9 @@ def test_transport_parameters_round_trip(value: TransportParameters) -> None:
 @pytest.mark.spec("VEL-TP-002")
 def test_transport_parameter_errors() -> None:
     ok = TransportParameters(initial_source_connection_id=b"c")
-    server_only = encode_transport_parameters(ok.with_changes(stateless_reset_token=bytes(16)))
+    reset_token = b"\x02\x10" + bytes(16)  # stateless_reset_token: server-only (VEL-TP-005)
     cases = [
-        (server_only, False, "stateless_reset_token"),
+        (reset_token + encode_transport_parameters(ok), False, "transport_parameters.0x2"),
         (b"", True, "initial_source_connection_id"),
         (encode_transport_parameters(ok) + b"\x0f\x01c", True, "transport_parameters.0xf"),
         (b"\x03\x02\x44\xaf" + encode_transport_parameters(ok), True, "max_udp_payload_size"),
@@ -144,3 +144,28 @@ def test_transport_parameter_errors() -> None:
         assert info.value.field == field, (data, info.value)
     grease = encode_transport_parameters(ok.with_changes(grease=b"ignored"))
     assert decode_transport_parameters(grease, from_server=False) == ok
+
+
+@pytest.mark.spec("VEL-TP-005")
+def test_a_servers_stateless_reset_token_is_ignored() -> None:
+    """Velocity/1 has no stateless reset: the parameter is never sent, and a server's is
+    ignored like an unknown id (a malformed one too: it is never parsed)."""
+    ok = TransportParameters(initial_source_connection_id=b"c")
+    assert b"\x02\x10" not in encode_transport_parameters(ok)
+    for token in (bytes(16), b"short"):
+        sent = bytes([0x02, len(token)]) + token + encode_transport_parameters(ok)
+        assert decode_transport_parameters(sent, from_server=True) == ok
+
+
+@pytest.mark.spec("VEL-HS-081", "VEL-EXT-002")
+def test_new_session_ticket_takes_no_known_extension() -> None:
+    """max_early_data is the one early-data signal of NEW_SESSION_TICKET; an early_data
+    extension there is ILLEGAL_PARAMETER (GREASE is still ignored)."""
+    ticket = m.NewSessionTicket(3600, 7, b"n", b"ticket", 1024, ((0x3A, b"grease"),))
+    assert m.decode_message(m.MessageType.NEW_SESSION_TICKET,
+                            m.encode_message(ticket)[4:]) == ticket
+    bad = m.NewSessionTicket(3600, 7, b"n", b"ticket", 0,
+                             ((int(m.ExtensionType.EARLY_DATA), b""),))
+    with pytest.raises(ProtocolError) as info:
+        m.decode_message(m.MessageType.NEW_SESSION_TICKET, m.encode_message(bad)[4:])
+    assert info.value.code == ErrorCode.ILLEGAL_PARAMETER

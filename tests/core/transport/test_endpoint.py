@@ -266,3 +266,19 @@ def test_early_data_is_reported_only_for_data_that_travelled_as_0rtt() -> None:
     assert pair.run(lambda: pair.finished_stream("server", late))
     assert pair.client.early_data_accepted
     assert pair.client.sent_early(early) and not pair.client.sent_early(late)
+
+
+@pytest.mark.spec("VEL-PKT-014", "VEL-CONN-004")
+def test_a_first_initial_with_a_short_dcid_creates_no_state() -> None:
+    """A client's first DCID is at least 8 unpredictable bytes; a valid Initial with a 4-byte
+    DCID is dropped without state (before the fix it opened a connection)."""
+    pair = make()
+    client = pair.client
+    client.original_dcid = client.peer_cid = b"abcd"
+    client._install_initial_keys(b"abcd")
+    pair.connect()
+    for datagram, _ in client.datagrams_to_send(now=pair.now):
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    assert pair.endpoint.connections == []
+    assert pair.endpoint.datagrams_to_send(now=pair.now) == []
+    assert len(make().client.original_dcid) >= 8

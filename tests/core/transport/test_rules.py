@@ -135,10 +135,38 @@ def test_key_updates_mid_transfer() -> None:
     assert pair.received("server", sid)[0] == payload
     assert (pair.client._send_phase, pair.client._recv_phase) == (1, 1)
     assert (server._send_phase, server._recv_phase) == (1, 1)
+    with pytest.raises(UsageError):
+        server.request_key_update()  # none of its packets in this phase was acknowledged
+    server.send_stream_data(sid, b"acknowledged ")
+    assert pair.run(lambda: pair.received("client", sid)[0] == b"acknowledged "
+                    and server.key_updates.unacked_from is None)
     server.request_key_update()  # the server may start the next one
     server.send_stream_data(sid, b"after two updates", end_stream=True)
     assert pair.run(lambda: pair.finished_stream("client", sid))
+    assert pair.received("client", sid)[0] == b"acknowledged after two updates"
     assert pair.client._recv_phase == 0 and pair.client._send_phase == 0
+
+
+@pytest.mark.spec("VEL-PROT-011")
+def test_a_second_key_update_before_the_first_is_acknowledged_is_key_update_error() -> None:
+    """A hostile client updates its keys twice in a row, before the server acknowledged any
+    packet of the first update (RFC 9001 section 6.5). It rotates through the connection's
+    own key rotation, bypassing request_key_update's guard."""
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+    sid = pair.client.get_next_available_stream_id()
+    datagrams = []
+    for chunk in (b"first update", b"second update"):
+        pair.client._rotate_send_keys()
+        pair.client.send_stream_data(sid, chunk)
+        datagrams += pair.client.datagrams_to_send(now=pair.now)
+    for datagram, _ in datagrams:
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    events = []
+    while (item := pair.endpoint.next_event()) is not None:
+        events.append(item[1])
+    assert [t.error_code for t in terminated(events)] == [ErrorCode.KEY_UPDATE_ERROR]
 
 
 @pytest.mark.spec("VEL-PKT-008")

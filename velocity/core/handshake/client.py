@@ -44,7 +44,7 @@ from velocity.core.handshake.messages import (
     ServerHello,
     encode_message,
 )
-from velocity.core.hybrid import BALANCED, PROFILES, ClientKeyShare, HybridSecret, Profile
+from velocity.core.hybrid import BALANCED, PROFILES, ClientKeyShare, Profile
 from velocity.core.kem import KemBackend
 from velocity.core.keyschedule import (
     KeySchedule,
@@ -133,14 +133,12 @@ class ClientHandshake(HandshakeBase):
         self.state = S.START
         self.config = config
         self._share: ClientKeyShare | None = None
-        self.static_secret: bytes | None = None
         self._ticket = config.ticket
         self._early_data = bool(config.ticket and config.early_data
                                 and config.ticket.max_early_data > 0)
         self._retried = False
         self._client_hello = b""
         self._random = b""
-        self.hybrid: HybridSecret | None = None
         self._key_id: bytes | None = None
         self._pdk_ciphertext = b""
         self._through_client_finished = b""
@@ -414,6 +412,7 @@ class ClientHandshake(HandshakeBase):
                                       self.peer_transport_parameters,
                                       self.config.kem.name_for(self.profile.kem)))
         self._transition(S.CONNECTED)
+        self._erase_secrets()  # the resumption secret stays, for NEW_SESSION_TICKETs
 
     # --- 1-RTT ---------------------------------------------------------------------------
 

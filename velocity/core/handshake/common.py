@@ -270,7 +270,12 @@ class HandshakeBase:
         self.early_data_accepted = False
         self.peer_transport_parameters = b""
         self._secrets: dict[str, bytes] = {}
+        self.hybrid: HybridSecret | None = None
+        self.static_secret: bytes | None = None
         self.trace: Callable[[str, dict[str, Any]], None] | None = None  # the connection's
+        # known-answer vectors keep the schedule's steps and shared secrets to record them;
+        # otherwise they are erased when the handshake completes (VEL-KS-006)
+        self.keep_secrets = False
 
     def _trace_kem(self, operation: str, key: str, params: KemParams) -> None:
         if self.trace is not None:
@@ -321,6 +326,17 @@ class HandshakeBase:
             self.transcript.add(raw)
         self._pending.crypto[epoch] += raw
         return raw
+
+    def _erase_secrets(self) -> None:
+        """VEL-KS-006: once the traffic and resumption secrets exist, forget what led to
+        them (shared secrets, stage secrets, FINISHED base keys)."""
+        if self.keep_secrets:
+            return
+        self._secrets.clear()
+        self.hybrid = self.static_secret = None
+        if self.schedule is not None:
+            self.schedule.erase()
+            self.schedule = None
 
     def _emit(self, event: HandshakeEvent) -> None:
         self._pending.events.append(event)

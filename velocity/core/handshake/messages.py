@@ -333,6 +333,7 @@ class NewSessionTicket:
             raise IllegalParameter("longer than 7 days", field="NEW_SESSION_TICKET.lifetime")
         if not nst.ticket:
             raise DecodeError("empty ticket", field="NEW_SESSION_TICKET.ticket")
+        _allowed_extensions(f.msg, nst.extensions, frozenset())  # max_early_data says it all
         return nst
 
 

@@ -52,7 +52,6 @@ from velocity.core.hybrid import (
     LIGHT,
     PROFILES,
     SECURE,
-    HybridSecret,
     Profile,
     server_key_share,
 )
@@ -180,7 +179,6 @@ class ServerHandshake(HandshakeBase):
         self._early_requested = False
         self._ticket_state: TicketState | None = None
         self._psk_offer: _PskOffer | None = None
-        self.hybrid: HybridSecret | None = None
 
     # --- CLIENT_HELLO ------------------------------------------------------------------
 
@@ -461,6 +459,7 @@ class ServerHandshake(HandshakeBase):
         self._transition(S.CONNECTED)
         if self.config.ticket_sealer is not None:
             self._issue_ticket(resumption)
+        self._erase_secrets()
 
     def _issue_ticket(self, resumption: bytes) -> None:
         assert self.profile is not None and self.aead is not None
