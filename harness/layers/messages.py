@@ -210,6 +210,22 @@ class VTicketState(Packet):
                    *_vec8("alpn"), IntField("max_early_data", 0), *_vec8("psk")]
 
 
+def _consistent(packet: Packet) -> bool:
+    """Whether every length field counts exactly the bytes of its vector, and every element
+    of every list read as its layer (scapy cuts a vector short at the end of the data, and
+    keeps an element it cannot read as ``Raw``, instead of failing)."""
+    for fld in packet.fields_desc:
+        target = getattr(fld, "length_of", None)
+        if target is not None and packet.getfieldval(fld.name) != packet.get_field(
+                target).i2len(packet, packet.getfieldval(target)):
+            return False
+        if isinstance(fld, PacketListField) and not all(
+                type(item) is fld.cls and _consistent(item)
+                for item in packet.getfieldval(fld.name)):
+            return False
+    return not isinstance(packet, VMessage) or packet.length == len(bytes(packet)) - 4
+
+
 def read_exactly(layer: type[Packet], raw: bytes, what: str) -> Any:
     """``raw`` read as ``layer``; a ValueError naming ``what`` unless it reads back as the
     same bytes with nothing left over (scapy itself is lenient)."""
@@ -217,7 +233,7 @@ def read_exactly(layer: type[Packet], raw: bytes, what: str) -> Any:
         parsed = layer(raw)
     except Exception as exc:  # scapy raises assorted types on malformed input
         raise ValueError(f"{what} does not decode: {exc}") from None
-    if parsed.payload or bytes(parsed) != raw:
+    if parsed.payload or bytes(parsed) != raw or not _consistent(parsed):
         raise ValueError(f"{what} does not decode as {layer.name}: truncated, trailing bytes "
                          "or a length or varint that does not read back")
     return parsed

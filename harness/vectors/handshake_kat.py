@@ -76,6 +76,13 @@ class Suite:
 
 SUITES = {row[1]: Suite(*row) for row in PROFILES}
 SUITES_BY_NAME = {suite.name: suite for suite in SUITES.values()}
+
+
+def suite_of(code: int, what: str) -> Suite:
+    suite = SUITES.get(code)
+    if suite is None:
+        raise ValueError(f"{what} 0x{code:04x} is no profile")
+    return suite
 ECDH_PUBLIC = {"x25519": 32, "p384": 97}
 
 
@@ -135,6 +142,18 @@ class Handshake:
     def of(self, name: str) -> list[Msg]:
         return [m for m in self.messages if m.name == name]
 
+    def one(self, name: str) -> Msg:
+        """The first ``name`` message; a ValueError when the flights have none."""
+        found = self.of(name)
+        if not found:
+            raise ValueError(f"the flights have a SERVER_HELLO but no {name}")
+        return found[0]
+
+    def secret(self, name: str) -> bytes:
+        if name not in self.secrets:
+            raise ValueError(f"the flights do not give {name}")
+        return self.secrets[name]
+
     def take(self, side: str, kind: str) -> bytes:
         """The next recorded input of ``kind`` for ``side``, in the order it was drawn."""
         values, index = self.inputs[side][kind], self._taken.get(f"{side} {kind}", 0)
@@ -152,7 +171,8 @@ class Handshake:
                    if m.name not in ("NEW_SESSION_TICKET", "FALLBACK")]
         retry = next((m for m in self.messages[:index] if m.name == "HELLO_RETRY"), None)
         if retry is not None and self.messages[0].name == "CLIENT_HELLO":
-            digest = SUITES[retry.layer.selected_profile].digest(covered[0])
+            suite = suite_of(retry.layer.selected_profile, "HELLO_RETRY selected_profile")
+            digest = suite.digest(covered[0])
             covered[0] = bytes([MESSAGE_HASH]) + len(digest).to_bytes(3, "big") + digest
         return b"".join(covered)
 
@@ -184,10 +204,7 @@ def check_client_shares(hs: Handshake) -> list[tuple[Any, Any, bytes]]:
     (ML-KEM decapsulation key, ECDH private key) per CLIENT_HELLO."""
     keys = []
     for number, hello in enumerate(hs.of("CLIENT_HELLO"), 1):
-        suite = SUITES.get(hello.layer.key_share_profile)
-        if suite is None:
-            raise ValueError(f"CLIENT_HELLO {number}: key_share_profile "
-                             f"0x{hello.layer.key_share_profile:04x} is no profile")
+        suite = suite_of(hello.layer.key_share_profile, f"CLIENT_HELLO {number} key_share_profile")
         ek, dk = suite.kem.key_derive(hs.take("client", "kem_keygen"))
         private, public = ecdh_key(suite.ecdh, hs.take("client", "ecdh"))
         hs.expect(f"CLIENT_HELLO {number} key_share",
@@ -269,6 +286,8 @@ def check_kem_ciphertext(hs: Handshake) -> None:
         return
     static_ek, static_dk = _static_key(hs, hs.identity["kem_seed"])
     if certificates:
+        if not certificates[0].layer.certificates:
+            raise ValueError("CERTIFICATE has an empty chain")
         leaf = certificates[0].layer.certificates[0].der
         hs.expect("CERTIFICATE leaf", show(leaf),
                   show(bytes.fromhex(hs.identity["leaf_der"])))
@@ -336,7 +355,7 @@ def check_schedule(hs: Handshake, mode: str, server_hello: Msg) -> None:
     server_finished = next((m for m in finished_msgs if m.sender == "server"), None)
     if client_finished is None or server_finished is None:
         raise ValueError("the handshake has a SERVER_HELLO but not both FINISHED messages")
-    inputs = {"ss_eph": hs.secrets["ss_eph"], "th_server_hello": hs.through(server_hello),
+    inputs = {"ss_eph": hs.secret("ss_eph"), "th_server_hello": hs.through(server_hello),
               "th_application": hs.through(client_finished if mode == "discovery"
                                            else server_finished),
               "th_client_finished": hs.through(client_finished)}
@@ -346,9 +365,9 @@ def check_schedule(hs: Handshake, mode: str, server_hello: Msg) -> None:
         if hello.layer.extension(EARLY_DATA) is not None:
             inputs["th_client_hello"] = hs.through(hello)
     if mode != "resumption":
-        inputs["ss_static"] = hs.secrets["ss_static"]
+        inputs["ss_static"] = hs.secret("ss_static")
     if mode == "discovery":
-        inputs["th_kem_ciphertext"] = hs.through(hs.of("KEM_CIPHERTEXT")[0])
+        inputs["th_kem_ciphertext"] = hs.through(hs.one("KEM_CIPHERTEXT"))
     steps = schedule_steps(suite.hash_name, mode, inputs)
     hs.values = dict(steps)
     base = "ahs" if mode == "discovery" else "hs"
@@ -365,7 +384,7 @@ def check_tickets(hs: Handshake, server_hello: Msg) -> None:
     resumption secret, with the handshake's profile, AEAD and ALPN."""
     suite = hs.suite
     assert suite is not None
-    alpn = hs.of("ENCRYPTED_EXTENSIONS")[0].layer.alpn
+    alpn = hs.one("ENCRYPTED_EXTENSIONS").layer.alpn
     aead = AESGCM(bytes.fromhex(hs.inputs["ticket_key"]))
     for number, message in enumerate(hs.of("NEW_SESSION_TICKET"), 1):
         nst = message.layer
@@ -383,6 +402,8 @@ def check_tickets(hs: Handshake, server_hello: Msg) -> None:
                   [suite.code, server_hello.layer.selected_aead, alpn.hex(),
                    nst.max_early_data],
                   [state.profile, state.aead, state.alpn.hex(), state.max_early_data])
+        hs.expect(f"NEW_SESSION_TICKET {number} lifetime at most 7 days (VEL-HS-080)", True,
+                  nst.lifetime <= 604800)
         hs.issued.append(Issued(nst.ticket, psk, suite))
 
 
@@ -393,11 +414,14 @@ def check_fallback(hs: Handshake) -> None:
     for index, message in enumerate(hs.messages):
         if message.name != "FALLBACK":
             continue
-        hello = next(m for m in reversed(hs.messages[:index]) if m.name == "CLIENT_HELLO")
+        hello = next((m for m in reversed(hs.messages[:index]) if m.name == "CLIENT_HELLO"),
+                     None)
+        if hello is None:
+            raise ValueError("a FALLBACK answers no CLIENT_HELLO")
         without_mac = message.layer.copy()
         without_mac.mac, without_mac.mac_length, without_mac.length = b"", None, None
         if hs.server_key_held:
-            expected = fallback_mac(hs.static_suite.hash_name, hs.secrets["ss_static"],
+            expected = fallback_mac(hs.static_suite.hash_name, hs.secret("ss_static"),
                                     hello.raw, bytes(without_mac))
         elif hs.psk is not None:
             expected = fallback_mac(hs.psk.suite.hash_name, hs.psk.psk, hello.raw,
@@ -417,6 +441,8 @@ def check_outcome(hs: Handshake, error: dict[str, str] | None) -> None:
 
 def check_handshake(hs: Handshake, error: dict[str, str] | None) -> None:
     """Every check of one handshake, in wire order; each recorded input must be used."""
+    if not hs.messages or hs.messages[0].name != "CLIENT_HELLO":
+        raise ValueError("the flights do not open with a CLIENT_HELLO")
     keys = check_client_shares(hs)
     check_server_key_block(hs)
     check_psk_offers(hs)
@@ -431,9 +457,7 @@ def check_handshake(hs: Handshake, error: dict[str, str] | None) -> None:
 def check_server_flights(hs: Handshake, keys: list[tuple[Any, Any, bytes]],
                          hello: Msg) -> None:
     """From SERVER_HELLO on: ss_eph, ss_static, the key schedule, FINISHED and tickets."""
-    hs.suite = SUITES.get(hello.layer.selected_profile)
-    if hs.suite is None:
-        raise ValueError("SERVER_HELLO selected_profile is no profile")
+    hs.suite = suite_of(hello.layer.selected_profile, "SERVER_HELLO selected_profile")
     check_server_share(hs, keys, hello)
     check_kem_ciphertext(hs)
     check_schedule(hs, _mode(hs, hello), hello)

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.layers import messages as ml
 from harness.vectors import VECTORS_DIR, handshake_kat, handshakes
@@ -273,3 +275,76 @@ def test_a_bad_vector_file_fails_naming_the_problem(
         tmp_path: Path, edit: Callable[[dict[str, Any]], None], named: str) -> None:
     failed = _broken_copy(tmp_path, edit)
     assert any(f"{o.name}: {o.detail}".startswith(named) for o in failed), failed
+
+
+@st.composite
+def damaged_documents(draw: st.DrawFn) -> dict[str, Any]:
+    """A committed handshake vector with one flight message or one recorded input cut,
+    changed, dropped or moved, as a careless edit or a hostile file would."""
+    document = copy.deepcopy(_document(draw(st.sampled_from([p.stem for p in HANDSHAKE_FILES]))))
+    if draw(st.booleans()):
+        flight = draw(st.sampled_from(document["flights"]))
+        messages = flight["messages"]
+        index = draw(st.integers(0, len(messages) - 1))
+        raw = bytes.fromhex(messages[index])
+        action = draw(st.sampled_from(["cut", "flip", "drop", "move"]))
+        if action == "cut":
+            messages[index] = raw[: draw(st.integers(0, len(raw) - 1))].hex()
+        elif action == "flip":
+            at = draw(st.integers(0, len(raw) - 1))
+            messages[index] = (raw[:at] + bytes([raw[at] ^ draw(st.integers(1, 255))])
+                               + raw[at + 1 :]).hex()
+        elif action == "drop":
+            del messages[index]
+        else:
+            messages.insert(0, messages.pop(index))
+    else:
+        side = document["inputs"][draw(st.sampled_from(["client", "server"]))]
+        values = side[draw(st.sampled_from(sorted(side)))]
+        if values and draw(st.booleans()):
+            values.pop()
+        else:
+            values.append(draw(st.binary(max_size=70)).hex())
+    return document
+
+
+@settings(max_examples=60, deadline=None)
+@given(damaged_documents())
+def test_a_damaged_vector_fails_or_is_refused_never_crashes(document: dict[str, Any]) -> None:
+    """The check names what no longer matches, or refuses the file with a ValueError (which
+    the command line reports as one failed vector); nothing else escapes."""
+    try:
+        results = handshake_kat.check(document)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert all(isinstance(what, str) for what, _, _ in results)
+
+
+COMPLETED = ["pdk", "discovery", "hrr", "resumption-0rtt"]
+
+
+@st.composite
+def flipped_transcripts(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    """A completed handshake with one byte changed in a message the FINISHED MACs cover."""
+    document = copy.deepcopy(_document(draw(st.sampled_from(COMPLETED))))
+    spots = [(f, i) for f in document["flights"] for i, m in enumerate(f["messages"])
+             if not m.startswith("04")]  # NEW_SESSION_TICKET is outside the transcript
+    flight, index = draw(st.sampled_from(spots))
+    raw = bytearray(bytes.fromhex(flight["messages"][index]))
+    at = draw(st.integers(0, len(raw) - 1))
+    raw[at] ^= draw(st.integers(1, 255))
+    flight["messages"][index] = raw.hex()
+    return document, f"{document['name']} message {raw[0]:#04x} byte {at}"
+
+
+@pytest.mark.spec("VEL-HS-104", "VEL-HS-070")
+@settings(max_examples=40, deadline=None)
+@given(flipped_transcripts())
+def test_a_changed_transcript_byte_is_noticed(case: tuple[dict[str, Any], str]) -> None:
+    document, where = case
+    try:
+        failed = _failed(handshake_kat.check(document))
+    except ValueError:
+        return
+    assert failed, where

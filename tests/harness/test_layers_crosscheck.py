@@ -235,3 +235,10 @@ def test_read_exactly_refuses_trailing_bytes() -> None:
     body_with_extra = wire[:1] + (len(wire) - 3).to_bytes(3, "big") + wire[4:] + b"\x00"
     with pytest.raises(ValueError, match="does not decode"):
         ml.read_exactly(ml.VKemCiphertext, body_with_extra, "KEM_CIPHERTEXT")
+
+
+def test_read_exactly_refuses_a_list_element_it_cannot_read() -> None:
+    wire = bytearray(m.encode_message(m.HelloRetry(0x11EC, ((0x1B, b"grease"),))))
+    wire[7] = 0x40  # the extension's value length becomes a truncated 2-byte varint
+    with pytest.raises(ValueError, match="does not decode"):
+        ml.read_exactly(ml.VHelloRetry, bytes(wire), "HELLO_RETRY")
