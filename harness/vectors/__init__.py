@@ -1,6 +1,8 @@
 """Known-answer vectors of Velocity/1: ``generate`` builds them from the spec without
-``velocity.core`` (scapy layers and ``cryptography`` primitives), ``check`` runs the reference
-implementation against them, ``python -m harness.vectors`` is the command line."""
+``velocity.core`` (scapy layers and ``cryptography`` primitives), ``handshakes`` records the
+seeded handshakes from the reference, ``handshake_kat`` checks those without ``velocity``,
+``check`` runs the reference implementation against all of them, ``python -m
+harness.vectors`` is the command line."""
 
 import hashlib
 from pathlib import Path

@@ -57,14 +57,7 @@ def regenerate(i_know: bool, directory: Path) -> None:
         path = directory / f"{topic}.json"
         path.write_text(json.dumps(build(topic), indent=1) + "\n")
         click.echo(f"wrote {path}")
-    (directory / "handshakes").mkdir(exist_ok=True)
-    for case in handshakes.CASES:
-        path = directory / "handshakes" / f"{case.name}.json"
-        seed = f"velocity/{case.name}"
-        # keep a committed identity: its certificates carry hedged signatures
-        ident = (handshakes.IdentityInputs.from_json(json.loads(path.read_text())["identity"])
-                 if path.is_file() else handshakes.IdentityInputs.create(seed))
-        path.write_text(json.dumps(handshakes.record(case, ident, seed), indent=1) + "\n")
+    for path in handshakes.regenerate(directory / "handshakes", directory / "handshakes"):
         click.echo(f"wrote {path}")
 
 

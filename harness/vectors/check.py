@@ -1,4 +1,5 @@
-"""Run the reference implementation (``velocity.core``) against vectors/*.json.
+"""Run the reference implementation (``velocity.core``) against vectors/*.json; the recorded
+handshakes also get the independent check of ``harness.vectors.handshake_kat``.
 
 Each topic has one checker that yields an ``Outcome`` per vector; the command line prints
 them and the unit tests assert them, so both see the same verdicts."""
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.schemas import schema_errors
-from harness.vectors import VECTORS_DIR, handshakes
+from harness.vectors import VECTORS_DIR, handshake_kat, handshakes
 from velocity.core import frames as fr
 from velocity.core.buffer import Reader, Writer, encode_varint
 from velocity.core.errors import BufferReadError, ProtocolError
@@ -281,7 +282,10 @@ CHECKERS: dict[str, Callable[[dict[str, Any]], Iterator[Outcome]]] = {
 
 
 def check_handshake(doc: dict[str, Any]) -> Iterator[Outcome]:
-    for what, actual, expected in handshakes.check(doc):
+    """Two separate checks: the independent one (``handshake_kat``: the wire against secrets
+    recomputed from the recorded inputs, no ``velocity``), then the reference regenerating
+    the file byte for byte."""
+    for what, actual, expected in handshake_kat.check(doc) + handshakes.check(doc):
         yield _expect("handshake", f"{doc['name']}: {what}", actual, expected)
 
 

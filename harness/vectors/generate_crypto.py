@@ -27,7 +27,7 @@ PROFILES = [("light", 0xFE70, ML_KEM_512, "x25519", "sha256"),
             ("secure", 0x11ED, ML_KEM_1024, "p384", "sha512")]
 
 
-def _ecdh(kind: str, entropy: bytes) -> tuple[Any, bytes]:
+def ecdh_key(kind: str, entropy: bytes) -> tuple[Any, bytes]:
     """The reference derivation of an ephemeral ECDH key from entropy bytes: X25519 takes
     32 bytes as the private key; P-384 takes 56 bytes as int mod (n - 1) + 1."""
     if kind == "x25519":
@@ -38,7 +38,7 @@ def _ecdh(kind: str, entropy: bytes) -> tuple[Any, bytes]:
     return key, key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 
 
-def _exchange(private: Any, peer: bytes) -> bytes:
+def ecdh_exchange(private: Any, peer: bytes) -> bytes:
     if isinstance(private, x25519.X25519PrivateKey):
         return private.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
     point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP384R1(), peer)
@@ -55,11 +55,11 @@ def hybrid() -> dict[str, Any]:
         m = stream_bytes(f"hybrid/{name}/m", 32)
         server_ecdh = stream_bytes(f"hybrid/{name}/server ecdh", ecdh_size)
         ek, _ = kem.key_derive(kem_seed)
-        client_private, client_public = _ecdh(kind, client_ecdh)
+        client_private, client_public = ecdh_key(kind, client_ecdh)
         kem_secret, ciphertext = kem._encaps_internal(ek, m)
-        server_private, server_public = _ecdh(kind, server_ecdh)
-        ecdh_secret = _exchange(server_private, client_public)
-        assert ecdh_secret == _exchange(client_private, server_public)
+        server_private, server_public = ecdh_key(kind, server_ecdh)
+        ecdh_secret = ecdh_exchange(server_private, client_public)
+        assert ecdh_secret == ecdh_exchange(client_private, server_public)
         kem_first = kind == "x25519"
 
         def join(kem_part: bytes, ecdh_part: bytes, first: bool = kem_first) -> bytes:
@@ -86,11 +86,11 @@ def hybrid() -> dict[str, Any]:
 
 # --- key schedule ------------------------------------------------------------------------
 
-def _extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
+def extract(hash_name: str, salt: bytes, ikm: bytes) -> bytes:
     return hmac.new(salt or bytes(hashlib.new(hash_name).digest_size), ikm, hash_name).digest()
 
 
-def _expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
+def expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
                   length: int) -> bytes:
     full = b"velocity1 " + label
     info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
@@ -103,25 +103,27 @@ def _expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
 
 def schedule_steps(hash_name: str, mode: str, inputs: dict[str, bytes]
                    ) -> list[tuple[str, bytes]]:
-    """Spec section 11, step by step, in the order the reference records its steps."""
+    """Spec section 11, step by step, in the order the reference records its steps.
+    ``client_early_secret`` is derived only when ``th_client_hello`` is given (early data)."""
     size = hashlib.new(hash_name).digest_size
     zero, empty = bytes(size), hashlib.new(hash_name, b"").digest()
     steps: list[tuple[str, bytes]] = []
 
     def derive(name: str, secret: bytes, label: bytes, context: bytes) -> bytes:
-        steps.append((name, _expand_label(hash_name, secret, label, context, size)))
+        steps.append((name, expand_label(hash_name, secret, label, context, size)))
         return steps[-1][1]
 
     def stage(name: str, previous: bytes, ikm: bytes) -> bytes:
         derived = derive(f"derived_before_{name}", previous, b"derived", empty)
-        steps.append((name, _extract(hash_name, derived, ikm)))
+        steps.append((name, extract(hash_name, derived, ikm)))
         return steps[-1][1]
 
-    early = _extract(hash_name, zero, inputs.get("psk", zero))
+    early = extract(hash_name, zero, inputs.get("psk", zero))
     steps.append(("early_secret", early))
     if mode == "resumption":
         derive("binder_key", early, b"res binder", empty)
-        derive("client_early_secret", early, b"c e traffic", inputs["th_client_hello"])
+        if "th_client_hello" in inputs:
+            derive("client_early_secret", early, b"c e traffic", inputs["th_client_hello"])
     ikm = inputs["ss_eph"] + (inputs["ss_static"] if mode == "pdk" else b"")
     secret = stage("handshake_secret", early, ikm)
     derive("client_hs_secret", secret, b"c hs traffic", inputs["th_server_hello"])
@@ -155,7 +157,7 @@ def keyschedule() -> dict[str, Any]:
                 inputs["psk"] = stream_bytes(f"ks/{name}/psk", size)
             steps = schedule_steps(hash_name, mode, inputs)
             values = dict(steps)
-            finished_key = _expand_label(hash_name, values["server_hs_secret"], b"finished", b"",
+            finished_key = expand_label(hash_name, values["server_hs_secret"], b"finished", b"",
                                          size)
             nonce = bytes(8)
             entries.append({
@@ -164,7 +166,7 @@ def keyschedule() -> dict[str, Any]:
                 "steps": [[n, v.hex()] for n, v in steps],
                 "server_finished_over_th_server_hello": hmac.new(
                     finished_key, inputs["th_server_hello"], hash_name).hexdigest(),
-                "resumption_psk_nonce_zero": _expand_label(
+                "resumption_psk_nonce_zero": expand_label(
                     hash_name, values["resumption_secret"], b"resumption", nonce, size).hex()})
     return {"topic": "keyschedule", "spec": ["VEL-KS-001", "VEL-PROT-001", "VEL-RES-001",
                                              "VEL-HS-070"],
@@ -178,16 +180,17 @@ def keyschedule() -> dict[str, Any]:
 def finished(hash_name: str, base_key: bytes, transcript: bytes) -> bytes:
     """FINISHED verify_data over the messages ``transcript`` (spec VEL-HS-070)."""
     size = hashlib.new(hash_name).digest_size
-    key = _expand_label(hash_name, base_key, b"finished", b"", size)
+    key = expand_label(hash_name, base_key, b"finished", b"", size)
     return hmac.new(key, hashlib.new(hash_name, transcript).digest(), hash_name).digest()
 
 
-def fallback_mac(hash_name: str, ss_static: bytes, client_hello: bytes,
-                 fallback_without_mac: bytes) -> bytes:
-    """The FALLBACK MAC of spec VEL-FB-003."""
+def fallback_mac(hash_name: str, ikm: bytes, client_hello: bytes, fallback_without_mac: bytes,
+                 *, label: bytes = b"fallback") -> bytes:
+    """The FALLBACK MAC of spec VEL-FB-003 (``ikm`` = ss_static). With ``label`` b"res
+    fallback" and ``ikm`` = the PSK it is the MAC of a FALLBACK to a resuming client."""
     size = hashlib.new(hash_name).digest_size
-    secret = _extract(hash_name, bytes(size), ss_static)
-    key = _expand_label(hash_name, secret, b"fallback",
-                        hashlib.new(hash_name, client_hello).digest(), size)
+    secret = extract(hash_name, bytes(size), ikm)
+    key = expand_label(hash_name, secret, label, hashlib.new(hash_name, client_hello).digest(),
+                       size)
     return hmac.new(key, hashlib.new(hash_name, client_hello + fallback_without_mac).digest(),
                     hash_name).digest()

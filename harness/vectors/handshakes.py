@@ -1,16 +1,22 @@
 """Recorded, seeded handshakes (vectors/handshakes/*.json): every message's bytes and every
 secret of both sides, for PDK, discovery, HELLO_RETRY, resumption with 0-RTT, fallback and a
-stale key. They run on kyber-py, the deterministic backend; the server identity (static-key
-seed, CA and leaf certificates) is an input stored in the file, because ML-DSA signatures
-from OpenSSL are hedged."""
+stale key, with the private inputs of both endpoints ("inputs": ephemeral ML-KEM seeds, ECDH
+keys, encapsulation randomness, the pinned key's seed, the ticket key) caught where they
+enter the reference. They run on kyber-py, the deterministic backend; the server identity
+(static-key seed, CA and leaf certificates) is an input stored in the file, because ML-DSA
+signatures from OpenSSL are hedged.
+
+This module owns the recording and the second check (the reference regenerates each file
+byte for byte); the first, independent check is ``harness.vectors.handshake_kat``."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -18,9 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from harness.pair import NOW, HandshakeRun, run_handshake
 from harness.vectors import stream_bytes
-from harness.vectors.generate_crypto import fallback_mac, schedule_steps
-from harness.vectors.generate_crypto import finished as finished_mac_independent
-from velocity.core.entropy import SeededEntropy
+from velocity.core.entropy import Entropy, SeededEntropy
 from velocity.core.handshake.client import ClientConfig, ClientHandshake, PinnedServerKey
 from velocity.core.handshake.common import (
     HandshakeEvent,
@@ -30,7 +34,8 @@ from velocity.core.handshake.common import (
     key_id_for,
 )
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig, ServerHandshake
-from velocity.core.hybrid import BALANCED, LIGHT, PROFILES_BY_NAME
+from velocity.core.hybrid import BALANCED, LIGHT
+from velocity.core.kem import KemBackend, KemKey, KemParams
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier
@@ -62,6 +67,9 @@ CASES = [
                                                                 mode="fallback-only")}),
     Case("stale-key", "the client's pinned key was rotated away: STALE_KEM_KEY", "pdk",
          stale_key=True),
+    Case("fallback-resumption", "fallback-only server answers a resuming client with a "
+         "FALLBACK MACed under the resumption PSK", "discovery", resume=True,
+         server={"fallback": FallbackPolicy(mode="fallback-only")}),
 ]
 CASES_BY_NAME = {case.name: case for case in CASES}
 
@@ -88,31 +96,120 @@ class IdentityInputs:
         return cls(*(bytes.fromhex(data[k]) for k in ("kem_seed", "ca_der", "leaf_der")))
 
 
-def _pair(case: Case, ident: IdentityInputs, seed: str, *, stage: str,
-          ticket: Any = None) -> tuple[ClientHandshake, ServerHandshake]:
+class Recorder:
+    """What one endpoint takes from outside, caught at the boundaries it is handed: its
+    ``KemBackend`` (the key-generation seed d || z of each ephemeral key, the randomness m of
+    each encapsulation) and its ``Entropy`` (the ECDH private key of each hybrid share: the
+    hybrid share code draws it right after the ML-KEM seed it passes to ``generate``, the
+    order vectors/hybrid.json records; the checker catches a wrong label, as the public key
+    it derives must be the one on the wire)."""
+
+    def __init__(self, kem: KemBackend, entropy: Entropy) -> None:
+        self.kem, self.entropy = _RecordingKem(kem, self), _RecordingEntropy(entropy, self)
+        self.kem_keygen: list[bytes] = []
+        self.ecdh: list[bytes] = []
+        self.encapsulations: list[bytes] = []
+        self._ecdh_next = False
+
+    def drew(self, data: bytes) -> None:
+        if self._ecdh_next:
+            self.ecdh.append(data)
+            self._ecdh_next = False
+
+    def generated(self, seed: bytes) -> None:
+        self.kem_keygen.append(seed)
+        self._ecdh_next = True
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {name: [v.hex() for v in getattr(self, name)]
+                for name in ("kem_keygen", "ecdh", "encapsulations")}
+
+
+class _RecordingEntropy:
+    def __init__(self, inner: Entropy, recorder: Recorder) -> None:
+        self._inner, self._recorder = inner, recorder
+
+    def random(self, size: int) -> bytes:
+        data = self._inner.random(size)
+        self._recorder.drew(data)
+        return data
+
+
+class _RecordingKem:
+    def __init__(self, inner: KemBackend, recorder: Recorder) -> None:
+        self._inner, self._recorder = inner, recorder
+        self.name, self.deterministic = inner.name, inner.deterministic
+
+    def supports(self, params: KemParams) -> bool:
+        return self._inner.supports(params)
+
+    def name_for(self, params: KemParams) -> str:
+        return self._inner.name_for(params)
+
+    def generate(self, params: KemParams, seed: bytes) -> KemKey:
+        self._recorder.generated(seed)
+        return self._inner.generate(params, seed)
+
+    def load(self, params: KemParams, seed: bytes) -> KemKey:
+        return self._inner.load(params, seed)
+
+    def encapsulate(self, params: KemParams, encapsulation_key: bytes,
+                    m: bytes) -> tuple[bytes, bytes]:
+        self._recorder.encapsulations.append(m)
+        return self._inner.encapsulate(params, encapsulation_key, m)
+
+
+@dataclass
+class Stage:
+    """One handshake of a case, with the recorders of its two endpoints."""
+
+    run: HandshakeRun
+    client: ClientHandshake
+    server: ServerHandshake
+    recorders: dict[str, Recorder]
+    server_key_seed: bytes | None
+
+    def inputs(self, seed: str) -> dict[str, Any]:
+        return {"ticket_key": _ticket_key(seed).hex(),
+                "server_key_seed": self.server_key_seed.hex() if self.server_key_seed else None,
+                **{side: r.to_json() for side, r in self.recorders.items()}}
+
+    def flights(self) -> list[dict[str, Any]]:
+        return [{"sender": f.sender, "epoch": f.epoch.name,
+                 "messages": [m.hex() for m in f.messages]} for f in self.run.flights]
+
+
+def _ticket_key(seed: str) -> bytes:
+    return stream_bytes(f"{seed}/ticket", 32)
+
+
+def _stage(case: Case, ident: IdentityInputs, seed: str, *, stage: str, now_ms: int,
+           ticket: Any = None) -> Stage:
     kem = kem_backend(BACKEND)
     key = kem.load(BALANCED.kem, ident.kem_seed)
     static = StaticKey(BALANCED, key, key_id_for(BALANCED.code, key.encapsulation_key),
                        (ident.leaf_der,))
-    pinned_key = key.encapsulation_key
-    if case.stale_key:
-        pinned_key = kem.load(BALANCED.kem, stream_bytes(f"{seed}/rotated", 64)).encapsulation_key
-    ca = x509.load_der_x509_certificate(ident.ca_der)
+    pinned_seed = (stream_bytes(f"{seed}/rotated", 64) if case.stale_key else ident.kem_seed)
+    pinned = PinnedServerKey(BALANCED, kem.load(BALANCED.kem, pinned_seed).encapsulation_key)
     entropy = SeededEntropy(f"{seed}/{stage}")
+    recorders = {side: Recorder(kem, entropy.fork(side)) for side in ("client", "server")}
     client_config = ClientConfig(
-        kem=kem, server_name="localhost",
-        verifier=X509Verifier(anchors=[ca], clock=lambda: NOW + dt.timedelta(hours=1)),
-        server_key=PinnedServerKey(BALANCED, pinned_key) if case.mode == "pdk" else None,
+        kem=recorders["client"].kem, server_name="localhost",
+        verifier=X509Verifier(anchors=[x509.load_der_x509_certificate(ident.ca_der)],
+                              clock=lambda: NOW + dt.timedelta(hours=1)),
+        server_key=pinned if case.mode == "pdk" else None,
         ticket=ticket, **(case.client if stage == "record" else {}))
-    server_config = ServerConfig(kem=kem, static_keys=(static,),
-                                 ticket_sealer=ticket_sealer(stream_bytes(f"{seed}/ticket", 32)),
-                                 replay_filter=ReplayFilter(), **case.server)
-    client = ClientHandshake(client_config, entropy=entropy.fork("client"),
+    server_config = ServerConfig(kem=recorders["server"].kem, static_keys=(static,),
+                                 ticket_sealer=ticket_sealer(_ticket_key(seed)),
+                                 replay_filter=ReplayFilter(),
+                                 **(case.server if stage == "record" else {}))
+    client = ClientHandshake(client_config, entropy=recorders["client"].entropy,
                              transport_parameters=b"client transport parameters")
-    server = ServerHandshake(server_config, entropy=entropy.fork("server"),
+    server = ServerHandshake(server_config, entropy=recorders["server"].entropy,
                              transport_parameters=b"server transport parameters")
     client.keep_secrets = server.keep_secrets = True  # the vector records them
-    return client, server
+    run = run_handshake(client, server, now_ms=now_ms)
+    return Stage(run, client, server, recorders, pinned_seed if case.mode == "pdk" else None)
 
 
 def _event(event: HandshakeEvent) -> dict[str, Any]:
@@ -127,38 +224,50 @@ def _event(event: HandshakeEvent) -> dict[str, Any]:
     return data
 
 
-def execute(case: Case, ident: IdentityInputs, seed: str) -> tuple[HandshakeRun,
-                                                                   ClientHandshake,
-                                                                   ServerHandshake]:
+def execute(case: Case, ident: IdentityInputs, seed: str) -> tuple[Stage | None, Stage]:
     """Run the case: for resumption, a first discovery handshake at t=1 s issues the ticket."""
+    first = None
     ticket = None
     if case.resume:
-        client, server = _pair(replace(case, mode="discovery"), ident, seed, stage="ticket")
-        first = run_handshake(client, server, now_ms=1_000)
-        ticket = next(e.ticket for e in first.client_events if isinstance(e, TicketIssued))
-    client, server = _pair(case, ident, seed, stage="record", ticket=ticket)
-    return run_handshake(client, server, now_ms=5_000), client, server
+        first = _stage(replace(case, mode="discovery"), ident, seed, stage="ticket",
+                       now_ms=1_000)
+        ticket = next(e.ticket for e in first.run.client_events if isinstance(e, TicketIssued))
+    return first, _stage(case, ident, seed, stage="record", now_ms=5_000, ticket=ticket)
 
 
 def _steps(handshake: ClientHandshake | ServerHandshake) -> list[list[str]]:
     return [[n, v.hex()] for n, v in handshake.schedule.steps] if handshake.schedule else []
 
 
+PROVENANCE = {
+    "generator": "harness/vectors/handshakes.py",
+    "independent_of": "velocity.core for the first check: flights, events and secrets are "
+                      "recorded from the reference; harness/vectors/handshake_kat.py reads "
+                      "the flights with the scapy layers and recomputes the key shares, "
+                      "KEM ciphertexts and secrets from 'inputs' with kyber-py and "
+                      "cryptography, then the key schedule with hmac, and checks both "
+                      "FINISHED MACs, PSK binders, the FALLBACK MAC and the sealed tickets "
+                      "against the wire; the second check regenerates the file byte for "
+                      "byte from the reference",
+    "sources": ["docs/spec/velocity-1.md sections 7-14"],
+    "generated": "2026-11-25"}
+
+
 def record(case: Case, ident: IdentityInputs, seed: str) -> dict[str, Any]:
-    run, client, server = execute(case, ident, seed)
+    first, stage = execute(case, ident, seed)
+    run, client, server = stage.run, stage.client, stage.server
     return {
         "schema": "velocity-vectors/1", "topic": "handshake", "name": case.name,
         "description": case.description,
         "spec": ["VEL-GEN-003", "VEL-KS-001", "VEL-HS-104"],
-        "provenance": {"generator": "harness/vectors/handshakes.py",
-                       "independent_of": "none: recorded from the reference; its key schedule "
-                                         "is recomputed independently by the checker",
-                       "method": f"seeded entropy '{seed}', KEM backend {BACKEND}",
-                       "sources": ["docs/spec/velocity-1.md sections 7-14"],
-                       "generated": "2026-11-25"},
+        "provenance": {**PROVENANCE,
+                       "method": f"seeded entropy '{seed}', KEM backend {BACKEND}; 'inputs' "
+                                 "caught at each endpoint's KEM backend and entropy source"},
         "seed": seed, "profile": BALANCED.name, "identity": ident.to_json(),
-        "flights": [{"sender": f.sender, "epoch": f.epoch.name,
-                     "messages": [m.hex() for m in f.messages]} for f in run.flights],
+        "inputs": stage.inputs(seed),
+        "ticket_handshake": first and {"flights": first.flights(),
+                                       "inputs": first.inputs(seed)},
+        "flights": stage.flights(),
         "error": None if run.error is None else {"side": run.error_side,
                                                  "code": run.error.code.name},
         "client_events": [_event(e) for e in run.client_events],
@@ -172,84 +281,33 @@ def record(case: Case, ident: IdentityInputs, seed: str) -> dict[str, Any]:
     }
 
 
-# --- checking ---------------------------------------------------------------------------
+# --- the second check: byte-for-byte regeneration -------------------------------------
 
 
-def _transcript(document: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """(sender, message) in transcript order, with the HELLO_RETRY substitution."""
-    hash_name = PROFILES_BY_NAME[document["profile"]].hash_name
-    messages = [(f["sender"], bytes.fromhex(m)) for f in document["flights"]
-                if f["epoch"] != "APPLICATION" for m in f["messages"]
-                if not m.startswith("30")]
-    if any(m[0] == 0x06 for _, m in messages):
-        digest = hashlib.new(hash_name, messages[0][1]).digest()
-        messages[0] = ("client", b"\xfe" + len(digest).to_bytes(3, "big") + digest)
-    return messages
-
-
-def independent_check(document: dict[str, Any]) -> list[tuple[str, object, object]]:
-    """(what, recomputed, recorded) for the key schedule and every FINISHED / FALLBACK MAC,
-    recomputed from the recorded messages with harness.vectors.generate_crypto."""
-    profile = PROFILES_BY_NAME[document["profile"]]
-    hash_name, secrets = profile.hash_name, document["secrets"]
-    messages = _transcript(document)
-    results: list[tuple[str, object, object]] = []
-    fallback = [bytes.fromhex(m) for f in document["flights"] for m in f["messages"]
-                if m.startswith("30")]
-    if fallback:
-        raw, size = fallback[0], profile.hash_length
-        body = raw[4 : -(1 + size)] + b"\x00"  # the directive with an empty mac
-        without_mac = raw[:1] + len(body).to_bytes(3, "big") + body
-        expected = fallback_mac(hash_name, bytes.fromhex(secrets["static_secret"]),
-                                messages[0][1], without_mac)
-        results.append(("FALLBACK mac", (raw[-(1 + size)], expected), (size, raw[-size:])))
-    if not document["secrets"]["client_schedule"] or document["error"]:
-        return results
-    mode = next(e["mode"] for e in document["client_events"]
-                if e["type"] == "HandshakeCompleted").lower()
-    types = [m[0] for _, m in messages]
-
-    def through(index: int) -> bytes:
-        return hashlib.new(hash_name, b"".join(m for _, m in messages[: index + 1])).digest()
-
-    finished = [i for i, t in enumerate(types) if t == 0x14]
-    client_finished = next(i for i in finished if messages[i][0] == "client")
-    server_finished = next(i for i in finished if messages[i][0] == "server")
-    inputs = {"ss_eph": bytes.fromhex(secrets["hybrid_shared_secret"]),
-              "th_client_hello": through(max(i for i, t in enumerate(types) if t == 0x01)),
-              "th_server_hello": through(types.index(0x02)),
-              "th_application": through(client_finished if mode == "discovery"
-                                        else server_finished),
-              "th_client_finished": through(client_finished)}
-    if secrets["static_secret"]:
-        inputs["ss_static"] = bytes.fromhex(secrets["static_secret"])
-    if 0x1E in types:
-        inputs["th_kem_ciphertext"] = through(types.index(0x1E))
-    if secrets["psk"]:
-        inputs["psk"] = bytes.fromhex(secrets["psk"])
-    steps = [[n, v.hex()] for n, v in schedule_steps(hash_name, mode, inputs)]
-    results.append(("client key schedule", steps, secrets["client_schedule"]))
-    server_steps = dict(map(tuple, secrets["server_schedule"]))
-    results.append(("server key schedule", {n: v for n, v in steps if n in server_steps},
-                    server_steps))
-    values = {n: bytes.fromhex(v) for n, v in steps}
-    prefix = "ahs" if mode == "discovery" else "hs"
-    for index in finished:
-        sender = messages[index][0]
-        base = values[f"{sender}_{prefix}_secret"]
-        expected = finished_mac_independent(hash_name, base,
-                                            b"".join(m for _, m in messages[:index]))
-        results.append((f"{sender} FINISHED", expected, messages[index][1][4:]))
-    return results
+RECORDED = ("inputs", "ticket_handshake", "flights", "error", "client_events", "server_events",
+            "secrets")
 
 
 def check(document: dict[str, Any]) -> list[tuple[str, object, object]]:
-    """Regenerate the case from its seed and identity (byte for byte), then recompute its
-    secrets and MACs independently."""
+    """(what, regenerated, recorded): the reference rerun from the case's seed and stored
+    identity reproduces every recorded section byte for byte."""
     case = CASES_BY_NAME[document["name"]]
     regenerated = record(case, IdentityInputs.from_json(document["identity"]),
                          document["seed"])
-    results: list[tuple[str, object, object]] = [
-        (f"regenerated {key}", regenerated[key], document[key])
-        for key in ("flights", "error", "client_events", "server_events", "secrets")]
-    return results + independent_check(document)
+    return [(f"regenerated {key}", regenerated[key], document[key]) for key in RECORDED]
+
+
+def regenerate(directory: Path, identities: Path) -> list[Path]:
+    """Write ``directory``/<case>.json for every case, keeping the server identity stored
+    in ``identities``/<case>.json when there is one (its certificates carry hedged
+    signatures); return the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case in CASES:
+        seed, stored = f"velocity/{case.name}", identities / f"{case.name}.json"
+        ident = (IdentityInputs.from_json(json.loads(stored.read_text())["identity"])
+                 if stored.is_file() else IdentityInputs.create(seed))
+        path = directory / f"{case.name}.json"
+        path.write_text(json.dumps(record(case, ident, seed), indent=1) + "\n")
+        written.append(path)
+    return written

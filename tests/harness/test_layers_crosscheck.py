@@ -1,19 +1,26 @@
 """The scapy layers and the reference codec are two readings of the same wire format: on
-every frame and packet type they must produce and accept the same bytes."""
+every frame, packet and handshake message type (with the extension values and the ticket
+plaintext) they must produce and accept the same bytes."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from scapy.packet import Packet
 
 from harness.fuzz import strategies as st_v
 from harness.layers import frames as layers
+from harness.layers import messages as ml
 from harness.layers.packets import VLongHeader, VRetry, VVersionNegotiation, short_header_layer
 from velocity.core import frames as f
-from velocity.core.buffer import Writer
+from velocity.core.buffer import VARINT_MAX, Writer
+from velocity.core.handshake import messages as m
+from velocity.core.handshake import server as server_module
+from velocity.core.handshake.common import TicketState
 from velocity.core.packet import (
     LongHeader,
     RetryPacket,
@@ -96,3 +103,142 @@ def test_version_negotiation_layer_agrees(packet: VersionNegotiation) -> None:
                                 versions=list(packet.versions))
     assert bytes(layer) == wire
     assert VVersionNegotiation(wire).versions == list(packet.versions)
+
+
+# --- handshake messages (spec sections 7 and 13) ---------------------------------------
+
+u16s, u32s = st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
+# extension types the codec accepts in every message: past the known ones (VEL-EXT-001)
+ext_lists = st.lists(st.tuples(st.integers(5, VARINT_MAX), st_v.blobs), max_size=4,
+                     unique_by=lambda e: e[0]).map(tuple)
+nonempty_u16s = st.lists(u16s, min_size=1, max_size=4, unique=True).map(tuple)
+
+
+@st.composite
+def client_hellos(draw: st.DrawFn) -> m.ClientHello:
+    profiles = draw(nonempty_u16s)
+    return m.ClientHello(
+        draw(st.binary(min_size=32, max_size=32)),
+        draw(st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=3,
+                      unique=True).map(tuple)),
+        profiles, draw(nonempty_u16s), draw(st.sampled_from(profiles)), draw(st_v.blobs),
+        draw(ext_lists))
+
+
+MESSAGE_STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
+    m.ClientHello: client_hellos(),
+    m.HelloRetry: st.builds(m.HelloRetry, u16s, ext_lists),
+    m.ServerHello: st.builds(m.ServerHello, st.binary(min_size=32, max_size=32), u16s, u16s,
+                             st_v.blobs, st.integers(0, 1), st.integers(0, 1), ext_lists),
+    m.EncryptedExtensions: st.builds(m.EncryptedExtensions, st.binary(max_size=255), u16s,
+                                     ext_lists),
+    m.Certificate: st.builds(m.Certificate,
+                             st.lists(st_v.blobs, min_size=1, max_size=3).map(tuple)),
+    m.KemCiphertext: st.builds(m.KemCiphertext, st_v.blobs),
+    m.Finished: st.builds(m.Finished, st.binary(min_size=32, max_size=64)),
+    m.NewSessionTicket: st.builds(m.NewSessionTicket, st.integers(0, 604800), u32s,
+                                  st.binary(max_size=255), st.binary(min_size=1, max_size=64),
+                                  u32s, ext_lists),
+    m.Fallback: st.builds(m.Fallback, st.binary(max_size=255), st.binary(max_size=255), u16s,
+                          st_v.varints, st_v.blobs, st_v.varints, st.binary(max_size=64)),
+}
+
+
+def message_layer(message: m.Message) -> Packet:
+    """The layer for ``message``, field by field; lists become item layers."""
+    fields: dict[str, Any] = {}
+    for fld in dataclasses.fields(message):
+        value = getattr(message, fld.name)
+        if fld.name == "extensions":
+            value = [ml.VExtension(type=t, value=v) for t, v in value]
+        elif fld.name == "alpn" and isinstance(message, m.ClientHello):
+            value = [ml.VProtocol(protocol=a) for a in value]
+        elif fld.name == "certificates":
+            value = [ml.VCertificateEntry(der=c) for c in value]
+        elif isinstance(value, tuple):
+            value = list(value)
+        fields[fld.name] = value
+    return ml.MESSAGE_LAYERS[message.TYPE](**fields)
+
+
+def message_from_layer(layer: Packet) -> m.Message:
+    """The reference dataclass with the fields the layer read."""
+    cls = m.MESSAGE_CLASSES[layer.msg_type]
+    values: dict[str, Any] = {}
+    for fld in dataclasses.fields(cls):
+        value = getattr(layer, fld.name)
+        if fld.name == "extensions":
+            value = tuple((e.type, e.value) for e in value)
+        elif fld.name == "alpn" and cls is m.ClientHello:
+            value = tuple(a.protocol for a in value)
+        elif fld.name == "certificates":
+            value = tuple(c.der for c in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[fld.name] = value
+    return cls(**values)
+
+
+@pytest.mark.spec("VEL-HS-001", "VEL-EXT-001")
+@pytest.mark.parametrize("cls", list(MESSAGE_STRATEGIES), ids=lambda c: c.TYPE.name)
+def test_message_layers_agree_with_the_codec(cls: type[m.Message]) -> None:
+    @given(MESSAGE_STRATEGIES[cls])
+    def check(message: m.Message) -> None:
+        wire = m.encode_message(message)
+        assert bytes(message_layer(message)) == wire
+        (dissected,) = ml.dissect_messages(wire)
+        assert dissected.name == message.TYPE.name
+        assert message_from_layer(dissected) == message
+        assert m.decode_message(wire[0], wire[4:]) == message
+
+    check()
+
+
+@given(st.binary(max_size=255), st.binary(max_size=64))
+def test_server_key_layer_agrees(key_id: bytes, ciphertext: bytes) -> None:
+    value = bytes(ml.VServerKey(key_id=key_id, ciphertext=ciphertext))
+    assert server_module._pull_server_key(value) == (key_id, ciphertext)
+
+
+@given(st.binary(max_size=64), u32s, st.binary(max_size=64))
+def test_pre_shared_key_layer_agrees(identity: bytes, age: int, binder: bytes) -> None:
+    value = bytes(ml.VPreSharedKey(identity=identity, obfuscated_age=age, binder=binder))
+    offer = server_module._pull_psk(value)
+    assert (offer.identity, offer.obfuscated_age, offer.binder) == (identity, age, binder)
+
+
+@given(st.builds(TicketState, st.integers(0, (1 << 64) - 1), u16s, u16s,
+                 st.binary(max_size=255), u32s, st.binary(max_size=64)))
+def test_ticket_state_layer_agrees(state: TicketState) -> None:
+    wire = state.encode()
+    layer = ml.read_exactly(ml.VTicketState, wire, "ticket")
+    assert (layer.issued_ms, layer.profile, layer.aead, layer.alpn, layer.max_early_data,
+            layer.psk) == dataclasses.astuple(state)
+    assert bytes(ml.VTicketState(**{k: getattr(state, k) for k in (
+        "issued_ms", "profile", "aead", "alpn", "max_early_data", "psk")})) == wire
+
+
+@pytest.mark.parametrize("wire", [
+    bytes.fromhex("140000"),  # a header cut short
+    bytes.fromhex("14000030") + bytes(8),  # a length past the end
+    bytes.fromhex("7f000000"),  # no such message type
+    m.encode_message(m.KemCiphertext(b"abc"))[:-1],  # the vector cut short
+    m.encode_message(m.HelloRetry(0x11EC)) + b"\x00",  # not a whole next message
+])
+def test_dissect_refuses_what_is_not_whole_messages(wire: bytes) -> None:
+    with pytest.raises(ValueError, match="CRYPTO data"):
+        ml.dissect_messages(wire)
+
+
+def test_read_exactly_refuses_trailing_bytes() -> None:
+    wire = m.encode_message(m.KemCiphertext(b"abc"))
+    body_with_extra = wire[:1] + (len(wire) - 3).to_bytes(3, "big") + wire[4:] + b"\x00"
+    with pytest.raises(ValueError, match="does not decode"):
+        ml.read_exactly(ml.VKemCiphertext, body_with_extra, "KEM_CIPHERTEXT")
+
+
+def test_read_exactly_refuses_a_list_element_it_cannot_read() -> None:
+    wire = bytearray(m.encode_message(m.HelloRetry(0x11EC, ((0x1B, b"grease"),))))
+    wire[7] = 0x40  # the extension's value length becomes a truncated 2-byte varint
+    with pytest.raises(ValueError, match="does not decode"):
+        ml.read_exactly(ml.VHelloRetry, bytes(wire), "HELLO_RETRY")
