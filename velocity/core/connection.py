@@ -11,6 +11,8 @@ recovery in ``velocity.core.recovery`` and the state records in ``velocity.core.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from velocity.core.events import (
     ConnectionTerminated,
     Event,
     HandshakeConfirmed,
+    InternalErrorRaised,
     StreamDataReceived,
     TicketReceived,
 )
@@ -361,11 +364,14 @@ class Connection:
             self._closing_heard += 1
             self.close_pending = not self._closing_heard & (self._closing_heard - 1)
             return
-        try:
-            read_datagram(self, data, now)
-        except ProtocolError as exc:
-            self._fail(exc)
-            self._pump_handshake(now)  # what the handshake produced before it failed
+        with self._boundary():
+            try:
+                read_datagram(self, data, now)
+            except ProtocolError as exc:
+                self._fail(exc)
+                # what the handshake produced before it failed; an error it raises again
+                # (the peer's transport parameters, applied once more) finds us closing
+                self._pump_handshake(now)
 
 
 
@@ -568,6 +574,25 @@ class Connection:
 
     # --- failure, closing, timers ----------------------------------------------------------
 
+    @contextmanager
+    def _boundary(self) -> Iterator[None]:
+        """The one boundary of this connection (architecture habit 6), around each entry
+        point that runs on the peer's bytes or the clock: a protocol error closes the
+        connection with its code; any other exception is a fault of ours, reported once
+        (InternalErrorRaised) and closed with INTERNAL_ERROR, or ended at once if building
+        the close is what failed. Nothing escapes: an endpoint serves its other connections
+        on (VEL-ERR-006)."""
+        try:
+            yield
+        except ProtocolError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self._events.append(InternalErrorRaised(exc))
+            if self.state == State.CLOSING:
+                self.state = State.TERMINATED
+            else:
+                self.close(ErrorCode.INTERNAL_ERROR, "internal error", application=False)
+
     def _fail(self, exc: ProtocolError) -> None:
         """The one place a peer's misbehaviour becomes CONNECTION_CLOSE."""
         self.close(exc.code, f"{exc.field}: {exc.reason}" if exc.field else exc.reason,
@@ -607,6 +632,10 @@ class Connection:
 
     def handle_timer(self, *, now: float) -> None:
         self._now = now
+        with self._boundary():
+            self._run_timers(now)
+
+    def _run_timers(self, now: float) -> None:
         if self.paced_until is not None and now >= self.paced_until:
             self.paced_until = None  # datagrams_to_send will find the pacer open
         if self.state in (State.CLOSING, State.DRAINING):
@@ -648,15 +677,21 @@ class Connection:
             crypto.on_lost(0, crypto.write_offset, False)
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
-        if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
-            return []
         self._now = now
+        for _ in range(2):  # a failure closes the connection: the second pass sends the close
+            if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
+                return []
+            with self._boundary():
+                return self._datagrams(now, self.peer_address)
+        return []
+
+    def _datagrams(self, now: float, address: Address) -> list[tuple[bytes, Address]]:
         self.check_confidentiality_limit()
         datagrams = build_datagrams(self, now)
         if self.state == State.CLOSING and self._close_deadline is None:
             self._close_deadline = now + 3 * self.recovery.pto_duration(Epoch.APPLICATION)
         self._discard_closed_streams()
-        return [(d, self.peer_address) for d in datagrams]
+        return [(d, address) for d in datagrams]
 
 
 class StreamsExhausted(UsageError):
