@@ -86,6 +86,7 @@ class ConnectionConfig:
     cid_length: int = 8
     max_datagram_size: int = 1452
     idle_timeout: float = 30.0
+    handshake_timeout: float = 10.0  # from the start, whatever the PTO backoff (VEL-CONN-008)
     max_data: int = 16 * 1024 * 1024
     max_stream_data: int = 4 * 1024 * 1024
     max_streams_bidi: int = 128
@@ -599,13 +600,29 @@ class Connection:
                    application=False, frame_type=exc.frame_type)
 
     def _idle_timeout(self) -> float:
+        """VEL-CONN-003; the PTO without its backoff, which a silent peer would stretch."""
         local = self.config.idle_timeout
         peer = (self.peer_params.max_idle_timeout / 1000) if self.peer_params else 0
         timeout = min(local, peer) if peer else local
-        return max(timeout, 3 * self.recovery.pto_duration(Epoch.APPLICATION))
+        return max(timeout, 3 * self.recovery.pto_duration(Epoch.APPLICATION, backoff=False))
 
     def idle_deadline(self) -> float:
         return self._last_activity + self._idle_timeout()
+
+    def _handshake_deadline(self) -> float | None:
+        """When a handshake not complete by then is given up (VEL-CONN-008)."""
+        if self.handshake_complete or self.started_at is None:
+            return None
+        return self.started_at + self.config.handshake_timeout
+
+    def abandon(self, reason: str, *, trigger: str = "aborted") -> None:
+        """End the connection now and silently: nothing more is sent. A timeout, or a server
+        evicting a half-open connection to make room (VEL-CONN-009)."""
+        if self.state == State.TERMINATED:
+            return
+        self._trace("quic:connection_closed", {"owner": "local", "trigger": trigger})
+        self.state = State.TERMINATED
+        self._events.append(ConnectionTerminated(ErrorCode.NO_ERROR, 0, reason, False))
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next be called (absolute seconds), if ever."""
@@ -614,6 +631,8 @@ class Connection:
         if self.state in (State.CLOSING, State.DRAINING):
             return self._close_deadline
         candidates = [self.idle_deadline()]
+        if (handshake_deadline := self._handshake_deadline()) is not None:
+            candidates.append(handshake_deadline)
         deadline, _, _ = self._loss_timer()
         if deadline is not None:
             candidates.append(deadline)
@@ -642,11 +661,12 @@ class Connection:
             if self._close_deadline is not None and now >= self._close_deadline:
                 self.state = State.TERMINATED
             return
+        handshake_deadline = self._handshake_deadline()
+        if handshake_deadline is not None and now >= handshake_deadline:
+            self.abandon("handshake timeout", trigger="handshake_timeout")
+            return
         if now >= self.idle_deadline():
-            self._trace("quic:connection_closed", {"owner": "local", "trigger": "idle_timeout"})
-            self.state = State.TERMINATED
-            self._events.append(ConnectionTerminated(ErrorCode.NO_ERROR, 0, "idle timeout",
-                                                     False))
+            self.abandon("idle timeout", trigger="idle_timeout")
             return
         for space in self.spaces.values():
             if space.ack_deadline is not None and now >= space.ack_deadline:
