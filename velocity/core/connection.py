@@ -356,14 +356,17 @@ class Connection:
         if self.started_at is None:
             self.started_at = now
             self._trace_started()
-        self.bytes_received += len(data)
         if self.peer_address is None:
             self.peer_address = address
+        from_peer = address == self.peer_address
+        if from_peer:  # another address's bytes never raise the peer's budget (VEL-CONN-011)
+            self.bytes_received += len(data)
         if self.state == State.CLOSING:
-            # answer the peer's datagrams with the close, at a falling rate: after the 1st,
-            # 2nd, 4th, 8th... (RFC 9000 section 10.2.1)
-            self._closing_heard += 1
-            self.close_pending = not self._closing_heard & (self._closing_heard - 1)
+            # answer the peer's datagrams (no one else's) with the close, at a falling rate:
+            # after the 1st, 2nd, 4th, 8th... (RFC 9000 section 10.2.1)
+            if from_peer:
+                self._closing_heard += 1
+                self.close_pending = not self._closing_heard & (self._closing_heard - 1)
             return
         with self._boundary():
             try:

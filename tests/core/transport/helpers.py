@@ -78,11 +78,11 @@ def requested(pair: Pair) -> tuple[Connection, int]:
     return server, stream
 
 
-# (direction "c2s"/"s2c", the client's address, datagram) -> deliver it?
-Route = Callable[[str, Address, bytes], bool]
+# (direction "c2s"/"s2c", the client's address, datagram, now) -> deliver it?
+Route = Callable[[str, Address, bytes, float], bool]
 
 
-def everything(direction: str, address: Address, datagram: bytes) -> bool:
+def everything(direction: str, address: Address, datagram: bytes, now: float) -> bool:
     return True
 
 
@@ -116,7 +116,7 @@ class Crowd:
         self._push("c2s", address, datagram)
 
     def _push(self, direction: str, address: Address, datagram: bytes) -> None:
-        if self.route(direction, address, datagram):
+        if self.route(direction, address, datagram, self.now):
             heapq.heappush(self._queue, (self.now + ONE_WAY, next(self._order), direction,
                                          address, datagram))
 

@@ -32,7 +32,7 @@ def hostile(index: int) -> Address:
     return HOSTILE_HOSTS[index % 2], 1000 + index
 
 
-def never_finishing(direction: str, address: Address, datagram: bytes) -> bool:
+def never_finishing(direction: str, address: Address, datagram: bytes, now: float) -> bool:
     """Hostile clients hear nothing from the server but Retry packets: they send their
     ClientHello (again with the token, under Retry), probe, and never finish."""
     to_hostile = direction == "s2c" and address[0] in HOSTILE_HOSTS
