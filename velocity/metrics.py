@@ -1,6 +1,9 @@
 """Prometheus metrics of a Velocity server (served on ``--metrics-listen``): handshakes by
 outcome, profile and authentication mode; handshake latency; FALLBACK directives by reason;
-KEM operation latency; packets and bytes; active connections; Retry packets sent."""
+KEM operation latency; packets and bytes; active connections; Retry packets sent; closes by
+error. Every label takes its values from a set of ours, never from a peer: profiles, modes,
+fallback reasons and KEM parameter sets are the server's own, and a close's error code is
+labelled by its name in the registry, any other code as "other" (VEL-ERR-007)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from velocity.core.connection import Connection
+from velocity.core.errors import ErrorCode
 from velocity.core.events import ConnectionTerminated, Event
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
 from velocity.core.kem import KemBackend, KemKey, KemParams
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
+ERROR_LABELS = {code.value: code.name for code in ErrorCode}
 
 
 class ServerMetrics:
@@ -49,9 +54,10 @@ class ServerMetrics:
             self.fallbacks.labels(event.reason_text).inc()
             self.handshakes.labels("fallback", "", "").inc()
         elif isinstance(event, ConnectionTerminated):
-            if not connection.handshake_complete and event.error_code != 0x0108:
+            if not connection.handshake_complete and (
+                    event.error_code != ErrorCode.NO_APPLICATION_PROTOCOL):
                 self.handshakes.labels("failed", "", "").inc()
-            self.closes.labels(hex(event.error_code)).inc()
+            self.closes.labels(ERROR_LABELS.get(event.error_code, "other")).inc()
 
     def datagrams(self, direction: str, sizes: list[int]) -> None:
         if sizes:

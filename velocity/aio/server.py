@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import Entropy
 from velocity.core.errors import ErrorCode
-from velocity.core.events import ConnectionTerminated, Event
+from velocity.core.events import ConnectionTerminated, Event, InternalErrorRaised
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
 from velocity.core.trace import Transcript
 from velocity.logs import fields
@@ -34,6 +35,7 @@ LOG = logging.getLogger(__name__)
 
 def _log_event(connection: Connection, event: Event, age: float) -> None:
     """Log the events an operator follows; every other event costs one type check."""
+    fault = None
     if isinstance(event, HandshakeCompleted):
         level, message = logging.INFO, "handshake completed"
         values = {"profile": event.profile, "mode": event.mode.value, "aead": event.aead,
@@ -48,12 +50,17 @@ def _log_event(connection: Connection, event: Event, age: float) -> None:
         message = "connection closed"
         values = {"error": f"0x{event.error_code:x}", "reason": event.reason,
                   "by_peer": event.by_peer, "seconds": round(age, 3)}
+    elif isinstance(event, InternalErrorRaised):  # a bug: closed with INTERNAL_ERROR
+        level, message, fault = logging.ERROR, "internal error", event.exception
+        frames = traceback.extract_tb(fault.__traceback__)
+        values = {"exception": f"{type(fault).__name__}: {fault}", "at": "?" if not frames
+                  else f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}"}
     else:
         return
     if LOG.isEnabledFor(level):
         peer = connection.peer_address
-        LOG.log(level, message, extra=fields(peer=f"{peer[0]}:{peer[1]}" if peer else "?",
-                                             **values))
+        LOG.log(level, message, exc_info=fault,
+                extra=fields(peer=f"{peer[0]}:{peer[1]}" if peer else "?", **values))
 
 
 class TranscriptWriter:

@@ -54,7 +54,8 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
 
 
 async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
-                 listing: bool, retry: str, max_sessions: int, metrics: ServerMetrics | None,
+                 listing: bool, retry: str, max_sessions: int, max_half_open: int,
+                 handshake_timeout: float, metrics: ServerMetrics | None,
                  h3_listen: str | None, transcripts: Path | None) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
@@ -72,10 +73,11 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
             handshake = replace(handshake, fallback=replace(handshake.fallback,
                                                             port=int(bound[1])))
     static_key = handshake.static_keys[0]
-    server = await serve_udp(host, port, EndpointConfig(ConnectionConfig(handshake), retry=retry,
-                                                        max_sessions=max_sessions), app,
-                             tokens=RetryTokens(entropy.random(16)), metrics=metrics,
-                             transcripts=transcripts)
+    config = EndpointConfig(ConnectionConfig(handshake, handshake_timeout=handshake_timeout),
+                            retry=retry, max_sessions=max_sessions,
+                            max_half_open_per_address=max_half_open)
+    server = await serve_udp(host, port, config, app, tokens=RetryTokens(entropy.random(16)),
+                             metrics=metrics, transcripts=transcripts)
     bound_host, bound_port = server.address
     click.echo(f"serving {root} on udp://{bound_host}:{bound_port} "
                f"(profile {static_key.profile.name}, key id {static_key.key_id.hex()}, "
@@ -105,6 +107,12 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
 @click.option("--listing", is_flag=True, help="List directories without an index file.")
 @click.option("--retry", type=click.Choice(RETRY_POLICIES), default="never", show_default=True)
 @click.option("--max-sessions", type=click.IntRange(1), default=10_000, show_default=True)
+@click.option("--max-half-open-per-address", "max_half_open", type=click.IntRange(1),
+              default=EndpointConfig.max_half_open_per_address, show_default=True,
+              help="Handshakes in progress from one IP address; more are refused.")
+@click.option("--handshake-timeout", type=click.FloatRange(0, min_open=True),
+              default=ConnectionConfig.handshake_timeout, show_default=True,
+              help="Seconds a handshake may take; then the connection is dropped.")
 @click.option("--kem-backend", "backend", type=click.Choice(list(BACKENDS)),
               default="cryptography", show_default=True)
 @click.option("--alpn", default="velocity/1", show_default=True,
@@ -125,7 +133,8 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
               help="Log lines on stderr; levels come from VELOCITY_LOG (default: warning).")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
-          max_sessions: int, backend: str, alpn: str, fallback_only: bool, fallback_alpn: str,
+          max_sessions: int, max_half_open: int, handshake_timeout: float, backend: str,
+          alpn: str, fallback_only: bool, fallback_alpn: str,
           fallback_host: str, fallback_port: int | None, h3_listen: str | None,
           metrics_listen: str | None, transcripts: Path | None, log_format: str) -> None:
     """Serve ROOT over Velocity/1."""
@@ -156,5 +165,6 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
                              ticket_sealer=ticket_sealer(OsEntropy().random(32)),
                              replay_filter=ReplayFilter(), fallback=fallback, alpn=served)
     run(_serve(root, listen, handshake, api=api, listing=listing, retry=retry,
-               max_sessions=max_sessions, metrics=metrics, h3_listen=h3_listen,
+               max_sessions=max_sessions, max_half_open=max_half_open,
+               handshake_timeout=handshake_timeout, metrics=metrics, h3_listen=h3_listen,
                transcripts=transcripts))

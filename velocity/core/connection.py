@@ -11,6 +11,8 @@ recovery in ``velocity.core.recovery`` and the state records in ``velocity.core.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ from velocity.core.events import (
     ConnectionTerminated,
     Event,
     HandshakeConfirmed,
+    InternalErrorRaised,
     StreamDataReceived,
     TicketReceived,
 )
@@ -85,6 +88,7 @@ class ConnectionConfig:
     cid_length: int = 8
     max_datagram_size: int = 1452
     idle_timeout: float = 30.0
+    handshake_timeout: float = 10.0  # from the start, whatever the PTO backoff (VEL-CONN-008)
     max_data: int = 16 * 1024 * 1024
     max_stream_data: int = 4 * 1024 * 1024
     max_streams_bidi: int = 128
@@ -359,20 +363,26 @@ class Connection:
         if self.started_at is None:
             self.started_at = now
             self._trace_started()
-        self.bytes_received += len(data)
         if self.peer_address is None:
             self.peer_address = address
+        from_peer = address == self.peer_address
+        if from_peer:  # another address's bytes never raise the peer's budget (VEL-CONN-011)
+            self.bytes_received += len(data)
         if self.state == State.CLOSING:
-            # answer the peer's datagrams with the close, at a falling rate: after the 1st,
-            # 2nd, 4th, 8th... (RFC 9000 section 10.2.1)
-            self._closing_heard += 1
-            self.close_pending = not self._closing_heard & (self._closing_heard - 1)
+            # answer the peer's datagrams (no one else's) with the close, at a falling rate:
+            # after the 1st, 2nd, 4th, 8th... (RFC 9000 section 10.2.1)
+            if from_peer:
+                self._closing_heard += 1
+                self.close_pending = not self._closing_heard & (self._closing_heard - 1)
             return
-        try:
-            read_datagram(self, data, now)
-        except ProtocolError as exc:
-            self._fail(exc)
-            self._pump_handshake(now)  # what the handshake produced before it failed
+        with self._boundary():
+            try:
+                read_datagram(self, data, now)
+            except ProtocolError as exc:
+                self._fail(exc)
+                # what the handshake produced before it failed; an error it raises again
+                # (the peer's transport parameters, applied once more) finds us closing
+                self._pump_handshake(now)
 
 
 
@@ -602,19 +612,54 @@ class Connection:
 
     # --- failure, closing, timers ----------------------------------------------------------
 
+    @contextmanager
+    def _boundary(self) -> Iterator[None]:
+        """The one boundary of this connection (architecture habit 6), around each entry
+        point that runs on the peer's bytes or the clock: a protocol error closes the
+        connection with its code; any other exception is a fault of ours, reported once
+        (InternalErrorRaised) and closed with INTERNAL_ERROR, or ended at once if building
+        the close is what failed. Nothing escapes: an endpoint serves its other connections
+        on (VEL-ERR-006)."""
+        try:
+            yield
+        except ProtocolError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            self._events.append(InternalErrorRaised(exc))
+            if self.state == State.CLOSING:
+                self.state = State.TERMINATED
+            else:
+                self.close(ErrorCode.INTERNAL_ERROR, "internal error", application=False)
+
     def _fail(self, exc: ProtocolError) -> None:
         """The one place a peer's misbehaviour becomes CONNECTION_CLOSE."""
         self.close(exc.code, f"{exc.field}: {exc.reason}" if exc.field else exc.reason,
                    application=False, frame_type=exc.frame_type)
 
     def _idle_timeout(self) -> float:
+        """VEL-CONN-003; the PTO without its backoff, which a silent peer would stretch."""
         local = self.config.idle_timeout
         peer = (self.peer_params.max_idle_timeout / 1000) if self.peer_params else 0
         timeout = min(local, peer) if peer else local
-        return max(timeout, 3 * self.recovery.pto_duration(Epoch.APPLICATION))
+        return max(timeout, 3 * self.recovery.pto_duration(Epoch.APPLICATION, backoff=False))
 
     def idle_deadline(self) -> float:
         return self._last_activity + self._idle_timeout()
+
+    def _handshake_deadline(self) -> float | None:
+        """When a handshake not complete by then is given up (VEL-CONN-008)."""
+        if self.handshake_complete or self.started_at is None:
+            return None
+        return self.started_at + self.config.handshake_timeout
+
+    def abandon(self, reason: str, *, trigger: str = "aborted") -> None:
+        """End the connection now and silently: nothing more is sent. A timeout, or a server
+        evicting a half-open connection to make room (VEL-CONN-009)."""
+        if self.state == State.TERMINATED:
+            return
+        self._trace("quic:connection_closed", {"owner": "local", "trigger": trigger})
+        self.state = State.TERMINATED
+        self._events.append(ConnectionTerminated(ErrorCode.NO_ERROR, 0, reason, False))
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next be called (absolute seconds), if ever."""
@@ -623,6 +668,8 @@ class Connection:
         if self.state in (State.CLOSING, State.DRAINING):
             return self._close_deadline
         candidates = [self.idle_deadline()]
+        if (handshake_deadline := self._handshake_deadline()) is not None:
+            candidates.append(handshake_deadline)
         deadline, _, _ = self._loss_timer()
         if deadline is not None:
             candidates.append(deadline)
@@ -641,17 +688,22 @@ class Connection:
 
     def handle_timer(self, *, now: float) -> None:
         self._now = now
+        with self._boundary():
+            self._run_timers(now)
+
+    def _run_timers(self, now: float) -> None:
         if self.paced_until is not None and now >= self.paced_until:
             self.paced_until = None  # datagrams_to_send will find the pacer open
         if self.state in (State.CLOSING, State.DRAINING):
             if self._close_deadline is not None and now >= self._close_deadline:
                 self.state = State.TERMINATED
             return
+        handshake_deadline = self._handshake_deadline()
+        if handshake_deadline is not None and now >= handshake_deadline:
+            self.abandon("handshake timeout", trigger="handshake_timeout")
+            return
         if now >= self.idle_deadline():
-            self._trace("quic:connection_closed", {"owner": "local", "trigger": "idle_timeout"})
-            self.state = State.TERMINATED
-            self._events.append(ConnectionTerminated(ErrorCode.NO_ERROR, 0, "idle timeout",
-                                                     False))
+            self.abandon("idle timeout", trigger="idle_timeout")
             return
         for space in self.spaces.values():
             if space.ack_deadline is not None and now >= space.ack_deadline:
@@ -682,15 +734,21 @@ class Connection:
             crypto.on_lost(0, crypto.write_offset, False)
 
     def datagrams_to_send(self, *, now: float) -> list[tuple[bytes, Address]]:
-        if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
-            return []
         self._now = now
+        for _ in range(2):  # a failure closes the connection: the second pass sends the close
+            if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
+                return []
+            with self._boundary():
+                return self._datagrams(now, self.peer_address)
+        return []
+
+    def _datagrams(self, now: float, address: Address) -> list[tuple[bytes, Address]]:
         self.check_confidentiality_limit()
         datagrams = build_datagrams(self, now)
         if self.state == State.CLOSING and self._close_deadline is None:
             self._close_deadline = now + 3 * self.recovery.pto_duration(Epoch.APPLICATION)
         self._discard_closed_streams()
-        return [(d, self.peer_address) for d in datagrams]
+        return [(d, address) for d in datagrams]
 
 
 class StreamsExhausted(UsageError):

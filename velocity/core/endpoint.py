@@ -1,12 +1,13 @@
 """The server side of many connections, sans-I/O: connection-ID demultiplexing, stateless
 answers to datagrams that belong to no connection (Version Negotiation, Retry, refusal),
-address-validation tokens, and the session limit (spec VEL-CONN-004, VEL-CONN-005,
-VEL-VN-001, VEL-RTY-*). The asyncio server (``velocity.aio.server``) only moves bytes."""
+address-validation tokens, the session limit and the bounds on half-open connections (spec
+VEL-CONN-004, VEL-CONN-005, VEL-CONN-009, VEL-CONN-010, VEL-VN-001, VEL-RTY-*). The asyncio
+server (``velocity.aio.server``) only moves bytes."""
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,6 +57,7 @@ class EndpointConfig:
     retry: str = "never"
     max_sessions: int = 10_000
     under_load: int = 64  # connections awaiting validation before Retry kicks in
+    max_half_open_per_address: int = 32  # handshakes in progress from one IP (VEL-CONN-010)
 
     def __post_init__(self) -> None:
         if self.retry not in RETRY_POLICIES:
@@ -83,6 +85,9 @@ class ServerEndpoint:
         self._sequence = 0
         self._stateless: deque[tuple[bytes, Address]] = deque()
         self._events: deque[tuple[Connection, Event]] = deque()
+        # connections whose handshake is not complete, oldest first, and their hosts
+        self._half_open: dict[Connection, str] = {}
+        self._half_open_hosts: Counter[str] = Counter()
         self.retries_sent = 0
         self.refused = 0
 
@@ -131,13 +136,16 @@ class ServerEndpoint:
             validated = odcid is not None
             if odcid:  # a Retry token: the client's DCID is our Retry SCID
                 original_dcid, retry_scid = odcid, header.dcid
-        if len(self.connections) >= self.config.max_sessions:
+        refusal = self._refusal(address)
+        if refusal is not None:
             self.refused += 1
-            self._refuse(header, address, ErrorCode.CONNECTION_REFUSED, "server is full")
+            self._refuse(header, address, ErrorCode.CONNECTION_REFUSED, refusal)
             return
         if not validated and self._wants_retry():
             self._retry(header, address, now_ms)
             return
+        if len(self.connections) >= self.config.max_sessions:
+            self._evict(next(iter(self._half_open)))
         connection = Connection(self.config.connection, entropy=self._entropy,
                                 original_dcid=original_dcid, peer_cid=header.scid,
                                 retry_scid=retry_scid, address_validated=validated,
@@ -147,11 +155,30 @@ class ServerEndpoint:
                                        nonce=self._entropy.random(12))
             connection.queue_after_handshake(NewToken(token))
         self.connections.append(connection)
+        self._deadline[connection] = None  # in the table until reaped
+        self._half_open[connection] = address[0]
+        self._half_open_hosts[address[0]] += 1
         for cid in (connection.host_cid, header.dcid):
             self._by_cid[cid] = connection
         connection.receive_datagram(data, address, now=now)
         self._collect(connection)
         self.mark(connection)
+
+    def _refusal(self, address: Address) -> str | None:
+        """Why a new connection from ``address`` is refused, if it is: too many handshakes
+        in progress from its host (VEL-CONN-010), or a table full of connections past their
+        handshakes, none of which can be evicted (VEL-CONN-005, VEL-CONN-009)."""
+        if self._half_open_hosts[address[0]] >= self.config.max_half_open_per_address:
+            return "too many handshakes from this address"
+        if len(self.connections) >= self.config.max_sessions and not self._half_open:
+            return "server is full"
+        return None
+
+    def _evict(self, connection: Connection) -> None:
+        """Make room in a full table: the oldest half-open connection ends, silently."""
+        connection.abandon("evicted: the server is full")
+        self._collect(connection)
+        self._reap(connection)
 
     def _wants_retry(self) -> bool:
         if self.config.retry == "always":
@@ -237,12 +264,23 @@ class ServerEndpoint:
     def _collect(self, connection: Connection) -> None:
         while (event := connection.next_event()) is not None:
             self._events.append((connection, event))
+        if connection.handshake_complete:
+            self._settle(connection)
+
+    def _settle(self, connection: Connection) -> None:
+        """``connection`` is half-open no more: its handshake completed, or it is gone."""
+        host = self._half_open.pop(connection, None)
+        if host is not None:
+            self._half_open_hosts[host] -= 1
+            if not self._half_open_hosts[host]:
+                del self._half_open_hosts[host]
 
     def _reap(self, connection: Connection) -> None:
         """Forget ``connection`` once it has terminated (idle, drained or closed)."""
         if connection.state != State.TERMINATED or connection not in self._deadline:
             return
         self.connections.remove(connection)
+        self._settle(connection)
         if connection.tracer is not None:
             self.finished.append(connection)
         self._deadline.pop(connection)

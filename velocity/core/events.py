@@ -67,6 +67,16 @@ class ConnectionTerminated:
     by_peer: bool
 
 
+@dataclass(frozen=True, slots=True)
+class InternalErrorRaised:
+    """A fault of this implementation (an exception that is no protocol error) ended the
+    connection's processing; it was closed with INTERNAL_ERROR. The driver reports
+    ``exception`` once (the core does no logging)."""
+
+    exception: Exception
+
+
 Event = (StreamDataReceived | StreamReset | StopSendingReceived | TicketReceived
          | NewTokenReceived | HandshakeConfirmed | ApplicationKeysInstalled
-         | ConnectionTerminated | HandshakeCompleted | FallbackDirected | ServerKeyLearned)
+         | ConnectionTerminated | HandshakeCompleted | FallbackDirected | ServerKeyLearned
+         | InternalErrorRaised)

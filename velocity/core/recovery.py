@@ -275,12 +275,12 @@ class Recovery:
         self.spaces[epoch] = PacketSpace()
         self.pto_count = 0
 
-    def pto_duration(self, epoch: Epoch) -> float:
+    def pto_duration(self, epoch: Epoch, *, backoff: bool = True) -> float:
         rtt = self.rtt
         duration = rtt.smoothed + max(4 * rtt.variance, K_GRANULARITY)
         if epoch == Epoch.APPLICATION:
             duration += self.max_ack_delay
-        return duration * (1 << self.pto_count)
+        return duration * (1 << self.pto_count) if backoff else duration
 
     def loss_timer(self, *, handshake_confirmed: bool, peer_completed_address_validation: bool,
                    has_keys: Callable[[Epoch], bool],

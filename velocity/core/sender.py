@@ -458,7 +458,8 @@ def _client_hello_split(conn: Connection, mtu: int) -> tuple[int, int] | None:
 
 def build_datagrams(conn: Connection, now: float) -> list[bytes]:
     """Every datagram the connection may send now. Until the client's address is validated
-    a server sends at most three times what it received (VEL-CONN-001)."""
+    a server sends at most three times what it received from that address (VEL-CONN-001;
+    ``bytes_received`` counts no other address's, VEL-CONN-011)."""
     out: list[bytes] = []
     if _nothing_to_send(conn, now):
         paced = conn.recovery.cc.pacing_delay(now, conn.recovery.rtt)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from harness.loopback import Network, Pair, perfect
+from harness.loopback import ONE_WAY, SERVER_ADDR, Network, Pair, perfect
 from harness.pair import PairSpec, make_configs
-from velocity.core.connection import Connection, ConnectionConfig
+from velocity.core.connection import Address, Connection, ConnectionConfig
+from velocity.core.endpoint import EndpointConfig, ServerEndpoint
+from velocity.core.entropy import SeededEntropy
 from velocity.core.events import (
     ConnectionTerminated,
     Event,
@@ -17,6 +23,7 @@ from velocity.core.events import (
 from velocity.crypto.sealing import RetryTokens
 
 TOKENS = RetryTokens(bytes(16))  # the token sealer of tests that need Retry or NEW_TOKEN
+CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
 
 
 def make(mode: str = "pdk", network: Network = perfect, *, client: dict[str, Any] | None = None,
@@ -69,3 +76,103 @@ def requested(pair: Pair) -> tuple[Connection, int]:
     pair.client.send_stream_data(stream, b"get", end_stream=True)
     assert pair.run(lambda: pair.finished_stream("server", stream))
     return server, stream
+
+
+# (direction "c2s"/"s2c", the client's address, datagram, now) -> deliver it?
+Route = Callable[[str, Address, bytes, float], bool]
+
+
+def everything(direction: str, address: Address, datagram: bytes, now: float) -> bool:
+    return True
+
+
+@dataclass
+class Crowd:
+    """Clients, each at its own address, in front of one ``ServerEndpoint`` on one virtual
+    clock: a datagram reaches the address it is sent to ONE_WAY later if ``route`` lets it
+    through. Everything due at one instant is handed over before anyone answers, as one read
+    batch of a server. ``sent`` records what the server sent to each address, and when."""
+
+    endpoint: ServerEndpoint
+    route: Route = everything
+    now: float = 0.0
+    clients: dict[Address, Connection] = field(default_factory=dict)
+    client_events: dict[Address, list[Event]] = field(default_factory=dict)
+    server_events: list[tuple[Connection, Event]] = field(default_factory=list)
+    sent: dict[Address, list[tuple[float, bytes]]] = field(default_factory=dict)
+    _queue: list[tuple[float, int, str, Address, bytes]] = field(default_factory=list)
+    _order: itertools.count[int] = field(default_factory=itertools.count)
+
+    def join(self, address: Address, client: Connection) -> Connection:
+        """``client`` connects from ``address`` now."""
+        self.clients[address] = client
+        self.client_events[address] = []
+        client.connect(SERVER_ADDR, now=self.now)
+        return client
+
+    def inject(self, datagram: bytes, address: Address) -> None:
+        """A datagram from ``address`` (no client of ours: a spoofer) reaches the server
+        ONE_WAY from now."""
+        self._push("c2s", address, datagram)
+
+    def _push(self, direction: str, address: Address, datagram: bytes) -> None:
+        if self.route(direction, address, datagram, self.now):
+            heapq.heappush(self._queue, (self.now + ONE_WAY, next(self._order), direction,
+                                         address, datagram))
+
+    def _flush(self) -> None:
+        for address, client in self.clients.items():
+            for datagram, _ in client.datagrams_to_send(now=self.now):
+                self._push("c2s", address, datagram)
+        for datagram, address in self.endpoint.datagrams_to_send(now=self.now):
+            self.sent.setdefault(address, []).append((self.now, datagram))
+            self._push("s2c", address, datagram)
+
+    def step(self) -> bool:
+        """Advance to the next delivery or timer; False when nothing is left to do."""
+        self._flush()
+        timers = [t for t in (*(c.get_timer() for c in self.clients.values()),
+                              self.endpoint.get_timer()) if t is not None]
+        if self._queue:
+            timers.append(self._queue[0][0])
+        if not timers:
+            return False
+        self.now = max(self.now, min(timers))
+        while self._queue and self._queue[0][0] <= self.now:
+            _, _, direction, address, datagram = heapq.heappop(self._queue)
+            if direction == "c2s":
+                self.endpoint.receive_datagram(datagram, address, now=self.now)
+            elif address in self.clients:
+                self.clients[address].receive_datagram(datagram, SERVER_ADDR, now=self.now)
+        for client in self.clients.values():
+            if (timer := client.get_timer()) is not None and timer <= self.now:
+                client.handle_timer(now=self.now)
+        if (timer := self.endpoint.get_timer()) is not None and timer <= self.now:
+            self.endpoint.handle_timer(now=self.now)
+        for address, client in self.clients.items():
+            while (event := client.next_event()) is not None:
+                self.client_events[address].append(event)
+        while (item := self.endpoint.next_event()) is not None:
+            self.server_events.append(item)
+        return True
+
+    def run(self, until: Callable[[], bool], *, max_time: float = 60.0,
+            max_steps: int = 100_000) -> bool:
+        """Step until ``until()`` holds; False if virtual time or steps run out first."""
+        for _ in range(max_steps):
+            if until():
+                return True
+            if self.now > max_time or not self.step():
+                return until()
+        return until()
+
+
+def make_crowd(route: Route = everything, **endpoint: Any) -> Crowd:
+    """A crowd in front of a PDK server with ``endpoint`` settings (and Retry tokens)."""
+    config = EndpointConfig(ConnectionConfig(SERVER_HS), **endpoint)
+    return Crowd(ServerEndpoint(config, entropy=SeededEntropy("server"), tokens=TOKENS), route)
+
+
+def make_client(seed: str, **config: Any) -> Connection:
+    """A PDK client for a crowd, with ``config`` settings."""
+    return Connection(ConnectionConfig(CLIENT_HS, **config), entropy=SeededEntropy(seed))
