@@ -384,12 +384,6 @@ class Connection:
                 # (the peer's transport parameters, applied once more) finds us closing
                 self._pump_handshake(now)
 
-
-
-
-
-
-
     def _rotate_send_keys(self) -> None:
         space = self.spaces[Epoch.APPLICATION]
         assert space.send_keys is not None
@@ -428,12 +422,7 @@ class Connection:
                              "progress, and an acknowledged packet under the current keys")
         self._rotate_send_keys()
 
-
-
-
     # --- frames --------------------------------------------------------------------------
-
-
 
     def _server_done_with_handshake_keys(self, *, one_rtt_packet: bool = False,
                                          one_rtt_ack: bool = False) -> None:
@@ -452,16 +441,6 @@ class Connection:
                 or (one_rtt_packet and summary.mode is not AuthMode.DISCOVERY)):
             self._discard_space(Epoch.HANDSHAKE)
 
-
-
-
-
-
-
-
-
-
-
     def _confirm(self) -> None:
         """Client: confirmed once HANDSHAKE_DONE arrived and the handshake is complete (a
         HANDSHAKE_DONE can overtake the server's FINISHED under loss)."""
@@ -470,10 +449,6 @@ class Connection:
             self.handshake_confirmed = True
             self._discard_space(Epoch.HANDSHAKE)
             self._events.append(HandshakeConfirmed())
-
-
-
-
 
     # --- handshake -----------------------------------------------------------------------
 
