@@ -15,7 +15,13 @@ from typing import Protocol
 from velocity.core.buffer import Writer
 from velocity.core.connection import Address, Connection, ConnectionConfig
 from velocity.core.entropy import Entropy
-from velocity.core.errors import ErrorCode, InvalidToken, ProtocolError, UsageError
+from velocity.core.errors import (
+    ErrorCode,
+    InvalidToken,
+    PacketDropped,
+    ProtocolError,
+    UsageError,
+)
 from velocity.core.events import Event
 from velocity.core.frames import ConnectionClose, NewToken, encode_frames
 from velocity.core.packet import (
@@ -124,6 +130,8 @@ class ServerEndpoint:
 
     def _accept(self, header: ProtectedHeader, data: bytes, address: Address,
                 now: float) -> None:
+        if not self._opens(header, data):
+            return  # not an Initial of ours: no state, no answer, no eviction (VEL-CONN-004)
         now_ms = int(now * 1000)
         original_dcid, retry_scid, validated = header.dcid, None, False
         if header.token and self._tokens is not None:
@@ -163,6 +171,18 @@ class ServerEndpoint:
         connection.receive_datagram(data, address, now=now)
         self._collect(connection)
         self.mark(connection)
+
+    @staticmethod
+    def _opens(header: ProtectedHeader, data: bytes) -> bool:
+        """Whether the datagram's first packet opens under the Initial keys of its DCID (the
+        client's first DCID, or after Retry our Retry SCID): anyone can build such a packet,
+        but a flood of random bytes then costs one AEAD check each and takes no slot."""
+        _, receive = initial_keys(header.dcid, is_client=False)
+        try:
+            receive.decrypt_packet(data[: header.end], header.pn_offset, 0)
+        except PacketDropped:
+            return False
+        return True
 
     def _refusal(self, address: Address) -> str | None:
         """Why a new connection from ``address`` is refused, if it is: too many handshakes

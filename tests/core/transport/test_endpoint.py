@@ -3,6 +3,7 @@ post-quantum-sized flights, resumption with 0-RTT over packets, and stray datagr
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -282,3 +283,24 @@ def test_a_first_initial_with_a_short_dcid_creates_no_state() -> None:
     assert pair.endpoint.connections == []
     assert pair.endpoint.datagrams_to_send(now=pair.now) == []
     assert len(make().client.original_dcid) >= 8
+
+
+@pytest.mark.spec("VEL-CONN-004", "VEL-CONN-009")
+def test_initials_that_do_not_open_take_no_slot_and_evict_no_one() -> None:
+    """Random 1200-byte Initials (any DCID) are dropped before any state: they neither fill
+    the table nor evict a legitimate handshake from a full one (before the fix each opened a
+    half-open connection, and with eviction each pushed out the oldest real one)."""
+    pair = make(max_sessions=1)
+    pair.connect()
+    for datagram, _ in pair.client.datagrams_to_send(now=pair.now):
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    (legitimate,) = pair.endpoint.connections
+    rng = random.Random(5)
+    for index in range(50):
+        junk = (bytes([0xC0]) + (0x56553100).to_bytes(4, "big") + bytes([8]) + rng.randbytes(8)
+                + bytes([8]) + rng.randbytes(8) + b"\x00" + b"\x44\xb0" + rng.randbytes(1200))
+        pair.endpoint.receive_datagram(junk, ("192.0.2.1", 1000 + index), now=pair.now)
+    assert pair.endpoint.connections == [legitimate]
+    answers = pair.endpoint.datagrams_to_send(now=pair.now)
+    assert answers and {to for _, to in answers} == {CLIENT_ADDR}  # the real answer only
+    assert pair.run(lambda: both_completed(pair))
