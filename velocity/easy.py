@@ -185,7 +185,8 @@ class AsyncEasyClient:
             return X509Verifier(anchors=load_ca_file(self.config.ca_file), clock=clock)
         if self.config.insecure:
             return X509Verifier(insecure=True, clock=clock)
-        return X509Verifier(tofu=TofuPins(self.config.key_cache_dir), clock=clock)
+        return X509Verifier(tofu=TofuPins(self.config.key_cache_dir, port=self.port),
+                            clock=clock)
 
     @property
     def trust(self) -> str:

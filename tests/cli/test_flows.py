@@ -269,21 +269,6 @@ def test_key_rotation_overlap_then_stale_key_rediscovery(site: Path, env: dict[s
     assert after["key_id"] == newest["key_id"] and newest["previous_key_id"] is None  # type: ignore[index]
 
 
-@pytest.mark.spec("VEL-CERT-003")
-def test_tofu_refuses_a_changed_key(site: Path, env: dict[str, str]) -> None:
-    with server(site, env, "--publish-kem") as target:
-        assert fetch_json(target, env, "/small.txt", "--tofu")["velocity"][  # type: ignore[index]
-            "auth_mode"] == "discovery"
-    subprocess.run([*VELOCITY, "keys", "rotate", "--no-overlap", "--root", str(site)],
-                   capture_output=True, env=env, timeout=60, check=True)
-    port = target.rsplit(":", 1)[1]
-    with server(site, env, "--publish-kem", "--listen", f"127.0.0.1:{port}"):
-        refused = fetch(target, env, "/small.txt", "--tofu", "--json")
-    assert refused.returncode == 1
-    assert "different key than on first use" in refused.stderr
-    assert "Traceback" not in refused.stderr
-
-
 @pytest.mark.spec("VEL-FB-005", "VEL-FB-006")
 def test_fetch_follows_fallback_to_embedded_h3_origin(site: Path, env: dict[str, str]) -> None:
     with server(site, env, "--fallback-only", "--h3-listen", "127.0.0.1:0") as target:

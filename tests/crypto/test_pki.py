@@ -25,6 +25,7 @@ from velocity.crypto.pki import (
     load_ca_file,
     load_kem_private_key_pem,
 )
+from velocity.keystore import TofuPins
 
 NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
 
@@ -36,17 +37,6 @@ def identity(profile: Profile = BALANCED, seed: int = 1,
 
 def verifier(**kwargs: object) -> X509Verifier:
     return X509Verifier(clock=lambda: NOW, **kwargs)  # type: ignore[arg-type]
-
-
-class DictTofu:
-    def __init__(self) -> None:
-        self.pins: dict[str, str] = {}
-
-    def pinned(self, name: str) -> str | None:
-        return self.pins.get(name)
-
-    def pin(self, name: str, fingerprint: str) -> None:
-        self.pins[name] = fingerprint
 
 
 @pytest.mark.spec("VEL-CERT-001", "VEL-CERT-002")
@@ -102,15 +92,15 @@ def test_a_ca_certificate_is_not_accepted_as_a_leaf() -> None:
 
 
 @pytest.mark.spec("VEL-CERT-003", "VEL-CERT-006")
-def test_pinned_fingerprint_tofu_and_insecure_modes() -> None:
+def test_pinned_fingerprint_tofu_and_insecure_modes(tmp_path: Path) -> None:
     ident, other = identity(seed=1), identity(seed=2)
     assert verifier(pin=ident.fingerprint).verify([ident.leaf_der], BALANCED, "localhost")
     with pytest.raises(CertificateInvalid, match="pinned"):
         verifier(pin=ident.fingerprint).verify([other.leaf_der], BALANCED, "localhost")
-    store = DictTofu()
+    store = TofuPins(tmp_path, port=4433)
     tofu = verifier(tofu=store)
     assert tofu.verify([ident.leaf_der], BALANCED, "localhost") == ident.encapsulation_key
-    assert store.pins == {"localhost": ident.fingerprint}
+    assert store.pinned("localhost") == ident.fingerprint
     assert tofu.verify([ident.leaf_der], BALANCED, "localhost") == ident.encapsulation_key
     with pytest.raises(CertificateInvalid, match="first use"):
         tofu.verify([other.leaf_der], BALANCED, "localhost")

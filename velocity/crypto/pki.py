@@ -238,6 +238,10 @@ class TofuStore(Protocol):
 
     def pin(self, name: str, fingerprint: str) -> None: ...
 
+    def clearing(self, name: str) -> str:
+        """Where the pin for ``name`` is kept and how the user clears it (VEL-CERT-010)."""
+        ...
+
 
 def _fail(reason: str) -> CertificateInvalid:
     return CertificateInvalid(reason, field="CERTIFICATE")
@@ -326,10 +330,13 @@ class X509Verifier:
         assert self._tofu is not None
         known = self._tofu.pinned(name)
         if known is None:
-            self._tofu.pin(name, digest)
+            try:
+                self._tofu.pin(name, digest)
+            except (UsageError, OSError) as exc:
+                raise _fail(f"cannot keep the pin for {name}: {exc}") from None
         elif known != digest:
             raise _fail(f"{name} presented a different key than on first use "
-                        f"({digest} instead of {known}); clear the pin if this is expected")
+                        f"({digest} instead of {known}); {self._tofu.clearing(name)}")
 
     def _verify_chain(self, certs: list[x509.Certificate], now: dt.datetime) -> None:
         current = certs[0]
