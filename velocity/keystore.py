@@ -1,6 +1,7 @@
 """The client's on-disk state: learned server keys, session tickets and trust-on-first-use
 pins, one JSON record per ``host:port`` under ``$VELOCITY_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/velocity``, else ``~/.cache/velocity``), written with mode 0600."""
+``$XDG_CACHE_HOME/velocity``, else ``~/.cache/velocity``), in directories of mode 0700
+(refused when other users can write to them) and files of mode 0600."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Generic, TypeVar
 
 from velocity.core.events import TicketReceived
 from velocity.core.handshake.common import SessionTicket
-from velocity.crypto.pki import write_secret_file
+from velocity.crypto.pki import refuse_shared_directory, write_secret_file
 
 
 def cache_dir() -> Path:
@@ -94,13 +95,17 @@ def server_address(host: str, port: int) -> str:
 
 class _HostRecords(Generic[R]):
     """One JSON file per ``host:port`` in a subdirectory of the cache, each a ``record``
-    dataclass; a missing, unreadable or outdated file reads as None."""
+    dataclass; a missing, unreadable or outdated file reads as None. A directory other users
+    can write to is refused (UsageError) when the records are opened, before anything is
+    read from it."""
 
     subdirectory = ""
     record: type[R]
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = (directory or cache_dir()) / self.subdirectory
+        refuse_shared_directory(self.directory.parent)
+        refuse_shared_directory(self.directory)
 
     def path(self, host: str, port: int) -> Path:
         safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host.lower())

@@ -17,7 +17,8 @@ from velocity.core.errors import CertificateInvalid, UsageError
 from velocity.core.hybrid import BALANCED, LIGHT, PROFILES, Profile
 from velocity.core.kem import KemParams
 from velocity.crypto.dsa import DSA_BACKENDS, DsaBackend
-from velocity.crypto.identity import ServerIdentity
+from velocity.crypto.identity import ServerIdentity, previous_static_key, rotate_identity
+from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import (
     X509Verifier,
     certificate_kem_key,
@@ -121,6 +122,15 @@ def test_identity_files_are_private_and_reload(tmp_path: Path, profile: Profile)
     assert again.kem_seed == ident.kem_seed
     assert again.leaf_der == ident.leaf_der
     assert again.key_id == ident.key_id
+
+
+def test_an_unreadable_rotation_time_is_a_usage_error(tmp_path: Path) -> None:
+    identity().save(tmp_path)
+    rotate_identity(BALANCED, tmp_path, entropy=SeededEntropy(2), now=NOW, keep_previous=True)
+    (tmp_path / "balanced-rotated-at").write_text("yesterday")
+    with pytest.raises(UsageError, match=r"rotation time .* not a Unix time"):
+        previous_static_key(BALANCED, tmp_path, kem_backend(), now=NOW,
+                            overlap=dt.timedelta(days=7))
 
 
 def test_kem_key_file_matches_openssl_encoding() -> None:

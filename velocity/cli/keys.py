@@ -48,8 +48,9 @@ def show(root: Path, profile: str, as_json: bool) -> None:
         previous = previous_static_key(profile_named(profile), certs_dir(root), kem_backend(),
                                        now=dt.datetime.now(dt.UTC), overlap=OVERLAP)
     except UsageError as exc:
-        raise click.ClickException(f"{exc}; create keys with 'velocity serve --self-signed'") \
-            from None
+        made = (certs_dir(root) / f"{profile}-kem.key").exists()
+        raise click.ClickException(f"{exc}" if made else f"{exc}; create keys with "
+                                   "'velocity serve --self-signed'") from None
     info = {"profile": profile, "key_id": identity.key_id.hex(),
             "fingerprint": identity.fingerprint,
             "encapsulation_key_b64": base64.b64encode(identity.encapsulation_key).decode(),

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from velocity.crypto.pki import alt_names, write_secret_file
+from velocity.crypto.pki import alt_names, write_public_file, write_secret_file
 from velocity.http.h1 import Handler, Request, Response
 
 
@@ -43,8 +43,7 @@ def ensure_tls_certificate(directory: Path, names: tuple[str, ...]) -> tuple[Pat
             .not_valid_after(now + dt.timedelta(days=365))
             .add_extension(x509.SubjectAlternativeName(alt_names(names)), critical=False)
             .sign(key, hashes.SHA256()))
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_public_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     write_secret_file(key_path, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
