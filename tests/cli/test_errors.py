@@ -64,7 +64,7 @@ def test_a_host_name_that_does_not_resolve(env: dict[str, str], site: Path) -> N
              "TARGET no-such-host.invalid:4433", "check the host name")
     one_line(run_cli(env, "serve", "--root", str(site), "--self-signed", "--listen",
                      "no-such-host.invalid:4433"),
-             "--listen no-such-host.invalid:4433", "host name that resolves")
+             "--listen no-such-host.invalid:4433", "give an IP address")
 
 
 @pytest.mark.parametrize("option", ["--listen", "--h3-listen"])

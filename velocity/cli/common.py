@@ -44,6 +44,7 @@ _LISTEN_ADVICE = {
                   "process CAP_NET_BIND_SERVICE",
     errno.EADDRNOTAVAIL: "this machine has no such address: give one of its own or 0.0.0.0",
     socket.EAI_NONAME: "give an IP address or a host name that resolves",
+    socket.EAI_AGAIN: "the name server did not answer: try again, or give an IP address",
 }
 
 
