@@ -58,6 +58,17 @@ def test_a_changed_key_says_where_the_pin_is_and_forget_clears_it(
     assert forget(host, 4434, tmp_path) == []
 
 
+def test_a_pin_in_the_home_directory_is_shown_from_tilde(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reason also travels to the peer in CONNECTION_CLOSE: no user name in it."""
+    monkeypatch.setenv("HOME", str(tmp_path / "alice"))
+    for variable in ("VELOCITY_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    pins = TofuPins(port=4433)
+    assert pins.clearing("example.com").startswith(
+        "the pin for example.com:4433 is ~/.cache/velocity/pins/example.com_4433.json; ")
+
+
 def test_host_names_differing_in_case_share_a_pin(tmp_path: Path) -> None:
     pins = TofuPins(tmp_path, port=4433)
     pins.pin("Example.COM", "ab" * 32)

@@ -169,9 +169,14 @@ class TofuPins:
         self.pins.put(name, self.port, Pin(fingerprint))
 
     def clearing(self, name: str) -> str:
+        """Said in the CONNECTION_CLOSE to the peer too: a path in the home directory is
+        shown from ~, which does not tell the peer the user's name."""
         address = server_address(name, self.port)
-        return (f"the pin for {address} is {self.pins.path(name, self.port)}; if the change "
-                f"is expected, clear it with 'velocity keys forget {address}'")
+        path = self.pins.path(name, self.port)
+        if path.is_relative_to(Path.home()):
+            path = Path("~") / path.relative_to(Path.home())
+        return (f"the pin for {address} is {path}; if the change is expected, clear it with "
+                f"'velocity keys forget {address}'")
 
 
 def forget(host: str, port: int, directory: Path | None = None) -> list[Path]:
