@@ -61,7 +61,7 @@ class DowngradeRefused(HandshakeError):
         self.args = (f"{origin} answered with a FALLBACK directive this client cannot "
                      f"authenticate, although it knows {origin} speaks Velocity/1 (possible "
                      f"downgrade attack; not followed). If its operator retired Velocity/1, "
-                     f"remove what this client keeps for it under {cache}",)
+                     f"forget the origin: velocity keys forget {origin} (cache: {cache})",)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class AsyncEasyClient:
         self.profile = profile_named(config.profile)
         self._cache = KeyCache(config.key_cache_dir)
         self._tickets = TicketCache(config.key_cache_dir) if config.keep_tickets else None
-        self._pins = (TofuPins(config.key_cache_dir)
+        self._pins = (TofuPins(config.key_cache_dir, port=self.port)
                       if config.ca_file is None and not config.insecure else None)
         self._pin_name = config.hostname or self.host  # what the verifier pins under
         self._verifier = self._make_verifier()

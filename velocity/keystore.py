@@ -1,6 +1,7 @@
 """The client's on-disk state: learned server keys, session tickets and trust-on-first-use
 pins, one JSON record per ``host:port`` under ``$VELOCITY_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/velocity``, else ``~/.cache/velocity``), written with mode 0600."""
+``$XDG_CACHE_HOME/velocity``, else ``~/.cache/velocity``), in directories of mode 0700
+(refused when other users can write to them) and files of mode 0600."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Generic, TypeVar
 
 from velocity.core.events import TicketReceived
 from velocity.core.handshake.common import SessionTicket
-from velocity.crypto.pki import write_secret_file
+from velocity.crypto.pki import refuse_shared_directory, write_secret_file
 
 
 def cache_dir() -> Path:
@@ -77,36 +78,57 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-R = TypeVar("R", CachedKey, StoredTicket)
+@dataclass(frozen=True)
+class Pin:
+    """The leaf certificate a server showed on first use (VEL-CERT-003)."""
+
+    fingerprint: str  # SHA-256 of the leaf DER, hex (VEL-CERT-006)
+
+
+R = TypeVar("R", CachedKey, StoredTicket, Pin)
+
+
+def server_address(host: str, port: int) -> str:
+    """``host:port`` as the user writes it (IPv6 hosts in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _HostRecords(Generic[R]):
     """One JSON file per ``host:port`` in a subdirectory of the cache, each a ``record``
-    dataclass; a missing, unreadable or outdated file reads as None."""
+    dataclass; a missing, unreadable or outdated file reads as None. A directory other users
+    can write to is refused (UsageError) when the records are opened, before anything is
+    read from it."""
 
     subdirectory = ""
     record: type[R]
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = (directory or cache_dir()) / self.subdirectory
+        refuse_shared_directory(self.directory.parent)
+        refuse_shared_directory(self.directory)
 
-    def _path(self, host: str, port: int) -> Path:
-        safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
+    def path(self, host: str, port: int) -> Path:
+        safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host.lower())
         return self.directory / f"{safe}_{port}.json"
 
     def get(self, host: str, port: int) -> R | None:
         try:
-            return self.record(**json.loads(self._path(host, port).read_text()))
+            return self.record(**json.loads(self.path(host, port).read_text()))
         except (OSError, ValueError, TypeError):
             return None  # missing or unreadable: start over
 
     def put(self, host: str, port: int, record: R) -> Path:
-        path = self._path(host, port)
+        path = self.path(host, port)
         write_secret_file(path, json.dumps(asdict(record), indent=1).encode())
         return path
 
-    def drop(self, host: str, port: int) -> None:
-        self._path(host, port).unlink(missing_ok=True)
+    def drop(self, host: str, port: int) -> bool:
+        """Remove the record; whether there was one."""
+        try:
+            self.path(host, port).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
 
 class KeyCache(_HostRecords[CachedKey]):
@@ -126,23 +148,43 @@ class TicketCache(_HostRecords[StoredTicket]):
         return ticket
 
 
+class PinCache(_HostRecords[Pin]):
+    subdirectory = "pins"
+    record = Pin
+
+
 class TofuPins:
-    """``TofuStore`` backed by ``pins.json`` in the cache directory."""
+    """``TofuStore`` for a client of a server on ``port``: the pin for a server name is kept
+    per ``name:port`` (two servers on one host are two pins), in the ``PinCache``."""
 
-    def __init__(self, directory: Path | None = None) -> None:
-        self.path = (directory or cache_dir()) / "pins.json"
-
-    def _load(self) -> dict[str, str]:
-        try:
-            pins: dict[str, str] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return pins
+    def __init__(self, directory: Path | None = None, *, port: int) -> None:
+        self.pins = PinCache(directory)
+        self.port = port
 
     def pinned(self, name: str) -> str | None:
-        return self._load().get(name)
+        pin = self.pins.get(name, self.port)
+        return pin.fingerprint if pin is not None else None
 
     def pin(self, name: str, fingerprint: str) -> None:
-        pins = self._load()
-        pins[name] = fingerprint
-        write_secret_file(self.path, json.dumps(pins, indent=1).encode())
+        self.pins.put(name, self.port, Pin(fingerprint))
+
+    def clearing(self, name: str) -> str:
+        """Said in the CONNECTION_CLOSE to the peer too: a path in the home directory is
+        shown from ~, which does not tell the peer the user's name."""
+        address = server_address(name, self.port)
+        path = self.pins.path(name, self.port)
+        if path.is_relative_to(Path.home()):
+            path = Path("~") / path.relative_to(Path.home())
+        return (f"the pin for {address} is {path}; if the change is expected, clear it with "
+                f"'velocity keys forget {address}'")
+
+
+def forget(host: str, port: int, directory: Path | None = None) -> list[Path]:
+    """Remove what the client keeps for ``host:port`` (pin, learned key, ticket); the files
+    that were there."""
+    gone = []
+    for records in (PinCache(directory), KeyCache(directory), TicketCache(directory)):
+        path = records.path(host, port)
+        if records.drop(host, port):
+            gone.append(path)
+    return gone

@@ -6,65 +6,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.schemas import schema_errors
+from tests.cli.processes import (
+    VELOCITY,
+    fetch,
+    fetch_json,
+    run_cli,
+    server,
+    started,
+    target_of,
+)
+from velocity.cli.serve import serve
 from velocity.easy import AsyncEasyClient, EasyClientConfig, Fetched
-
-VELOCITY = [sys.executable, "-m", "velocity.cli"]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "VELOCITY_CACHE_DIR": str(tmp_path / "cache")}
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    root = tmp_path / "public"
-    root.mkdir()
-    for name, size in (("small.txt", 100), ("medium.bin", 200_000), ("large.bin", 2_000_000)):
-        (root / name).write_bytes(hashlib.shake_256(name.encode()).digest(size))
-    return root
-
-
-@contextmanager
-def server(root: Path, env: dict[str, str], *args: str) -> Iterator[str]:
-    listen = [] if "--listen" in args else ["--listen", "127.0.0.1:0"]
-    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(root), "--self-signed",
-                                *listen, *args],
-                               stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert process.stderr is not None
-        banner = process.stderr.readline()
-        while banner.startswith("HTTP/3 fallback origin"):
-            banner = process.stderr.readline()
-        assert "serving" in banner, banner
-        yield banner.split("udp://", 1)[1].split(" ", 1)[0]
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def fetch(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*VELOCITY, "fetch", target, *args], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
-
-
-def fetch_json(target: str, env: dict[str, str], *args: str) -> dict[str, object]:
-    result = fetch(target, env, *args, "--json")
-    assert result.returncode == 0, result.stderr
-    data: dict[str, object] = json.loads(result.stdout)
-    return data
 
 
 def test_discovery_then_cached_key_then_pdk(site: Path, env: dict[str, str],
@@ -260,22 +221,15 @@ def test_handshake_demo_passes_locally(env: dict[str, str]) -> None:
 
 
 def test_metrics_endpoint_scrapes(site: Path, env: dict[str, str]) -> None:
-    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(site), "--self-signed",
-                                "--publish-kem", "--listen", "127.0.0.1:0",
-                                "--metrics-listen", "127.0.0.1:0"],
-                               stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert process.stderr is not None
-        metrics_line, banner = process.stderr.readline(), process.stderr.readline()
-        target = banner.split("udp://", 1)[1].split(" ", 1)[0]
+    with started(["serve", "--root", str(site), "--self-signed", "--publish-kem", "--listen",
+                  "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], env) as stderr:
+        metrics_line = stderr.wait_for("metrics on ")
+        target = target_of(stderr.wait_for("serving "))
         for _ in range(2):
             assert fetch(target, env, "/small.txt", "--json").returncode == 0
         url = metrics_line.split("metrics on ", 1)[1].strip()
         with urllib.request.urlopen(url, timeout=10) as reply:
             text = reply.read().decode()
-    finally:
-        process.terminate()
-        process.wait(10)
     for mode in ("discovery", "pdk"):
         assert (f'velocity_handshakes_total{{auth_mode="{mode}",outcome="completed",'
                 'profile="balanced"} 1.0') in text
@@ -313,21 +267,6 @@ def test_key_rotation_overlap_then_stale_key_rediscovery(site: Path, env: dict[s
         newest = json.loads(keys("show", "--json").stdout)
     assert after["auth_mode"] == "discovery"  # type: ignore[index]
     assert after["key_id"] == newest["key_id"] and newest["previous_key_id"] is None  # type: ignore[index]
-
-
-@pytest.mark.spec("VEL-CERT-003")
-def test_tofu_refuses_a_changed_key(site: Path, env: dict[str, str]) -> None:
-    with server(site, env, "--publish-kem") as target:
-        assert fetch_json(target, env, "/small.txt", "--tofu")["velocity"][  # type: ignore[index]
-            "auth_mode"] == "discovery"
-    subprocess.run([*VELOCITY, "keys", "rotate", "--no-overlap", "--root", str(site)],
-                   capture_output=True, env=env, timeout=60, check=True)
-    port = target.rsplit(":", 1)[1]
-    with server(site, env, "--publish-kem", "--listen", f"127.0.0.1:{port}"):
-        refused = fetch(target, env, "/small.txt", "--tofu", "--json")
-    assert refused.returncode == 1
-    assert "different key than on first use" in refused.stderr
-    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.spec("VEL-FB-005", "VEL-FB-006")
@@ -375,17 +314,13 @@ def test_hundred_concurrent_fetches(site: Path, env: dict[str, str], tmp_path: P
 
 
 def test_structured_logs_from_velocity_log(site: Path, env: dict[str, str]) -> None:
-    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(site), "--self-signed",
-                                "--publish-kem", "--listen", "127.0.0.1:0", "--log-format",
-                                "json"], stderr=subprocess.PIPE, text=True,
-                               env={**env, "VELOCITY_LOG": "warning,velocity.aio.server=info"})
-    assert process.stderr is not None
-    banner = process.stderr.readline()
-    target = banner.split("udp://", 1)[1].split(" ", 1)[0]
-    assert fetch(target, env, "/small.txt", "--insecure", "--json").returncode == 0
-    process.terminate()
-    _, rest = process.communicate(timeout=10)
-    records = [json.loads(line) for line in rest.splitlines()]
+    with started(["serve", "--root", str(site), "--self-signed", "--publish-kem", "--listen",
+                  "127.0.0.1:0", "--log-format", "json"],
+                 {**env, "VELOCITY_LOG": "warning,velocity.aio.server=info"}) as stderr:
+        target = target_of(stderr.wait_for("serving "))
+        assert fetch(target, env, "/small.txt", "--insecure", "--json").returncode == 0
+        stderr.process.terminate()
+        records = [json.loads(line) for line in stderr.rest()]
     done = next(r for r in records if r["msg"] == "handshake completed")
     assert done["level"] == "info" and done["logger"] == "velocity.aio.server"
     assert done["mode"] == "discovery" and done["profile"] == "balanced" and done["ms"] > 0
@@ -417,17 +352,25 @@ def test_json_api_demo_local_and_against_a_server(site: Path, env: dict[str, str
 
 @pytest.mark.spec("VEL-GEN-002")
 def test_default_ports(site: Path, env: dict[str, str]) -> None:
-    """With no --listen the server is on the lab default 4433, and its directives name 443
-    when no --fallback-port or --h3-listen says otherwise."""
-    process = subprocess.Popen([*VELOCITY, "serve", "--root", str(site), "--self-signed",
-                                "--fallback-only"], stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert process.stderr is not None
-        assert "on udp://127.0.0.1:4433 " in process.stderr.readline()
-        result = subprocess.run([*VELOCITY, "probe", "127.0.0.1:4433"], capture_output=True,
-                                text=True, env=env, timeout=60, check=False)
-        assert result.returncode == 10, result.stdout + result.stderr
-        assert "FALLBACK to h3 at 127.0.0.1:443 " in result.stdout
-    finally:
-        process.terminate()
-        process.wait(10)
+    """With no --listen the server is on the lab default 4433 (the option's default: binding
+    it here would fail whenever something else holds it), and its directives name 443 when no
+    --fallback-port or --h3-listen says otherwise."""
+    listen = next(p for p in serve.params if p.name == "listen")
+    assert listen.default == "127.0.0.1:4433"
+    with server(site, env, "--fallback-only") as target:
+        result = run_cli(env, "probe", target)
+    assert result.returncode == 10, result.stdout + result.stderr
+    assert "FALLBACK to h3 at 127.0.0.1:443 " in result.stdout
+
+
+def test_a_server_that_prints_no_banner_fails_the_wait(tmp_path: Path,
+                                                        env: dict[str, str]) -> None:
+    """The banner wait is bounded and shows what the server said instead."""
+    with (pytest.raises(pytest.fail.Exception, match=r"(?s)exited with 1.*cannot serve"),
+          server(tmp_path / "missing", env)):
+        pass
+    quiet = ["-c", "import sys, time; print('starting', file=sys.stderr, flush=True); "
+             "time.sleep(60)"]
+    with (started(quiet, env, program=(sys.executable,)) as stderr,
+          pytest.raises(pytest.fail.Exception, match=r"(?s)no 'serving ' within 1 s.*starting")):
+        stderr.wait_for("serving ", within=1)

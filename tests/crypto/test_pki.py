@@ -17,7 +17,8 @@ from velocity.core.errors import CertificateInvalid, UsageError
 from velocity.core.hybrid import BALANCED, LIGHT, PROFILES, Profile
 from velocity.core.kem import KemParams
 from velocity.crypto.dsa import DSA_BACKENDS, DsaBackend
-from velocity.crypto.identity import ServerIdentity
+from velocity.crypto.identity import ServerIdentity, previous_static_key, rotate_identity
+from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import (
     X509Verifier,
     certificate_kem_key,
@@ -25,6 +26,7 @@ from velocity.crypto.pki import (
     load_ca_file,
     load_kem_private_key_pem,
 )
+from velocity.keystore import TofuPins
 
 NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
 
@@ -36,17 +38,6 @@ def identity(profile: Profile = BALANCED, seed: int = 1,
 
 def verifier(**kwargs: object) -> X509Verifier:
     return X509Verifier(clock=lambda: NOW, **kwargs)  # type: ignore[arg-type]
-
-
-class DictTofu:
-    def __init__(self) -> None:
-        self.pins: dict[str, str] = {}
-
-    def pinned(self, name: str) -> str | None:
-        return self.pins.get(name)
-
-    def pin(self, name: str, fingerprint: str) -> None:
-        self.pins[name] = fingerprint
 
 
 @pytest.mark.spec("VEL-CERT-001", "VEL-CERT-002")
@@ -102,15 +93,15 @@ def test_a_ca_certificate_is_not_accepted_as_a_leaf() -> None:
 
 
 @pytest.mark.spec("VEL-CERT-003", "VEL-CERT-006")
-def test_pinned_fingerprint_tofu_and_insecure_modes() -> None:
+def test_pinned_fingerprint_tofu_and_insecure_modes(tmp_path: Path) -> None:
     ident, other = identity(seed=1), identity(seed=2)
     assert verifier(pin=ident.fingerprint).verify([ident.leaf_der], BALANCED, "localhost")
     with pytest.raises(CertificateInvalid, match="pinned"):
         verifier(pin=ident.fingerprint).verify([other.leaf_der], BALANCED, "localhost")
-    store = DictTofu()
+    store = TofuPins(tmp_path, port=4433)
     tofu = verifier(tofu=store)
     assert tofu.verify([ident.leaf_der], BALANCED, "localhost") == ident.encapsulation_key
-    assert store.pins == {"localhost": ident.fingerprint}
+    assert store.pinned("localhost") == ident.fingerprint
     assert tofu.verify([ident.leaf_der], BALANCED, "localhost") == ident.encapsulation_key
     with pytest.raises(CertificateInvalid, match="first use"):
         tofu.verify([other.leaf_der], BALANCED, "localhost")
@@ -131,6 +122,15 @@ def test_identity_files_are_private_and_reload(tmp_path: Path, profile: Profile)
     assert again.kem_seed == ident.kem_seed
     assert again.leaf_der == ident.leaf_der
     assert again.key_id == ident.key_id
+
+
+def test_an_unreadable_rotation_time_is_a_usage_error(tmp_path: Path) -> None:
+    identity().save(tmp_path)
+    rotate_identity(BALANCED, tmp_path, entropy=SeededEntropy(2), now=NOW, keep_previous=True)
+    (tmp_path / "balanced-rotated-at").write_text("yesterday")
+    with pytest.raises(UsageError, match=r"rotation time .* not a Unix time"):
+        previous_static_key(BALANCED, tmp_path, kem_backend(), now=NOW,
+                            overlap=dt.timedelta(days=7))
 
 
 def test_kem_key_file_matches_openssl_encoding() -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
+import re
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +21,8 @@ from rich.console import Console
 from rich.progress import DownloadColumn, TransferSpeedColumn
 from rich.progress import Progress as RichProgress
 
-from velocity.aio.client import FallbackError
-from velocity.cli.common import parse_address, run
+from velocity.aio.client import FallbackError, resolve, split_address
+from velocity.cli.common import option_errors, parse_address, run
 from velocity.core.errors import CertificateInvalid, UsageError
 from velocity.core.handshake.client import PinnedServerKey
 from velocity.core.hybrid import PROFILES_BY_NAME
@@ -66,6 +69,54 @@ def _certificate_key(path: Path, pem: bytes) -> PinnedServerKey:
     return PinnedServerKey(next(p for p in KEY_SIZES.values() if p.kem == params), raw)
 
 
+def request_target(path: str) -> tuple[str | None, str]:
+    """PATH as (server name, request target): a path as it is (no name: TARGET's host), or
+    an https URL's host (the name the certificate must carry, sent as SNI) and its path and
+    query. A port in the URL is not used: the connection goes to TARGET."""
+    if path.startswith("/"):
+        return None, _checked_target(path, path)
+    try:
+        url = urllib.parse.urlsplit(path)
+        host = url.hostname or ""
+    except ValueError as exc:  # e.g. an unclosed or bad [IPv6] host
+        raise UsageError(f"PATH {path!r} is not a URL: {exc}") from None
+    if not url.scheme or not url.netloc:
+        raise UsageError(f"PATH {path!r} is neither a path starting with / nor a URL "
+                         "(e.g. https://example.com/index.html)")
+    if url.scheme.lower() != "https":
+        raise UsageError(f"PATH {path!r}: the scheme must be https")
+    if url.username is not None or url.password is not None:
+        raise UsageError(f"PATH {path!r} carries credentials; remove the user:password@ part")
+    target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    return _server_name(host, path), _checked_target(target, path)
+
+
+def _checked_target(target: str, given: str) -> str:
+    if not target.startswith("/") or any(not "!" <= c <= "~" for c in target):
+        raise UsageError(f"PATH {given!r} is not a request path: percent-encode spaces and "
+                         "other characters outside printable ASCII (e.g. %20)")
+    return target
+
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _server_name(host: str, given: str) -> str:
+    """A URL's host as a server name: an IP address, or a DNS name in ASCII (IDNA)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label)
+                                               for label in name.removesuffix(".").split(".")):
+        raise UsageError(f"PATH {given!r}: {host!r} is not a host name")
+    return name.removesuffix(".")
+
+
 PROGRESS_FROM = 1 << 20  # bodies at least this large get a progress bar on a terminal
 
 
@@ -87,6 +138,10 @@ def _progress_bar(path: str) -> Iterator[Progress | None]:
 
 
 async def _fetch(config: EasyClientConfig, path: str) -> dict[str, Any]:
+    try:
+        await resolve(*split_address(config.server_addr))
+    except OSError as exc:
+        raise UsageError(f"TARGET {config.server_addr}: {exc}; check the host name") from None
     async with AsyncEasyClient(config) as client:
         try:
             with _progress_bar(path) as progress:
@@ -142,22 +197,28 @@ async def _fetch(config: EasyClientConfig, path: str) -> dict[str, Any]:
 def fetch(target: str, path: str, kem_b64: str | None, kem_file: Path | None, ca: Path | None,
           tofu: bool, insecure: bool, no_discover: bool, profile: str, output: Path | None,
           as_json: bool, timeout: float, follow_fallback: bool, early_data: bool) -> None:
-    """GET PATH from TARGET (HOST:PORT) over Velocity/1."""
+    """GET PATH from TARGET (HOST:PORT) over Velocity/1. PATH is a path (/index.html?q) or
+    an https:// URL, whose host is then the server name the certificate must carry (sent as
+    SNI) while the connection still goes to TARGET."""
     parse_address(target, what="TARGET")
     if sum((ca is not None, tofu, insecure)) > 1:
         raise click.ClickException("choose one of --ca, --tofu and --insecure")
     try:
+        hostname, request_path = request_target(path)
         pinned = key_from_option(kem_b64, kem_file)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
-    config = EasyClientConfig(target, server_key_autodiscover=not no_discover,
+    config = EasyClientConfig(target, hostname=hostname,
+                              server_key_autodiscover=not no_discover,
                               pinned_key=pinned, ca_file=ca, insecure=insecure,
                               profile=profile, follow_fallback=follow_fallback,
                               early_data=early_data, keep_tickets=early_data, timeout=timeout)
-    result = run(_fetch(config, path))
+    result = run(_fetch(config, request_path))
     body: bytes = result.pop("body")
     if output is not None:
-        output.write_bytes(body)
+        with option_errors("-o", output, "give a file in an existing directory this user "
+                           "can write to"):
+            output.write_bytes(body)
     if as_json:
         result["bytes"] = len(body)
         result["sha256"] = hashlib.sha256(body).hexdigest()

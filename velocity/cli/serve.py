@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import click
 
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import serve as serve_udp
-from velocity.cli.common import configure_logs, parse_address, parse_alpn, run
+from velocity.cli.common import (
+    configure_logs,
+    listening,
+    option_errors,
+    parse_address,
+    parse_alpn,
+    run,
+)
 from velocity.cli.keys import OVERLAP
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import RETRY_POLICIES, EndpointConfig
@@ -66,7 +74,8 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
         h3_host, h3_port = parse_address(h3_listen, what="--h3-listen")
         cert, key = ensure_tls_certificate(root / ".velocity" / "certs",
                                            (h3_host, "localhost", "127.0.0.1"))
-        origin = await serve_h3(h3_host, h3_port, app.handle, certificate=cert, key=key)
+        with listening("--h3-listen", h3_listen):
+            origin = await serve_h3(h3_host, h3_port, app.handle, certificate=cert, key=key)
         bound = origin.address
         click.echo(f"HTTP/3 fallback origin on udp://{bound[0]}:{bound[1]}", err=True)
         if handshake.fallback.port == 0:
@@ -76,8 +85,10 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
     config = EndpointConfig(ConnectionConfig(handshake, handshake_timeout=handshake_timeout),
                             retry=retry, max_sessions=max_sessions,
                             max_half_open_per_address=max_half_open)
-    server = await serve_udp(host, port, config, app, tokens=RetryTokens(entropy.random(16)),
-                             metrics=metrics, transcripts=transcripts)
+    with listening("--listen", listen):
+        server = await serve_udp(host, port, config, app,
+                                 tokens=RetryTokens(entropy.random(16)), metrics=metrics,
+                                 transcripts=transcripts)
     bound_host, bound_port = server.address
     click.echo(f"serving {root} on udp://{bound_host}:{bound_port} "
                f"(profile {static_key.profile.name}, key id {static_key.key_id.hex()}, "
@@ -150,13 +161,17 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
                                    kem=kem)
         previous = previous_static_key(static_key.profile, root / ".velocity" / "certs", kem,
                                        now=dt.datetime.now(dt.UTC), overlap=OVERLAP)
-        if metrics is not None and metrics_listen is not None:
-            bound = metrics.serve(*parse_address(metrics_listen, what="--metrics-listen"))
-            click.echo(f"metrics on http://{bound[0]}:{bound[1]}/metrics", err=True)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"--metrics-listen: {exc.strerror or exc}") from None
+    if transcripts is not None:
+        with option_errors("--transcripts", transcripts,
+                           "give a directory this user can create and write in"):
+            transcripts.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=transcripts).close()  # writable: found out now
+    if metrics is not None and metrics_listen is not None:
+        with listening("--metrics-listen", metrics_listen):
+            bound = metrics.serve(*parse_address(metrics_listen, what="--metrics-listen"))
+        click.echo(f"metrics on http://{bound[0]}:{bound[1]}/metrics", err=True)
     port = fallback_port or (0 if h3_listen else 443)  # 0: the origin's port, once bound
     fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, port,
                               "fallback-only" if fallback_only else "off")

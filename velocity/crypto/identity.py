@@ -1,5 +1,6 @@
 """A server's identity for one profile: its ML-DSA CA, its static ML-KEM key and the leaf
-certificate binding them, created from injected entropy and stored as PEM files (keys 0600)."""
+certificate binding them, created from injected entropy and stored as PEM files (keys 0600,
+certificates 0644, in a directory of mode 0700)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from velocity.crypto.pki import (
     load_ca_key_pem,
     load_kem_private_key_pem,
     load_problem,
+    refuse_shared_directory,
+    write_public_file,
     write_secret_file,
 )
 
@@ -84,12 +87,14 @@ class ServerIdentity:
         write_secret_file(directory / f"{name}-ca.key", ca_key_pem(self.ca_key))
         write_secret_file(directory / f"{name}-kem.key",
                           kem_private_key_pem(self.profile.kem, self.kem_seed))
-        (directory / f"{name}-ca.pem").write_bytes(self.ca_certificate.public_bytes(pem))
-        (directory / f"{name}-leaf.pem").write_bytes(self.leaf.public_bytes(pem))
+        write_public_file(directory / f"{name}-ca.pem", self.ca_certificate.public_bytes(pem))
+        write_public_file(directory / f"{name}-leaf.pem", self.leaf.public_bytes(pem))
 
     @classmethod
     def load(cls, profile: Profile, directory: Path) -> ServerIdentity:
+        """The identity saved in ``directory``, refused if other users can write there."""
         name = profile.name
+        refuse_shared_directory(directory)
         try:
             ca_key = load_ca_key_pem((directory / f"{name}-ca.key").read_bytes())
             params, seed = load_kem_private_key_pem((directory / f"{name}-kem.key").read_bytes())
@@ -130,7 +135,7 @@ def rotate_identity(profile: Profile, directory: Path, *, entropy: Entropy, now:
     """A new static key and leaf from the same CA; the current pair becomes the previous one
     (accepted through the overlap window) unless ``keep_previous`` is false.
     Returns (previous, new)."""
-    current = ServerIdentity.load(profile, directory)
+    current = ServerIdentity.load(profile, directory)  # refuses a shared directory first
     name = profile.name
     for suffix in ("kem.key", "leaf.pem"):
         previous_path = directory / f"{name}-previous-{suffix}"
@@ -138,7 +143,8 @@ def rotate_identity(profile: Profile, directory: Path, *, entropy: Entropy, now:
             (directory / f"{name}-{suffix}").replace(previous_path)
         else:
             previous_path.unlink(missing_ok=True)
-    (directory / ROTATED_AT.format(profile=name)).write_text(str(int(now.timestamp())))
+    write_public_file(directory / ROTATED_AT.format(profile=name),
+                      str(int(now.timestamp())).encode())
     names = tuple(_names_of(current.leaf))
     new = ServerIdentity.create(profile, entropy=entropy, names=names or ("localhost",),
                                 now=now, ca=(current.ca_key, current.ca_certificate))
@@ -149,12 +155,18 @@ def rotate_identity(profile: Profile, directory: Path, *, entropy: Entropy, now:
 def previous_static_key(profile: Profile, directory: Path, kem: KemBackend, *,
                         now: dt.datetime, overlap: dt.timedelta) -> StaticKey | None:
     """The key retired by the last rotation, while its overlap window lasts (VEL-CERT-005)."""
+    refuse_shared_directory(directory)
     name = profile.name
     stamp = directory / ROTATED_AT.format(profile=name)
     key_file = directory / f"{name}-previous-kem.key"
     if not key_file.exists() or not stamp.exists():
         return None
-    rotated = dt.datetime.fromtimestamp(int(stamp.read_text()), dt.UTC)
+    try:
+        rotated = dt.datetime.fromtimestamp(int(stamp.read_text()), dt.UTC)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not a Unix time"
+        raise UsageError(f"cannot read the rotation time in {stamp}: {why}; delete the file "
+                         "to stop accepting the previous key") from None
     if now - rotated > overlap:
         return None
     return static_key_from_files(directory / f"{name}-previous-leaf.pem", key_file, kem)

@@ -15,6 +15,9 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import shlex
+import stat
+import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,13 +70,72 @@ def pem_decode(label: str, pem: bytes) -> bytes:
     return base64.b64decode("".join(body.split()), validate=True)
 
 
+# --- key directories and files (VEL-CERT-004, VEL-CERT-007 .. VEL-CERT-009) ----------------
+
+
+def refuse_shared_directory(directory: Path) -> None:
+    """Raise UsageError if ``directory`` exists and someone other than this user (or root)
+    could put files in it: the keys read from there, or written there, would not be ours."""
+    try:
+        status = directory.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot use {directory}: {load_problem(exc)}") from None
+    if not stat.S_ISDIR(status.st_mode):
+        raise UsageError(f"{directory} is not a directory; move it away or choose another")
+    if status.st_uid not in (os.geteuid(), 0):
+        raise UsageError(f"{directory} belongs to another user (uid {status.st_uid}); use a "
+                         "directory of your own for keys")
+    if status.st_mode & 0o022:
+        raise UsageError(f"{directory} is writable by other users; make it private with "
+                         f"'chmod 700 {shlex.quote(str(directory))}'")
+
+
+def make_private_directory(directory: Path) -> None:
+    """Create ``directory`` and its missing parents with mode 0700 whatever the umask, and
+    refuse it if other users could write to it (``refuse_shared_directory``)."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: checked below
+        except OSError as exc:
+            raise UsageError(f"cannot create {made}: {load_problem(exc)}") from None
+        os.chmod(made, 0o700)
+    refuse_shared_directory(directory)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` with exactly ``mode`` through a new file in the same directory
+    (O_EXCL | O_NOFOLLOW) renamed over it: a symlink planted at ``path`` is replaced, never
+    followed, and a reader sees the old or the new file, never half of one."""
+    make_private_directory(path.parent)
+    temporary = None
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path}: {load_problem(exc)}") from None
+
+
 def write_secret_file(path: Path, data: bytes) -> None:
     """Write a key file readable by its owner only (VEL-CERT-004)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+    _write_file(path, data, 0o600)
+
+
+def write_public_file(path: Path, data: bytes) -> None:
+    """Write a certificate (or other file that is not secret) with mode 0644."""
+    _write_file(path, data, 0o644)
 
 
 # --- ML-KEM keys in SPKI and PKCS#8 -----------------------------------------------------
@@ -238,6 +300,10 @@ class TofuStore(Protocol):
 
     def pin(self, name: str, fingerprint: str) -> None: ...
 
+    def clearing(self, name: str) -> str:
+        """Where the pin for ``name`` is kept and how the user clears it (VEL-CERT-010)."""
+        ...
+
 
 def _fail(reason: str) -> CertificateInvalid:
     return CertificateInvalid(reason, field="CERTIFICATE")
@@ -326,10 +392,13 @@ class X509Verifier:
         assert self._tofu is not None
         known = self._tofu.pinned(name)
         if known is None:
-            self._tofu.pin(name, digest)
+            try:
+                self._tofu.pin(name, digest)
+            except (UsageError, OSError) as exc:
+                raise _fail(f"cannot keep the pin for {name}: {exc}") from None
         elif known != digest:
             raise _fail(f"{name} presented a different key than on first use "
-                        f"({digest} instead of {known}); clear the pin if this is expected")
+                        f"({digest} instead of {known}); {self._tofu.clearing(name)}")
 
     def _verify_chain(self, certs: list[x509.Certificate], now: dt.datetime) -> None:
         current = certs[0]

@@ -19,13 +19,18 @@ from aioquic.asyncio.server import serve as quic_serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    QuicEvent,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from velocity.crypto.pki import alt_names, write_secret_file
+from velocity.crypto.pki import alt_names, write_public_file, write_secret_file
 from velocity.http.h1 import Handler, Request, Response
 
 
@@ -43,8 +48,7 @@ def ensure_tls_certificate(directory: Path, names: tuple[str, ...]) -> tuple[Pat
             .not_valid_after(now + dt.timedelta(days=365))
             .add_extension(x509.SubjectAlternativeName(alt_names(names)), critical=False)
             .sign(key, hashes.SHA256()))
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_public_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     write_secret_file(key_path, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
@@ -140,17 +144,25 @@ async def serve_h3(host: str, port: int, handler: Handler, *, certificate: Path,
 
 
 class _ClientProtocol(QuicConnectionProtocol):
+    """The client's side of one HTTP/3 connection. Every future it makes is awaited by one
+    caller, and settled only while nobody has given up on it (a caller's timeout cancels
+    it): none is left holding an exception nobody retrieves."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._http = H3Connection(self._quic)
         self._exchanges = _Exchanges()
+        self.handshake: asyncio.Future[None] = self._loop.create_future()
         self._waiting: dict[int, asyncio.Future[Response]] = {}
         self.closed_because: str | None = None
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted) and not self.handshake.done():
+            self.handshake.set_result(None)
         if isinstance(event, ConnectionTerminated):
             self.closed_because = event.reason_phrase or f"error 0x{event.error_code:x}"
-            for future in self._waiting.values():
+            pending: list[asyncio.Future[Any]] = [self.handshake, *self._waiting.values()]
+            for future in pending:
                 if not future.done():
                     future.set_exception(ConnectionError(self.closed_because))
             self._waiting.clear()
@@ -161,8 +173,10 @@ class _ClientProtocol(QuicConnectionProtocol):
                           for k, v in self._exchanges.headers.pop(stream_id, [])]
                 status = int(dict(fields).get(":status", "0"))
                 body = bytes(self._exchanges.bodies.pop(stream_id, b""))
-                self._waiting.pop(stream_id).set_result(
-                    Response(status, [f for f in fields if not f[0].startswith(":")], body))
+                future = self._waiting.pop(stream_id)
+                if not future.done():
+                    future.set_result(
+                        Response(status, [f for f in fields if not f[0].startswith(":")], body))
 
     async def request(self, authority: str, method: str, path: str,
                       headers: list[tuple[str, str]], body: bytes) -> Response:
@@ -214,7 +228,11 @@ class H3Client:
         try:
             async with asyncio.timeout(self.timeout):
                 client = await self._stack.enter_async_context(quic_connect(
-                    self.host, self.port, configuration=configuration, create_protocol=protocol))
+                    self.host, self.port, configuration=configuration, create_protocol=protocol,
+                    wait_connected=False))  # aioquic's own wait leaves its future unretrieved
+                assert isinstance(client, _ClientProtocol)
+                client.transmit()
+                await client.handshake
         except ConnectionError:
             await self._stack.aclose()
             raise self._failed(made[-1].closed_because or "no reply" if made
@@ -223,7 +241,6 @@ class H3Client:
             await self._stack.aclose()
             raise TimeoutError(f"no HTTP/3 reply from {self.host}:{self.port} within "
                                f"{self.timeout:g} s") from None
-        assert isinstance(client, _ClientProtocol)
         self._protocol = client
         return self
 
