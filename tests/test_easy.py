@@ -81,6 +81,7 @@ async def test_discovers_caches_then_pdk_and_reuses_one_connection(
             big = await client.fetch("/big.bin")
             status = await client.fetch_json("/api/status")
             echo = await client.fetch_json("/api/echo", payload={"hello": "velocity"})
+        assert echo["headers"]["host"] == "localhost", "the server name is the authority"
         assert first.status == 200 and first.text() == "<h1>home</h1>"
         assert big.body == (site / "big.bin").read_bytes()
         assert first.handshake is not None and first.handshake.mode.value == "discovery"

@@ -209,6 +209,12 @@ class AsyncEasyClient:
         return X509Verifier(tofu=self._pins, clock=clock)
 
     @property
+    def authority(self) -> str:
+        """The Host of requests: the server name when one is given (a URL's host), else
+        HOST:PORT."""
+        return self.config.hostname or f"{self.host}:{self.port}"
+
+    @property
     def trust(self) -> str:
         return "ca" if self.config.ca_file else "insecure" if self.config.insecure else "tofu"
 
@@ -327,7 +333,7 @@ class AsyncEasyClient:
                 response = await pending
             else:
                 response = await request(await session.client.open_stream(), method, path,
-                                         authority=f"{self.host}:{self.port}",
+                                         authority=self.authority,
                                          headers=headers, body=body, progress=progress)
         except ConnectionError:
             await self._close_session()
@@ -410,7 +416,7 @@ class AsyncEasyClient:
                 stream = await client.open_stream()
                 early_stream = stream.stream_id
                 pending = asyncio.ensure_future(request(
-                    stream, "GET", early_get.path, authority=f"{self.host}:{self.port}",
+                    stream, "GET", early_get.path, authority=self.authority,
                     headers=early_get.headers, progress=early_get.progress))
                 try:
                     await asyncio.wait_for(client.wait_handshake(), self.config.timeout)
