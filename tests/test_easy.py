@@ -317,3 +317,28 @@ async def test_every_resumed_fetch_keeps_a_ticket_for_the_next(site: Path, ca_fi
         finally:
             relay.close()
     assert modes == [("discovery", False)] + [("resumption", True)] * 3
+
+
+@pytest.mark.spec("VEL-AUTH-022", "VEL-CERT-002", "VEL-FB-009")
+async def test_a_cached_key_serves_only_its_name_and_trust(site: Path, ca_file: Path,
+                                                           tmp_path: Path) -> None:
+    """A key learned with --insecure is not used by a client that trusts a CA, nor a key
+    learned for one name by a client asking for another: each discovers and validates again
+    (before, the cached key skipped validation and PDK showed no certificate)."""
+    async with velocity_server(site) as target:
+        cache = tmp_path / "cache"
+        insecure = EasyClientConfig(target, hostname="localhost", insecure=True,
+                                    key_cache_dir=cache)
+        trusting = replace(insecure, insecure=False, ca_file=ca_file)
+        modes = []
+        for config in (insecure, insecure, trusting, trusting):
+            async with AsyncEasyClient(config) as client:
+                got = await client.fetch("/index.html")
+            assert got.handshake is not None
+            modes.append(got.handshake.mode.value)
+        assert modes == ["discovery", "pdk", "discovery", "pdk"]
+        other = replace(trusting, hostname="other.example")
+        async with AsyncEasyClient(other) as client:
+            with pytest.raises(HandshakeError) as failed:
+                await client.fetch("/index.html")
+        assert failed.value.error_code == ErrorCode.CERTIFICATE_INVALID

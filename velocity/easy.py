@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import json
 import time
 from contextlib import AsyncExitStack
@@ -187,8 +188,10 @@ class AsyncEasyClient:
         self._tickets = TicketCache(config.key_cache_dir) if config.keep_tickets else None
         self._pins = (TofuPins(config.key_cache_dir, port=self.port)
                       if config.ca_file is None and not config.insecure else None)
-        self._pin_name = config.hostname or self.host  # what the verifier pins under
+        self._server_name = config.hostname or self.host  # what certificates are checked for
+        self._pin_name = self._server_name  # what the verifier pins under
         self._verifier = self._make_verifier()
+        self._trust_id = self._make_trust_id()
         self._session: _Session | None = None
         self._connecting = asyncio.Lock()  # concurrent first requests share one handshake
         # an authenticated directive this client follows until the loop time given
@@ -207,6 +210,14 @@ class AsyncEasyClient:
             return X509Verifier(insecure=True, clock=clock)
         assert self._pins is not None
         return X509Verifier(tofu=self._pins, clock=clock)
+
+    def _make_trust_id(self) -> str:
+        """What admitted a learned key: a key cached under one trust (or for one name) is not
+        used under another, so no cached key skips the current trust's validation."""
+        if self.config.ca_file is not None:
+            anchors = self.config.ca_file.read_bytes()
+            return "ca:" + hashlib.sha256(anchors).hexdigest()[:16]
+        return "insecure" if self.config.insecure else "tofu"
 
     @property
     def authority(self) -> str:
@@ -353,13 +364,14 @@ class AsyncEasyClient:
         pinned = self.config.pinned_key
         if pinned is None:
             cached = self._cache.get(self.host, self.port)
-            if cached is not None:
+            if cached is not None and (cached.server_name, cached.trust) == (
+                    self._server_name, self._trust_id):
                 pinned = PinnedServerKey(PROFILES_BY_NAME[cached.profile], cached.raw_key)
         if pinned is None and not self.config.server_key_autodiscover:
             raise UsageError(f"no key for {self.host}:{self.port}; supply the server's key or "
                              "allow discovery")
         return ClientConfig(kem=kem_backend(), profiles=(self.profile,),
-                            server_name=self.config.hostname or self.host, server_key=pinned,
+                            server_name=self._server_name, server_key=pinned,
                             verifier=self._verifier, known_origin=self._knows_origin(),
                             alpn=(b"velocity/1", *(a.encode() for a in FALLBACK_ALPNS)))
 
@@ -433,7 +445,7 @@ class AsyncEasyClient:
             self._cache.put(self.host, self.port, CachedKey(
                 next(p.name for p in PROFILES_BY_NAME.values() if p.code == learned.profile),
                 learned.key_id.hex(), base64.b64encode(learned.encapsulation_key).decode(),
-                fingerprint(learned.certificate_chain[0])))
+                fingerprint(learned.certificate_chain[0]), self._server_name, self._trust_id))
         return _Session(client, stack, key_cached=learned is not None, early_response=pending,
                         early_stream=early_stream)
 

@@ -33,6 +33,11 @@ class CachedKey:
     key_id: str
     encapsulation_key: str  # base64
     fingerprint: str
+    # the server name the certificate was validated for, and under which trust ("tofu",
+    # "insecure", "ca:<digest of the anchors>"): a client uses the key only for the same
+    # name under the same trust, and discovers (and validates) again otherwise
+    server_name: str = ""
+    trust: str = ""
 
     @property
     def raw_key(self) -> bytes:
