@@ -324,7 +324,8 @@ async def test_a_cached_key_serves_only_its_name_and_trust(site: Path, ca_file: 
                                                            tmp_path: Path) -> None:
     """A key learned with --insecure is not used by a client that trusts a CA, nor a key
     learned for one name by a client asking for another: each discovers and validates again
-    (before, the cached key skipped validation and PDK showed no certificate)."""
+    (before, the cached key skipped validation and PDK showed no certificate). A key a CA
+    validated serves trust on first use and insecure mode too."""
     async with velocity_server(site) as target:
         cache = tmp_path / "cache"
         insecure = EasyClientConfig(target, hostname="localhost", insecure=True,
@@ -337,6 +338,10 @@ async def test_a_cached_key_serves_only_its_name_and_trust(site: Path, ca_file: 
             assert got.handshake is not None
             modes.append(got.handshake.mode.value)
         assert modes == ["discovery", "pdk", "discovery", "pdk"]
+        for weaker in (replace(insecure, insecure=False), insecure):  # tofu, insecure
+            async with AsyncEasyClient(weaker) as client:
+                got = await client.fetch("/index.html")
+            assert got.handshake is not None and got.handshake.mode.value == "pdk"
         other = replace(trusting, hostname="other.example")
         async with AsyncEasyClient(other) as client:
             with pytest.raises(HandshakeError) as failed:

@@ -219,6 +219,12 @@ class AsyncEasyClient:
             return "ca:" + hashlib.sha256(anchors).hexdigest()[:16]
         return "insecure" if self.config.insecure else "tofu"
 
+    def _admits(self, trust: str) -> bool:
+        """Whether a key learned under ``trust`` is good enough for this client: any for
+        insecure mode, a CA-validated one for trust on first use, otherwise the same trust."""
+        mine = self._trust_id
+        return mine in ("insecure", trust) or (mine == "tofu" and trust.startswith("ca:"))
+
     @property
     def authority(self) -> str:
         """The Host of requests: the server name when one is given (a URL's host), else
@@ -364,8 +370,8 @@ class AsyncEasyClient:
         pinned = self.config.pinned_key
         if pinned is None:
             cached = self._cache.get(self.host, self.port)
-            if cached is not None and (cached.server_name, cached.trust) == (
-                    self._server_name, self._trust_id):
+            if cached is not None and cached.server_name == self._server_name and (
+                    self._admits(cached.trust)):
                 pinned = PinnedServerKey(PROFILES_BY_NAME[cached.profile], cached.raw_key)
         if pinned is None and not self.config.server_key_autodiscover:
             raise UsageError(f"no key for {self.host}:{self.port}; supply the server's key or "
