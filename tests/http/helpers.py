@@ -1,0 +1,49 @@
+"""A Velocity server running the reference Application on 127.0.0.1, and a request helper."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from harness.pair import PairSpec, make_configs
+from velocity.aio.client import VelocityClient, connect
+from velocity.aio.server import VelocityServer, serve
+from velocity.core.connection import ConnectionConfig
+from velocity.core.endpoint import EndpointConfig
+from velocity.http.app import Application
+from velocity.http.h1 import Response, request
+from velocity.http.static import StaticFiles
+
+CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
+WAIT = 20.0  # seconds any one exchange may take before the test fails
+
+
+@asynccontextmanager
+async def serving(root: Path, *, listing: bool = False
+                  ) -> AsyncIterator[tuple[VelocityServer, VelocityClient]]:
+    app = Application(StaticFiles(root, listing=listing), api=True,
+                      clock=lambda: dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    server = await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(SERVER_HS)), app)
+    try:
+        async with connect(*server.address, ConnectionConfig(CLIENT_HS)) as client:
+            yield server, client
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def running(root: Path, *, listing: bool = False) -> AsyncIterator[VelocityClient]:
+    async with serving(root, listing=listing) as (_, client):
+        yield client
+
+
+async def get(client: VelocityClient, target: str, method: str = "GET",
+              headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Response:
+    async def exchange() -> Response:
+        return await request(await client.open_stream(), method, target,
+                             authority="localhost", headers=headers, body=body)
+
+    return await asyncio.wait_for(exchange(), WAIT)
