@@ -1,16 +1,18 @@
-"""A Velocity server running the reference Application on 127.0.0.1, and a request helper."""
+"""A Velocity server running the reference Application on 127.0.0.1, and helpers to send
+requests, open streams and wait for what the server holds."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from harness.pair import PairSpec, make_configs
 from velocity.aio.client import VelocityClient, connect
 from velocity.aio.server import VelocityServer, serve
+from velocity.aio.streams import VelocityStream
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.http.app import Application
@@ -47,3 +49,32 @@ async def get(client: VelocityClient, target: str, method: str = "GET",
                              authority="localhost", headers=headers, body=body)
 
     return await asyncio.wait_for(exchange(), WAIT)
+
+
+def small_site(tmp_path: Path) -> Path:
+    """A root with one file, small.txt."""
+    root = tmp_path / "public"
+    root.mkdir()
+    (root / "small.txt").write_text("small file\n")
+    return root
+
+
+async def until(condition: Callable[[], bool], seconds: float = WAIT) -> bool:
+    """Whether ``condition`` came true within ``seconds`` (polled every 10 ms)."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+def held(server: VelocityServer) -> int:
+    """Streams the server keeps objects for, over all its connections."""
+    return sum(len(router.streams) for router in server._routers.values())
+
+
+async def send_open(client: VelocityClient, data: bytes) -> VelocityStream:
+    """A stream carrying ``data`` and left open (no FIN)."""
+    stream = await asyncio.wait_for(client.open_stream(), WAIT)
+    stream.write(data)
+    return stream

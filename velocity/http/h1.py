@@ -112,7 +112,7 @@ async def request(stream: VelocityStream, method: str, target: str, *, authority
                   headers: list[tuple[str, str]] | None = None, body: bytes = b"",
                   progress: Progress | None = None) -> Response:
     """Send one request on a fresh stream and read the whole response, reporting its body's
-    arrival to ``progress``."""
+    arrival to ``progress``; then close the stream."""
     conn = h11.Connection(h11.CLIENT)
     fields = [("host", authority), *(headers or [])]
     if body:
@@ -122,6 +122,9 @@ async def request(stream: VelocityStream, method: str, target: str, *, authority
         data += conn.send(h11.Data(data=body))
     data += conn.send(h11.EndOfMessage())
     stream.write(data, end_stream=True)
-    head, response_body = await _read_message(stream, conn, progress)
+    try:
+        head, response_body = await _read_message(stream, conn, progress)
+    finally:  # a response not read to its end (an error, a cancelled wait) is cancelled
+        stream.close(H1_REQUEST_CANCELLED)
     assert isinstance(head, h11.Response)
     return Response(head.status_code, _decode(head.headers), response_body)
