@@ -130,7 +130,7 @@ def test_blocking_client_keeps_its_connection_between_calls(site: Path, ca_file:
 @pytest.mark.spec("VEL-FB-005", "VEL-FB-006")
 async def test_follows_fallback_to_http3_origin(site: Path, tmp_path: Path) -> None:
     cert, key = ensure_tls_certificate(tmp_path / "certs", ("127.0.0.1",))
-    origin = await serve_h3("127.0.0.1", 0, application(site).handle, certificate=cert,
+    origin = await serve_h3("127.0.0.1", 0, application(site).route, certificate=cert,
                             key=key)
     policy = FallbackPolicy(port=origin.address[1], mode="fallback-only")
     try:

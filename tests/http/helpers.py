@@ -16,7 +16,7 @@ from velocity.aio.streams import VelocityStream
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.http.app import Application
-from velocity.http.h1 import Response, request
+from velocity.http.h1 import DEFAULT_TIMEOUTS, Response, Timeouts, request
 from velocity.http.static import StaticFiles
 
 CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
@@ -24,9 +24,9 @@ WAIT = 20.0  # seconds any one exchange may take before the test fails
 
 
 @asynccontextmanager
-async def serving(root: Path, *, listing: bool = False
+async def serving(root: Path, *, listing: bool = False, timeouts: Timeouts = DEFAULT_TIMEOUTS
                   ) -> AsyncIterator[tuple[VelocityServer, VelocityClient]]:
-    app = Application(StaticFiles(root, listing=listing), api=True,
+    app = Application(StaticFiles(root, listing=listing), api=True, timeouts=timeouts,
                       clock=lambda: dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
     server = await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(SERVER_HS)), app)
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.http.helpers import WAIT, get, held, send_open, serving, small_site, until
-from velocity.http.h1 import H1_REQUEST_CANCELLED
+from velocity.http.h1 import H1_NO_ERROR, H1_REQUEST_CANCELLED
 
 
 @pytest.fixture
@@ -19,11 +19,16 @@ def site(tmp_path: Path) -> Path:
 
 @pytest.mark.spec("VEL-HTTP-011")
 async def test_a_long_connection_keeps_only_its_live_streams(site: Path) -> None:
-    """200 rounds of a request answered and one the client gave up on: more streams than
-    the server allows at once (128), and neither end keeps any of them."""
+    """200 rounds of a request answered, one answered before its body and one the client
+    gave up on: more streams than the server allows at once (128), and neither end keeps
+    any of them."""
     async with serving(site) as (server, client):
         for _ in range(200):
             assert (await get(client, "/small.txt")).status == 200
+            unread = await send_open(client, b"POST /small.txt HTTP/1.1\r\nhost: x\r\n"
+                                              b"content-length: 9999\r\n\r\n")
+            assert (await asyncio.wait_for(unread.read(), WAIT)).startswith(b"HTTP/1.1 405")
+            unread.close(H1_NO_ERROR)
             cancelled = await send_open(client, b"GET /small.txt HTTP/1.1\r\n")
             cancelled.close(H1_REQUEST_CANCELLED)
             assert held(server) < 30 and len(client.router.streams) < 30

@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 from velocity.core.errors import UsageError
-from velocity.http.h1 import Request, Response
+from velocity.http.h1 import SMALL_BODY, Request, Response, Route
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # read-only, no controlling terminal, no blocking on a FIFO swapped in, and no symlink swapped
@@ -47,6 +47,12 @@ class StaticFiles:
             raise UsageError(f"cannot serve {root}: this user may not read it")
         self.index = index
         self.listing = listing
+
+    def route(self, request: Request) -> Route | Response:
+        """GET and HEAD, with no body beyond SMALL_BODY; any other method gets 405 at once."""
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, [("allow", "GET, HEAD")], b"")
+        return Route(SMALL_BODY, self.respond)
 
     def _served(self, path: str) -> Path | None:
         """``path`` with every symlink resolved, if that lies inside the root and is not
@@ -78,9 +84,7 @@ class StaticFiles:
         found = self._served(os.path.join(self.root, decoded.lstrip("/")))
         return _not_found() if found is None else found
 
-    async def __call__(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, [("allow", "GET, HEAD")], b"")
+    def respond(self, request: Request) -> Response:
         found = self.resolve(request.target)
         if isinstance(found, Response):
             return found
