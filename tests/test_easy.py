@@ -136,7 +136,7 @@ def test_blocking_client_keeps_its_connection_between_calls(site: Path, ca_file:
 @pytest.mark.spec("VEL-FB-005", "VEL-FB-006")
 async def test_follows_fallback_to_http3_origin(site: Path, tmp_path: Path) -> None:
     cert, key = ensure_tls_certificate(tmp_path / "certs", ("127.0.0.1",))
-    origin = await serve_h3("127.0.0.1", 0, application(site).handle, certificate=cert,
+    origin = await serve_h3("127.0.0.1", 0, application(site).route, certificate=cert,
                             key=key)
     policy = FallbackPolicy(port=origin.address[1], mode="fallback-only")
     try:
@@ -229,7 +229,7 @@ async def fallback_origin(site: Path, tmp_path: Path, **policy: Any) -> AsyncIte
     """A fallback-only Velocity server in front of a real HTTP/3 origin: (target, the
     Velocity server, the origin)."""
     cert, key = ensure_tls_certificate(tmp_path / "certs", ("127.0.0.1",))
-    origin = await serve_h3("127.0.0.1", 0, application(site).handle, certificate=cert,
+    origin = await serve_h3("127.0.0.1", 0, application(site).route, certificate=cert,
                             key=key)
     config = EndpointConfig(ConnectionConfig(replace(SERVER_HS, fallback=FallbackPolicy(
         port=origin.address[1], mode="fallback-only", **policy))))

@@ -3,27 +3,18 @@ listings, the JSON API, malformed requests, and every way out of the root."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from harness.pair import PairSpec, make_configs
-from velocity.aio.client import VelocityClient, connect
-from velocity.aio.server import serve
-from velocity.core.connection import ConnectionConfig
-from velocity.core.endpoint import EndpointConfig
+from tests.http.helpers import get, running
 from velocity.core.errors import UsageError
-from velocity.http.app import Application
-from velocity.http.h1 import H1_MESSAGE_ERROR, Response, request
+from velocity.http.h1 import H1_MESSAGE_ERROR
 from velocity.http.static import StaticFiles
 
-CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
 SIZES = {"empty.bin": 0, "small.txt": 13, "page.html": 5_000, "big.bin": 1_500_000}
 
 
@@ -41,24 +32,6 @@ def site(tmp_path: Path) -> Path:
     (root / ".velocity" / "certs").mkdir(parents=True)
     (root / ".velocity" / "certs" / "balanced-kem.key").write_text("outside the root: a key")
     return root
-
-
-@asynccontextmanager
-async def running(root: Path, *, listing: bool = False) -> AsyncIterator[VelocityClient]:
-    app = Application(StaticFiles(root, listing=listing), api=True,
-                      clock=lambda: dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
-    server = await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(SERVER_HS)), app)
-    try:
-        async with connect(*server.address, ConnectionConfig(CLIENT_HS)) as client:
-            yield client
-    finally:
-        await server.close()
-
-
-async def get(client: VelocityClient, target: str, method: str = "GET",
-              headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Response:
-    return await request(await client.open_stream(), method, target, authority="localhost",
-                         headers=headers, body=body)
 
 
 @pytest.mark.spec("VEL-HTTP-001", "VEL-HTTP-002")

@@ -140,7 +140,10 @@ class Sender:
 
 
 class StreamRouter:
-    """Keeps the stream objects of one connection and feeds them its events."""
+    """Keeps the stream objects of one connection and feeds them its events. A stream whose
+    user is done with it (``VelocityStream.close``) is forgotten once the connection has
+    forgotten it too, both directions finished or reset: a long connection holds only its
+    live streams, and the connection ignores whatever still arrives for a forgotten one."""
 
     def __init__(self, connection: Connection, transmit: Callable[[], None],
                  on_new_stream: Callable[[VelocityStream], None] | None) -> None:
@@ -148,25 +151,32 @@ class StreamRouter:
         self._transmit = transmit
         self._on_new_stream = on_new_stream
         self.streams: dict[int, VelocityStream] = {}
+        self._released: set[int] = set()
         self.terminated: ConnectionTerminated | None = None
 
     def stream(self, stream_id: int) -> VelocityStream:
         stream = self.streams.get(stream_id)
         if stream is None:
-            stream = self.streams[stream_id] = VelocityStream(self.connection, stream_id,
-                                                              self._transmit)
+            stream = self.streams[stream_id] = VelocityStream(
+                self.connection, stream_id, self._transmit, self._release)
         return stream
 
+    def _release(self, stream_id: int) -> None:
+        if stream_id in self.streams:
+            self._released.add(stream_id)
+
     def handle(self, event: Event) -> None:
-        if isinstance(event, StreamDataReceived):
+        if isinstance(event, StreamDataReceived | StreamReset | StopSendingReceived):
             new = event.stream_id not in self.streams
             stream = self.stream(event.stream_id)
-            stream.feed(event.data, event.end_stream)
+            if isinstance(event, StreamDataReceived):
+                stream.feed(event.data, event.end_stream)
+            else:  # RESET_STREAM ends our reading, STOP_SENDING our writing
+                reset = isinstance(event, StreamReset)
+                stream.fail(StreamResetError(event.stream_id, event.error_code),
+                            reading=reset, writing=not reset)
             if new and self._on_new_stream is not None:
-                self._on_new_stream(stream)
-        elif isinstance(event, StreamReset | StopSendingReceived):
-            self.stream(event.stream_id).fail(StreamResetError(event.stream_id,
-                                                               event.error_code))
+                self._on_new_stream(stream)  # whatever came first: its handler ends it
         elif isinstance(event, ConnectionTerminated):
             self.terminated = event
             error = ConnectionError(f"connection closed (0x{event.error_code:x}): "
@@ -175,8 +185,14 @@ class StreamRouter:
                 stream.fail(error)
 
     def update_writable(self) -> None:
+        """After a transmission: wake the writers whose streams drained, and forget the
+        released streams the connection has forgotten."""
         for stream in self.streams.values():
             stream.update_writable()
+        live = self.connection.streams
+        for stream_id in [s for s in self._released if s not in live]:
+            self._released.discard(stream_id)
+            del self.streams[stream_id]
 
 
 class SansIo(Protocol):

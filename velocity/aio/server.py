@@ -21,7 +21,7 @@ from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
 from velocity.core.entropy import Entropy
-from velocity.core.errors import ErrorCode
+from velocity.core.errors import ErrorCode, UsageError
 from velocity.core.events import ConnectionTerminated, Event, InternalErrorRaised
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
 from velocity.core.trace import Transcript
@@ -30,6 +30,7 @@ from velocity.metrics import ServerMetrics
 
 StreamHandler = Callable[[VelocityStream, Connection], Awaitable[None]]
 HANDLER_ERROR = 0x0102  # application error sent when a handler raises
+HANDLER_DONE = 0x0100  # what stops the directions a finished handler left open
 LOG = logging.getLogger(__name__)
 
 
@@ -133,14 +134,19 @@ class VelocityServer(DatagramDriver):
         task.add_done_callback(self._tasks.discard)
 
     async def _run_handler(self, stream: VelocityStream, connection: Connection) -> None:
+        """Run the handler; then close the stream: what the handler left open of it is
+        ended, and the stream is forgotten once finished."""
+        code = HANDLER_DONE
         try:
             await self._handler(stream, connection)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the peer went away or reset the stream
         except Exception:
-            with contextlib.suppress(Exception):
-                stream.reset(HANDLER_ERROR)
+            code = HANDLER_ERROR
             raise
+        finally:
+            with contextlib.suppress(ConnectionError, UsageError):  # the connection is gone
+                stream.close(code)
 
     def _on_sent(self, sizes: list[int]) -> None:
         if self.metrics is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import signal
 import tempfile
 from dataclasses import replace
@@ -37,6 +38,7 @@ from velocity.crypto.identity import (
 from velocity.crypto.kem import BACKENDS, kem_backend
 from velocity.crypto.sealing import RetryTokens, ticket_sealer
 from velocity.http.app import Application
+from velocity.http.h1 import DEFAULT_TIMEOUTS, Timeouts
 from velocity.http.h3 import ensure_tls_certificate, serve_h3
 from velocity.http.static import StaticFiles
 from velocity.logs import FORMATS
@@ -64,10 +66,10 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
 async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
                  listing: bool, retry: str, max_sessions: int, max_half_open: int,
                  handshake_timeout: float, metrics: ServerMetrics | None,
-                 h3_listen: str | None, transcripts: Path | None) -> None:
+                 h3_listen: str | None, transcripts: Path | None, timeouts: Timeouts) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
-    app = Application(StaticFiles(root, listing=listing), api=api,
+    app = Application(StaticFiles(root, listing=listing), api=api, timeouts=timeouts,
                       clock=lambda: dt.datetime.now(dt.UTC))
     origin = None
     if h3_listen is not None:
@@ -75,7 +77,7 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
         cert, key = ensure_tls_certificate(root / ".velocity" / "certs",
                                            (h3_host, "localhost", "127.0.0.1"))
         with listening("--h3-listen", h3_listen):
-            origin = await serve_h3(h3_host, h3_port, app.handle, certificate=cert, key=key)
+            origin = await serve_h3(h3_host, h3_port, app.route, certificate=cert, key=key)
         bound = origin.address
         click.echo(f"HTTP/3 fallback origin on udp://{bound[0]}:{bound[1]}", err=True)
         if handshake.fallback.port == 0:
@@ -101,6 +103,12 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
     await server.close()
     if origin is not None:
         origin.close()
+
+
+def _finite(_: click.Context, __: click.Parameter, seconds: float) -> float:
+    if not math.isfinite(seconds):
+        raise click.BadParameter(f"{seconds} is not a number of seconds")
+    return seconds
 
 
 @click.command()
@@ -142,12 +150,19 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
                    "packet is recorded: for tests and diagnosis, not bulk traffic).")
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="Log lines on stderr; levels come from VELOCITY_LOG (default: warning).")
+@click.option("--header-timeout", type=click.FloatRange(0, min_open=True), callback=_finite,
+              default=DEFAULT_TIMEOUTS.header, show_default=True,
+              help="Seconds a request's head may take to arrive; then 408.")
+@click.option("--body-timeout", type=click.FloatRange(0, min_open=True), callback=_finite,
+              default=DEFAULT_TIMEOUTS.body, show_default=True,
+              help="Seconds a request's body may take to arrive after its head; then 408.")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
           max_sessions: int, max_half_open: int, handshake_timeout: float, backend: str,
           alpn: str, fallback_only: bool, fallback_alpn: str,
           fallback_host: str, fallback_port: int | None, h3_listen: str | None,
-          metrics_listen: str | None, transcripts: Path | None, log_format: str) -> None:
+          metrics_listen: str | None, transcripts: Path | None, log_format: str,
+          header_timeout: float, body_timeout: float) -> None:
     """Serve ROOT over Velocity/1."""
     parse_address(listen, what="--listen")
     served = parse_alpn(alpn)
@@ -182,4 +197,4 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
     run(_serve(root, listen, handshake, api=api, listing=listing, retry=retry,
                max_sessions=max_sessions, max_half_open=max_half_open,
                handshake_timeout=handshake_timeout, metrics=metrics, h3_listen=h3_listen,
-               transcripts=transcripts))
+               transcripts=transcripts, timeouts=Timeouts(header_timeout, body_timeout)))

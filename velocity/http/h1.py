@@ -1,9 +1,12 @@
 """One HTTP/1.1 request/response per Velocity stream (VEL-HTTP-001..004), read and written
-with h11. The stream's FIN ends each message."""
+with h11. The stream's FIN ends each message. A server reads a request's head within its
+header timeout, picks the route, and reads the body within its body timeout and the route's
+bound (VEL-HTTP-008, VEL-HTTP-009); whatever it does not read is stopped with STOP_SENDING."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import h11
@@ -14,7 +17,9 @@ H1_NO_ERROR = 0x0100
 H1_MESSAGE_ERROR = 0x0101
 H1_INTERNAL_ERROR = 0x0102
 H1_REQUEST_CANCELLED = 0x0103
-MAX_BODY = 64 << 20
+MAX_RESPONSE_BODY = 64 << 20  # what a client reads of one response
+READ_SIZE = 1 << 16  # bytes handed to h11 at a time
+SMALL_BODY = 1 << 10  # bytes of body a route with no use for one still takes
 
 
 @dataclass
@@ -38,81 +43,159 @@ class Response:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes once its head is read: the most body bytes the route takes
+    (beyond that it answers 413 without reading more) and what answers it."""
+
+    max_body: int
+    respond: Handler
+
+
+Dispatch = Callable[[Request], Route | Response]
+"""The route for a request head (without its body), or the response to give at once."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a server waits for a request's head, and then for its body (VEL-HTTP-009)."""
+
+    header: float = 10.0
+    body: float = 30.0
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _NoRequest(Exception):
+    """The stream ended before any request."""
 
 
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
 
 
+def _text(status: int, message: str) -> Response:
+    return Response(status, [("content-type", "text/plain")], f"{message}\n".encode())
+
+
+def too_large(limit: int) -> Response:
+    """413 Content Too Large for a body over a route's ``limit`` (VEL-HTTP-008)."""
+    return _text(413, f"the body may have at most {limit} bytes here")
+
+
 Progress = Callable[[int, int | None], None]
 """Called as a response body arrives: (bytes so far, content-length or None)."""
 
 
-async def _read_message(stream: VelocityStream, conn: h11.Connection,
-                        progress: Progress | None = None
-                        ) -> tuple[h11.Request | h11.Response, bytes]:
-    head: h11.Request | h11.Response | None = None
-    body = bytearray()
-    total: int | None = None
+async def _next_event(stream: VelocityStream, conn: h11.Connection) -> object:
+    while (event := conn.next_event()) is h11.NEED_DATA:
+        conn.receive_data(await stream.read(READ_SIZE))
+    return event
+
+
+async def _read_head(stream: VelocityStream, conn: h11.Connection
+                     ) -> h11.Request | h11.Response:
     while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.read(65536))
-            continue
+        event = await _next_event(stream, conn)
         if isinstance(event, h11.Request | h11.Response):
-            head = event
-            length = dict(event.headers).get(b"content-length", b"")
-            total = int(length) if length.isdigit() else None
-        elif isinstance(event, h11.Data):
+            return event
+        if isinstance(event, h11.ConnectionClosed):
+            raise h11.RemoteProtocolError("stream ended before a message head")
+
+
+def _declared_length(head: h11.Request | h11.Response) -> int | None:
+    length = dict(head.headers).get(b"content-length", b"")
+    return int(length) if length.isdigit() else None
+
+
+async def _read_body(stream: VelocityStream, conn: h11.Connection, limit: int,
+                     progress: Progress | None = None, total: int | None = None) -> bytes:
+    """The body up to ``limit`` bytes; raises _BodyTooLarge, never holding more than that."""
+    body = bytearray()
+    while not isinstance(event := await _next_event(stream, conn),
+                         h11.EndOfMessage | h11.ConnectionClosed):
+        if isinstance(event, h11.Data):
+            if len(body) + len(event.data) > limit:
+                raise _BodyTooLarge
             body += event.data
-            if len(body) > MAX_BODY:
-                raise h11.RemoteProtocolError("body too large")
             if progress is not None:
                 progress(len(body), total)
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            if head is None:
-                raise h11.RemoteProtocolError("stream ended before a message head")
-            return head, bytes(body)
+    return bytes(body)
 
 
-async def serve_request(stream: VelocityStream, handler: Handler, *, server: str) -> None:
-    """Read one request from ``stream``, answer it with ``handler``, end the stream."""
-    conn = h11.Connection(h11.SERVER)
-    method = ""
+async def _receive(stream: VelocityStream, conn: h11.Connection, dispatch: Dispatch,
+                   timeouts: Timeouts) -> tuple[Request | None, Response]:
+    """The request (None if its head could not be read) and the response it gets."""
     try:
-        head, body = await _read_message(stream, conn)
+        async with asyncio.timeout(timeouts.header):
+            head = await _read_head(stream, conn)
+    except TimeoutError:
+        return None, _text(408, "no complete request head in time")
     except h11.RemoteProtocolError as exc:
         if stream.at_eof and conn.their_state != h11.ERROR:
-            stream.reset(H1_MESSAGE_ERROR)  # the stream ended with no request (VEL-HTTP-003)
-            return
-        response = Response(400, [("content-type", "text/plain")],
-                            f"bad request: {exc}\n".encode())
-    else:
-        assert isinstance(head, h11.Request)
-        request = Request(head.method.decode(), head.target.decode("latin-1"),
-                          _decode(head.headers), body)
-        method = request.method
-        response = await handler(request)
+            raise _NoRequest from None
+        return None, _text(400, f"bad request: {exc}")
+    assert isinstance(head, h11.Request)  # h11 reads only requests as a server
+    request = Request(head.method.decode(), head.target.decode("latin-1"),
+                      _decode(head.headers))
+    route = dispatch(request)
+    if isinstance(route, Response):
+        return request, route
+    if (_declared_length(head) or 0) > route.max_body:
+        return request, too_large(route.max_body)
+    try:
+        async with asyncio.timeout(timeouts.body):
+            request.body = await _read_body(stream, conn, route.max_body)
+    except TimeoutError:
+        return request, _text(408, "no complete request body in time")
+    except _BodyTooLarge:
+        return request, too_large(route.max_body)
+    except h11.RemoteProtocolError as exc:
+        return request, _text(400, f"bad request: {exc}")
+    return request, route.respond(request)
+
+
+def _send(stream: VelocityStream, conn: h11.Connection, response: Response, *,
+          method: str, server: str) -> None:
     headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
     length = response.header("content-length") or str(len(response.body))
     if response.status != 304:
         headers.append(("content-length", length))
     headers.append(("server", server))
-    if method == "HEAD":
-        response = Response(response.status, response.headers, b"")  # length of the GET
     data = conn.send(h11.Response(status_code=response.status, headers=headers))
-    if response.body:
+    if response.body and method != "HEAD":  # HEAD: the length of the GET, no body
         data += conn.send(h11.Data(data=response.body))
     data += conn.send(h11.EndOfMessage())
     stream.write(data, end_stream=True)
+
+
+async def serve_request(stream: VelocityStream, dispatch: Dispatch, *, server: str,
+                        timeouts: Timeouts = DEFAULT_TIMEOUTS) -> None:
+    """Read one request from ``stream``, answer it through ``dispatch``, end the stream, and
+    stop what is left of the request unread (VEL-HTTP-008, VEL-HTTP-009)."""
+    conn = h11.Connection(h11.SERVER)
+    try:
+        request, response = await _receive(stream, conn, dispatch, timeouts)
+    except _NoRequest:
+        stream.reset(H1_MESSAGE_ERROR)  # the stream ended with no request (VEL-HTTP-003)
+        return
+    _send(stream, conn, response, method=request.method if request else "", server=server)
+    stream.stop_reading(H1_REQUEST_CANCELLED if response.status == 408 else H1_NO_ERROR)
 
 
 async def request(stream: VelocityStream, method: str, target: str, *, authority: str,
                   headers: list[tuple[str, str]] | None = None, body: bytes = b"",
                   progress: Progress | None = None) -> Response:
     """Send one request on a fresh stream and read the whole response, reporting its body's
-    arrival to ``progress``."""
+    arrival to ``progress``; then close the stream."""
     conn = h11.Connection(h11.CLIENT)
     fields = [("host", authority), *(headers or [])]
     if body:
@@ -122,6 +205,13 @@ async def request(stream: VelocityStream, method: str, target: str, *, authority
         data += conn.send(h11.Data(data=body))
     data += conn.send(h11.EndOfMessage())
     stream.write(data, end_stream=True)
-    head, response_body = await _read_message(stream, conn, progress)
-    assert isinstance(head, h11.Response)
+    try:
+        head = await _read_head(stream, conn)
+        response_body = await _read_body(stream, conn, MAX_RESPONSE_BODY, progress,
+                                         _declared_length(head))
+    except _BodyTooLarge:
+        raise h11.RemoteProtocolError("response body too large") from None
+    finally:  # a response not read to its end (an error, a cancelled wait) is cancelled
+        stream.close(H1_REQUEST_CANCELLED)
+    assert isinstance(head, h11.Response)  # h11 reads only responses as a client
     return Response(head.status_code, _decode(head.headers), response_body)

@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import ssl
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from aioquic.quic.events import (
     HandshakeCompleted,
     ProtocolNegotiated,
     QuicEvent,
+    StreamReset,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from velocity.crypto.pki import alt_names, write_public_file, write_secret_file
-from velocity.http.h1 import Handler, Request, Response
+from velocity.http.h1 import Dispatch, Request, Response, Route, too_large
 
 
 def ensure_tls_certificate(directory: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
@@ -56,7 +57,7 @@ def ensure_tls_certificate(directory: Path, names: tuple[str, ...]) -> tuple[Pat
 
 
 class _Exchanges:
-    """HTTP/3 request or response state per stream: headers, body, completion."""
+    """The client's HTTP/3 response state per stream: headers, body, completion."""
 
     def __init__(self) -> None:
         self.headers: dict[int, list[tuple[bytes, bytes]]] = {}
@@ -74,38 +75,75 @@ class _Exchanges:
         return None
 
 
+@dataclass
+class _Incoming:
+    """A request whose headers arrived: its route (or the answer it gets whatever its body)
+    and as much of its body as the route takes."""
+
+    request: Request
+    route: Route | Response
+    body: bytearray = field(default_factory=bytearray)
+    too_large: bool = False
+
+    def take(self, data: bytes) -> None:
+        """Keep ``data`` if the route takes it; past the route's bound keep nothing."""
+        if not isinstance(self.route, Route) or self.too_large:
+            return
+        if len(self.body) + len(data) > self.route.max_body:
+            self.too_large = True
+            self.body.clear()
+        else:
+            self.body += data
+
+    def response(self) -> Response:
+        if isinstance(self.route, Response):
+            return self.route
+        if self.too_large:
+            return too_large(self.route.max_body)
+        self.request.body = bytes(self.body)
+        return self.route.respond(self.request)
+
+
 class _OriginProtocol(QuicConnectionProtocol):
-    def __init__(self, *args: Any, handler: Handler, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dispatch: Dispatch, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._handler = handler
+        self._dispatch = dispatch
         self._http: H3Connection | None = None
-        self._exchanges = _Exchanges()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._incoming: dict[int, _Incoming] = {}
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
             self._http = H3Connection(self._quic)
         if self._http is None:
             return
+        if isinstance(event, StreamReset):
+            self._incoming.pop(event.stream_id, None)  # a request the client gave up
         for h3_event in self._http.handle_event(event):
-            stream_id = self._exchanges.feed(h3_event)
-            if stream_id is not None:
-                task = asyncio.ensure_future(self._answer(stream_id))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if isinstance(h3_event, HeadersReceived | DataReceived):
+                self._received(h3_event)
 
-    async def _answer(self, stream_id: int) -> None:
+    def _received(self, event: HeadersReceived | DataReceived) -> None:
+        """Route a request by its headers (VEL-HTTP-008): its body is kept only up to the
+        route's bound; answer it once it ends."""
+        incoming = self._incoming.get(event.stream_id)
+        if incoming is None and isinstance(event, HeadersReceived):
+            fields = {k.decode(): v.decode("latin-1") for k, v in event.headers}
+            request = Request(fields.get(":method", "GET"), fields.get(":path", "/"),
+                              [(k, v) for k, v in fields.items() if not k.startswith(":")])
+            incoming = self._incoming[event.stream_id] = _Incoming(request,
+                                                                  self._dispatch(request))
+        elif incoming is not None and isinstance(event, DataReceived):
+            incoming.take(event.data)
+        if incoming is not None and event.stream_ended:
+            del self._incoming[event.stream_id]
+            self._answer(event.stream_id, incoming.request.method, incoming.response())
+
+    def _answer(self, stream_id: int, method: str, response: Response) -> None:
         assert self._http is not None
-        fields = {k.decode(): v.decode("latin-1") for k, v in
-                  self._exchanges.headers.pop(stream_id)}
-        body = bytes(self._exchanges.bodies.pop(stream_id, b""))
-        request = Request(fields.get(":method", "GET"), fields.get(":path", "/"),
-                          [(k, v) for k, v in fields.items() if not k.startswith(":")], body)
-        response = await self._handler(request)
         headers = [(b":status", str(response.status).encode()),
                    *((k.lower().encode(), v.encode()) for k, v in response.headers),
                    (b"content-length", str(len(response.body)).encode())]
-        payload = b"" if request.method == "HEAD" else response.body
+        payload = b"" if method == "HEAD" else response.body
         self._http.send_headers(stream_id, headers, end_stream=not payload)
         if payload:
             self._http.send_data(stream_id, payload, end_stream=True)
@@ -125,12 +163,14 @@ class H3Origin:
         self.server.close()
 
 
-async def serve_h3(host: str, port: int, handler: Handler, *, certificate: Path,
+async def serve_h3(host: str, port: int, dispatch: Dispatch, *, certificate: Path,
                    key: Path) -> H3Origin:
+    """An HTTP/3 origin on ``host:port`` (port 0 picks a free one) answering through
+    ``dispatch``, as the Velocity server does."""
     configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
     configuration.load_cert_chain(str(certificate), str(key))
     def protocol(*args: Any, **kwargs: Any) -> _OriginProtocol:
-        made = _OriginProtocol(*args, handler=handler, **kwargs)
+        made = _OriginProtocol(*args, dispatch=dispatch, **kwargs)
         origin.accepted += 1
         return made
 

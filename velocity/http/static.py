@@ -1,8 +1,10 @@
-"""The static file server (VEL-HTTP-006): index files, MIME types, HEAD, single byte ranges,
-ETag and Last-Modified validators, directory listings only when enabled, and no way out of
-the root through "..", encoded separators, backslashes, NUL bytes or symlinks. Hidden paths
-(a component starting with ".") are never served: the server's own keys live in
-ROOT/.velocity/."""
+"""The static file server (VEL-HTTP-006, VEL-HTTP-007): index files, MIME types, HEAD, single
+byte ranges, ETag and Last-Modified validators, directory listings only when enabled, and no
+way out of the root through "..", encoded separators, backslashes, NUL bytes or symlinks.
+Hidden paths (a component starting with ".") are never served, whether named in the request
+or reached through a symlink: the server's own keys live in ROOT/.velocity/. Every file,
+directory and index file is judged by its final, symlink-free path, and every filesystem
+error answers 404."""
 
 from __future__ import annotations
 
@@ -11,13 +13,17 @@ import html
 import mimetypes
 import os
 import re
+import stat
 import urllib.parse
 from pathlib import Path
 
 from velocity.core.errors import UsageError
-from velocity.http.h1 import Request, Response
+from velocity.http.h1 import SMALL_BODY, Request, Response, Route
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# read-only, no controlling terminal, no blocking on a FIFO swapped in, and no symlink swapped
+# in for the final component after the path was resolved
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _text(status: int, message: str) -> Response:
@@ -25,10 +31,14 @@ def _text(status: int, message: str) -> Response:
                     f"{message}\n".encode())
 
 
+def _not_found() -> Response:
+    return _text(404, "not found")
+
+
 class StaticFiles:
     def __init__(self, root: Path, *, index: str = "index.html", listing: bool = False) -> None:
         try:
-            self.root = root.resolve(strict=True)
+            self.root = Path(os.path.realpath(root, strict=True))
         except OSError as exc:
             raise UsageError(f"cannot serve {root}: {exc.strerror or exc}") from None
         if not self.root.is_dir():
@@ -38,61 +48,81 @@ class StaticFiles:
         self.index = index
         self.listing = listing
 
+    def route(self, request: Request) -> Route | Response:
+        """GET and HEAD, with no body beyond SMALL_BODY; any other method gets 405 at once."""
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, [("allow", "GET, HEAD")], b"")
+        return Route(SMALL_BODY, self.respond)
+
+    def _served(self, path: str) -> Path | None:
+        """``path`` with every symlink resolved, if that lies inside the root and is not
+        hidden; None otherwise, or if it does not exist or cannot be reached."""
+        try:
+            real = Path(os.path.realpath(path, strict=True))
+        except OSError:  # ENOENT, ENAMETOOLONG, ELOOP, EACCES, ENOTDIR...
+            return None
+        if not real.is_relative_to(self.root):
+            return None  # a symlink leading out of the root
+        if any(part.startswith(".") for part in real.relative_to(self.root).parts):
+            return None  # a symlink to a hidden file or directory (.velocity/ keys)
+        return real
+
     def resolve(self, target: str) -> Path | Response:
-        """The file ``target`` names inside the root, or the error response."""
+        """The file or directory ``target`` names inside the root, or the error response."""
         path = target.split("?", 1)[0].split("#", 1)[0]
         lowered = path.lower()
         if not path.startswith("/") or "%2f" in lowered or "%5c" in lowered or "\\" in path:
             return _text(400, "bad path")
-        decoded = urllib.parse.unquote(path, errors="strict")
+        try:
+            decoded = urllib.parse.unquote(path, errors="strict")
+        except UnicodeDecodeError:
+            return _text(400, "bad path")
         if "\x00" in decoded or "\\" in decoded:
             return _text(400, "bad path")
         if any(part.startswith(".") for part in decoded.split("/")):
-            return _text(404, "not found")  # "..", and hidden files such as .velocity/ keys
-        candidate = (self.root / decoded.lstrip("/")).resolve()
-        if not candidate.is_relative_to(self.root):
-            return _text(404, "not found")  # a symlink leading out of the root
-        if candidate.is_dir():
-            index = candidate / self.index
-            if index.is_file() and index.resolve().is_relative_to(self.root):
-                return index.resolve()
-            return candidate if self.listing else _text(404, "not found")
-        return candidate if candidate.is_file() else _text(404, "not found")
+            return _not_found()  # "..", and hidden files such as .velocity/ keys
+        found = self._served(os.path.join(self.root, decoded.lstrip("/")))
+        return _not_found() if found is None else found
 
-    async def __call__(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, [("allow", "GET, HEAD")], b"")
-        try:
-            found = self.resolve(request.target)
-        except UnicodeDecodeError:
-            return _text(400, "bad path")
+    def respond(self, request: Request) -> Response:
+        found = self.resolve(request.target)
         if isinstance(found, Response):
             return found
-        if found.is_dir():
-            return self._listing(found, request.target)
-        return self._file(found, request)
+        try:
+            if found.is_dir():
+                index = self._served(os.path.join(found, self.index))
+                if index is None or not index.is_file():
+                    return self._listing(found, request.target) if self.listing else _not_found()
+                found = index
+            return self._file(found, request)
+        except OSError:  # EACCES, gone since it was resolved, ELOOP (a symlink swapped in)...
+            return _not_found()
 
     def _listing(self, directory: Path, target: str) -> Response:
         base = target.split("?", 1)[0].rstrip("/")
+        with os.scandir(directory) as entries:
+            names = sorted((e.name, e.is_dir()) for e in entries if not e.name.startswith("."))
         items = "".join(
-            f'<li><a href="{html.escape(base + "/" + urllib.parse.quote(p.name))}">'
-            f"{html.escape(p.name)}{'/' if p.is_dir() else ''}</a></li>"
-            for p in sorted(directory.iterdir()) if not p.name.startswith("."))
+            f'<li><a href="{html.escape(base + "/" + urllib.parse.quote(name))}">'
+            f"{html.escape(name)}{'/' if is_dir else ''}</a></li>" for name, is_dir in names)
         body = f"<!doctype html><title>{html.escape(base or '/')}</title><ul>{items}</ul>\n"
         return Response(200, [("content-type", "text/html; charset=utf-8")], body.encode())
 
     def _file(self, path: Path, request: Request) -> Response:
-        stat = path.stat()
-        etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
-        modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
-        headers = [("content-type", mimetypes.guess_type(path.name)[0]
-                    or "application/octet-stream"),
-                   ("etag", etag), ("last-modified", modified), ("accept-ranges", "bytes")]
-        if request.header("if-none-match") == etag or (
-                request.header("if-none-match") is None
-                and request.header("if-modified-since") == modified):
-            return Response(304, headers, b"")
-        data = path.read_bytes()
+        with open(path, "rb", opener=lambda name, _: os.open(name, _OPEN_FLAGS)) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return _not_found()  # a FIFO, socket or device, or a directory swapped in
+            etag = f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
+            modified = email.utils.formatdate(info.st_mtime, usegmt=True)
+            headers = [("content-type", mimetypes.guess_type(path.name)[0]
+                        or "application/octet-stream"), ("etag", etag),
+                       ("last-modified", modified), ("accept-ranges", "bytes")]
+            if request.header("if-none-match") == etag or (
+                    request.header("if-none-match") is None
+                    and request.header("if-modified-since") == modified):
+                return Response(304, headers, b"")
+            data = file.read()
         wanted = request.header("range")
         if wanted is None:
             return Response(200, headers, data)
