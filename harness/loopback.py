@@ -9,6 +9,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
@@ -140,9 +141,26 @@ class Pair:
     def run(self, until: Callable[[], bool], *, max_time: float = 30.0,
             max_steps: int = 200_000) -> bool:
         """Step until ``until()`` holds; False if virtual time or steps run out first."""
-        for _ in range(max_steps):
-            if until():
-                return True
-            if self.now > max_time or not self.step():
-                return until()
-        return until()
+        return run_until(self, until, max_time=max_time, max_steps=max_steps)
+
+
+class Stepped(Protocol):
+    """An in-memory network on a virtual clock."""
+
+    now: float
+
+    def step(self) -> bool:
+        """Advance to the next delivery or timer; False when nothing is left to do."""
+        ...
+
+
+def run_until(network: Stepped, until: Callable[[], bool], *, max_time: float,
+              max_steps: int) -> bool:
+    """Step ``network`` until ``until()`` holds; False if virtual time (``max_time``) or
+    steps run out first."""
+    for _ in range(max_steps):
+        if until():
+            return True
+        if network.now > max_time or not network.step():
+            return until()
+    return until()

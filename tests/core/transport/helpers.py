@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.loopback import ONE_WAY, SERVER_ADDR, Network, Pair, perfect
+from harness.loopback import ONE_WAY, SERVER_ADDR, Network, Pair, perfect, run_until
 from harness.pair import PairSpec, make_configs
 from velocity.core.connection import Address, Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint
@@ -159,12 +159,7 @@ class Crowd:
     def run(self, until: Callable[[], bool], *, max_time: float = 60.0,
             max_steps: int = 100_000) -> bool:
         """Step until ``until()`` holds; False if virtual time or steps run out first."""
-        for _ in range(max_steps):
-            if until():
-                return True
-            if self.now > max_time or not self.step():
-                return until()
-        return until()
+        return run_until(self, until, max_time=max_time, max_steps=max_steps)
 
 
 def make_crowd(route: Route = everything, **endpoint: Any) -> Crowd:
