@@ -155,3 +155,23 @@ def test_a_forged_hello_retry_that_drops_the_ticket_does_not_open_the_door() -> 
     with pytest.raises(ProtocolError) as refused:
         client.receive(Epoch.INITIAL, encode_message(FORGED), now_ms=3_002)
     assert refused.value.code == ErrorCode.DOWNGRADE_DETECTED
+
+
+@pytest.mark.spec("VEL-AUTH-013")
+def test_a_server_key_ciphertext_of_the_wrong_length_is_illegal() -> None:
+    def shorten(message: ClientHello) -> ClientHello:
+        extensions = []
+        for ext_type, value in message.extensions:
+            if ext_type == ExtensionType.SERVER_KEY:
+                value = value[:-1]  # the ciphertext's vec<varint> length no longer matches
+                key_id_len = value[0]
+                key_id, rest = value[1 : 1 + key_id_len], value[1 + key_id_len :]
+                ciphertext = rest[2:]  # a 2-byte varint length for 1088 bytes
+                length = len(ciphertext)
+                value = bytes([key_id_len]) + key_id + bytes([0x40 | length >> 8,
+                                                               length & 0xFF]) + ciphertext
+            extensions.append((ext_type, value))
+        return replace(message, extensions=tuple(extensions))
+    client, server = make_pair(PairSpec(mode="pdk", seed="ct-length"))
+    run = run_handshake(client, server, tamper=rewrite(MessageType.CLIENT_HELLO, shorten))
+    closed_with(run, ErrorCode.ILLEGAL_PARAMETER, "server")
