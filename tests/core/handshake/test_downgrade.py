@@ -160,18 +160,14 @@ def test_a_forged_hello_retry_that_drops_the_ticket_does_not_open_the_door() -> 
 @pytest.mark.spec("VEL-AUTH-013")
 def test_a_server_key_ciphertext_of_the_wrong_length_is_illegal() -> None:
     def shorten(message: ClientHello) -> ClientHello:
-        extensions = []
-        for ext_type, value in message.extensions:
-            if ext_type == ExtensionType.SERVER_KEY:
-                value = value[:-1]  # the ciphertext's vec<varint> length no longer matches
-                key_id_len = value[0]
-                key_id, rest = value[1 : 1 + key_id_len], value[1 + key_id_len :]
-                ciphertext = rest[2:]  # a 2-byte varint length for 1088 bytes
-                length = len(ciphertext)
-                value = bytes([key_id_len]) + key_id + bytes([0x40 | length >> 8,
-                                                               length & 0xFF]) + ciphertext
-            extensions.append((ext_type, value))
-        return replace(message, extensions=tuple(extensions))
+        """The PDK ciphertext one byte short, its length field saying so."""
+        def short(value: bytes) -> bytes:
+            key_id_len = value[0]
+            key_id, ciphertext = value[1 : 1 + key_id_len], value[3 + key_id_len : -1]
+            return (bytes([key_id_len]) + key_id
+                    + bytes([0x40 | len(ciphertext) >> 8, len(ciphertext) & 0xFF]) + ciphertext)
+        return replace(message, extensions=tuple(
+            (t, short(v) if t == ExtensionType.SERVER_KEY else v) for t, v in message.extensions))
     client, server = make_pair(PairSpec(mode="pdk", seed="ct-length"))
     run = run_handshake(client, server, tamper=rewrite(MessageType.CLIENT_HELLO, shorten))
     closed_with(run, ErrorCode.ILLEGAL_PARAMETER, "server")
