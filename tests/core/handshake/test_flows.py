@@ -361,3 +361,19 @@ def test_a_completed_handshake_keeps_no_schedule_secret(mode: str) -> None:
         assert side._secrets == {} and side.schedule is None
         assert side.hybrid is None and side.static_secret is None
     assert client._share is None and client._resumption
+
+
+@pytest.mark.spec("VEL-PROF-011", "VEL-HS-091")
+def test_no_common_aead() -> None:
+    """No AEAD in common: HANDSHAKE_FAILURE naming the field when the client offered only
+    what the server serves over Velocity/1, FALLBACK reason 4 when it also offered h3."""
+    only_chacha = {"aeads": (Aead.CHACHA20_POLY1305,)}
+    client, server = make_pair(PairSpec(mode="pdk", client={**only_chacha},
+                                        server={"aeads": (Aead.AES_128_GCM,)}))
+    run = run_handshake(client, server)
+    closed_with(run, ErrorCode.HANDSHAKE_FAILURE, "server")
+    assert run.error is not None and run.error.field == "CLIENT_HELLO.aeads"
+    client, server = make_pair(PairSpec(mode="pdk", client={
+        **only_chacha, "alpn": (b"velocity/1", b"h3")}, server={"aeads": (Aead.AES_128_GCM,)}))
+    (directive,) = events_of(run_handshake(client, server).client_events, FallbackDirected)
+    assert directive.reason == 4 and directive.authenticated
