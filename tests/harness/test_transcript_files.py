@@ -25,6 +25,20 @@ def test_a_handshake_and_its_close_validate_from_both_sides() -> None:
         assert validate(document) == []
 
 
+@pytest.mark.spec("VEL-FB-002")
+def test_a_fallback_transcript_validates_and_its_close_frame_keeps_its_type() -> None:
+    """CONNECTION_CLOSE carries a ``frame_type`` field of its own (the frame that caused
+    it): the frame's type name must not be overwritten by it."""
+    documents = run_documents(mode="discovery", fallback_only=True)
+    for document in documents.values():
+        assert validate(document) == []
+    frames = [f for e in documents["client"]["events"] if e["name"] == "quic:packet_received"
+              for f in e["data"]["frames"]]
+    close = [f for f in frames if f["frame_type"] == "connection_close"]
+    assert close == [{"frame_type": "connection_close", "error_code": 0x108,
+                      "trigger_frame_type": 0, "reason": "fallback directed"}]
+
+
 def test_scenario_header_and_harness_events_validate() -> None:
     document = run_documents(scenario={"id": "handshake/pdk-completes",
                                        "params": {"profile": "light", "n": 2},
