@@ -9,15 +9,14 @@ from typing import Any
 from harness.loopback import Pair
 from harness.pair import PairSpec, make_configs
 from velocity.core.connection import Connection, ConnectionConfig
-from velocity.core.events import ConnectionTerminated, HandshakeCompleted
+from velocity.core.events import ConnectionTerminated, Event, HandshakeCompleted
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED, Profile
 from velocity.core.trace import Transcript
 
 
-def _ended(pair: Pair) -> bool:
-    return any(isinstance(e, HandshakeCompleted | ConnectionTerminated)
-               for e in pair.client_events)
+def _ended(events: list[Event]) -> bool:
+    return any(isinstance(e, HandshakeCompleted | ConnectionTerminated) for e in events)
 
 
 def _server_connection(pair: Pair) -> Connection:
@@ -27,17 +26,20 @@ def _server_connection(pair: Pair) -> Connection:
 
 
 def run_documents(*, seed: str = "run", profile: Profile = BALANCED, mode: str = "pdk",
-                  fallback_only: bool = False, scenario: dict[str, Any] | None = None,
-                  **server: Any) -> dict[str, dict[str, Any]]:
-    """Connect once (``server``: ServerConfig changes), close with NO_ERROR once the
-    handshake is over, let both sides drain; the client's and the server's transcripts."""
+                  fallback_only: bool = False, grease: bool = True,
+                  scenario: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Connect once, close with NO_ERROR once both sides are through the handshake, let
+    them drain; the client's and the server's transcripts."""
+    server: dict[str, Any] = {"grease": grease}
     if fallback_only:
         server["fallback"] = FallbackPolicy(mode="fallback-only")
-    client_hs, server_hs = make_configs(PairSpec(profile=profile, mode=mode, server=server))
+    client_hs, server_hs = make_configs(PairSpec(profile=profile, mode=mode, server=server,
+                                                 client={"grease": grease}))
     pair = Pair(ConnectionConfig(client_hs), ConnectionConfig(server_hs), seed=seed,
                 trace=True)
     pair.connect()
-    assert pair.run(lambda: _ended(pair))
+    assert pair.run(lambda: _ended(pair.client_events))
+    assert pair.run(lambda: _ended(pair.server_events))  # the server hears the FINISHED
     pair.client.close(0, "done")  # nothing when the connection is already over
     pair.run(lambda: False, max_time=pair.now + 5)
     out = {}
