@@ -6,11 +6,13 @@ read from the events of a valid transcript, from whichever vantage point it was 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 from velocity.core.errors import ErrorCode
 from velocity.core.hybrid import PROFILES_BY_NAME, Profile
+from velocity.core.rangeset import RangeSet
 
 PACKETS = {"quic:packet_sent": "sent", "quic:packet_received": "received"}
 NOT_ACK_ELICITING = frozenset({"ack", "padding", "connection_close", "application_close"})
@@ -40,24 +42,64 @@ def ack_eliciting(packet: dict[str, Any]) -> bool:
     return any(f["frame_type"] not in NOT_ACK_ELICITING for f in packet["frames"])
 
 
-def packets_per_space(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Ack-eliciting packets sent and received per packet type (ACK-only packets follow
-    timing, not the protocol: how many a peer sends depends on how datagrams were read)."""
-    out: dict[str, dict[str, int]] = {}
+class _Seen:
+    """What each direction has already carried: CRYPTO and STREAM byte ranges, and every
+    other frame as it was."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[tuple[str, ...], RangeSet] = {}
+        self.frames: set[str] = set()
+
+    def fresh(self, direction: str, packet: dict[str, Any]) -> bool:
+        """Whether ``packet`` is ack-eliciting and carries something new; remembers what it
+        carries."""
+        space = packet["header"]["packet_type"]
+        eliciting = [f for f in packet["frames"] if f["frame_type"] not in NOT_ACK_ELICITING]
+        return bool([f for f in eliciting if self._new(direction, space, f)])
+
+    def _new(self, direction: str, space: str, frame: dict[str, Any]) -> bool:
+        """Whether ``frame`` carries anything not carried before; remembers it."""
+        offset, length = frame.get("offset", 0), frame.get("data_length")
+        kind = frame["frame_type"]
+        if kind in ("crypto", "stream") and isinstance(offset, int) and isinstance(
+                length, int) and offset >= 0 and length > 0:
+            key = (direction, space, kind, str(frame.get("stream_id")))
+            ranges = self.ranges.setdefault(key, RangeSet())
+            covered = any(a <= offset and offset + length <= b for a, b in ranges)
+            ranges.add(offset, offset + length)
+            return not covered
+        text = json.dumps([direction, space, frame], sort_keys=True)
+        if text in self.frames:
+            return False
+        self.frames.add(text)
+        return True
+
+
+def fresh_packets(events: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Ack-eliciting packets that carry something new: not ACK-only packets (they follow
+    timing, not the protocol: how many a peer sends depends on how datagrams were read)
+    nor pure retransmissions (they follow loss and timers)."""
+    seen = _Seen()
     for direction, packet in _packets(events):
-        if ack_eliciting(packet):
-            space = out.setdefault(packet["header"]["packet_type"], {"sent": 0, "received": 0})
-            space[direction] += 1
+        if seen.fresh(direction, packet):
+            yield direction, packet
+
+
+def packets_per_space(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Fresh packets (``fresh_packets``) sent and received per packet type."""
+    out: dict[str, dict[str, int]] = {}
+    for direction, packet in fresh_packets(events):
+        space = out.setdefault(packet["header"]["packet_type"], {"sent": 0, "received": 0})
+        space[direction] += 1
     return out
 
 
 def bytes_per_flight(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flights: runs of ack-eliciting packets in one direction (an ACK-only packet between
-    them neither ends a flight nor counts), with their packets, bytes and spaces."""
+    """Flights: runs of fresh packets (``fresh_packets``) in one direction, with their
+    packets, bytes and spaces; an ACK-only packet or a retransmission between them neither
+    ends a flight nor counts."""
     out: list[dict[str, Any]] = []
-    for direction, packet in _packets(events):
-        if not ack_eliciting(packet):
-            continue
+    for direction, packet in fresh_packets(events):
         if not out or out[-1]["direction"] != direction:
             out.append({"direction": direction, "packets": 0, "bytes": 0, "spaces": []})
         flight = out[-1]
@@ -82,15 +124,16 @@ def _validating(event: dict[str, Any], side: str) -> bool:
 def amplification(document: dict[str, Any]) -> dict[str, Any] | None:
     """What the server sent before the client's address was validated, against what it
     received from the client until then. From the server's side that is exact. From the
-    client's side it is the server's first flight against the client's Initial packets: when
-    the server had to wait for the client's ACKs to send the rest of a flight over 3x, that
-    rest is counted too (so above 3 there means the flight did not fit, VEL-SIZE-002). None
-    from a network vantage point."""
+    client's side it is the server's first flight (its retransmissions left out) against the
+    client's Initial packets: when the server had to wait for the client's ACKs to send the
+    rest of a flight over 3x, that rest is counted too (so above 3 there means the flight
+    did not fit, VEL-SIZE-002). None from a network vantage point."""
     side = document["vantage_point"]
     if side not in ("client", "server"):
         return None
     server = client = 0
     validated = False
+    seen = _Seen()  # the client does not count the server's retransmissions
     for event in document["events"]:
         if _validating(event, side):
             validated = True
@@ -99,6 +142,9 @@ def amplification(document: dict[str, Any]) -> dict[str, Any] | None:
         if name not in ("quic:packet_sent", "quic:packet_received", "quic:packet_dropped"):
             continue
         from_server = (name == "quic:packet_sent") == (side == "server")
+        if from_server and side == "client" and name == "quic:packet_received" and (
+                ack_eliciting(data) and not seen.fresh("received", data)):
+            continue
         if from_server:
             server += data["raw"]["length"]
         elif side == "server" or data["header"].get("packet_type") == "initial":

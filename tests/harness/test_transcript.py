@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from harness.loopback import ONE_WAY, Network
 from harness.transcript import compare, diff, normalise, summary, validate
 from tests.harness.transcript_runs import run_documents
 from velocity.core.hybrid import LIGHT, SECURE
@@ -199,3 +200,27 @@ def test_a_different_number_of_flights_is_one_difference() -> None:
     facts = summary(run_documents()["client"])
     fewer = {**facts, "bytes_per_flight": facts["bytes_per_flight"][:1]}
     assert [d.path for d in compare(facts, fewer)] == ["bytes_per_flight"]
+
+
+def _drop_one_server_datagram() -> Network:
+    """The server's third datagram (a certificate part) is lost once: it is resent."""
+    sent = {"s2c": 0}
+
+    def network(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        if direction == "s2c":
+            sent["s2c"] += 1
+            if sent["s2c"] == 3:
+                return []
+        return [(ONE_WAY, datagram)]
+
+    return network
+
+
+def test_a_retransmission_is_not_drift() -> None:
+    clean = run_documents(mode="discovery")
+    lossy = run_documents(mode="discovery", network=_drop_one_server_datagram(), seed="lost")
+    packets = [sum(e["name"] == "quic:packet_sent" for e in run["server"]["events"])
+               for run in (clean, lossy)]
+    assert packets[1] > packets[0]  # the lost packet's data went out again
+    for side in SIDES:
+        assert diff(clean[side], lossy[side]) == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.loopback import Pair
+from harness.loopback import Network, Pair, perfect
 from harness.pair import PairSpec, make_configs
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.events import ConnectionTerminated, Event, HandshakeCompleted
@@ -26,7 +26,7 @@ def _server_connection(pair: Pair) -> Connection:
 
 
 def run_documents(*, seed: str = "run", profile: Profile = BALANCED, mode: str = "pdk",
-                  fallback_only: bool = False, grease: bool = True,
+                  fallback_only: bool = False, grease: bool = True, network: Network = perfect,
                   scenario: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Connect once, close with NO_ERROR once both sides are through the handshake, let
     them drain; the client's and the server's transcripts."""
@@ -36,7 +36,7 @@ def run_documents(*, seed: str = "run", profile: Profile = BALANCED, mode: str =
     client_hs, server_hs = make_configs(PairSpec(profile=profile, mode=mode, server=server,
                                                  client={"grease": grease}))
     pair = Pair(ConnectionConfig(client_hs), ConnectionConfig(server_hs), seed=seed,
-                trace=True)
+                network=network, trace=True)
     pair.connect()
     assert pair.run(lambda: _ended(pair.client_events))
     assert pair.run(lambda: _ended(pair.server_events))  # the server hears the FINISHED
