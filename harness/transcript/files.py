@@ -16,6 +16,7 @@ import yaml
 from harness.schemas import schema_errors
 
 MAX_BYTES = 256 << 20  # a transcript larger than this is refused rather than read
+LOCATE_CHARS = 16 << 20  # errors in larger files name their JSON path without a line
 
 
 class TranscriptError(Exception):
@@ -47,12 +48,19 @@ def parse(path: Path) -> tuple[str, Any]:
         line = raw[: exc.start].count(b"\n") + 1
         raise TranscriptError([f"{path}:{line}: not UTF-8 text (byte {exc.start})"]) from None
     try:
-        return text, json.loads(text)
+        return text, json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise TranscriptError([f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"]
                               ) from None
     except RecursionError:
         raise TranscriptError([f"{path}: nested too deeply to be a transcript"]) from None
+    except ValueError as exc:  # a NaN or Infinity
+        raise TranscriptError([f"{path}: not JSON: {exc}"]) from None
+
+
+def _not_json(name: str) -> None:
+    """Python reads NaN and Infinity; JSON has no such numbers."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def file_errors(path: Path) -> list[str]:
@@ -81,8 +89,9 @@ _PATH = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\['((?:[^'\\]|\\.)*)'\]|\[(\d+)\
 
 def located(path: Path, text: str, errors: list[str]) -> list[str]:
     """``errors`` (``$.json.path: what``) as ``FILE:LINE:COL: $.json.path: what``, at the
-    value the path names; ``FILE: ...`` when its place cannot be found."""
-    root = _compose(text) if errors else None
+    value the path names; ``FILE: ...`` when its place cannot be found (or the file is too
+    large to read again for it)."""
+    root = _compose(text) if errors and len(text) <= LOCATE_CHARS else None
     out = []
     for error in errors:
         json_path = error.split(": ", 1)[0]

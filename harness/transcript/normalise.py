@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from velocity.core.buffer import varint_size
+from velocity.core.buffer import VARINT_MAX, varint_size
 from velocity.core.handshake.messages import is_grease
 
 DIGEST = "0" * 16
@@ -77,9 +77,9 @@ def _drop_grease(data: dict[str, Any]) -> None:
     length what it would then be."""
     extensions = data.get("extensions")
     if not isinstance(extensions, list) or not all(
-            isinstance(e, list) and len(e) == 2 and all(isinstance(x, int) for x in e)
-            for e in extensions):
-        return
+            isinstance(e, list) and len(e) == 2 and all(
+                isinstance(x, int) and 0 <= x <= VARINT_MAX for x in e) for e in extensions):
+        return  # not the [type, length] pairs the reference writes
     kept = [e for e in extensions if not is_grease(e[0])]
     if len(kept) < len(extensions):
         data["length"] -= _block_size(extensions) - _block_size(kept)

@@ -181,7 +181,7 @@ def key_shares(events: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _code(data: dict[str, Any]) -> str:
     if "error_code" not in data:
         return f"silent ({data.get('trigger', 'no frame')})"
-    code = data["error_code"]
+    code = int(data["error_code"])  # JSON Schema's integers include 2.0
     if data.get("application"):
         return f"application 0x{code:x}"
     return CODES.get(code, f"0x{code:x}")

@@ -4,14 +4,24 @@ or fallback policy is named; ignore patterns drop what they name."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.loopback import ONE_WAY, Network
-from harness.transcript import compare, diff, normalise, summary, validate
+from harness.transcript import (
+    compare,
+    compare_baseline,
+    diff,
+    normalise,
+    save_baseline,
+    summary,
+    validate,
+)
 from tests.harness.transcript_runs import run_documents
 from velocity.core.hybrid import LIGHT, SECURE
 
@@ -224,3 +234,49 @@ def test_a_retransmission_is_not_drift() -> None:
     assert packets[1] > packets[0]  # the lost packet's data went out again
     for side in SIDES:
         assert diff(clean[side], lossy[side]) == []
+
+
+def _edit(document: dict[str, Any], name: str, part: str,
+          change: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with ``change`` applied to every ``name`` event's ``part``: its data,
+    its packet header, or its frames of that type."""
+    document = copy.deepcopy(document)
+    events = [e["data"] for e in document["events"] if e["name"] == name]
+    assert events
+    for data in events:
+        targets = ([data] if part == "data" else [data["header"]] if part == "header"
+                   else [f for f in data["frames"] if f["frame_type"] == part])
+        for target in targets:
+            target.update(change)
+    return document
+
+
+HOSTILE = [  # schema-valid values the reference never writes
+    ("quic:connection_closed", "data", {"error_code": 2.0}),
+    ("quic:connection_closed", "data", {"error_code": 2**70, "application": True}),
+    ("velocity:message_received", "data", {"extensions": [[27, 2**70], [58, 3]]}),
+    ("velocity:message_received", "data", {"extensions": [["a", 1], [27]]}),
+    ("velocity:message_received", "data", {"extensions": "none", "alpn": [1, None]}),
+    ("quic:packet_received", "crypto", {"offset": -5, "data_length": 2**70}),
+    ("quic:packet_received", "crypto", {"offset": "x", "data_length": None}),
+    ("quic:packet_received", "crypto", {"stream_id": [1], "extra": {"a": [1]}}),
+    ("quic:packet_received", "header", {"packet_number": 2**60}),
+    ("velocity:key_share", "data", {"client_share_length": 1.0, "group": ""}),
+    ("velocity:handshake_completed", "data", {"alpn": "", "kem_backend": "x" * 1000}),
+]
+
+
+@pytest.mark.parametrize(("name", "part", "change"), HOSTILE)
+def test_any_valid_transcript_normalises_summarises_and_diffs(
+        name: str, part: str, change: dict[str, Any], tmp_path: Path) -> None:
+    """A hostile but schema-valid file (a peer's, or edited) never raises: the schema
+    types what the summary relies on, the rest is read with care."""
+    clean = run_documents(mode="discovery")["client"]
+    document = _edit(clean, name, part, change)
+    assert validate(document) == []
+    assert validate(normalise(document)) == []
+    json.dumps(summary(document), allow_nan=False)
+    assert diff(document, document) == []
+    diff(clean, document)
+    save_baseline(tmp_path, "fuzz/any", {}, document)
+    compare_baseline(tmp_path, "fuzz/any", {}, clean)

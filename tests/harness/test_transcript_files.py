@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harness.transcript import TranscriptError, file_errors, load, validate
+from harness.transcript import TranscriptError, file_errors, files, load, validate
 from tests.harness.transcript_runs import run_documents
 
 
@@ -96,6 +96,23 @@ def test_other_unreadable_files_are_one_line(tmp_path: Path, content: bytes,
     path.write_bytes(content)
     errors = file_errors(path)
     assert len(errors) == 1 and errors[0].startswith(str(path)) and problem in errors[0], errors
+
+
+def test_nan_and_infinity_are_not_json(tmp_path: Path) -> None:
+    document = run_documents()["client"]
+    document["events"][0]["time"] = float("inf")
+    path = write(tmp_path, document)
+    assert file_errors(path) == [f"{path}: not JSON: Infinity is not a JSON number"]
+
+
+def test_errors_in_a_very_large_file_name_their_path_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    document = run_documents()["client"]
+    document["vantage_point"] = "moon"
+    path = write(tmp_path, document)
+    monkeypatch.setattr(files, "LOCATE_CHARS", 100)
+    (error,) = file_errors(path)
+    assert error.startswith(f"{path}: $.vantage_point: 'moon' is not one of")
 
 
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
