@@ -84,7 +84,7 @@ def _outcome(facts: dict[str, Any], probed: dict[str, Any]) -> str:
 
 @transcript.command()
 @click.argument("target")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Write the transcript here (default: standard output).")
 @click.option("--sni", help="Server name to send and to check the certificate for "
                             "(default: TARGET's host).")
@@ -128,7 +128,7 @@ def dump(target: str, output: Path | None, sni: str | None, ca: Path | None, ins
 
 @transcript.command()
 @click.argument("files", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
+                type=click.Path(path_type=Path))
 def validate(files: tuple[Path, ...]) -> None:
     """Check each FILE against the transcript schema: one line per problem
     (FILE:LINE:COL: what); exit 1 if any file is invalid."""
@@ -160,8 +160,8 @@ def _table(differences: list[Difference]) -> None:
 
 
 @transcript.command("diff")
-@click.argument("a", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("b", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
 @click.option("--ignore", multiple=True, metavar="PATH",
               help="Drop differences under this dotted path (* matches one part), e.g. "
                    "bytes_per_flight or packets_per_space.*.received; repeatable.")

@@ -143,6 +143,9 @@ def test_diff_of_bad_input_exits_2_naming_each_file(dumps: Dumps, tmp_path: Path
         f"{broken}:1:12: not JSON: Expecting value",
         f"{missing}: cannot read it: No such file or directory"]
     assert velocity("transcript", "diff", str(dumps["a"][0]), str(broken)).exit_code == 2
+    directory = velocity("transcript", "diff", str(tmp_path), str(dumps["a"][0]))
+    assert (directory.exit_code, directory.output) == (
+        2, f"{tmp_path}: cannot read it: Is a directory\n")
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -115,9 +115,10 @@ def test_errors_in_a_very_large_file_name_their_path_only(
     assert error.startswith(f"{path}: $.vantage_point: 'moon' is not one of")
 
 
-def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
+def test_a_missing_file_or_a_directory_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "absent.json"
     assert file_errors(path) == [f"{path}: cannot read it: No such file or directory"]
+    assert file_errors(tmp_path) == [f"{tmp_path}: cannot read it: Is a directory"]
 
 
 def test_schema_errors_name_the_line_of_the_value_and_its_json_path(tmp_path: Path) -> None:
