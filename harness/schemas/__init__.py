@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 
 SCHEMAS_DIR = Path(__file__).resolve().parent
+MESSAGE_CHARS = 160  # jsonschema quotes the offending value whole; a line stays readable
 
 
 @functools.cache
@@ -20,7 +21,18 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
+def _one_line(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 3] + "..."
+
+
+def _position(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
+    """Document order: list indexes compared as numbers."""
+    return [(p, "") if isinstance(p, int) else (-1, p) for p in error.absolute_path]
+
+
 def schema_errors(name: str, document: Any) -> list[str]:
-    """Every way ``document`` breaks ``<name>.schema.json``, as ``path: message``."""
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in _validator(name).iter_errors(document)]
+    """Every way ``document`` breaks ``<name>.schema.json``, as ``$.json.path: message``
+    (one line each, in document order)."""
+    errors = sorted(_validator(name).iter_errors(document), key=_position)
+    return [f"{e.json_path}: {_one_line(e.message)}" for e in errors]

@@ -40,13 +40,54 @@ def version_report() -> str:
     ])
 
 
+COMMANDS_GROUP = "velocity.commands"  # entry points naming more command groups (the harness's)
+
+
+def _unavailable(name: str, entry: metadata.EntryPoint, exc: ImportError) -> click.Command:
+    """Stands for a command whose package is missing: says in one line what to install."""
+    extra = f"velocity[{','.join(entry.extras)}]" if entry.extras else entry.module
+    missing = f" ({exc.name} is missing)" if exc.name else ""
+
+    def fail(args: tuple[str, ...]) -> None:
+        raise click.ClickException(f"velocity {name} needs {extra}{missing}: install it with "
+                                   f"pip install '{extra}'")
+
+    return click.Command(name, callback=fail, help=f"(not installed: needs {extra})",
+                         params=[click.Argument(["args"], nargs=-1)],
+                         context_settings={"ignore_unknown_options": True,
+                                           "help_option_names": []})
+
+
+class _Commands(click.Group):
+    """The built-in commands and those installed packages declare in ``COMMANDS_GROUP``,
+    which are imported only when used (or listed by --help)."""
+
+    def _entries(self) -> dict[str, metadata.EntryPoint]:
+        return {e.name: e for e in metadata.entry_points(group=COMMANDS_GROUP)
+                if e.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._entries()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = self._entries().get(cmd_name)
+        if entry is None:
+            return super().get_command(ctx, cmd_name)
+        try:
+            command = entry.load()
+        except ImportError as exc:
+            return _unavailable(cmd_name, entry, exc)
+        self.add_command(command, cmd_name)
+        return command  # type: ignore[no-any-return]
+
+
 def _print_version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         click.echo(version_report())
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_print_version, help="Show versions and crypto backends, then exit.")
 def cli() -> None:

@@ -25,6 +25,7 @@ from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import ErrorCode
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
+from velocity.core.handshake.common import CertificateVerifier
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import BALANCED, PROFILES_BY_NAME
 from velocity.core.trace import Transcript, flights
@@ -38,17 +39,21 @@ EXIT_VELOCITY, EXIT_FALLBACK, EXIT_FAILURE = 0, 10, 1
 
 
 async def probe_target(host: str, port: int, *, alpn: tuple[bytes, ...], profile: str,
-                       server_key: PinnedServerKey | None = None,
-                       timeout: float = 5.0) -> dict[str, Any]:
-    """Connect once (discovery unless a key is given) and describe what happened."""
+                       server_key: PinnedServerKey | None = None, timeout: float = 5.0,
+                       server_name: str | None = None,
+                       verifier: CertificateVerifier | None = None,
+                       transcript: Transcript | None = None) -> dict[str, Any]:
+    """Connect once (discovery unless a key is given) and describe what happened. The
+    server name defaults to ``host``, the verifier to accepting any certificate; the
+    connection's events go to ``transcript`` when one is given."""
     config = ClientConfig(kem=kem_backend(), alpn=alpn, profiles=(PROFILES_BY_NAME[profile],),
-                          server_name=host, server_key=server_key,
-                          verifier=X509Verifier(insecure=True,
-                                                clock=lambda: dt.datetime.now(dt.UTC)))
+                          server_name=server_name or host, server_key=server_key,
+                          verifier=verifier or X509Verifier(
+                              insecure=True, clock=lambda: dt.datetime.now(dt.UTC)))
     started = time.perf_counter()
     result: dict[str, Any] = {"target": f"{host}:{port}", "offered_alpn": [a.decode()
                                                                            for a in alpn]}
-    transcript = Transcript()
+    transcript = transcript if transcript is not None else Transcript()
     connection: Connection | None = None
     try:
         async with connect(host, port, ConnectionConfig(config), timeout=timeout,

@@ -100,10 +100,12 @@ def type_name(obj: object) -> str:
 
 def describe(obj: Any, *, kind: str | None = "frame_type") -> dict[str, Any]:
     """A frame, handshake message or event as transcript data: its type name under ``kind``
-    (unless None) and its fields, byte fields as text, hex or their length."""
+    (unless None) and its fields, byte fields as text, hex or their length. A field named
+    ``kind`` (CONNECTION_CLOSE's ``frame_type``) is shown as ``trigger_<kind>``, qlog's name."""
     out: dict[str, Any] = {kind: type_name(obj)} if kind is not None else {}
     for spec in dataclasses.fields(obj):
-        out.update(_field(spec.name, getattr(obj, spec.name)))
+        name = f"trigger_{spec.name}" if spec.name == kind else spec.name
+        out.update(_field(name, getattr(obj, spec.name)))
     return out
 
 
