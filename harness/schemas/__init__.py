@@ -14,7 +14,8 @@ SCHEMAS_DIR = Path(__file__).resolve().parent
 
 
 @functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator:
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    """The validator of ``<name>.schema.json``, for callers that place each error themselves."""
     schema = json.loads((SCHEMAS_DIR / f"{name}.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
@@ -23,4 +24,4 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 def schema_errors(name: str, document: Any) -> list[str]:
     """Every way ``document`` breaks ``<name>.schema.json``, as ``path: message``."""
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in _validator(name).iter_errors(document)]
+            for e in validator(name).iter_errors(document)]
