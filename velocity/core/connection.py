@@ -11,7 +11,7 @@ recovery in ``velocity.core.recovery`` and the state records in ``velocity.core.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,7 @@ from velocity.core.events import (
     TicketReceived,
 )
 from velocity.core.frames import (
+    Crypto,
     Frame,
     ResetStream,
     StopSending,
@@ -54,6 +55,7 @@ from velocity.core.packet import (
     EPOCHS,
     VELOCITY_VERSION,
     Epoch,
+    PacketType,
 )
 from velocity.core.protection import (
     CONFIDENTIALITY_LIMIT,
@@ -62,6 +64,7 @@ from velocity.core.protection import (
 )
 from velocity.core.receiver import DataRun, read_datagram
 from velocity.core.recovery import Recovery
+from velocity.core.seams import ConnectionSeams
 from velocity.core.sender import build_datagrams
 from velocity.core.state import FlowState, KeyUpdates, SpaceState, State
 from velocity.core.streams import StreamState, is_unidirectional
@@ -136,8 +139,8 @@ class Connection:
         self._max_streams_pending = {False: False, True: False}
         self._control: deque[Frame] = deque()  # control frames waiting to be sent
         self.handshake_complete = self.handshake_confirmed = self.early_data_accepted = False
-        self._received_retry = False
-        self._handshake_done_pending = self._handshake_done_received = False
+        self._received_retry = self._handshake_done_pending = self._handshake_done_received = (
+            False)
         self.address_validated = self.is_client or address_validated
         self.bytes_received = self.bytes_sent = 0
         self.started_at: float | None = None  # when it was started or first heard from
@@ -156,6 +159,7 @@ class Connection:
         self._peer_cids: dict[int, bytes] = {}
         self._send_phase = self._recv_phase = self._forgeries = 0
         self.key_updates = KeyUpdates()
+        self.seams = ConnectionSeams()  # off: see velocity.core.seams
         self.paced_until: float | None = None
         self._first_server_scid: bytes | None = None  # checked against its parameters
         self._zero_rtt_frames: list[tuple[int, int, int, bool]] = []
@@ -269,6 +273,16 @@ class Connection:
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         self._local_stream(stream_id).require_receiver("STOP_SENDING")
         self._control.append(StopSending(stream_id, error_code))
+
+    def send_frames(self, epoch: Epoch, frames: Sequence[Frame], *,
+                    packet_type: PacketType | None = None) -> None:
+        """Seam (velocity.core.seams): send ``frames`` exactly as given, unchecked, in one
+        packet of ``epoch``'s packet-number space (its next number; frames a space does not
+        allow go too), protected with that space's keys, or the 0-RTT keys for
+        ``packet_type=ZERO_RTT``. The packet is recorded as sent, so the peer's ACKs stay
+        consistent; its frames are never retransmitted. It waits until those keys exist."""
+        self.spaces[epoch].injected.append((tuple(frames), packet_type))
+        self.seams.injecting = True
 
     def queue_after_handshake(self, frame: Frame) -> None:
         """A 1-RTT control frame (NEW_TOKEN) to send once 1-RTT keys exist."""
@@ -458,12 +472,25 @@ class Connection:
         for epoch in EPOCHS:
             data = handshake.data_to_send(epoch)
             if data:
-                self.spaces[epoch].crypto_send.write(data)
+                self._write_crypto(epoch, data)
         while (event := handshake.next_event()) is not None:
             self._on_handshake_event(event, now)
         if (not self.is_client and not self._peer_params_final
                 and handshake.peer_transport_parameters):
             self._apply_peer_params(handshake.peer_transport_parameters)
+
+    def _write_crypto(self, epoch: Epoch, data: bytes) -> None:
+        """Handshake bytes into the space's CRYPTO stream; a CRYPTO policy (seam) decides
+        how they are first sent, loss recovery resends them as usual."""
+        space = self.spaces[epoch]
+        offset = space.crypto_send.write_offset
+        space.crypto_send.write(data)
+        policy = self.seams.crypto_policy
+        if policy is not None:
+            self.seams.injecting = True
+            space.crypto_send.mark_sent(offset, offset + len(data))
+            for pieces in policy(epoch, offset, data):
+                space.injected.append((tuple(Crypto(at, piece) for at, piece in pieces), None))
 
     def _trace_handshake_event(self, event: HandshakeEvent) -> None:
         if isinstance(event, KeysReady):

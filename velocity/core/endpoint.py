@@ -83,6 +83,9 @@ class ServerEndpoint:
         self._tokens = tokens
         self._tracers = tracers  # one Tracer per accepted connection, when transcripts are kept
         self.finished: deque[Connection] = deque()  # traced connections, once terminated
+        # seam (velocity.core.seams): called with each new connection before its first
+        # datagram, so a scripted peer can set its seams
+        self.on_connection: Callable[[Connection], None] | None = None
         self._by_cid: dict[bytes, Connection] = {}
         self.connections: list[Connection] = []
         self._dirty: dict[Connection, None] = {}  # touched since the last send, in order
@@ -158,6 +161,8 @@ class ServerEndpoint:
                                 original_dcid=original_dcid, peer_cid=header.scid,
                                 retry_scid=retry_scid, address_validated=validated,
                                 tracer=self._tracers() if self._tracers else None)
+        if self.on_connection is not None:
+            self.on_connection(connection)
         if self._tokens is not None:
             token = self._tokens.issue(*address, b"", now_ms=now_ms,
                                        nonce=self._entropy.random(12))

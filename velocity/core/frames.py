@@ -528,8 +528,8 @@ def encode_frames(frames: list[Frame] | tuple[Frame, ...]) -> bytes:
     return writer.data()
 
 
-def pull_frame(reader: Reader, packet_type: PacketType) -> Frame:
-    """Decode one frame and check that ``packet_type`` may carry it."""
+def pull_frame(reader: Reader, packet_type: PacketType | None) -> Frame:
+    """Decode one frame and check that ``packet_type`` may carry it (None: any)."""
     cursor = _Cursor("frame_type")
     try:
         frame_type = reader.pull_varint_minimal()
@@ -537,7 +537,7 @@ def pull_frame(reader: Reader, packet_type: PacketType) -> Frame:
         if codec is None:
             raise FrameEncodingError(f"unknown frame type 0x{frame_type:x}", field="frame_type",
                                      frame_type=frame_type)
-        if packet_type not in codec.cls.SPACES:
+        if packet_type is not None and packet_type not in codec.cls.SPACES:
             raise ProtocolViolation(f"{codec.cls.NAME} is not allowed in {packet_type.name}",
                                     field="frame_type", frame_type=frame_type)
         frame = codec.decode(codec.cls, reader, cursor, frame_type)
@@ -585,9 +585,11 @@ def stream_frame_at(payload: bytes, pos: int) -> tuple[int, int, bytes, bool, in
     return stream_id, offset, payload[pos:end], bool(frame_type & 0x01), end
 
 
-def decode_frames(payload: bytes, packet_type: PacketType, start: int = 0) -> list[Frame]:
+def decode_frames(payload: bytes, packet_type: PacketType, start: int = 0, *,
+                  check_space: bool = True) -> list[Frame]:
     """Decode a packet payload from ``start``. A payload without frames is a
-    PROTOCOL_VIOLATION."""
+    PROTOCOL_VIOLATION; so is a frame ``packet_type`` may not carry, unless
+    ``check_space`` is off (what a sender's transcript shows of a packet a seam built)."""
     if not payload:
         raise ProtocolViolation("packet carries no frames", field="payload")
     frames: list[Frame] = []
@@ -596,6 +598,7 @@ def decode_frames(payload: bytes, packet_type: PacketType, start: int = 0) -> li
         stream_id, offset, data, fin, start = fast
         frames.append(Stream(stream_id, data, offset, fin, explicit_length))
     reader = Reader(payload, start)
+    checked = packet_type if check_space else None
     while not reader.eof():
-        frames.append(pull_frame(reader, packet_type))
+        frames.append(pull_frame(reader, checked))
     return frames

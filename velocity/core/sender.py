@@ -6,12 +6,12 @@ or declared lost, so retransmission is per frame, not per packet."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
 from velocity.core.buffer import SINGLE_BYTES, Writer, encode_varint, varint_size
-from velocity.core.errors import ErrorCode
+from velocity.core.errors import ErrorCode, ProtocolError, UsageError
 from velocity.core.frames import (
     Ack,
     ApplicationClose,
@@ -27,6 +27,7 @@ from velocity.core.frames import (
     Ping,
     Stream,
     decode_frames,
+    encode_frames,
     push_frame,
 )
 from velocity.core.packet import (
@@ -41,6 +42,7 @@ from velocity.core.packet import (
 )
 from velocity.core.protection import TAG_LENGTH, PacketKeys
 from velocity.core.recovery import SentPacket
+from velocity.core.seams import PlannedPacket
 from velocity.core.trace import packet_data
 
 if TYPE_CHECKING:
@@ -55,7 +57,8 @@ MAX_ACK_RANGES = 32
 
 @dataclass
 class _Plan:
-    """One packet before protection."""
+    """One packet before protection (``repeat``: a copy the packet mutator asked for, sealed
+    again but not recorded with loss recovery a second time)."""
 
     epoch: Epoch
     packet_type: PacketType
@@ -65,6 +68,15 @@ class _Plan:
     payload: bytearray
     sent: SentPacket
     header_size: int = 0
+    repeat: bool = False
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """How a transcript shows the frames of a sent packet a seam made undecodable."""
+
+    length: int
+    reason: str
 
 
 @dataclass
@@ -291,6 +303,11 @@ def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
     for epoch in EPOCHS:
         keys, packet_type = _keys_for(conn, epoch)
         space = conn.spaces[epoch]
+        if space.injected and not space.discarded:
+            injected = _injected_plan(conn, epoch, limit - used, now, first=not plans)
+            if injected is not None:
+                plans.append(injected)
+                used += injected.header_size + len(injected.payload) + TAG_LENGTH
         if keys is None or space.discarded:
             continue
         largest_acked = conn.recovery.spaces[epoch].largest_acked
@@ -314,6 +331,69 @@ def _plan_packets(conn: Connection, limit: int, now: float) -> list[_Plan]:
     return plans
 
 
+def _injected_plan(conn: Connection, epoch: Epoch, room: int, now: float, *,
+                   first: bool) -> _Plan | None:
+    """The next packet ``Connection.send_frames`` asked for in ``epoch`` (a seam), if its keys
+    exist and it fits (a datagram's first packet always does): its frames unchecked, never
+    retransmitted."""
+    space = conn.spaces[epoch]
+    frames, packet_type = space.injected[0]
+    keys, default_type = _keys_for(conn, epoch)
+    if packet_type == PacketType.ZERO_RTT:
+        keys = conn._zero_rtt_send
+    packet_type = packet_type if packet_type is not None else default_type
+    if keys is None:
+        return None
+    largest_acked = conn.recovery.spaces[epoch].largest_acked
+    pn = space.next_packet_number
+    pn_length = max(packet_number_length(pn, largest_acked), 2)
+    header_size = _header_size(conn, packet_type, pn_length)
+    payload = encode_frames(frames)
+    if not first and header_size + len(payload) + TAG_LENGTH > room:
+        return None
+    space.injected.popleft()
+    space.next_packet_number += 1
+    eliciting = any(f.ACK_ELICITING for f in frames)
+    on_ack: list[Callable[[], None]] = [
+        partial(space.crypto_send.on_acked, f.offset, f.offset + len(f.data), False)
+        for f in frames if isinstance(f, Crypto)
+        and f.offset + len(f.data) <= space.crypto_send.write_offset]
+    sent = SentPacket(pn, epoch, now, 0, eliciting, eliciting, on_ack, [])
+    return _Plan(epoch, packet_type, keys, pn, pn_length, bytearray(payload), sent, header_size)
+
+
+def _mutate(conn: Connection, plans: list[_Plan], now: float) -> list[_Plan]:
+    """The packet mutator (a seam) decides what is sealed: rewritten, dropped (still
+    recorded as sent, so loss recovery resends their frames), repeated or reordered."""
+    mutator = conn.seams.packet_mutator
+    assert mutator is not None
+    by_number = {(p.epoch, p.packet_number): p for p in plans}
+    chosen = mutator([PlannedPacket(p.epoch, p.packet_type, p.packet_number, bytes(p.payload))
+                      for p in plans])
+    out: list[_Plan] = []
+    for view in chosen:
+        plan = by_number.get((view.epoch, view.packet_number))
+        if plan is None:
+            raise UsageError("the packet mutator returned a packet it was not given")
+        repeat = any(p.epoch == plan.epoch and p.packet_number == plan.packet_number
+                     for p in out)
+        out.append(replace(plan, payload=bytearray(view.payload), repeat=repeat))
+    for plan in plans:
+        if not any(p.sent is plan.sent for p in out):  # dropped: lost to the network
+            plan.sent.size = plan.header_size + len(plan.payload) + TAG_LENGTH
+            conn.recovery.on_sent(plan.sent, now)
+    return out
+
+
+def _traced_frames(payload: bytes, packet_type: PacketType) -> list[object]:
+    """A sent packet's frames as a transcript shows them; what a seam made undecodable
+    shows as one unparsed entry instead of failing the send."""
+    try:
+        return list(decode_frames(payload, packet_type, check_space=False))
+    except ProtocolError as exc:
+        return [Unparsed(len(payload), exc.reason)]
+
+
 def _seal(conn: Connection, plans: list[_Plan], now: float, pad_to: int) -> bytes:
     """Pad (datagrams with an ack-eliciting Initial to ``pad_to`` bytes; every packet to a
     header-protection sample), protect, and record each packet as sent."""
@@ -331,9 +411,10 @@ def _seal(conn: Connection, plans: list[_Plan], now: float, pad_to: int) -> byte
         if conn.tracer is not None:
             conn.tracer.event(now, "quic:packet_sent", packet_data(
                 plan.packet_type, plan.packet_number, len(packet),
-                decode_frames(bytes(plan.payload), plan.packet_type)))
-        plan.sent.size = len(packet)
-        conn.recovery.on_sent(plan.sent, now)
+                _traced_frames(bytes(plan.payload), plan.packet_type)))
+        if not plan.repeat:
+            plan.sent.size = len(packet)
+            conn.recovery.on_sent(plan.sent, now)
         datagram += packet
     return bytes(datagram)
 
@@ -343,6 +424,9 @@ def _nothing_to_send(conn: Connection, now: float) -> bool:
     if conn._close is not None:
         return not conn.close_pending
     if conn._control or conn._handshake_done_pending:
+        return False
+    if conn.seams.injecting and any(s.injected and not s.discarded
+                                    for s in conn.spaces.values()):
         return False
     for space in conn.spaces.values():
         if space.discarded:
@@ -367,7 +451,8 @@ def _bulk_stream(conn: Connection, limit: int, now: float) -> StreamState | None
     through ``_plan_packets``."""
     space = conn.spaces[Epoch.APPLICATION]
     if (conn._close is not None or conn._control or conn._handshake_done_pending
-            or conn.tracer is not None or not conn.handshake_confirmed or space.ack_needed
+            or conn.tracer is not None or conn.seams.injecting
+            or not conn.handshake_confirmed or space.ack_needed
             or space.ack_eliciting_since_ack or space.probes or space.send_keys is None
             or space.crypto_send.has_data() or True in conn._max_streams_pending.values()
             or not (conn.spaces[Epoch.INITIAL].discarded
@@ -488,6 +573,10 @@ def build_datagrams(conn: Connection, now: float) -> list[bytes]:
         if out and _nothing_to_send(conn, now):
             break
         plans = _plan_packets(conn, limit, now)
+        if plans and conn.seams.packet_mutator is not None:
+            plans = _mutate(conn, plans, now)
+            if not plans:
+                continue  # all dropped; their numbers are spent
         if not plans:
             break
         datagram = _seal(conn, plans, now, split[1] if split else min(MIN_INITIAL_DATAGRAM,

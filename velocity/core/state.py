@@ -4,9 +4,12 @@ read and update them."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from velocity.core.frames import Frame
+from velocity.core.packet import PacketType
 from velocity.core.protection import PacketKeys
 from velocity.core.rangeset import RangeSet
 from velocity.core.streams import ReceiveBuffer, SendBuffer
@@ -40,6 +43,8 @@ class SpaceState:
     ack_deadline: float | None = None
     probes: int = 0
     discarded: bool = False
+    # frames sent as they are (the seam Connection.send_frames): (frames, packet type)
+    injected: deque[tuple[tuple[Frame, ...], PacketType | None]] = field(default_factory=deque)
 
 
 @dataclass

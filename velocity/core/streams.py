@@ -96,6 +96,12 @@ class SendBuffer:
             return self.fin_offset, b"", True
         return None
 
+    def mark_sent(self, start: int, stop: int) -> None:
+        """Bytes sent another way (a CRYPTO policy, velocity.core.seams): not pending, still
+        held until acknowledged or resent when declared lost."""
+        self._pending.subtract(start, stop)
+        self.sent_max = max(self.sent_max, stop)
+
     def on_acked(self, start: int, stop: int, fin: bool) -> None:
         if fin:
             self._fin_acked = True

@@ -56,6 +56,7 @@ from velocity.core.keyschedule import (
 )
 from velocity.core.packet import Epoch
 from velocity.core.protection import Aead
+from velocity.core.seams import ClientShareFactory, KeyShare
 
 GREASE_BASE = 27
 
@@ -132,7 +133,8 @@ class ClientHandshake(HandshakeBase):
         super().__init__(entropy=entropy, transport_parameters=transport_parameters)
         self.state = S.START
         self.config = config
-        self._share: ClientKeyShare | None = None
+        self._share: KeyShare | None = None
+        self.key_share_factory: ClientShareFactory | None = None  # seam: velocity.core.seams
         self._ticket = config.ticket
         self._early_data = bool(config.ticket and config.early_data
                                 and config.ticket.max_early_data > 0)
@@ -187,7 +189,8 @@ class ClientHandshake(HandshakeBase):
 
     def _send_client_hello(self, profiles: tuple[Profile, ...], share_profile: Profile) -> None:
         config = self.config
-        self._share = ClientKeyShare(share_profile, config.kem, self._entropy)
+        self._share = (self.key_share_factory or ClientKeyShare)(share_profile, config.kem,
+                                                                  self._entropy)
         ext = self._extensions()
         ticket = self._ticket
         if ticket is not None:
@@ -198,12 +201,18 @@ class ClientHandshake(HandshakeBase):
             identity.push_uint32(age)
             identity.push_vec8(bytes(hash_length))
             ext.append((ExtensionType.PRE_SHARED_KEY, identity.data()))
-        hello = ClientHello(self._random, config.alpn, tuple(p.code for p in profiles),
-                            tuple(int(a) for a in config.aeads), share_profile.code,
-                            self._share.share, tuple(ext))
+        hello: Message = ClientHello(self._random, config.alpn, tuple(p.code for p in profiles),
+                                     tuple(int(a) for a in config.aeads), share_profile.code,
+                                     self._share.share, tuple(ext))
+        if self.message_hook is not None:
+            hooked = self.message_hook(hello)
+            if hooked is None:
+                return
+            hello = hooked
         raw = encode_message(hello)
         if ticket is not None:
             raw = self._bind_psk(raw, ticket)
+        self._trace_sent(Epoch.INITIAL, hello, raw)
         self.transcript.add(raw)
         self._pending.crypto[Epoch.INITIAL] += raw
         self._client_hello = raw

@@ -27,6 +27,7 @@ from velocity.core.kem import KemKey, KemParams
 from velocity.core.keyschedule import KeySchedule
 from velocity.core.packet import EPOCHS, Epoch
 from velocity.core.protection import Aead
+from velocity.core.seams import MessageHook
 from velocity.core.trace import describe, digest
 
 ALPN_VELOCITY = b"velocity/1"
@@ -276,6 +277,7 @@ class HandshakeBase:
         # known-answer vectors keep the schedule's steps and shared secrets to record them;
         # otherwise they are erased when the handshake completes (VEL-KS-006)
         self.keep_secrets = False
+        self.message_hook: MessageHook | None = None  # seam: see velocity.core.seams
 
     def _trace_kem(self, operation: str, key: str, params: KemParams) -> None:
         if self.trace is not None:
@@ -318,10 +320,13 @@ class HandshakeBase:
         self._install_keys(Epoch.APPLICATION, *self._application_secrets())
 
     def _send(self, epoch: Epoch, message: Message, *, record: bool = True) -> bytes:
+        if self.message_hook is not None:
+            hooked = self.message_hook(message)
+            if hooked is None:
+                return b""
+            message = hooked
         raw = encode_message(message)
-        if self.trace is not None:
-            self.trace("velocity:message_sent", {"epoch": epoch.name.lower(), "length": len(raw),
-                                                 **describe(message, kind="message_type")})
+        self._trace_sent(epoch, message, raw)
         if record:
             self.transcript.add(raw)
         self._pending.crypto[epoch] += raw
@@ -337,6 +342,11 @@ class HandshakeBase:
         if self.schedule is not None:
             self.schedule.erase()
             self.schedule = None
+
+    def _trace_sent(self, epoch: Epoch, message: Message, raw: bytes) -> None:
+        if self.trace is not None:
+            self.trace("velocity:message_sent", {"epoch": epoch.name.lower(), "length": len(raw),
+                                                 **describe(message, kind="message_type")})
 
     def _emit(self, event: HandshakeEvent) -> None:
         self._pending.events.append(event)

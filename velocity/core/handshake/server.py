@@ -66,6 +66,7 @@ from velocity.core.keyschedule import (
 )
 from velocity.core.packet import Epoch
 from velocity.core.protection import Aead
+from velocity.core.seams import ServerShareFactory
 
 FALLBACK_REASONS = {0: "no Velocity/1 protocol offered", 1: "fallback-only mode", 2: "maintenance",
                     3: "no common profile under policy", 4: "no common AEAD", 5: "overload"}
@@ -179,6 +180,7 @@ class ServerHandshake(HandshakeBase):
         self._early_requested = False
         self._ticket_state: TicketState | None = None
         self._psk_offer: _PskOffer | None = None
+        self.server_share_factory: ServerShareFactory | None = None  # velocity.core.seams
 
     # --- CLIENT_HELLO ------------------------------------------------------------------
 
@@ -378,8 +380,8 @@ class ServerHandshake(HandshakeBase):
     def _send_server_flight(self, hello: ClientHello, ss_static: bytes | None) -> None:
         profile, aead = self.profile, self.aead
         assert profile is not None and aead is not None and self.mode is not None
-        share, hybrid = server_key_share(profile, self.config.kem, hello.key_share,
-                                         self._entropy)
+        share, hybrid = (self.server_share_factory or server_key_share)(
+            profile, self.config.kem, hello.key_share, self._entropy)
         self._trace_kem("encapsulate", "ephemeral", profile.kem)
         self._trace_hybrid(hybrid, len(hello.key_share), len(share))
         self.hybrid = hybrid

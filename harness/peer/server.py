@@ -1,0 +1,79 @@
+"""The scripted peer as a server: the reference server's asyncio driver around a
+ServerEndpoint whose new connections the engine may set seams on (``configure``), serving
+the reference application, with one ``View`` per connection and one of the whole wire.
+Tests clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from harness.peer.view import View
+from velocity.aio.base import udp_socket
+from velocity.aio.entropy import OsEntropy
+from velocity.aio.server import StreamHandler, VelocityServer
+from velocity.core.connection import Address, Connection
+from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
+from velocity.core.entropy import Entropy
+from velocity.core.trace import Tracer
+
+
+class ServerPeer(VelocityServer):
+    """Listens on ``host`` port 0; ``views`` gets one View per accepted connection, in order,
+    and ``wire`` sees every datagram."""
+
+    def __init__(self, endpoint: ServerEndpoint, handler: StreamHandler, host: str,
+                 views: list[View]) -> None:
+        super().__init__(endpoint, handler, udp_socket(host, 0))
+        self.views = views
+        loop = asyncio.get_running_loop()
+        self.wire = View(loop)
+        self.configure: Callable[[Connection], None] | None = None
+        self._connected = asyncio.Event()
+        endpoint.on_connection = self._on_connection
+
+    @classmethod
+    def listen(cls, config: EndpointConfig, handler: StreamHandler, *, host: str = "127.0.0.1",
+               entropy: Entropy | None = None, tokens: TokenSealer | None = None) -> ServerPeer:
+        loop = asyncio.get_running_loop()
+        views: list[View] = []
+
+        def tracer() -> Tracer:
+            views.append(View(loop))
+            return views[-1].transcript
+
+        endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens,
+                                  tracers=tracer)
+        return cls(endpoint, handler, host, views)
+
+    def _on_connection(self, connection: Connection) -> None:
+        if self.configure is not None:
+            self.configure(connection)
+        self._connected.set()
+
+    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+        self.wire.received(data, f"{address[0]}:{address[1]}")
+        super().datagram_received(data, address, now)
+
+    def _on_sent(self, sizes: list[int]) -> None:
+        super()._on_sent(sizes)
+        self.wire.sent(sizes)
+
+    def _route(self) -> None:
+        super()._route()
+        for view in self.views:
+            view.changed()
+
+    async def wait_connection(self, timeout: float, *, index: int = 0) -> View | None:
+        """The View of the ``index``-th connection, once a client opened it."""
+        deadline = self._loop.time() + timeout
+        while len(self.views) <= index:
+            left = deadline - self._loop.time()
+            if left <= 0:
+                return None
+            self._connected.clear()
+            try:
+                await asyncio.wait_for(self._connected.wait(), left)
+            except TimeoutError:
+                break
+        return self.views[index] if len(self.views) > index else None

@@ -1,0 +1,215 @@
+"""The seams of velocity.core.seams, each used the way the scripted peer uses it, on the
+in-memory pair (virtual clock, exact counts): frames in any space, the packet mutator, the
+CRYPTO policy, the handshake-message hook, the key-share factories, the endpoint's
+new-connection hook. And off, they change nothing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from harness.loopback import Pair
+from harness.pair import PairSpec
+from tests.core.transport.helpers import both_completed, make, terminated
+from velocity.core.connection import Connection
+from velocity.core.entropy import Entropy
+from velocity.core.errors import ErrorCode
+from velocity.core.events import ConnectionTerminated
+from velocity.core.frames import Ping, Stream
+from velocity.core.handshake.common import FallbackDirected
+from velocity.core.handshake.messages import ClientHello, Fallback, Message, ServerHello
+from velocity.core.handshake.server import FallbackPolicy
+from velocity.core.hybrid import ClientKeyShare, HybridSecret, Profile, server_key_share
+from velocity.core.kem import KemBackend
+from velocity.core.packet import Epoch
+from velocity.core.seams import KeyShare, PlannedPacket
+
+
+def _server_closes(pair: Pair) -> list[int]:
+    return [t.error_code for t in terminated(pair.server_events)]
+
+
+def _client_closes(pair: Pair) -> list[int]:
+    return [t.error_code for t in terminated(pair.client_events)]
+
+
+def _received_packets(connection: Connection | None, packet_type: str) -> list[dict[str, object]]:
+    assert connection is not None and connection.tracer is not None
+    return [e["data"] for e in connection.tracer.events  # type: ignore[attr-defined]
+            if e["name"] == "quic:packet_received"
+            and e["data"]["header"]["packet_type"] == packet_type]
+
+
+@pytest.mark.spec("VEL-FRM-004")
+def test_frames_go_in_any_space_with_real_packet_numbers() -> None:
+    """A STREAM frame in an Initial packet: the server closes with PROTOCOL_VIOLATION, and the
+    packet took the Initial space's next number."""
+    pair = make(trace=True)
+    pair.connect()
+    initial = pair.client.spaces[Epoch.INITIAL]
+    before = initial.next_packet_number
+    pair.client.send_frames(Epoch.INITIAL, [Stream(0, b"not here")])
+    assert pair.run(lambda: bool(_server_closes(pair)))
+    assert _server_closes(pair) == [ErrorCode.PROTOCOL_VIOLATION]
+    assert initial.next_packet_number > before
+    sent = [e["data"] for e in pair.client.tracer.events  # type: ignore[union-attr]
+            if e["name"] == "quic:packet_sent"]
+    assert any(d["header"]["packet_type"] == "initial"
+               and any(f["frame_type"] == "stream" for f in d["frames"]) for d in sent)
+
+
+def test_a_ping_in_every_space_is_acknowledged_consistently() -> None:
+    """Injected packets are recorded as sent: the server's ACKs of them are no violation."""
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    pair.client.send_frames(Epoch.APPLICATION, [Ping()])
+    pair.client.send_frames(Epoch.APPLICATION, [Ping()])
+    largest = pair.client.spaces[Epoch.APPLICATION].next_packet_number - 1
+    assert pair.run(lambda: pair.client.recovery.spaces[Epoch.APPLICATION].largest_acked
+                    is not None and pair.client.recovery.spaces[
+                        Epoch.APPLICATION].largest_acked >= largest)
+    assert not terminated(pair.client_events) and not terminated(pair.server_events)
+
+
+def test_the_packet_mutator_drops_repeats_and_rewrites() -> None:
+    """Drop the client's first datagram: loss recovery resends it and the handshake completes.
+    Repeat every packet of the next one: the server drops the copies as duplicates."""
+    pair = make()
+    calls: list[list[PlannedPacket]] = []
+
+    def mutator(packets: list[PlannedPacket]) -> list[PlannedPacket]:
+        calls.append(packets)
+        if len(calls) <= 2:  # the CLIENT_HELLO's two datagrams
+            return []
+        return packets + packets
+    pair.client.seams.packet_mutator = mutator
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    assert all(p.epoch == Epoch.INITIAL for p in calls[0])
+    assert pair.now >= 0.3, "the first flight was lost and resent after a PTO"
+    rewritten = make()
+    rewritten.client.seams.packet_mutator = lambda packets: [
+        replace(p, payload=bytes([0x1F]) + p.payload) if p.epoch == Epoch.INITIAL else p
+        for p in packets]  # an unknown frame type first
+    rewritten.connect()
+    assert rewritten.run(lambda: bool(_server_closes(rewritten)))
+    assert _server_closes(rewritten) == [ErrorCode.FRAME_ENCODING_ERROR]
+
+
+@pytest.mark.spec("VEL-HS-003")
+def test_the_crypto_policy_splits_reorders_overlaps_and_repeats() -> None:
+    """The CLIENT_HELLO as five overlapping pieces, last first, one repeated, each in a
+    datagram of its own: the server reassembles it and the handshake completes."""
+    pair = make(trace=True)
+
+    def policy(epoch: Epoch, offset: int, data: bytes) -> list[list[tuple[int, bytes]]]:
+        if epoch != Epoch.INITIAL:
+            return [[(offset, data)]]
+        step = len(data) // 5 + 1
+        pieces = [(offset + i, data[i : i + step + 16]) for i in range(0, len(data), step)]
+        return [[p] for p in [*reversed(pieces), pieces[2]]]
+    pair.client.seams.crypto_policy = policy
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    server = pair.server
+    assert server is not None
+    initials = _received_packets(server, "initial")
+    assert len(initials) >= 6
+    assert all(d["raw"]["length"] >= 1200 - 64 for d in initials[:6])  # padded datagrams
+
+
+def test_the_message_hook_changes_and_drops_what_is_sent() -> None:
+    """The client offers only h3: the server answers FALLBACK reason 0. A server hook that
+    strips the directive's MAC makes a PDK client detect the downgrade."""
+    pair = make("discovery", trace=True)
+
+    def offer_h3(message: Message) -> Message:
+        return replace(message, alpn=(b"h3",)) if isinstance(message, ClientHello) else message
+    pair.client.handshake.message_hook = offer_h3
+    pair.connect()
+    assert pair.run(lambda: any(isinstance(e, FallbackDirected) for e in pair.client_events))
+    directive = next(e for e in pair.client_events if isinstance(e, FallbackDirected))
+    assert directive.reason == 0
+    sent = next(e["data"] for e in pair.client.tracer.events  # type: ignore[union-attr]
+                if e["name"] == "velocity:message_sent")
+    assert sent["message_type"] == "client_hello" and sent["alpn"] == ["h3"]
+
+    stripped = make(spec=PairSpec(mode="pdk", server={
+        "fallback": FallbackPolicy(mode="fallback-only")}))
+
+    def strip_mac(message: Message) -> Message:
+        return replace(message, mac=b"") if isinstance(message, Fallback) else message
+    stripped.endpoint.on_connection = lambda c: setattr(c.handshake, "message_hook", strip_mac)
+    stripped.connect()
+    assert stripped.run(lambda: bool(_client_closes(stripped)))
+    assert _client_closes(stripped) == [ErrorCode.DOWNGRADE_DETECTED]
+
+    silent = make()
+    silent.endpoint.on_connection = lambda c: setattr(
+        c.handshake, "message_hook", lambda m: None if isinstance(m, ServerHello) else m)
+    silent.connect()
+    silent.run(lambda: False, max_time=2.0)
+    assert not any(isinstance(e, ConnectionTerminated) and e.reason != "handshake timeout"
+                   for e in silent.client_events)
+    assert not both_completed(silent), "no SERVER_HELLO ever left"
+
+
+class _ZeroX25519(KeyShare):
+    """A balanced share whose X25519 half is all zero (the server's result is all zero)."""
+
+    def __init__(self, profile: Profile, kem: KemBackend, entropy: Entropy) -> None:
+        real = ClientKeyShare(profile, kem, entropy)
+        self.profile = profile
+        self.share = real.share[:-32] + bytes(32)
+
+    def finish(self, server_share: bytes) -> HybridSecret:
+        raise AssertionError("the server must refuse the share")
+
+
+@pytest.mark.spec("VEL-PROF-006", "VEL-HS-030")
+def test_the_key_share_factories() -> None:
+    client_side = make()
+    client_side.client.handshake.key_share_factory = _ZeroX25519  # type: ignore[union-attr]
+    client_side.connect()
+    assert client_side.run(lambda: bool(_server_closes(client_side)))
+    assert _server_closes(client_side) == [ErrorCode.ILLEGAL_PARAMETER]
+
+    server_side = make()
+
+    def short_share(profile: Profile, kem: KemBackend, share: bytes,
+                    entropy: Entropy) -> tuple[bytes, HybridSecret]:
+        wire, secret = server_key_share(profile, kem, share, entropy)
+        return wire[:-1], secret
+    server_side.endpoint.on_connection = lambda c: setattr(
+        c.handshake, "server_share_factory", short_share)
+    server_side.connect()
+    assert server_side.run(lambda: bool(_client_closes(server_side)))
+    assert _client_closes(server_side) == [ErrorCode.ILLEGAL_PARAMETER]
+
+
+def test_unused_seams_are_off_and_change_no_byte() -> None:
+    """Two seeded pairs (kyber-py, deterministic), one with a pass-through mutator, message
+    hook and endpoint hook set: the same bytes on the wire."""
+    def record(pair: Pair) -> list[bytes]:
+        seen: list[bytes] = []
+        network = pair.network
+
+        def tap(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+            seen.append(datagram)
+            return network(direction, datagram, now)
+        pair.network = tap
+        pair.connect()
+        assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+        return seen
+
+    seeded = PairSpec(client_backend="kyber-py", server_backend="kyber-py")  # deterministic
+    plain = make(spec=seeded)
+    assert plain.client.seams.packet_mutator is None and plain.client.seams.crypto_policy is None
+    assert plain.client.handshake.message_hook is None
+    seamed = make(spec=seeded)
+    seamed.client.seams.packet_mutator = lambda packets: packets
+    seamed.client.handshake.message_hook = lambda message: message
+    seamed.endpoint.on_connection = lambda c: None
+    assert record(plain) == record(seamed)
