@@ -9,6 +9,7 @@ which the scenarios obey too: SHOULD-level checks fail, expect_any takes only ``
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,21 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFi
     from harness.collect import ScenarioFile  # noqa: PLC0415  (yaml, jsonschema, velocity)
 
     return ScenarioFile.from_parent(parent, path=file_path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skipped scenario (UNSUPPORTED, INCONCLUSIVE) is reported at its file and line,
+    not at the harness's line that skipped it."""
+    report = yield
+    if isinstance(item, pytest.Function) or not report.skipped:
+        return report
+    from harness.collect import ScenarioItem  # noqa: PLC0415
+
+    if isinstance(item, ScenarioItem) and isinstance(report.longrepr, tuple):
+        report.longrepr = (item.scenario.file, item.scenario.line, report.longrepr[2])
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

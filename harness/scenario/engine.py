@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, replace
 
 from harness.scenario.budget import BudgetExceeded, BudgetMeter
-from harness.scenario.context import Document, Run, StepFailed
+from harness.scenario.context import Document, Run, StepFailed, StepUnsupported
 from harness.scenario.model import Scenario, Step
 from harness.scenario.steps import STEPS
 from harness.scenario.verdict import Outcome, ScenarioError, Verdict
@@ -32,12 +32,12 @@ async def run_scenario(scenario: Scenario, target: Target, *, seed: int | str,
     run = Run(scenario, target, seed, strict, BudgetMeter(scenario.budget, loop.time()), loop)
     run.harness.start = loop.time()
     body = [s for s in scenario.steps if s.kind != "finally"]
-    final = [s for s in scenario.steps if s.kind == "finally"]
+    final = [s for f in scenario.steps if f.kind == "finally" for s in f.options]
     try:
         async with asyncio.timeout(scenario.budget.timeout + GRACE):
             outcome = await _steps(run, body)
-            for step in final:
-                after = await _steps(run, list(step.options))
+            for step in final:  # each runs, whatever happened before
+                after = await _steps(run, [step])
                 if outcome.verdict is Verdict.PASS:
                     outcome = after
     except TimeoutError:
@@ -59,6 +59,8 @@ async def _steps(run: Run, steps: list[Step]) -> Outcome:
         except StepFailed as failed:
             return Outcome(Verdict.FAIL, failed.reason, failed.requirements, failed.expected,
                            failed.actual, failed.event, step=step.where)
+        except StepUnsupported as exc:
+            return Outcome(Verdict.UNSUPPORTED, str(exc), step=step.where)
         except (ScenarioError, BudgetExceeded) as exc:
             return Outcome(Verdict.ERROR, str(exc), step=step.where)
     return Outcome(Verdict.PASS)

@@ -19,6 +19,9 @@ Path = tuple[str | int, ...]  # a JSON path into a document: keys and list index
 AGGREGATES = ("amplification_ratio", "bytes_per_flight", "flights", "packets_per_space",
               "datagrams_sent", "datagrams_received", "handshake_ms", "close_code")
 """The transcript aggregates an ``assert`` may read, besides the values earlier steps saved."""
+BRANCH_STEPS = {"expect": "expect", "close": "expect_close", "silence": "expect_silence",
+                "response": "expect_response"}
+"""An ``expect_any`` branch's key -> the step it runs."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from harness.scenario.verdict import Outcome, Verdict, apply_expect_failure, rel
 from harness.targets import Target, TargetError, Targets, sanity_check
 
 SLOT_WAIT = 120.0  # seconds a run waits for a free slot to a remote target
+SANITY_TIMEOUT = 3.0  # seconds for a sanity handshake and GET /
+SANITY_RETRY = 1.0  # the same, once the target failed one
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=\[\]-]+")
 
 
@@ -49,6 +51,7 @@ class Conformance:
         self.targets = targets
         self.spec = spec
         self._failures: Path | None = None
+        self._sanity = SANITY_TIMEOUT  # shorter once a check failed: a dead target fails fast
 
     def close(self) -> None:
         self.targets.close()
@@ -77,17 +80,24 @@ class Conformance:
         outcome = relax_should(outcome, scenario, self.spec, strict=self.options.strict)
         return apply_expect_failure(outcome, scenario, today)
 
+    def _sane(self, target: Target) -> str | None:
+        """None when ``target`` passes the sanity handshake (always for an owned one)."""
+        if target.owned:
+            return None
+        reason = asyncio.run(sanity_check(target, self._sanity))
+        self._sanity = SANITY_TIMEOUT if reason is None else SANITY_RETRY
+        return reason
+
     def _guarded(self, scenario: Scenario, target: Target, seed: int | str) -> Outcome:
-        if not target.owned:
-            reason = asyncio.run(sanity_check(target))
-            if reason is not None:
-                return Outcome(Verdict.INCONCLUSIVE, f"the sanity handshake before the run "
-                               f"failed: {reason}", seed=seed)
+        reason = self._sane(target)
+        if reason is not None:
+            return Outcome(Verdict.INCONCLUSIVE, f"the sanity handshake before the run "
+                           f"failed: {reason}", seed=seed)
         result = asyncio.run(run_scenario(scenario, target, seed=seed,
                                           strict=self.options.strict))
         outcome = self._record(scenario, result)
         if not target.owned:
-            reason = asyncio.run(sanity_check(target))
+            reason = self._sane(target)
             if reason is not None:
                 return replace(outcome, verdict=Verdict.INCONCLUSIVE, reason=(
                     f"the sanity handshake after the run failed: {reason} (the run itself: "

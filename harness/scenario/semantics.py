@@ -6,12 +6,15 @@ and connect options appear only in scenarios of that role."""
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from typing import Any
 
+from harness.scenario import build
+from harness.scenario.connections import TRANSPORT_PARAMETERS
 from harness.scenario.expr import ExpressionError, compile_expression
-from harness.scenario.model import AGGREGATES, Path, Step
+from harness.scenario.model import AGGREGATES, BRANCH_STEPS, Path, Step
 from velocity.core.errors import ErrorCode
 
 Report = Callable[[Path, str], None]
@@ -23,8 +26,6 @@ SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
                             "kem_key_required", "certificate", "hello_retry"})
 TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
 REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")
-BRANCH_STEPS = {"expect": "expect", "close": "expect_close", "silence": "expect_silence",
-                "response": "expect_response"}
 
 
 class StepChecker:
@@ -39,7 +40,8 @@ class StepChecker:
         self._rules: dict[str, Callable[[Any, Path], None]] = {
             "connect": self._connect, "expect": self._expect, "expect_any": self._expect_any,
             "expect_close": self._expect_close, "request": self._request,
-            "expect_response": self._expect_response, "assert": self._assert}
+            "expect_response": self._expect_response, "assert": self._assert,
+            "send": self._send, "hook": self._hooks}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -91,10 +93,42 @@ class StepChecker:
         wrong = SERVER_CONNECT if self.role == "client" else CLIENT_CONNECT
         for key in sorted(wrong & options.keys()):
             self.report((*path, key), f"{key} is a connect option of role: {other} scenarios")
+        for key in options.get("transport_parameters", {}):
+            if key not in TRANSPORT_PARAMETERS:
+                self.report((*path, "transport_parameters", key),
+                            f"{key} is not a transport parameter the harness sets (one of "
+                            f"{', '.join(TRANSPORT_PARAMETERS)})")
+        self._hooks(options.get("hooks", {}), (*path, "hooks"))
         ticket = options.get("ticket")
         if ticket is not None and ticket not in TICKETS[self.role]:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
                                            f"here: {' or '.join(TICKETS[self.role])}")
+
+    def _hooks(self, hooks: dict[str, Any], path: Path) -> None:
+        try:
+            build.check_hooks(hooks)
+        except ValueError as exc:
+            self.report(path, str(exc))
+
+    def _send(self, options: dict[str, Any], path: Path) -> None:
+        if "template" in options:
+            self.report((*path, "template"), "packet templates are not built by this harness "
+                        "yet: send frames, or a datagram")
+        for i, spec in enumerate(options.get("frames", ())):
+            try:
+                build.frame(spec)
+            except ValueError as exc:
+                self.report((*path, "frames", i), str(exc))
+        if "datagram" in options:
+            try:
+                build.mutate(build.datagram(options["datagram"], random.Random(0)),
+                             options.get("mutate", []))
+            except ValueError as exc:
+                self.report((*path, "datagram"), str(exc))
+        elif "mutate" in options:
+            self.report((*path, "mutate"), "mutate applies to a datagram (send: {datagram: ...})")
+        if sum(k in options for k in ("frames", "datagram", "template")) != 1:
+            self.report(path, "send takes one of frames, datagram or template")
 
     def _expect(self, options: dict[str, Any], path: Path) -> None:
         for key, matcher in options.get("where", {}).items():
