@@ -27,18 +27,20 @@ SPACES: dict[str, tuple[Epoch, PacketType | None]] = {
     "initial": (Epoch.INITIAL, None), "handshake": (Epoch.HANDSHAKE, None),
     "0rtt": (Epoch.APPLICATION, PacketType.ZERO_RTT), "1rtt": (Epoch.APPLICATION, None)}
 DATAGRAM_TEMPLATES = ("garbage", "version_negotiation_probe")
+MAX_REPEAT = 1 << 20
 UNKNOWN_VERSION = 0x1A2A3A4A  # a reserved version (VEL-VN-005's pattern)
 
 
 def to_bytes(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode()
-    if isinstance(value, dict) and "hex" in value:
-        return bytes.fromhex(value["hex"])
-    if isinstance(value, dict) and {"repeat", "count"} <= value.keys():
-        return (str(value["repeat"]).encode() * int(value["count"]))
+    if isinstance(value, dict) and isinstance(value.get("hex"), str):
+        return bytes.fromhex(value["hex"])  # ValueError when it is not hex
+    if (isinstance(value, dict) and isinstance(value.get("repeat"), str)
+            and isinstance(value.get("count"), int) and 0 <= value["count"] <= MAX_REPEAT):
+        return str(value["repeat"]).encode() * int(value["count"])
     raise ValueError(f"{value!r} is not bytes: give \"text\", {{hex: ...}} or "
-                     "{repeat: ..., count: N}")
+                     f"{{repeat: ..., count: N}} (N up to {MAX_REPEAT})")
 
 
 def _number(value: Any) -> int:
@@ -60,13 +62,18 @@ def _field_value(annotation: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{value!r} is not true or false")
         return value
-    if annotation == "int":
+    if annotation.startswith("int"):
         return _number(value)
-    if "tuple[bytes" in annotation:
-        return tuple(to_bytes(v) for v in value)
-    if "tuple" in annotation and isinstance(value, list):
-        return tuple(tuple(v) if isinstance(v, list) else _number(v) for v in value)
-    return value
+    if annotation.startswith("tuple"):
+        if value is None and annotation.endswith("None"):
+            return None
+        if not isinstance(value, list):
+            raise ValueError(f"{value!r} is not a list")
+        if annotation.startswith("tuple[bytes"):
+            return tuple(to_bytes(v) for v in value)
+        return tuple(tuple(_number(x) for x in v) if isinstance(v, list) else _number(v)
+                     for v in value)
+    raise ValueError(f"a field of type {annotation} cannot be set from a scenario")
 
 
 def _convert(cls: type[Any], values: dict[str, Any], what: str) -> dict[str, Any]:
@@ -76,7 +83,13 @@ def _convert(cls: type[Any], values: dict[str, Any], what: str) -> dict[str, Any
     if unknown:
         raise ValueError(f"{what} has no field {', '.join(unknown)} (fields: "
                          f"{', '.join(fields) or 'none'})")
-    return {name: _field_value(str(fields[name].type), v) for name, v in values.items()}
+    converted = {}
+    for name, value in values.items():
+        try:
+            converted[name] = _field_value(str(fields[name].type), value)
+        except ValueError as exc:
+            raise ValueError(f"{what}, field {name}: {exc}") from None
+    return converted
 
 
 def frame(spec: dict[str, Any]) -> Frame:

@@ -92,7 +92,7 @@ class Problems:
 class Document:
     data: Any
     lines: dict[Path, int]  # the line of every value (for a mapping entry: of its key)
-    line: int  # where the document starts
+    line: int  # where the document starts (its first key)
 
     def line_of(self, path: Path) -> int:
         """The line of ``path``, or of its nearest ancestor that has one."""
@@ -113,7 +113,8 @@ def read_documents(text: str, problems: Problems) -> list[Document]:
                 continue  # an empty document, as a trailing "---" leaves
             lines: dict[Path, int] = {}
             data = _tree(loader, node, (), lines, set(), problems)
-            documents.append(Document(data, lines, node.start_mark.line + 1))
+            first = node.value[0][0] if isinstance(node, yaml.MappingNode) and node.value else node
+            documents.append(Document(data, lines, first.start_mark.line + 1))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         context = f" ({exc.context})" if exc.context else ""
@@ -165,14 +166,15 @@ def _scalar(loader: _Loader, node: yaml.Node, path: Path, problems: Problems) ->
     return value
 
 
-def _schema_problems(data: Any, document: Document, problems: Problems) -> bool:
-    """Add every schema error of ``data``; whether there was none."""
-    before = len(problems)
+def _schema_problems(data: Any, document: Document, problems: Problems) -> list[Path]:
+    """Add every schema error of ``data``; the paths of the values in error."""
+    broken = []
     for error in validator("scenario").iter_errors(data):
         path: Path = tuple(error.absolute_path)
+        broken.append(path)
         for where, message in _explain(error, path):
             problems.add(document.line_of(where), where, message)
-    return len(problems) == before
+    return broken
 
 
 def _explain(error: ValidationError, path: Path) -> list[tuple[Path, str]]:
@@ -247,31 +249,33 @@ def _document_scenarios(document: Document, problems: Problems,
     out = []
     for params in combinations(matrix):
         values = {k: v if k == "parametrize" else substitute(v, params) for k, v in data.items()}
-        if not _schema_problems(values, document, problems):
-            continue
-        scenario = _build(values, params, document, problems, spec)
+        broken = _schema_problems(values, document, problems)
+        scenario = _build(values, params, document, problems, spec, broken)
         if scenario is not None:
             out.append(scenario)
     return out
 
 
 def _build(data: dict[str, Any], params: dict[str, Any], document: Document,
-           problems: Problems, spec: Mapping[str, Requirement]) -> Scenario | None:
+           problems: Problems, spec: Mapping[str, Requirement],
+           broken: list[Path]) -> Scenario | None:
+    """The scenario, after the checks a schema cannot make; None if ``data`` has problems.
+    Values with schema errors (``broken``) are not checked further."""
     before = len(problems)
-    for i, requirement_id in enumerate(data["spec"]):
-        found = spec.get(requirement_id)
-        if found is None:
-            problems.add(document.line_of(("spec", i)), ("spec", i),
-                         f"{requirement_id} is not a requirement of docs/spec/velocity-1.md")
-        elif not found.observable:
-            problems.add(document.line_of(("spec", i)), ("spec", i),
-                         f"{requirement_id} is not observable on the wire (the spec leaves it "
-                         "to unit tests): a scenario cannot check it")
-    checker = StepChecker(data["role"], lambda path, message: problems.add(
-        document.line_of(path), path, message))
+
+    def sound(path: Path) -> bool:
+        return not any(b[: len(path)] == path for b in broken)
+
+    if sound(("spec",)) and isinstance(data.get("spec"), list):
+        _check_requirements(data["spec"], document, problems, spec)
+    role = data.get("role") if sound(("role",)) else None
+    checker = StepChecker(role, lambda path, message: problems.add(
+        document.line_of(path), path, message), sound)
+    if not isinstance(data.get("steps"), list):
+        return None
     steps = checker.steps(data["steps"], ("steps",), top=True,
                           where=lambda path: f"{problems.display}:{document.line_of(path)}")
-    if len(problems) > before:
+    if broken or len(problems) > before:
         return None
     failure = data.get("expect_failure")
     return Scenario(
@@ -284,3 +288,16 @@ def _build(data: dict[str, Any], params: dict[str, Any], document: Document,
             failure["reason"], dt.date.fromisoformat(failure["until"])),
         params=tuple(params.items()))
 
+
+
+def _check_requirements(ids: list[Any], document: Document, problems: Problems,
+                        spec: Mapping[str, Requirement]) -> None:
+    for i, requirement_id in enumerate(ids):
+        found = spec.get(requirement_id)
+        if found is None:
+            problems.add(document.line_of(("spec", i)), ("spec", i),
+                         f"{requirement_id} is not a requirement of docs/spec/velocity-1.md")
+        elif not found.observable:
+            problems.add(document.line_of(("spec", i)), ("spec", i),
+                         f"{requirement_id} is not observable on the wire (the spec leaves it "
+                         "to unit tests): a scenario cannot check it")

@@ -31,9 +31,11 @@ REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")
 class StepChecker:
     """Walks one scenario's steps in order, remembering what each defines."""
 
-    def __init__(self, role: str, report: Report) -> None:
-        self.role = role
+    def __init__(self, role: str | None, report: Report,
+                 sound: Callable[[Path], bool]) -> None:
+        self.role = role  # None: unknown (the schema refused it), no role checks
         self.report = report
+        self.sound = sound  # whether a path is free of schema errors (else left unchecked)
         self.connections: set[str] = set()
         self.saved: set[str] = set()
         self.responses: list[str] = []
@@ -48,6 +50,9 @@ class StepChecker:
         """The steps at ``path`` (a validated list of one-key mappings) as ``Step`` models."""
         out = []
         for i, value in enumerate(values):
+            if not self.sound((*path, i)):
+                self._remember_connection(value)
+                continue
             ((kind, options),) = value.items()
             step_path: Path = (*path, i, kind)
             if kind == "finally":
@@ -59,8 +64,18 @@ class StepChecker:
             out.append(Step(kind, options, where((*path, i)), step_path))
         return tuple(out)
 
+    def _remember_connection(self, value: Any) -> None:
+        """A connect step with schema errors still opens its connection (no false alarms
+        about later steps that use it)."""
+        options = value.get("connect", False) if isinstance(value, dict) else False
+        if options is None or isinstance(options, dict):
+            name = (options or {}).get("name", "main")
+            self.connections.add(name if isinstance(name, str) else "main")
+
     def check(self, kind: str, options: Any, path: Path) -> None:
-        if kind in SERVER_ROLE_STEPS and self.role != "server":
+        if not self.sound(path):
+            return
+        if kind in SERVER_ROLE_STEPS and self.role == "client":
             self.report(path, f"{kind} is a step of role: server scenarios (the harness "
                               "plays the server to test a client)")
         if isinstance(options, dict):
@@ -89,16 +104,18 @@ class StepChecker:
                         f"a connection {name!r} is already opened: give this one another "
                         "name (name: second)")
         self.connections.add(name)
-        other = "server" if self.role == "client" else "client"
-        wrong = SERVER_CONNECT if self.role == "client" else CLIENT_CONNECT
-        for key in sorted(wrong & options.keys()):
-            self.report((*path, key), f"{key} is a connect option of role: {other} scenarios")
+        self._hooks(options.get("hooks", {}), (*path, "hooks"))
         for key in options.get("transport_parameters", {}):
             if key not in TRANSPORT_PARAMETERS:
                 self.report((*path, "transport_parameters", key),
                             f"{key} is not a transport parameter the harness sets (one of "
                             f"{', '.join(TRANSPORT_PARAMETERS)})")
-        self._hooks(options.get("hooks", {}), (*path, "hooks"))
+        if self.role not in TICKETS:
+            return
+        other = "server" if self.role == "client" else "client"
+        wrong = SERVER_CONNECT if self.role == "client" else CLIENT_CONNECT
+        for key in sorted(wrong & options.keys()):
+            self.report((*path, key), f"{key} is a connect option of role: {other} scenarios")
         ticket = options.get("ticket")
         if ticket is not None and ticket not in TICKETS[self.role]:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
