@@ -53,6 +53,10 @@ class KeyRequired(UsageError):
     """The server does not publish its ML-KEM key and none was supplied."""
 
 
+class KeyChanged(UsageError):
+    """STALE_KEM_KEY for a key this client may not replace by itself (VEL-FB-009)."""
+
+
 class DowngradeRefused(HandshakeError):
     """An unauthenticated or wrong FALLBACK from an origin this client knows speaks
     Velocity/1 (VEL-FB-008): a possible attack, never followed."""
@@ -138,6 +142,33 @@ class EasyClientConfigBuilder:
         return self.config
 
 
+class PinAfterFinished:
+    """The client's trust-on-first-use store: a first-use pin is written only once that
+    connection's server FINISHED verified (the server proved it holds the key), never for a
+    handshake that failed after the certificate (VEL-CERT-003)."""
+
+    def __init__(self, pins: TofuPins) -> None:
+        self._pins = pins
+        self._pending: dict[str, str] = {}
+
+    def pinned(self, name: str) -> str | None:
+        return self._pending.get(name) or self._pins.pinned(name)
+
+    def pin(self, name: str, digest: str) -> None:
+        self._pending[name] = digest
+
+    def clearing(self, name: str) -> str:
+        return self._pins.clearing(name)
+
+    def commit(self) -> None:
+        for name, digest in self._pending.items():
+            self._pins.pin(name, digest)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        self._pending.clear()
+
+
 @dataclass(frozen=True)
 class Fetched:
     """One response and how it travelled: over Velocity/1 (``handshake`` set) or through a
@@ -186,8 +217,9 @@ class AsyncEasyClient:
         self.profile = profile_named(config.profile)
         self._cache = KeyCache(config.key_cache_dir)
         self._tickets = TicketCache(config.key_cache_dir) if config.keep_tickets else None
-        self._pins = (TofuPins(config.key_cache_dir, port=self.port)
+        self._pins = (PinAfterFinished(TofuPins(config.key_cache_dir, port=self.port))
                       if config.ca_file is None and not config.insecure else None)
+        self._resumed = False  # whether the last attempt offered a ticket
         self._server_name = config.hostname or self.host  # what certificates are checked for
         self._pin_name = self._server_name  # what the verifier pins under
         self._verifier = self._make_verifier()
@@ -361,6 +393,7 @@ class AsyncEasyClient:
         # a discovery client's request left with its FINISHED; the response is readable only
         # once the server's FINISHED verified, so this returns at once
         handshake = await session.client.wait_handshake()
+        self._remember(session)
         return Fetched(response.status, response.headers, response.body, "velocity/1",
                        handshake=handshake, key_cached=session.key_cached,
                        early_data=pending is not None and session.early_stream is not None
@@ -393,17 +426,7 @@ class AsyncEasyClient:
         that GET as 0-RTT."""
         config = self._client_config()
         try:
-            try:
-                return await self._open(config, early_get)
-            except HandshakeError as exc:
-                if (exc.error_code != ErrorCode.STALE_KEM_KEY
-                        or not self.config.server_key_autodiscover):
-                    raise
-                # unauthenticated (VEL-FB-009): rediscover once under the same trust policy;
-                # the cached key is replaced only by one that handshake validates, and the
-                # origin stays known, so no unauthenticated FALLBACK is followed meanwhile
-                return await self._open(replace(config, server_key=None, known_origin=True),
-                                        None)
+            return await self._retrying(config, early_get)
         except HandshakeError as exc:
             if exc.error_code == ErrorCode.DOWNGRADE_DETECTED:
                 raise DowngradeRefused(exc, f"{self.host}:{self.port}",
@@ -413,9 +436,44 @@ class AsyncEasyClient:
                                   "supply it (EasyClientConfig.pinned_key)") from None
             raise
 
+    async def _retrying(self, config: ClientConfig, early_get: _EarlyGet | None) -> _Session:
+        """One attempt, and the one retry an unauthenticated answer allows (VEL-FB-009):
+        after STALE_KEM_KEY a rediscovery under the trust that admitted the key; after a
+        refused resumption (an unauthenticated FALLBACK or KEM_KEY_REQUIRED: the server
+        could not open the ticket) the same origin in PDK mode, whose answer is MACed."""
+        try:
+            return await self._open(config, early_get)
+        except HandshakeError as exc:
+            resumed = self._resumed
+            if exc.error_code == ErrorCode.STALE_KEM_KEY and self.config.server_key_autodiscover:
+                self._may_rediscover()
+                # the cached key is replaced only by one this handshake validates, and the
+                # origin stays known, so no unauthenticated FALLBACK is followed meanwhile
+                return await self._open(replace(config, server_key=None, known_origin=True),
+                                        None)
+            if resumed and config.server_key is not None and exc.error_code in (
+                    ErrorCode.DOWNGRADE_DETECTED, ErrorCode.KEM_KEY_REQUIRED):
+                return await self._open(config, None)
+            raise
+
+    def _may_rediscover(self) -> None:
+        """STALE_KEM_KEY may start a rediscovery only where the same trust can judge its
+        answer: not for a key the user gave, nor one learned under another trust."""
+        origin = f"{self.host}:{self.port}"
+        if self.config.pinned_key is not None:
+            raise KeyChanged(f"{origin} does not know the key it was given (STALE_KEM_KEY); "
+                             "give its current key, or allow discovery without a pinned key")
+        cached = self._cache.get(self.host, self.port)
+        if cached is not None and cached.trust != self._trust_id:
+            raise KeyChanged(f"{origin} says the key this client keeps for it is stale "
+                             f"(STALE_KEM_KEY); that key was admitted under {cached.trust}, "
+                             f"not {self._trust_id}: fetch with that trust, or forget it: "
+                             f"velocity keys forget {origin}")
+
     async def _open(self, config: ClientConfig, early_get: _EarlyGet | None) -> _Session:
         connection_config = ConnectionConfig(config)
         resume = self._take_ticket() if early_get is not None else None
+        self._resumed = resume is not None
         if resume is not None:
             received, token = resume
             connection_config = ConnectionConfig(
@@ -445,15 +503,24 @@ class AsyncEasyClient:
             if pending is not None:
                 pending.cancel()
             await stack.aclose()
+            if self._pins is not None:
+                self._pins.discard()
             raise
-        learned = client.learned_key
-        if learned is not None:
-            self._cache.put(self.host, self.port, CachedKey(
-                next(p.name for p in PROFILES_BY_NAME.values() if p.code == learned.profile),
-                learned.key_id.hex(), base64.b64encode(learned.encapsulation_key).decode(),
-                fingerprint(learned.certificate_chain[0]), self._server_name, self._trust_id))
-        return _Session(client, stack, key_cached=learned is not None, early_response=pending,
-                        early_stream=early_stream)
+        return _Session(client, stack, key_cached=client.learned_key is not None,
+                        early_response=pending, early_stream=early_stream)
+
+    def _remember(self, session: _Session) -> None:
+        """Once the server's FINISHED verified (it holds the key): cache a key learned in
+        discovery, keep a first-use pin (VEL-HS-101, VEL-AUTH-022)."""
+        learned, session.client.learned_key = session.client.learned_key, None
+        if self._pins is not None:
+            self._pins.commit()
+        if learned is None:
+            return
+        self._cache.put(self.host, self.port, CachedKey(
+            next(p.name for p in PROFILES_BY_NAME.values() if p.code == learned.profile),
+            learned.key_id.hex(), base64.b64encode(learned.encapsulation_key).decode(),
+            fingerprint(learned.certificate_chain[0]), self._server_name, self._trust_id))
 
     async def _follow(self, directive: FallbackDirected, path: str, method: str,
                       headers: list[tuple[str, str]] | None, body: bytes) -> Fetched:

@@ -124,7 +124,10 @@ def _finite(_: click.Context, __: click.Parameter, seconds: float) -> float:
 @click.option("--publish-kem", is_flag=True, help="Send the certificate to discovering clients.")
 @click.option("--api", is_flag=True, help="Serve the JSON API under /api/.")
 @click.option("--listing", is_flag=True, help="List directories without an index file.")
-@click.option("--retry", type=click.Choice(RETRY_POLICIES), default="never", show_default=True)
+@click.option("--retry", type=click.Choice(RETRY_POLICIES), default="under-load",
+              show_default=True,
+              help="Ask clients to prove their address: never, always, or under load (when "
+                   "many handshakes wait, or the table is full).")
 @click.option("--max-sessions", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--max-half-open-per-address", "max_half_open", type=click.IntRange(1),
               default=EndpointConfig.max_half_open_per_address, show_default=True,

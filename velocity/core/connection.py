@@ -50,7 +50,7 @@ from velocity.core.handshake.common import (
     ServerKeyLearned,
     TicketIssued,
 )
-from velocity.core.handshake.server import ServerConfig, ServerHandshake
+from velocity.core.handshake.server import ServerConfig, ServerHandshake, ServerState
 from velocity.core.packet import (
     EPOCHS,
     VELOCITY_VERSION,
@@ -388,6 +388,11 @@ class Connection:
             if from_peer:
                 self._closing_heard += 1
                 self.close_pending = not self._closing_heard & (self._closing_heard - 1)
+                if self.close_pending and self.handshake.state is ServerState.FALLBACK:
+                    # a FALLBACK rides with each close it sends (VEL-HS-090): a client
+                    # whose first copy was lost asks again with its CLIENT_HELLO
+                    crypto = self.spaces[Epoch.INITIAL].crypto_send
+                    crypto.on_lost(0, crypto.write_offset, False)
             return
         with self._boundary():
             try:
@@ -406,10 +411,12 @@ class Connection:
         self.key_updates.unacked_from = space.next_packet_number
 
     def _may_update_keys(self) -> bool:
-        """RFC 9001 section 6.1: with a confirmed handshake, no update in progress, and an
-        acknowledgement of a packet sent with the current keys."""
-        return (self.handshake_confirmed and self._send_phase == self._recv_phase
-                and self.key_updates.unacked_from is None)
+        """RFC 9001 section 6.1: with a confirmed handshake (a server: once the client has
+        acknowledged HANDSHAKE_DONE, so is confirmed too, VEL-PROT-011), no update in
+        progress, and an acknowledgement of a packet sent with the current keys."""
+        updates = self.key_updates
+        return (self.handshake_confirmed and (self.is_client or updates.done_acknowledged)
+                and self._send_phase == self._recv_phase and updates.unacked_from is None)
 
     def on_application_ack(self, largest: int) -> None:
         """An ACK in the Application space up to ``largest`` arrived."""
@@ -514,6 +521,7 @@ class Connection:
                     self._zero_rtt_send = keys
                 else:
                     self._zero_rtt_recv = keys
+                self.flow.early_limit = event.early_limit
                 return
             space = self.spaces[event.epoch]
             if event.send and self.is_client and event.epoch == Epoch.APPLICATION:

@@ -121,9 +121,8 @@ class ServerEndpoint:
         if header.version != VELOCITY_VERSION:
             self._version_negotiation(header, address)
             return
-        if header.packet_type == PacketType.INITIAL and (
-                len(header.dcid) >= MIN_CLIENT_DCID or header.token):
-            self._accept(header, data, address, now)  # VEL-PKT-014
+        if header.packet_type == PacketType.INITIAL:
+            self._accept(header, data, address, now)
 
     def _version_negotiation(self, header: ProtectedHeader, address: Address) -> None:
         packet = VersionNegotiation(header.scid, header.dcid,
@@ -147,16 +146,22 @@ class ServerEndpoint:
             validated = odcid is not None
             if odcid:  # a Retry token: the client's DCID is our Retry SCID
                 original_dcid, retry_scid = odcid, header.dcid
+        if retry_scid is None and len(header.dcid) < MIN_CLIENT_DCID:
+            return  # VEL-PKT-014: only our own Retry SCID may be shorter
         refusal = self._refusal(address)
         if refusal is not None:
             self.refused += 1
             self._refuse(header, address, ErrorCode.CONNECTION_REFUSED, refusal)
             return
-        if not validated and self._wants_retry():
+        full = len(self.connections) >= self.config.max_sessions
+        if not validated and (self._wants_retry() or (full and self.config.retry != "never")):
+            # a full table asks an unvalidated client to prove its address rather than
+            # evict a handshake for it: spoofed sources cannot answer (VEL-CONN-009)
             self._retry(header, address, now_ms)
             return
-        if len(self.connections) >= self.config.max_sessions:
-            self._evict(next(iter(self._half_open)))
+        if full:  # the oldest handshake whose address is not validated goes first
+            self._evict(next((c for c in self._half_open if not c.address_validated),
+                             next(iter(self._half_open))))
         connection = Connection(self.config.connection, entropy=self._entropy,
                                 original_dcid=original_dcid, peer_cid=header.scid,
                                 retry_scid=retry_scid, address_validated=validated,

@@ -337,6 +337,13 @@ def _handle_frame(conn: Connection, frame: Frame, epoch: Epoch, packet_type: Pac
     handler = _HANDLERS.get(type(frame))
     if packet_type is PacketType.ZERO_RTT and isinstance(frame, Stream):
         conn.early_streams.add(frame.stream_id)
+        flow, before = conn.flow, conn.flow.received
+        _on_stream(conn, frame, epoch, now)
+        flow.early_used += flow.received - before
+        if flow.early_used > flow.early_limit:
+            raise ProtocolViolation(f"0-RTT stream data beyond max_early_data "
+                                    f"({flow.early_limit} bytes)", field="STREAM")
+        return
     if handler is not None:
         handler(conn, frame, epoch, now)
 

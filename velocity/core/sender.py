@@ -223,6 +223,8 @@ def _add_streams(conn: Connection, frames: _Frames, room: int, zero_rtt: bool) -
             if space_left <= 0:
                 return
             credit = flow.max_send - flow.sent
+            if zero_rtt:  # never beyond the ticket's max_early_data (VEL-HS-081)
+                credit = min(credit, flow.early_limit - flow.early_used)
             max_offset = min(stream.max_send, sender.sent_max + credit)
             before = sender.sent_max
             chunk = sender.next_frame(space_left, max_offset)
@@ -233,6 +235,8 @@ def _add_streams(conn: Connection, frames: _Frames, room: int, zero_rtt: bool) -
                 break
             offset, data, fin = chunk
             flow.sent += sender.sent_max - before
+            if zero_rtt:
+                flow.early_used += sender.sent_max - before
             end, sid = offset + len(data), stream.stream_id
             frames.add(Stream(sid, data, offset, fin),
                        on_ack=partial(sender.on_acked, offset, end, fin),
@@ -271,6 +275,7 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
             if conn._handshake_done_pending:
                 conn._handshake_done_pending = False
                 frames.add(HandshakeDone(),
+                           on_ack=partial(setattr, conn.key_updates, "done_acknowledged", True),
                            on_loss=partial(setattr, conn, "_handshake_done_pending", True))
             while conn._control and room - len(frames.writer) > 64:
                 frame = conn._control.popleft()

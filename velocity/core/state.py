@@ -51,12 +51,14 @@ class SpaceState:
 class KeyUpdates:
     """1-RTT key updates in progress (RFC 9001 section 6): the receive keys of the previous
     phase, our first packet under the current send keys until one of ours is acknowledged
-    (None once one is), and the peer's packet that started its last update until we have
-    acknowledged it."""
+    (None once one is; 0 at first: the first update waits for an acknowledged 1-RTT
+    packet), the peer's packet that started its last update until we have acknowledged it,
+    and (server) whether the client acknowledged HANDSHAKE_DONE, so is confirmed."""
 
     previous_recv_keys: PacketKeys | None = None
-    unacked_from: int | None = None
+    unacked_from: int | None = 0
     peer_update: int | None = None
+    done_acknowledged: bool = False
 
 
 @dataclass
@@ -71,3 +73,5 @@ class FlowState:
     consumed: int = 0
     window: int = 0
     blocked_sent_at: int = -1
+    early_limit: int = 0  # stream bytes the ticket allows in 0-RTT (VEL-HS-081)
+    early_used: int = 0

@@ -12,18 +12,20 @@ import pytest
 from harness.pair import PairSpec, make_pair, run_handshake, server_identity
 from tests.core.handshake.helpers import closed_with, events_of, rewrite
 from tests.core.handshake.test_resumption import SEALER, first_ticket
-from velocity.core.errors import ErrorCode
+from velocity.core.errors import ErrorCode, ProtocolError
 from velocity.core.handshake.client import PinnedServerKey
 from velocity.core.handshake.common import FallbackDirected
 from velocity.core.handshake.messages import (
     ClientHello,
     ExtensionType,
     Fallback,
+    HelloRetry,
     MessageType,
     decode_message,
+    encode_message,
 )
 from velocity.core.handshake.server import FallbackPolicy
-from velocity.core.hybrid import BALANCED, PROFILES
+from velocity.core.hybrid import BALANCED, LIGHT, PROFILES
 from velocity.core.keyschedule import fallback_mac
 from velocity.core.packet import Epoch
 
@@ -117,3 +119,39 @@ def test_a_hello_with_both_a_server_key_block_and_a_psk_is_illegal() -> None:
     client, server = _resuming()
     run = run_handshake(client, server, tamper=rewrite(MessageType.CLIENT_HELLO, add_block))
     closed_with(run, ErrorCode.ILLEGAL_PARAMETER, "server")
+
+
+@pytest.mark.spec("VEL-FB-003", "VEL-VAR-003")
+def test_the_mac_covers_the_directive_as_received_even_with_non_minimal_varints() -> None:
+    """A directive whose reason is a 2-byte varint (allowed, VEL-VAR-003), MACed over its
+    own bytes: accepted. The client used to re-encode the fields minimally and cry attack."""
+    client, _ = make_pair(PairSpec(mode="pdk", seed="varint"))
+    client.start(now_ms=0)
+    hello = client.data_to_send(Epoch.INITIAL)
+    assert client.static_secret is not None and client.config.server_key is not None
+
+    def fallback(mac: bytes) -> bytes:
+        body = (b"\x02h3" + b"\x00" + (443).to_bytes(2, "big") + b"\x40\x01"
+                + b"\x05other" + b"\x00" + bytes([len(mac)]) + mac)
+        return bytes([MessageType.FALLBACK]) + len(body).to_bytes(3, "big") + body
+    hash_name = client.config.server_key.profile.hash_name
+    mac = fallback_mac(hash_name, client.static_secret, hello, fallback(b""))
+    client.receive(Epoch.INITIAL, fallback(mac), now_ms=1)
+    (directive,) = [e for e in iter(client.next_event, None) if isinstance(e, FallbackDirected)]
+    assert directive.authenticated and directive.reason == 1
+
+
+@pytest.mark.spec("VEL-FB-008", "VEL-FB-009", "VEL-HS-023")
+def test_a_forged_hello_retry_that_drops_the_ticket_does_not_open_the_door() -> None:
+    """HELLO_RETRY to another offered profile makes a resuming client drop its ticket; the
+    client still knows the origin, so an unauthenticated FALLBACK after it is refused."""
+    ticket = first_ticket()
+    client, _ = make_pair(PairSpec(mode="discovery", seed="hrr", client={
+        "ticket": ticket, "profiles": (BALANCED, LIGHT)}))
+    client.start(now_ms=3_000)
+    client.data_to_send(Epoch.INITIAL)
+    client.receive(Epoch.INITIAL, encode_message(HelloRetry(LIGHT.code)), now_ms=3_001)
+    assert client.data_to_send(Epoch.INITIAL)  # the second CLIENT_HELLO, without the PSK
+    with pytest.raises(ProtocolError) as refused:
+        client.receive(Epoch.INITIAL, encode_message(FORGED), now_ms=3_002)
+    assert refused.value.code == ErrorCode.DOWNGRADE_DETECTED

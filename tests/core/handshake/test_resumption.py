@@ -15,7 +15,12 @@ from velocity.core.handshake.common import (
     SessionTicket,
     TicketIssued,
 )
-from velocity.core.handshake.messages import ClientHello, ExtensionType, MessageType
+from velocity.core.handshake.messages import (
+    ClientHello,
+    ExtensionType,
+    MessageType,
+    decode_message,
+)
 from velocity.core.hybrid import BALANCED, LIGHT, PROFILES, Profile
 from velocity.core.packet import Epoch
 from velocity.crypto.sealing import ticket_sealer
@@ -23,10 +28,11 @@ from velocity.crypto.sealing import ticket_sealer
 SEALER = ticket_sealer(bytes(32))
 
 
-def first_ticket(profile: Profile = BALANCED, mode: str = "discovery") -> SessionTicket:
+def first_ticket(profile: Profile = BALANCED, mode: str = "discovery", *,
+                 now_ms: int = 1_000) -> SessionTicket:
     client, server = make_pair(PairSpec(profile, mode, seed="ticket",
                                         server={"ticket_sealer": SEALER}))
-    run = run_handshake(client, server, now_ms=1_000)
+    run = run_handshake(client, server, now_ms=now_ms)
     completed(run)
     (issued,) = events_of(run.client_events, TicketIssued)
     return issued.ticket
@@ -160,3 +166,36 @@ def test_ticket_whose_profile_the_server_now_refuses_is_dropped_after_hello_retr
     assert [m[0] for m in run.flights[1].messages] == [MessageType.HELLO_RETRY]
     assert client_done.mode == server_done.mode == AuthMode.DISCOVERY
     assert client_done.profile == "balanced" and not client_done.early_data_accepted
+
+
+@pytest.mark.spec("VEL-HS-041")
+def test_early_data_offered_with_a_ticket_the_server_cannot_use_is_answered_0() -> None:
+    """The client indicated early data, the server could not open the ticket: a full
+    handshake whose ENCRYPTED_EXTENSIONS still carries early_data = 0 (it said nothing)."""
+    ticket = replace(first_ticket(), ticket=b"\x09" * 80)
+    run, _, _ = resume(ticket, early=True)
+    completed(run)
+    extensions = [m for f in run.flights for m in f.messages
+                  if m[0] == MessageType.ENCRYPTED_EXTENSIONS]
+    (ee,) = extensions
+    decoded = decode_message(ee[0], ee[4:])
+    assert decoded.extension(ExtensionType.EARLY_DATA) == b"\x00"  # type: ignore[union-attr]
+
+
+@pytest.mark.spec("VEL-RES-005")
+def test_a_ticket_issued_in_the_servers_future_is_not_taken() -> None:
+    """A ticket whose issue time lies more than the 10 s tolerance in the server's future
+    (a clock that jumped back, another instance's clock) gives a full handshake."""
+    ticket = first_ticket(now_ms=60_000)
+    run, _, _ = resume(ticket, early=False, now_ms=60_000 - 9_000)
+    assert completed(run)[1].mode == AuthMode.RESUMPTION
+    run, _, _ = resume(ticket, early=False, now_ms=60_000 - 11_000)
+    assert completed(run)[1].mode == AuthMode.DISCOVERY
+
+
+@pytest.mark.spec("VEL-KS-006")
+def test_a_resumed_handshake_forgets_the_old_psk() -> None:
+    run, client, server = resume(first_ticket(), early=True)
+    completed(run)
+    assert client._ticket is None and server._ticket_state is None
+    assert server._psk_offer is None

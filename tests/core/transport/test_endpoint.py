@@ -20,6 +20,7 @@ from tests.core.transport.helpers import (
 )
 from velocity.core.connection import ConnectionConfig
 from velocity.core.errors import ErrorCode
+from velocity.core.events import TicketReceived
 from velocity.core.frames import Crypto, decode_frames
 from velocity.core.handshake.common import FallbackDirected, ServerKeyLearned
 from velocity.core.handshake.server import FallbackPolicy
@@ -304,3 +305,62 @@ def test_initials_that_do_not_open_take_no_slot_and_evict_no_one() -> None:
     answers = pair.endpoint.datagrams_to_send(now=pair.now)
     assert answers and {to for _, to in answers} == {CLIENT_ADDR}  # the real answer only
     assert pair.run(lambda: both_completed(pair))
+
+
+def _resumable_with_limit(limit: int) -> Pair:
+    """A second connection resuming a ticket that allows ``limit`` bytes of 0-RTT."""
+    first = make(spec=PairSpec(mode="discovery", server={"max_early_data": limit}))
+    first.connect()
+    assert first.run(lambda: any(isinstance(e, TicketReceived) for e in first.client_events))
+    ticket = next(e for e in first.client_events if isinstance(e, TicketReceived))
+    second = make(spec=PairSpec(mode="discovery", client={"ticket": ticket.ticket,
+                                                          "early_data": True}),
+                  client={"remembered_transport_parameters": ticket.transport_parameters})
+    second.now = first.now + 1.0
+    return second
+
+
+@pytest.mark.spec("VEL-HS-081", "VEL-RES-006")
+def test_a_client_sends_no_more_0rtt_than_the_ticket_allows() -> None:
+    pair = _resumable_with_limit(100)
+    pair.connect()
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(1000), end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", sid))
+    server = pair.server
+    assert server is not None and server.early_data_accepted
+    assert 0 < server.flow.early_used <= 100
+    assert pair.received("server", sid) == (bytes(1000), True)  # the rest in 1-RTT
+
+
+@pytest.mark.spec("VEL-HS-081")
+def test_0rtt_beyond_max_early_data_is_protocol_violation() -> None:
+    """A hostile client that ignores the ticket's limit."""
+    pair = _resumable_with_limit(100)
+    pair.connect()
+    pair.client.flow.early_limit = 1 << 20
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(1000), end_stream=True)
+    assert pair.run(lambda: bool(terminated(pair.server_events)))
+    assert [t.error_code for t in terminated(pair.server_events)] == [
+        ErrorCode.PROTOCOL_VIOLATION]
+
+
+@pytest.mark.spec("VEL-HS-090")
+def test_a_lost_fallback_is_sent_again_with_the_close() -> None:
+    """The server's FALLBACK datagram is lost; the client's retransmitted CLIENT_HELLO gets
+    the directive again (it used to get a bare CONNECTION_CLOSE)."""
+    lost = [False]
+
+    def drop_first_answer(direction: str, datagram: bytes, now: float) -> list[
+            tuple[float, bytes]]:
+        if direction == "s2c" and not lost[0] and len(datagram) > 100:  # not a bare ACK
+            lost[0] = True
+            return []
+        return [(ONE_WAY, datagram)]
+    pair = make(spec=PairSpec(mode="pdk", server={
+        "fallback": FallbackPolicy(mode="fallback-only")}), network=drop_first_answer)
+    pair.connect()
+    assert pair.run(lambda: any(isinstance(e, FallbackDirected) for e in pair.client_events))
+    directive = next(e for e in pair.client_events if isinstance(e, FallbackDirected))
+    assert lost[0] and directive.authenticated

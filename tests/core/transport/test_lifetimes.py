@@ -144,3 +144,43 @@ def test_half_open_connections_per_address_are_capped(retry: str) -> None:
     assert all(completed(room.client_events[a]) for a in (*crowded[:2], elsewhere))
     room.join(("10.0.0.1", 2000), make_client("later"))  # completed ones count no more
     assert room.run(lambda: completed(room.client_events[("10.0.0.1", 2000)]))
+
+
+@pytest.mark.spec("VEL-CONN-009", "VEL-RTY-007")
+def test_a_full_table_asks_for_proof_of_address_before_it_evicts() -> None:
+    """Under the under-load policy a full table answers an unvalidated Initial with Retry: a
+    spoofed source (which never answers) evicts nobody; a real client answers the Retry and
+    takes the oldest unvalidated half-open slot."""
+    room = make_crowd(never_finishing, retry="under-load", under_load=64, max_sessions=3)
+    endpoint = room.endpoint
+    for index in range(3):
+        room.join(hostile(index), make_client(f"hostile-{index}"))
+        assert room.run(lambda n=index: len(endpoint.connections) == n + 1, max_time=2)
+    held = list(endpoint.connections)
+    spoof = make_client("spoofed")
+    spoof.connect(("127.0.0.1", 4433), now=room.now)
+    for datagram, _ in spoof.datagrams_to_send(now=room.now):
+        room.inject(datagram, ("198.51.100.7", 1234))
+    room.run(lambda: False, max_time=room.now + 0.1)
+    spoofed_retries = endpoint.retries_sent
+    assert endpoint.connections == held and spoofed_retries >= 1  # one per datagram
+    room.join(LEGIT, make_client("legit"))
+    assert room.run(lambda: completed(room.client_events[LEGIT]), max_time=room.now + 2)
+    assert held[0] not in endpoint.connections and endpoint.retries_sent > spoofed_retries
+
+
+@pytest.mark.spec("VEL-PKT-014")
+@pytest.mark.parametrize("retry", ["never", "always"])
+def test_a_junk_token_does_not_excuse_a_short_dcid(retry: str) -> None:
+    """Only the server's own Retry SCID may be shorter than 8 bytes: a 1-byte DCID with a
+    token that does not open creates no state and draws no Retry."""
+    room = make_crowd(retry=retry)
+    client = make_client("short")
+    client.original_dcid = client.peer_cid = b"x"
+    client._install_initial_keys(b"x")
+    client._retry_token = b"junk token"
+    client.connect(("127.0.0.1", 4433), now=room.now)
+    for datagram, _ in client.datagrams_to_send(now=room.now):
+        room.endpoint.receive_datagram(datagram, LEGIT, now=room.now)
+    assert room.endpoint.connections == [] and room.endpoint.retries_sent == 0
+    assert room.endpoint.datagrams_to_send(now=room.now) == []

@@ -148,6 +148,31 @@ def test_key_updates_mid_transfer() -> None:
 
 
 @pytest.mark.spec("VEL-PROT-011")
+def test_no_key_update_before_an_acknowledged_1rtt_packet_and_a_confirmed_peer() -> None:
+    """A server is confirmed at completion but its client only on HANDSHAKE_DONE: the server
+    may start an update only once the client acknowledged HANDSHAKE_DONE (a client that
+    lost it would read the update as KEY_UPDATE_ERROR), and neither side before one of its
+    1-RTT packets was acknowledged."""
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    server = pair.server
+    assert server is not None and server.handshake_confirmed
+    assert not server.key_updates.done_acknowledged  # HANDSHAKE_DONE still in flight
+    with pytest.raises(UsageError):
+        server.request_key_update()
+    assert pair.run(lambda: server.key_updates.done_acknowledged
+                    and pair.client.handshake_confirmed)
+    server.request_key_update()
+    sid = server.get_next_available_stream_id()
+    server.send_stream_data(sid, b"new keys", end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("client", sid))
+    assert not terminated(pair.client_events)
+    fresh = make()
+    assert fresh.client.key_updates.unacked_from == 0, "the first update waits for an ACK"
+
+
+@pytest.mark.spec("VEL-PROT-011")
 def test_a_second_key_update_before_the_first_is_acknowledged_is_key_update_error() -> None:
     """A hostile client updates its keys twice in a row, before the server acknowledged any
     packet of the first update (RFC 9001 section 6.5). It rotates through the connection's

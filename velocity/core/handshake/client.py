@@ -4,7 +4,7 @@ completion, fallback, learned server key, tickets)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum, auto
 
 from velocity.core.buffer import Writer
@@ -59,6 +59,13 @@ from velocity.core.protection import Aead
 from velocity.core.seams import ClientShareFactory, KeyShare
 
 GREASE_BASE = 27
+
+
+def _without_mac(raw: bytes, mac_length: int) -> bytes:
+    """A received FALLBACK (header included) as the MAC covers it: the same bytes with its
+    ``mac`` vector emptied (VEL-FB-003), not a re-encoding of the decoded fields."""
+    body = raw[4 : len(raw) - 1 - mac_length] + b"\x00"
+    return raw[:1] + len(body).to_bytes(3, "big") + body
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,9 @@ class ClientHandshake(HandshakeBase):
         self._through_client_finished = b""
         self._resumption = b""
         self._alpn = b""  # the server's selection from our offer
+        # VEL-FB-008: fixed at the start, so a forged HELLO_RETRY that makes the client drop
+        # its ticket does not make an unauthenticated directive acceptable
+        self._known_origin = bool(config.known_origin or config.server_key or config.ticket)
 
     # --- CLIENT_HELLO ------------------------------------------------------------------
 
@@ -221,7 +231,8 @@ class ClientHandshake(HandshakeBase):
             early = self.schedule.client_early_secret(
                 self.transcript.digest(self.schedule.hash_name))
             self._emit(KeysReady(Epoch.APPLICATION, True, early, Aead(ticket.aead),
-                                 self.schedule.hash_name, early=True))
+                                 self.schedule.hash_name, early=True,
+                                 early_limit=ticket.max_early_data))
 
     def _bind_psk(self, raw: bytes, ticket: SessionTicket) -> bytes:
         """Replace the placeholder binder (the message's last H bytes) by the real one."""
@@ -258,7 +269,7 @@ class ClientHandshake(HandshakeBase):
         accepts only a directive MACed over its CLIENT_HELLO as sent; one that knows the
         origin accepts no unauthenticated directive."""
         assert isinstance(message, Fallback)
-        unsigned = encode_message(replace(message, mac=b""))
+        unsigned = _without_mac(raw, len(message.mac))
         expected: bytes | None = None
         if self._sent_pdk() and self.static_secret is not None:
             assert self.config.server_key is not None
@@ -270,7 +281,7 @@ class ClientHandshake(HandshakeBase):
         if expected is not None and not macs_equal(message.mac, expected):
             raise DowngradeDetected("FALLBACK is not authenticated by the server's key or "
                                     "the session's PSK", field="FALLBACK.mac")
-        if expected is None and self.config.known_origin:
+        if expected is None and self._known_origin:
             raise DowngradeDetected("unauthenticated FALLBACK from an origin known to speak "
                                     "Velocity/1", field="FALLBACK.mac")
         self._emit(FallbackDirected(message.alpn.decode(errors="replace"),
@@ -279,6 +290,9 @@ class ClientHandshake(HandshakeBase):
                                     message.reason_text.decode(errors="replace"),
                                     message.retry_after, expected is not None))
         self._transition(S.FALLBACK)
+
+    def _forget_psk(self) -> None:
+        self._ticket = None  # its PSK (the configuration keeps what the caller passed)
 
     def _sent_pdk(self) -> bool:
         """Whether the CLIENT_HELLO carried a server_key block (never beside a PSK)."""

@@ -85,6 +85,7 @@ class KeysReady:
     aead: Aead
     hash_name: str
     early: bool = False
+    early_limit: int = 0  # 0-RTT keys: the ticket's max_early_data (VEL-HS-081)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +340,7 @@ class HandshakeBase:
             return
         self._secrets.clear()
         self.hybrid = self.static_secret = None
+        self._forget_psk()
         if self.schedule is not None:
             self.schedule.erase()
             self.schedule = None
@@ -347,6 +349,9 @@ class HandshakeBase:
         if self.trace is not None:
             self.trace("velocity:message_sent", {"epoch": epoch.name.lower(), "length": len(raw),
                                                  **describe(message, kind="message_type")})
+
+    def _forget_psk(self) -> None:
+        """The resumed session's PSK, once the handshake no longer needs it."""
 
     def _emit(self, event: HandshakeEvent) -> None:
         self._pending.events.append(event)

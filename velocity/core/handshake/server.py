@@ -259,6 +259,8 @@ class ServerHandshake(HandshakeBase):
             self._transition(S.WAIT_CH2)
             return
         self.profile, self.aead = profile, aead
+        # VEL-HS-041: an early-data offer gets an answer, 0 when the PSK was not taken
+        self._early_requested = hello.extension(ExtensionType.EARLY_DATA) is not None
         psk = self._accept_psk(hello, raw, profile)
         self.transcript.add(raw)
         if psk is not None:
@@ -318,7 +320,9 @@ class ServerHandshake(HandshakeBase):
         offer = _pull_psk(value)
         plaintext = sealer.open(offer.identity)
         state = TicketState.decode(plaintext) if plaintext is not None else None
-        if state is None or self.now_ms - state.issued_ms > self.config.ticket_lifetime * 1000:
+        age = self.now_ms - state.issued_ms if state is not None else 0
+        if state is None or age > self.config.ticket_lifetime * 1000 or (
+                age < -EARLY_DATA_AGE_TOLERANCE_MS):  # issued in this server's future
             return None
         return offer, state
 
@@ -347,11 +351,13 @@ class ServerHandshake(HandshakeBase):
         self._ticket_state, self._psk_offer = state, offer
         return state.psk
 
+    def _forget_psk(self) -> None:
+        self._ticket_state = self._psk_offer = None
+
     def _accept_early_data(self, hello: ClientHello, psk: bytes) -> None:
         """0-RTT only for a fresh, unreplayed first CLIENT_HELLO (VEL-RES-005, VEL-RES-007)."""
-        if hello.extension(ExtensionType.EARLY_DATA) is None:
+        if not self._early_requested:
             return
-        self._early_requested = True
         state, offer = self._ticket_state, self._psk_offer
         assert state is not None and offer is not None  # set by _accept_psk
         client_age = (offer.obfuscated_age - self._ticket_age_add(state)) % (1 << 32)
@@ -368,7 +374,8 @@ class ServerHandshake(HandshakeBase):
             early = self.schedule.client_early_secret(self.transcript.digest(
                 self.schedule.hash_name))
             self._emit(KeysReady(Epoch.APPLICATION, False, early, Aead(state.aead),
-                                 self.schedule.hash_name, early=True))
+                                 self.schedule.hash_name, early=True,
+                                 early_limit=state.max_early_data))
 
     @staticmethod
     def _ticket_age_add(state: TicketState) -> int:
