@@ -11,10 +11,11 @@ import datetime as dt
 from dataclasses import replace
 from typing import Any
 
+from harness.netsim import Impairment, UdpRelay
 from harness.peer import ClientPeer, View
 from harness.scenario.build import install_hooks
 from harness.scenario.context import Conn, Run, StepFailed, StepUnsupported
-from harness.scenario.model import Step
+from harness.scenario.model import Network, Step
 from velocity.aio.client import FallbackError, HandshakeError
 from velocity.core.connection import Address, ConnectionConfig
 from velocity.core.events import TicketReceived
@@ -102,14 +103,32 @@ async def connect(run: Run, step: Step, address: Address) -> Conn:
         install_hooks(connection, options.get("hooks", {}))
     except ValueError as exc:
         raise StepUnsupported(str(exc)) from None
+    relay = None
+    if run.scenario.network is not None:
+        relay, address = await _relay(run, name, address, run.scenario.network)
     peer = await ClientPeer.start(connection, address, view=view)
-    conn = run.connections[name] = Conn(name, peer)
+    conn = run.connections[name] = Conn(name, peer, relay)
     run.note("connect", {"conn": name, "to": f"{address[0]}:{address[1]}",
                          "mode": "pdk" if handshake.server_key else "discovery",
                          "resumption": handshake.ticket is not None})
     if options.get("wait", "ready") == "ready":
         await settle(run, conn, READY_WAIT)
     return conn
+
+
+def impairment(network: Network) -> Impairment:
+    return Impairment(network.loss, network.delay, network.jitter, network.duplicate)
+
+
+async def _relay(run: Run, name: str, target: Address,
+                 network: Network) -> tuple[UdpRelay, Address]:
+    """A seeded impairment relay on 127.0.0.1 in front of ``target``, one per connection
+    (a relay answers one client); (the relay, the address to connect to)."""
+    if not target[0].startswith("127."):
+        raise StepUnsupported("network impairment relays through 127.0.0.1: the target "
+                              "must listen on this machine's loopback")
+    relay = UdpRelay(target, impairment(network), seed=f"{run.seed}/{name}")
+    return relay, await relay.start()
 
 
 async def settle(run: Run, conn: Conn, seconds: float) -> str | None:

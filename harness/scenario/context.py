@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.netsim import UdpRelay
 from harness.peer import ClientPeer, View
 from harness.scenario.budget import BudgetMeter
 from harness.scenario.model import Scenario, Step
@@ -50,6 +51,7 @@ class Conn:
 
     name: str
     peer: ClientPeer
+    relay: UdpRelay | None = None  # the impairment between the harness and the target
     cursor: int = 0  # the event index the next expect starts from
 
     @property
@@ -137,6 +139,8 @@ class Run:
         for conn in self.connections.values():
             with contextlib.suppress(ConnectionError, OSError):
                 await conn.peer.close()
+            if conn.relay is not None:
+                conn.relay.close()
 
 
 def aggregates(view: View | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from harness.scenario.model import (
     count_combinations,
     substitute,
 )
-from harness.scenario.semantics import StepChecker
+from harness.scenario.semantics import StepChecker, network_problems
 from harness.scenario.spec import Requirement
 from harness.schemas import validator
 
@@ -269,8 +269,12 @@ def _build(data: dict[str, Any], params: dict[str, Any], document: Document,
     if sound(("spec",)) and isinstance(data.get("spec"), list):
         _check_requirements(data["spec"], document, problems, spec)
     role = data.get("role") if sound(("role",)) else None
-    checker = StepChecker(role, lambda path, message: problems.add(
-        document.line_of(path), path, message), sound)
+    def report(path: Path, message: str) -> None:
+        problems.add(document.line_of(path), path, message)
+
+    if isinstance(data.get("network"), dict) and sound(("network",)):
+        network_problems(data["network"], ("network",), report)
+    checker = StepChecker(role, report, sound, network="network" in data)
     if not isinstance(data.get("steps"), list):
         return None
     steps = checker.steps(data["steps"], ("steps",), top=True,

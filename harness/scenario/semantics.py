@@ -25,17 +25,28 @@ CLIENT_CONNECT = frozenset({"key", "server_name", "early_data"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
                             "kem_key_required", "certificate", "hello_retry"})
 TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
+NETSIM_LATER = ("reorder", "corrupt", "mtu", "rate")
 REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")
+
+
+def network_problems(options: dict[str, Any], path: Path, report: Report) -> None:
+    """``network`` / ``impair`` keys harness/netsim does not do yet (reorder comes from
+    jitter)."""
+    for key in NETSIM_LATER:
+        if options.get(key):
+            report((*path, key), f"{key} is not supported by harness/netsim yet (it does loss, "
+                                 "delay, jitter, duplicate)")
 
 
 class StepChecker:
     """Walks one scenario's steps in order, remembering what each defines."""
 
-    def __init__(self, role: str | None, report: Report,
-                 sound: Callable[[Path], bool]) -> None:
+    def __init__(self, role: str | None, report: Report, sound: Callable[[Path], bool], *,
+                 network: bool) -> None:
         self.role = role  # None: unknown (the schema refused it), no role checks
         self.report = report
         self.sound = sound  # whether a path is free of schema errors (else left unchecked)
+        self.network = network  # the scenario has a network: header (so a relay)
         self.connections: set[str] = set()
         self.saved: set[str] = set()
         self.responses: list[str] = []
@@ -43,7 +54,7 @@ class StepChecker:
             "connect": self._connect, "expect": self._expect, "expect_any": self._expect_any,
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
-            "send": self._send, "hook": self._hooks}
+            "send": self._send, "hook": self._hooks, "impair": self._impair}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -120,6 +131,14 @@ class StepChecker:
         if ticket is not None and ticket not in TICKETS[self.role]:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
                                            f"here: {' or '.join(TICKETS[self.role])}")
+
+    def _impair(self, options: dict[str, Any], path: Path) -> None:
+        if not self.network:
+            self.report(path, "impair needs a network: header (its relay is set up by "
+                              "connect; network: {} is a perfect one)")
+        if "rebind" in options:
+            self.report((*path, "rebind"), "rebind is not supported by harness/netsim yet")
+        network_problems(options, path, self.report)
 
     def _hooks(self, hooks: dict[str, Any], path: Path) -> None:
         try:

@@ -8,6 +8,7 @@ moves the cursor past what it matched; ``expect_close`` looks at the whole conne
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import re
@@ -28,6 +29,7 @@ from velocity.core.errors import ErrorCode
 from velocity.http.h1 import Response
 
 StepRunner = Callable[[Run, Step], Coroutine[Any, Any, None]]
+IMPAIRMENTS = ("loss", "delay", "jitter", "duplicate")  # what harness.netsim does
 OWNERS = {"peer": ("remote",), "local": ("local",), "either": ("remote", "local")}
 
 
@@ -261,6 +263,30 @@ async def hook(run: Run, step: Step) -> None:
                         {k: v for k, v in step.options.items() if k != "conn"})
 
 
+async def impair(run: Run, step: Step) -> None:
+    """Change the connection's impairment now; ``blackhole: S`` drops everything for S
+    seconds, then the impairment before it is back."""
+    conn = run.conn(step)
+    relay = conn.relay
+    if relay is None:
+        raise ScenarioError("impair needs the scenario's network: header (the relay is set "
+                            "up by connect)")
+    before = relay.impairment
+    if "blackhole" in step.options:
+        relay.impairment = dataclasses.replace(before, loss=1.0)
+        blackholed = relay.impairment
+
+        def restore() -> None:
+            if relay.impairment is blackholed:
+                relay.impairment = before
+
+        run.loop.call_later(float(step.options["blackhole"]), restore)
+    else:
+        relay.impairment = dataclasses.replace(before, **{
+            k: v for k, v in step.options.items() if k in IMPAIRMENTS})
+    run.note("impair", {"conn": conn.name, **step.options})
+
+
 async def wait(run: Run, step: Step) -> None:
     await run.sleep(float(step.options))
 
@@ -291,5 +317,5 @@ STEPS: dict[str, StepRunner] = {
     "connect": connect, "send": send, "hook": hook, "expect": expect,
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
-    **dict.fromkeys(("replay", "impair", "fuzz", "expect_client", "expect_no_contact"),
-                    not_yet)}
+    "impair": impair,
+    **dict.fromkeys(("replay", "fuzz", "expect_client", "expect_no_contact"), not_yet)}
