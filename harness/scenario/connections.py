@@ -36,7 +36,8 @@ def known_keys(run: Run) -> list[PinnedServerKey]:
     """The target's keys the run knows: given (--kem-*, the in-process target's), then the
     ones earlier connections of this run learned by discovery."""
     learned = [PinnedServerKey(PROFILES[k.profile], k.encapsulation_key)
-               for c in run.connections.values() if (k := c.peer.learned_key) is not None]
+               for c in run.connections.values()
+               if c.peer is not None and (k := c.peer.learned_key) is not None]
     return [*run.target.keys, *learned]
 
 
@@ -83,7 +84,7 @@ def client_config(run: Run, options: dict[str, Any]) -> tuple[ClientConfig, Conn
 
 def last_ticket(run: Run) -> tuple[TicketReceived, bytes]:
     """The last session ticket (and NEW_TOKEN) an earlier connection of the run received."""
-    peers = [c.peer for c in run.connections.values() if c.peer.tickets]
+    peers = [c.peer for c in run.connections.values() if c.peer is not None and c.peer.tickets]
     if not peers:
         raise StepFailed("ticket: last, but no earlier connection of this run received a "
                          "session ticket", expected="a NEW_SESSION_TICKET on an earlier "
@@ -107,12 +108,12 @@ async def connect(run: Run, step: Step, address: Address) -> Conn:
     if run.scenario.network is not None:
         relay, address = await _relay(run, name, address, run.scenario.network)
     peer = await ClientPeer.start(connection, address, view=view)
-    conn = run.connections[name] = Conn(name, peer, relay)
+    conn = run.connections[name] = Conn(name, view, address, peer, relay)
     run.note("connect", {"conn": name, "to": f"{address[0]}:{address[1]}",
                          "mode": "pdk" if handshake.server_key else "discovery",
                          "resumption": handshake.ticket is not None})
     if options.get("wait", "ready") == "ready":
-        await settle(run, conn, READY_WAIT)
+        await settle(run, peer, READY_WAIT)
     return conn
 
 
@@ -131,13 +132,13 @@ async def _relay(run: Run, name: str, target: Address,
     return relay, await relay.start()
 
 
-async def settle(run: Run, conn: Conn, seconds: float) -> str | None:
-    """Wait (within the budget) until ``conn`` may send 1-RTT data or has ended; None when
+async def settle(run: Run, peer: ClientPeer, seconds: float) -> str | None:
+    """Wait (within the budget) until ``peer`` may send 1-RTT data or has ended; None when
     it is ready, else why not."""
     allowed, _ = run.budget.wait(seconds, run.now())
     try:
         async with asyncio.timeout(allowed):  # no task in between: the next step acts at once
-            await conn.peer.wait_ready()
+            await peer.wait_ready()
     except (FallbackError, HandshakeError, ConnectionError) as exc:
         return str(exc)
     except TimeoutError:

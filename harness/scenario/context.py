@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.netsim import UdpRelay
 from harness.peer import ClientPeer, View
@@ -18,11 +18,15 @@ from harness.scenario.model import Scenario, Step
 from harness.scenario.verdict import ScenarioError
 from harness.targets import Target
 from velocity import __version__
+from velocity.core.connection import Address
 from velocity.core.entropy import SeededEntropy
 from velocity.core.events import TicketReceived
 from velocity.core.handshake.client import PinnedServerKey
 from velocity.core.trace import Transcript
 from velocity.http.h1 import Response
+
+if TYPE_CHECKING:
+    from harness.scenario.server_role import Served
 
 Document = dict[str, Any]
 Event = dict[str, Any]
@@ -47,16 +51,21 @@ class StepUnsupported(Exception):
 
 @dataclass
 class Conn:
-    """One connection of the run: its peer, and how far ``expect`` steps have read."""
+    """One connection of the run, and how far ``expect`` steps have read its events."""
 
     name: str
-    peer: ClientPeer
+    view: View
+    address: Address  # the other end as the harness sees it (its own server, in role server)
+    peer: ClientPeer | None = None  # the harness's client (role: client scenarios)
     relay: UdpRelay | None = None  # the impairment between the harness and the target
     cursor: int = 0  # the event index the next expect starts from
 
-    @property
-    def view(self) -> View:
-        return self.peer.view
+    def client(self, step: Step) -> ClientPeer:
+        """The harness's client of this connection, for the steps that act through it."""
+        if self.peer is None:
+            raise StepUnsupported(f"{step.kind} acts as the client: role: server scenarios "
+                                  "cannot take it yet")
+        return self.peer
 
 
 @dataclass
@@ -73,6 +82,7 @@ class Run:
     last_request: str | None = None
     learned: dict[str, PinnedServerKey] = field(default_factory=dict)  # by profile name
     tickets: list[tuple[TicketReceived, bytes]] = field(default_factory=list)  # (ticket, token)
+    served: dict[str, Served] = field(default_factory=dict)  # role server: by connection
     harness: Transcript = field(default_factory=Transcript)  # the harness: events
     warnings: list[str] = field(default_factory=list)  # checks relaxed without --strict
 
@@ -127,7 +137,7 @@ class Run:
             events = conn.view.events
             if conn.name == "main":
                 events = sorted([*events, *self.harness.events], key=lambda e: e["time"])
-            host, port = conn.peer.target
+            host, port = conn.address
             document = conn.view.transcript.document(peer=f"{host}:{port}", **header)
             out.append((conn.name, {**document, "events": events}))
         return out
@@ -137,10 +147,13 @@ class Run:
         for task in self.requests.values():
             task.cancel()
         for conn in self.connections.values():
-            with contextlib.suppress(ConnectionError, OSError):
-                await conn.peer.close()
+            if conn.peer is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await conn.peer.close()
             if conn.relay is not None:
                 conn.relay.close()
+        for served in self.served.values():
+            await served.close()
 
 
 def aggregates(view: View | None) -> dict[str, Any]:

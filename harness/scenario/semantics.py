@@ -23,7 +23,7 @@ Where = Callable[[Path], str]
 SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact"})
 CLIENT_CONNECT = frozenset({"key", "server_name", "early_data"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
-                            "kem_key_required", "certificate", "hello_retry"})
+                            "kem_key_required", "certificate", "hello_retry", "client_key"})
 TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
 NETSIM_LATER = ("reorder", "corrupt", "mtu", "rate")
 REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")

@@ -17,7 +17,7 @@ from typing import Any
 
 import h11
 
-from harness.scenario import build
+from harness.scenario import build, server_role
 from harness.scenario.connections import connect as open_connection
 from harness.scenario.connections import settle
 from harness.scenario.context import Conn, Event, Run, StepFailed, StepUnsupported
@@ -51,9 +51,9 @@ def _first(conn: Conn, name: str, start: int = 0) -> Event | None:
 
 
 async def connect(run: Run, step: Step) -> None:
-    if run.scenario.role != "client":
-        raise StepUnsupported("role: server scenarios (the harness as server) are not run by "
-                              "this harness yet")
+    if run.scenario.role == "server":
+        await server_role.connect(run, step)
+        return
     if run.target.address is None:
         raise StepUnsupported(f"{run.target.label} is not a server")
     await open_connection(run, step, run.target.address)
@@ -145,9 +145,10 @@ async def expect_silence(run: Run, step: Step) -> None:
 
 async def request(run: Run, step: Step) -> None:
     conn = run.conn(step)
+    peer = conn.client(step)
     options = step.options or {}
     if not options.get("early", False):
-        problem = await settle(run, conn, 5.0)
+        problem = await settle(run, peer, 5.0)
         if problem is not None:
             raise StepFailed(f"cannot send the request on connection {conn.name}: {problem}",
                              expected="a connection ready for requests", actual=problem,
@@ -155,7 +156,7 @@ async def request(run: Run, step: Step) -> None:
     target = run.target
     authority = target.server_name or (target.address[0] if target.address else "localhost")
     name = options.get("save") or f"request {len(run.requests) + 1}"
-    run.requests[name] = run.loop.create_task(conn.peer.request(
+    run.requests[name] = run.loop.create_task(peer.request(
         options.get("method", "GET"), options.get("path", "/"), authority=authority,
         headers=list(options.get("headers", {}).items()),
         body=build.to_bytes(options.get("body", ""))))
@@ -240,26 +241,26 @@ async def expect_any(run: Run, step: Step) -> None:
 
 async def send(run: Run, step: Step) -> None:
     conn = run.conn(step)
+    peer = conn.client(step)
     options = step.options
     await run.sleep(run.budget.pace(1, run.now()))
     if "datagram" in options:
         rng = random.Random(f"{run.seed}/{run.scenario.name}/{step.where}")
         data = build.mutate(build.datagram(options["datagram"], rng), options.get("mutate", []))
-        conn.peer.send_datagram(data)
+        peer.send_datagram(data)
         run.note("send", {"conn": conn.name, "datagram_length": len(data)})
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
         frames = [build.frame(f) for f in options["frames"]]
-        conn.peer.connection.send_frames(epoch, frames, packet_type=packet_type)
-        conn.peer.flush()
+        peer.connection.send_frames(epoch, frames, packet_type=packet_type)
+        peer.flush()
         run.note("send", {"conn": conn.name, "space": options.get("space", "1rtt"),
                           "frames": [f["type"] for f in options["frames"]]})
     run.check_budget()
 
 
 async def hook(run: Run, step: Step) -> None:
-    conn = run.conn(step)
-    build.install_hooks(conn.peer.connection,
+    build.install_hooks(run.conn(step).client(step).connection,
                         {k: v for k, v in step.options.items() if k != "conn"})
 
 
@@ -317,5 +318,6 @@ STEPS: dict[str, StepRunner] = {
     "connect": connect, "send": send, "hook": hook, "expect": expect,
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
-    "impair": impair,
-    **dict.fromkeys(("replay", "fuzz", "expect_client", "expect_no_contact"), not_yet)}
+    "impair": impair, "expect_client": server_role.expect_client,
+    "expect_no_contact": server_role.expect_no_contact,
+    **dict.fromkeys(("replay", "fuzz"), not_yet)}

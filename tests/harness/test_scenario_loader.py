@@ -75,6 +75,12 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
      "s.yaml:3: $.spec[0]: VEL-CERT-004 is not observable on the wire"),
     (HEAD + "parametrize: {a: [1, 2, 3, 4], b: [1, 2, 3, 4], c: [1, 2, 3, 4], d: [1, 2, 3, 4, "
      "5]}\nsteps:\n  - wait: 0\n", "s.yaml:5: $.parametrize: 320 combinations; at most 256"),
+    (HEAD + "network: {mtu: 1300}\nsteps:\n  - wait: 0\n",
+     "s.yaml:5: $.network.mtu: mtu is not supported by harness/netsim yet"),
+    (HEAD + "steps:\n  - connect: {}\n  - impair: {loss: 0.1}\n",
+     "s.yaml:7: $.steps[1].impair: impair needs a network: header"),
+    (HEAD + "steps:\n  - connect: {client_key: pinned}\n",
+     "s.yaml:6: $.steps[0].connect.client_key: client_key is a connect option of role: server"),
     (HEAD + "steps:\n  - wait: 0\n---\n" + HEAD + "steps:\n  - wait: 0\n",
      "s.yaml:8: $.id: duplicate id 't/x' (first at line 1)"),
 ])
