@@ -9,6 +9,7 @@ which the scenarios obey too: SHOULD-level checks fail, expect_any takes only ``
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,11 +87,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     """A skipped scenario (UNSUPPORTED, INCONCLUSIVE) is reported at its file and line,
     not at the harness's line that skipped it."""
     report = yield
-    if isinstance(item, pytest.Function) or not report.skipped:
-        return report
-    from harness.collect import ScenarioItem  # noqa: PLC0415
-
-    if isinstance(item, ScenarioItem) and isinstance(report.longrepr, tuple):
+    collect = sys.modules.get("harness.collect")  # not loaded: no scenario was collected
+    if (collect is not None and isinstance(item, collect.ScenarioItem) and report.skipped
+            and isinstance(report.longrepr, tuple)):
         report.longrepr = (item.scenario.file, item.scenario.line, report.longrepr[2])
     return report
 

@@ -13,6 +13,7 @@ import datetime as dt
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -29,6 +30,7 @@ import h11
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from harness.schemas import SCHEMAS_DIR
 from velocity.aio.client import FallbackError, connect, split_address
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import VelocityServer, serve
@@ -48,9 +50,9 @@ from velocity.http.app import Application
 from velocity.http.h1 import request
 from velocity.http.static import StaticFiles
 
-CAPABILITIES = ("server", "client", "profile-light", "profile-balanced", "profile-secure",
-                "publish-kem", "resumption", "early-data", "retry", "fallback-origin", "api")
-"""The vocabulary of ``requires`` and ``--target-caps`` (the schema's ``capability``)."""
+CAPABILITIES: tuple[str, ...] = tuple(json.loads(
+    (SCHEMAS_DIR / "scenario.schema.json").read_text())["$defs"]["capability"]["enum"])
+"""The vocabulary of ``requires`` and ``--target-caps``, as the scenario schema has it."""
 CONSERVATIVE = frozenset({"server", "profile-balanced"})
 """What any Velocity/1 server is assumed to do without a capability file."""
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",

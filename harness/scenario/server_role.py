@@ -138,20 +138,12 @@ async def connect(run: Run, step: Step) -> Conn:
     stale = bool(options.get("stale_key"))
     other = (_identity(run, profiles[0], name, "other") if stale or certificate == "other_ca"
              else identity)
+    fallback = options.get("fallback", {})
+    decoy, port = await _decoy(fallback.get("port"))
     directory = Path(tempfile.mkdtemp(prefix="velocity-served-"))
     files = _files(directory, identity, other if certificate == "other_ca" else identity,
                    other if stale else identity)
-    fallback = options.get("fallback", {})
-    decoy, port = await _decoy(fallback.get("port"))
-    kem = kem_backend()
-    config = ServerConfig(
-        kem=kem, static_keys=(identity.static_key(kem),), profiles=profiles,
-        publish_key=options.get("publish_key", True) and not options.get("kem_key_required"),
-        fallback=FallbackPolicy(fallback.get("alpn", "h3").encode(), fallback.get("host", ""),
-                                port, fallback.get("mode", "off")),
-        ticket_sealer=ticket_sealer(run.entropy(f"{name}/tickets").random(32)),
-        replay_filter=ReplayFilter(),
-        alpn=tuple(a.encode() for a in options.get("alpn", ["velocity/1"])))
+    config = _server_config(run, name, options, identity, port)
     public = directory / "public"
     public.mkdir()
     (public / "index.html").write_text("velocity harness server\n")
@@ -177,6 +169,20 @@ async def connect(run: Run, step: Step) -> Conn:
     run.note("serve", {"conn": name, "at": f"{LOOPBACK}:{server.address[1]}",
                        "fallback_port": port, "certificate": certificate})
     return conn
+
+
+def _server_config(run: Run, name: str, options: dict[str, Any], identity: ServerIdentity,
+                   fallback_port: int) -> ServerConfig:
+    kem = kem_backend()
+    fallback = options.get("fallback", {})
+    return ServerConfig(
+        kem=kem, static_keys=(identity.static_key(kem),), profiles=(identity.profile,),
+        publish_key=options.get("publish_key", True) and not options.get("kem_key_required"),
+        fallback=FallbackPolicy(fallback.get("alpn", "h3").encode(), fallback.get("host", ""),
+                                fallback_port, fallback.get("mode", "off")),
+        ticket_sealer=ticket_sealer(run.entropy(f"{name}/tickets").random(32)),
+        replay_filter=ReplayFilter(),
+        alpn=tuple(a.encode() for a in options.get("alpn", ["velocity/1"])))
 
 
 def _configure(hooks: dict[str, Any], mac: str) -> Callable[[Connection], None]:

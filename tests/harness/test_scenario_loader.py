@@ -4,15 +4,21 @@ input, however broken, that raises anything but ScenarioFileError."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.peer.hostile import KEY_SHARES
+from harness.scenario.connections import TRANSPORT_PARAMETERS
 from harness.scenario.loader import ScenarioFileError, load_file
 from harness.scenario.model import Scenario
 from harness.scenario.spec import requirements
+from harness.schemas import SCHEMAS_DIR
+from velocity.core.connection import ConnectionConfig
 
 SPEC = requirements()
 HEAD = "id: t/x\ntitle: t\nspec: [VEL-HS-001]\nrole: client\n"
@@ -158,3 +164,11 @@ def test_a_mangled_file_is_collected_or_refused_never_a_crash(
         load(tmp_path_factory.mktemp("fuzz"), text)
     except ScenarioFileError as refused:
         assert refused.errors and all(line.startswith("s.yaml:") for line in refused.errors)
+
+
+def test_the_schema_names_what_the_harness_builds() -> None:
+    """The schema's closed lists are the ones the code acts on."""
+    schema = json.loads((SCHEMAS_DIR / "scenario.schema.json").read_text())
+    hooks = schema["$defs"]["step"]["properties"]["hook"]["properties"]
+    assert tuple(hooks["key_share"]["enum"]) == KEY_SHARES
+    assert set(TRANSPORT_PARAMETERS) <= {f.name for f in dataclasses.fields(ConnectionConfig)}
