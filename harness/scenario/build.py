@@ -14,7 +14,8 @@ from typing import Any
 
 from harness.peer.hostile import KEY_SHARES, crypto_chunks, key_share, packet_mutator
 from velocity.core.connection import Connection
-from velocity.core.frames import FRAME_CLASSES, Frame
+from velocity.core.errors import UsageError
+from velocity.core.frames import FRAME_CLASSES, Frame, encode_frames
 from velocity.core.handshake.messages import MESSAGE_CLASSES, Message, MessageType
 from velocity.core.hybrid import PROFILES_BY_NAME
 from velocity.core.packet import Epoch, PacketType
@@ -28,6 +29,7 @@ SPACES: dict[str, tuple[Epoch, PacketType | None]] = {
     "0rtt": (Epoch.APPLICATION, PacketType.ZERO_RTT), "1rtt": (Epoch.APPLICATION, None)}
 DATAGRAM_TEMPLATES = ("garbage", "version_negotiation_probe")
 MAX_REPEAT = 1 << 20
+MAX_FRAMES = 1100  # bytes of frames one sent packet carries, whatever the path's MTU
 UNKNOWN_VERSION = 0x1A2A3A4A  # a reserved version (VEL-VN-005's pattern)
 
 
@@ -103,7 +105,30 @@ def frame(spec: dict[str, Any]) -> Frame:
                and f.default is dataclasses.MISSING]
     if missing:
         raise ValueError(f"a {name} frame needs {', '.join(missing)}")
-    return cls(**_convert(cls, values, f"a {name} frame"))
+    built = cls(**_convert(cls, values, f"a {name} frame"))
+    try:
+        encode_frames([built])  # any value may be wrong, but it must be encodable
+    except (UsageError, ValueError, OverflowError) as exc:
+        raise ValueError(f"a {name} frame cannot be encoded: {exc}") from None
+    return built
+
+
+def oversized(built: list[Frame]) -> str | None:
+    """Why the frames of one ``send`` do not fit the one packet they go in, if they do not."""
+    size = len(encode_frames(built))
+    if size <= MAX_FRAMES:
+        return None
+    return (f"the frames of one send take {size} bytes; one packet carries at most "
+            f"{MAX_FRAMES}: split them over several sends")
+
+
+def frames(specs: list[dict[str, Any]]) -> list[Frame]:
+    """The frames of one ``send``; raises ValueError (see ``frame`` and ``oversized``)."""
+    built = [frame(spec) for spec in specs]
+    problem = oversized(built)
+    if problem is not None:
+        raise ValueError(problem)
+    return built
 
 
 def message_hook(edits: dict[str, dict[str, Any]]) -> Callable[[Message], Message | None]:

@@ -150,11 +150,15 @@ class StepChecker:
         if "template" in options:
             self.report((*path, "template"), "packet templates are not built by this harness "
                         "yet: send frames, or a datagram")
+        built = []
         for i, spec in enumerate(options.get("frames", ())):
             try:
-                build.frame(spec)
+                built.append(build.frame(spec))
             except ValueError as exc:
                 self.report((*path, "frames", i), str(exc))
+        problem = build.oversized(built) if built else None
+        if problem is not None:
+            self.report((*path, "frames"), problem)
         if "datagram" in options:
             try:
                 build.mutate(build.datagram(options["datagram"], random.Random(0)),

@@ -251,7 +251,7 @@ async def send(run: Run, step: Step) -> None:
         run.note("send", {"conn": conn.name, "datagram_length": len(data)})
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
-        frames = [build.frame(f) for f in options["frames"]]
+        frames = build.frames(options["frames"])
         peer.connection.send_frames(epoch, frames, packet_type=packet_type)
         peer.flush()
         run.note("send", {"conn": conn.name, "space": options.get("space", "1rtt"),

@@ -71,6 +71,12 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
      "s.yaml:7: $.steps[1].send.frames[0]: no frame type 'strem'"),
     (HEAD + "steps:\n  - connect: {}\n  - send: {frames: [{type: stream, data: x}]}\n",
      "s.yaml:7: $.steps[1].send.frames[0]: a stream frame needs stream_id"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {frames: [{type: max_data, maximum: "
+     "18446744073709551616}]}\n", "s.yaml:7: $.steps[1].send.frames[0]: a max_data frame "
+     "cannot be encoded: 18446744073709551616 does not fit a varint"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {frames: [{type: stream, stream_id: 0, data: "
+     "{repeat: a, count: 2000}}]}\n", "s.yaml:7: $.steps[1].send.frames: the frames of one "
+     "send take 2004 bytes; one packet carries at most 1100"),
     (HEAD + "steps:\n  - connect: {hooks: {message: {CLIENT_HELLO: {set: {alpns: [h3]}}}}}\n",
      "s.yaml:6: $.steps[0].connect.hooks: CLIENT_HELLO has no field alpns"),
     (HEAD + "steps:\n  - connect: {}\n  - send: {datagram: {hex: '00'}, mutate: [{xor: "
