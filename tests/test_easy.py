@@ -22,15 +22,18 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs, server_identity
+from harness.peer import ServerPeer
 from velocity.aio.client import FallbackError, HandshakeError, connect
 from velocity.aio.server import serve
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import ErrorCode
 from velocity.core.handshake.client import PinnedServerKey
+from velocity.core.handshake.messages import Finished
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED
-from velocity.easy import AsyncEasyClient, EasyClient, EasyClientConfig
+from velocity.crypto.sealing import ticket_sealer
+from velocity.easy import AsyncEasyClient, EasyClient, EasyClientConfig, KeyChanged
 from velocity.http.app import Application
 from velocity.http.h1 import request
 from velocity.http.h3 import ensure_tls_certificate, serve_h3
@@ -347,3 +350,96 @@ async def test_a_cached_key_serves_only_its_name_and_trust(site: Path, ca_file: 
             with pytest.raises(HandshakeError) as failed:
                 await client.fetch("/index.html")
         assert failed.value.error_code == ErrorCode.CERTIFICATE_INVALID
+
+
+@pytest.mark.spec("VEL-FB-009", "VEL-AUTH-011")
+async def test_stale_kem_key_never_rediscovers_under_another_trust(site: Path, ca_file: Path,
+                                                                   tmp_path: Path) -> None:
+    """A user-given key, or a key cached under a CA, is not replaced by a rediscovery that a
+    weaker trust would judge: the fetch fails in one line naming what to do (before, any
+    client rediscovered under its own trust and cached what it found)."""
+    stale = server_identity(BALANCED, seed=78)
+    async with velocity_server(site) as target:
+        host, port = target.rsplit(":", 1)
+        pinned = replace(EasyClientConfig(target, hostname="localhost", insecure=True,
+                                          key_cache_dir=tmp_path / "given"),
+                         pinned_key=PinnedServerKey(BALANCED, stale.encapsulation_key))
+        async with AsyncEasyClient(pinned) as client:
+            with pytest.raises(KeyChanged, match="does not know the key it was given"):
+                await client.fetch("/index.html")
+        cache = KeyCache(tmp_path / "cache")
+        cache.put(host, int(port), CachedKey(
+            "balanced", stale.key_id.hex(), base64.b64encode(stale.encapsulation_key).decode(),
+            "00" * 32, "localhost", "ca:0123456789abcdef"))
+        tofu = EasyClientConfig(target, hostname="localhost", key_cache_dir=tmp_path / "cache")
+        async with AsyncEasyClient(tofu) as client:
+            with pytest.raises(KeyChanged, match="velocity keys forget"):
+                await client.fetch("/index.html")
+        assert cache.get(host, int(port)) is not None and cache.get(
+            host, int(port)).trust == "ca:0123456789abcdef"  # type: ignore[union-attr]
+        other_ca = replace(tofu, ca_file=ca_file)  # not the stored CA: the key is not used
+        async with AsyncEasyClient(other_ca) as client:
+            got = await client.fetch("/index.html")
+        assert got.handshake is not None and got.handshake.mode.value == "discovery"
+
+
+@pytest.mark.spec("VEL-CERT-003", "VEL-HS-101")
+async def test_a_first_use_pin_is_written_only_after_the_servers_finished(
+        site: Path, tmp_path: Path) -> None:
+    """A server whose FINISHED does not verify (one that relays a real certificate without
+    holding its key) leaves no pin and no cached key behind; the honest server then gets
+    both."""
+    def bad_finished(message: Any) -> Any:
+        if isinstance(message, Finished):
+            return replace(message, verify_data=bytes(len(message.verify_data)))
+        return message
+    peer = ServerPeer.listen(EndpointConfig(ConnectionConfig(SERVER_HS)), application(site))
+    peer.configure = lambda c: setattr(c.handshake, "message_hook", bad_finished)
+    target = f"127.0.0.1:{peer.address[1]}"
+    config = EasyClientConfig(target, hostname="localhost", key_cache_dir=tmp_path / "c")
+    pins = tmp_path / "c" / "pins"
+    try:
+        async with AsyncEasyClient(config) as client:
+            with pytest.raises(ConnectionError, match="0x107"):  # BAD_FINISHED
+                await client.fetch("/index.html")
+        assert not pins.exists() or not any(pins.glob("*"))
+        assert KeyCache(tmp_path / "c").get("127.0.0.1", peer.address[1]) is None
+        peer.configure = None
+        async with AsyncEasyClient(config) as client:
+            got = await client.fetch("/index.html")
+        assert got.status == 200 and any(pins.glob("*"))
+        assert KeyCache(tmp_path / "c").get("127.0.0.1", peer.address[1]) is not None
+    finally:
+        await peer.close()
+
+
+@pytest.mark.spec("VEL-FB-009", "VEL-FB-010")
+async def test_a_refused_resumption_is_retried_in_pdk_mode(site: Path, ca_file: Path,
+                                                          tmp_path: Path) -> None:
+    """The server restarted with a new ticket key and went fallback-only: it cannot open the
+    client's ticket, so its directive to the resuming client is unauthenticated. The client
+    refuses that one, retries once in PDK mode with its cached key, and gets (and follows)
+    a MACed directive."""
+    cert, key = ensure_tls_certificate(tmp_path / "certs", ("127.0.0.1",))
+    origin = await serve_h3("127.0.0.1", 0, application(site).route, certificate=cert,
+                            key=key)
+    config = EndpointConfig(ConnectionConfig(SERVER_HS))
+    running = await serve("127.0.0.1", 0, config, application(site))
+    target = f"127.0.0.1:{running.address[1]}"
+    client_config = EasyClientConfig(target, hostname="localhost", ca_file=ca_file,
+                                     key_cache_dir=tmp_path / "cache", keep_tickets=True,
+                                     insecure=False)
+    try:
+        async with AsyncEasyClient(client_config) as client:
+            assert (await client.fetch("/index.html")).status == 200
+        restarted = replace(SERVER_HS, ticket_sealer=ticket_sealer(bytes([7]) * 32),
+                            fallback=FallbackPolicy(port=origin.address[1],
+                                                    mode="fallback-only"))
+        running.endpoint.config = replace(config, connection=ConnectionConfig(restarted))
+        async with AsyncEasyClient(replace(client_config, insecure=True, ca_file=None)
+                                   ) as client:
+            got = await client.fetch("/index.html")
+        assert got.via == "h3" and got.fallback is not None and got.fallback.authenticated
+    finally:
+        await running.close()
+        origin.close()

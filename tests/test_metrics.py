@@ -51,3 +51,21 @@ def test_a_close_from_the_peer_is_labelled_by_name_or_other() -> None:
         for event in server_ends:
             metrics.observe(server, event, 0.0, 1.0)
     assert close_series(metrics) == {"FLOW_CONTROL_ERROR": 1.0, "other": 1.0}
+
+
+@pytest.mark.spec("VEL-ERR-007")
+def test_an_application_close_is_labelled_application() -> None:
+    """H1_NO_ERROR (0x0100) shares its number with HANDSHAKE_FAILURE: an application close is
+    counted as "application", not under a transport name."""
+    metrics = ServerMetrics()
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    server = pair.server
+    assert server is not None
+    for event in (ConnectionTerminated(0x0100, 0, "done", True, application=True),
+                  ConnectionTerminated(0x0100, 0, "done", True)):
+        metrics.observe(server, event, 0.0, 1.0)
+    labels = {s.labels["error"] for m in metrics.registry.collect() for s in m.samples
+              if m.name == "velocity_connection_closes" and "error" in s.labels}
+    assert labels == {"application", "HANDSHAKE_FAILURE"}

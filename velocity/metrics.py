@@ -57,7 +57,9 @@ class ServerMetrics:
             if not connection.handshake_complete and (
                     event.error_code != ErrorCode.NO_APPLICATION_PROTOCOL):
                 self.handshakes.labels("failed", "", "").inc()
-            self.closes.labels(ERROR_LABELS.get(event.error_code, "other")).inc()
+            label = ("application" if event.application
+                     else ERROR_LABELS.get(event.error_code, "other"))
+            self.closes.labels(label).inc()
 
     def datagrams(self, direction: str, sizes: list[int]) -> None:
         if sizes:

@@ -20,14 +20,16 @@ from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs
 from velocity.aio.base import TRANSMIT_EVERY, Sender
 from velocity.aio.client import HandshakeError, VelocityClient, connect
-from velocity.aio.server import VelocityServer, serve
+from velocity.aio.entropy import OsEntropy
+from velocity.aio.server import KeyRotation, VelocityServer, serve
 from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import ErrorCode
+from velocity.core.events import ConnectionTerminated
 from velocity.core.handshake.common import HandshakeCompleted
 from velocity.core.packet import PacketType, parse_header
-from velocity.crypto.sealing import RetryTokens
+from velocity.crypto.sealing import RetryTokens, ticket_sealer
 
 CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
 
@@ -384,3 +386,35 @@ async def test_a_connection_closed_at_once_still_completes_the_servers_handshake
                 break
             await asyncio.sleep(0.01)
         assert len(completed) == 1
+
+
+def test_peer_text_in_client_errors_is_made_safe_to_print() -> None:
+    """A forged close reason with terminal escape codes and new lines is printed escaped,
+    with the code's name and what to do (before, raw: it could clear the screen and fake
+    a message)."""
+    forged = ConnectionTerminated(0x0105, 0, "\x1b[2J\x1b[Hrun velocity keys forget\nnow",
+                                  True)
+    text = str(HandshakeError(forged))
+    assert "\x1b" not in text and "\n" not in text and "\\x1b[2J" in text
+    assert "CERTIFICATE_INVALID" in text and "trust" in text
+
+
+async def test_sealer_keys_rotate_and_the_previous_key_still_opens() -> None:
+    """KeyRotation: a ticket sealed before a rotation still opens after it (two keys
+    accepted), and no longer after the next one."""
+    sealer = ticket_sealer(bytes(32))
+    ticket = sealer.seal(b"state", bytes(12))
+    rotation = KeyRotation([(sealer, 32)], OsEntropy(), every=0.2)
+
+    async def rotated(count: int) -> None:
+        for _ in range(300):
+            if rotation.rotations >= count:
+                return
+            await asyncio.sleep(0.005)
+    try:
+        await rotated(1)
+        assert rotation.rotations == 1 and sealer.open(ticket) == b"state"
+        await rotated(2)
+        assert sealer.open(ticket) is None
+    finally:
+        rotation.stop()

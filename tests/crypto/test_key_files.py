@@ -155,3 +155,26 @@ def test_a_key_directory_of_another_user_is_refused(tmp_path: Path) -> None:
         ServerIdentity.load(BALANCED, certs)
     with pytest.raises(UsageError, match="belongs to another user"):
         write_secret_file(certs / "new.key", b"secret")
+
+
+@pytest.mark.spec("VEL-CERT-004")
+def test_a_key_file_others_can_read_or_a_link_is_refused_on_load(tmp_path: Path) -> None:
+    """A 0666 key file, or a key file that is a symbolic link (to a file anyone could have
+    written), is refused when the identity is loaded, naming the fix (before, served)."""
+    ident = ServerIdentity.create(BALANCED, entropy=SeededEntropy("load"), names=("x",),
+                                  now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    keys = tmp_path / "keys"
+    ident.save(keys)
+    assert ServerIdentity.load(BALANCED, keys).kem_seed == ident.kem_seed
+    key = keys / "balanced-kem.key"
+    os.chmod(key, 0o666)
+    with pytest.raises(UsageError, match="chmod 600"):
+        ServerIdentity.load(BALANCED, keys)
+    os.chmod(key, 0o600)
+    elsewhere = tmp_path / "planted.key"
+    elsewhere.write_bytes(key.read_bytes())
+    os.chmod(elsewhere, 0o600)
+    key.unlink()
+    key.symlink_to(elsewhere)
+    with pytest.raises(UsageError, match="symbolic link"):
+        ServerIdentity.load(BALANCED, keys)

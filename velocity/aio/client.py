@@ -14,7 +14,7 @@ from velocity.aio.entropy import OsEntropy
 from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection, ConnectionConfig, StreamsExhausted
 from velocity.core.entropy import Entropy
-from velocity.core.errors import UsageError
+from velocity.core.errors import ErrorCode, UsageError
 from velocity.core.events import (
     ApplicationKeysInstalled,
     ConnectionTerminated,
@@ -27,21 +27,48 @@ from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted,
 from velocity.core.trace import Tracer
 
 
+def shown(text: str, limit: int = 200) -> str:
+    """Peer-chosen text made safe to print: control characters (escape sequences, new
+    lines) as \\xNN, at most ``limit`` characters; the peer is not authenticated yet."""
+    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return safe + ("..." if len(text) > limit else "")
+
+
+ADVICE = {
+    ErrorCode.CONNECTION_REFUSED: "the server takes no new connection now; try again later",
+    ErrorCode.STALE_KEM_KEY: "the server does not know the key this client sent",
+    ErrorCode.KEM_KEY_REQUIRED: "the server wants its key supplied (--kem-file or --kem-b64)",
+    ErrorCode.CERTIFICATE_INVALID: "the server's certificate failed this client's trust",
+    ErrorCode.BAD_FINISHED: "the server could not prove it holds its key (possible attack)",
+    ErrorCode.DOWNGRADE_DETECTED: "a directive this client cannot authenticate (possible "
+                                  "attack); not followed",
+}
+"""What to tell the user beside the code, for the errors a user can act on."""
+
+
 class FallbackError(ConnectionError):
     """The server sent a FALLBACK directive instead of speaking Velocity/1."""
 
     def __init__(self, directive: FallbackDirected) -> None:
-        where = f"{directive.host or 'the same host'}:{directive.port}"
-        super().__init__(f"server directs to {directive.alpn} at {where} "
-                         f"({directive.reason_text})")
+        where = f"{shown(directive.host) or 'the same host'}:{directive.port}"
+        super().__init__(f"server directs to {shown(directive.alpn)} at {where} "
+                         f"({shown(directive.reason_text)})")
         self.directive = directive
 
 
 class HandshakeError(ConnectionError):
     def __init__(self, terminated: ConnectionTerminated) -> None:
-        super().__init__(f"handshake failed (0x{terminated.error_code:x}): {terminated.reason}")
+        code = terminated.error_code
+        known = None if terminated.application else next(
+            (e for e in ErrorCode if e.value == code), None)
+        name = "application" if terminated.application else (
+            known.name if known is not None else "unknown")
+        advice = ADVICE.get(known) if known is not None else None
+        reason = shown(terminated.reason) if terminated.by_peer else terminated.reason
+        super().__init__(f"handshake failed ({name}, 0x{code:x}): {reason}"
+                         + (f" ({advice})" if advice else ""))
         self.terminated = terminated
-        self.error_code = terminated.error_code
+        self.error_code = code
         self.reason = terminated.reason
 
 

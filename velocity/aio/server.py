@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 from velocity import __version__
 from velocity.aio.base import DatagramDriver, StreamRouter, udp_socket
@@ -183,6 +184,37 @@ class VelocityServer(DatagramDriver):
                 self.transcripts.write(connection, self.address, self._loop.time())
             self.endpoint.finished.clear()
         self._stop()
+
+
+KEY_ROTATION = 12 * 3600.0  # seconds between ticket and Retry-token key rotations
+
+
+class Rotating(Protocol):
+    """A sealer with rotating keys (velocity.crypto.sealing)."""
+
+    def rotate(self, key: bytes) -> None: ...
+
+
+class KeyRotation:
+    """Gives each (sealer, key length) a fresh key every ``every`` seconds on the running
+    loop; the previous key keeps opening what it sealed until the next rotation
+    (VEL-RES-002, VEL-RTY-005)."""
+
+    def __init__(self, keys: list[tuple[Rotating, int]], entropy: Entropy, *,
+                 every: float = KEY_ROTATION) -> None:
+        self._keys, self._entropy, self._every = keys, entropy, every
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(every, self._rotate)
+        self.rotations = 0
+
+    def _rotate(self) -> None:
+        for sealer, length in self._keys:
+            sealer.rotate(self._entropy.random(length))
+        self.rotations += 1
+        self._handle = self._loop.call_later(self._every, self._rotate)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 async def serve(host: str, port: int, config: EndpointConfig, handler: StreamHandler, *,

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from velocity.aio.entropy import OsEntropy
+from velocity.aio.server import KeyRotation, Rotating
 from velocity.aio.server import serve as serve_udp
 from velocity.cli.common import (
     configure_logs,
@@ -36,7 +37,7 @@ from velocity.crypto.identity import (
     static_key_from_files,
 )
 from velocity.crypto.kem import BACKENDS, kem_backend
-from velocity.crypto.sealing import RetryTokens, ticket_sealer
+from velocity.crypto.sealing import RetryTokens, RotatingSealer, ticket_sealer
 from velocity.http.app import Application
 from velocity.http.h1 import DEFAULT_TIMEOUTS, Timeouts
 from velocity.http.h3 import ensure_tls_certificate, serve_h3
@@ -87,10 +88,14 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
     config = EndpointConfig(ConnectionConfig(handshake, handshake_timeout=handshake_timeout),
                             retry=retry, max_sessions=max_sessions,
                             max_half_open_per_address=max_half_open)
+    tokens = RetryTokens(entropy.random(16))
     with listening("--listen", listen):
-        server = await serve_udp(host, port, config, app,
-                                 tokens=RetryTokens(entropy.random(16)), metrics=metrics,
+        server = await serve_udp(host, port, config, app, tokens=tokens, metrics=metrics,
                                  transcripts=transcripts)
+    sealers: list[tuple[Rotating, int]] = [(tokens, 16)]
+    if isinstance(handshake.ticket_sealer, RotatingSealer):
+        sealers.append((handshake.ticket_sealer, 32))
+    rotation = KeyRotation(sealers, entropy)
     bound_host, bound_port = server.address
     click.echo(f"serving {root} on udp://{bound_host}:{bound_port} "
                f"(profile {static_key.profile.name}, key id {static_key.key_id.hex()}, "
@@ -100,6 +105,7 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    rotation.stop()
     await server.close()
     if origin is not None:
         origin.close()

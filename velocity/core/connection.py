@@ -225,9 +225,10 @@ class Connection:
             max_ack_delay=int(config.max_ack_delay * 1000),
             initial_source_connection_id=self.host_cid,
             grease=self._entropy.random(2))
-        if not self.is_client:
+        if not self.is_client:  # a server follows no migration (VEL-CONN-012)
             params = params.with_changes(original_destination_connection_id=self.original_dcid,
-                                         retry_source_connection_id=self.retry_scid)
+                                         retry_source_connection_id=self.retry_scid,
+                                         disable_active_migration=True)
         return params
 
     def _install_initial_keys(self, dcid: bytes) -> None:
@@ -309,7 +310,8 @@ class Connection:
             "owner": "local", "error_code": error_code, "frame_type": frame_type,
             "reason": reason, "application": application})
         self.state = State.CLOSING
-        self._events.append(ConnectionTerminated(error_code, frame_type, reason, False))
+        self._events.append(ConnectionTerminated(error_code, frame_type, reason, False,
+                                                 application))
 
     def next_event(self) -> Event | None:
         if not self._events:

@@ -59,12 +59,15 @@ class ApplicationKeysInstalled:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionTerminated:
-    """The connection is over: ``by_peer`` when the peer closed it, ``reason`` says why."""
+    """The connection is over: ``by_peer`` when the peer closed it, ``reason`` says why;
+    ``application`` when the code is the application's (0x1d, or a local application close),
+    not a transport code of the registry."""
 
     error_code: int
     frame_type: int
     reason: str
     by_peer: bool
+    application: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -482,7 +482,8 @@ def _on_connection_close(conn: Connection, frame: ConnectionClose | ApplicationC
         "reason": frame.reason.decode(errors="replace"),
         "application": isinstance(frame, ApplicationClose)})
     conn._events.append(ConnectionTerminated(
-        frame.error_code, frame_type, frame.reason.decode(errors="replace"), True))
+        frame.error_code, frame_type, frame.reason.decode(errors="replace"), True,
+        isinstance(frame, ApplicationClose)))
     conn.state = State.DRAINING
     conn._close_deadline = now + 3 * conn.recovery.pto_duration(Epoch.APPLICATION)
 

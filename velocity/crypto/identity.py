@@ -30,6 +30,7 @@ from velocity.crypto.pki import (
     load_ca_key_pem,
     load_kem_private_key_pem,
     load_problem,
+    read_secret_file,
     refuse_shared_directory,
     write_public_file,
     write_secret_file,
@@ -96,8 +97,9 @@ class ServerIdentity:
         name = profile.name
         refuse_shared_directory(directory)
         try:
-            ca_key = load_ca_key_pem((directory / f"{name}-ca.key").read_bytes())
-            params, seed = load_kem_private_key_pem((directory / f"{name}-kem.key").read_bytes())
+            ca_key = load_ca_key_pem(read_secret_file(directory / f"{name}-ca.key"))
+            params, seed = load_kem_private_key_pem(read_secret_file(
+                directory / f"{name}-kem.key"))
             ca_cert = x509.load_pem_x509_certificate((directory / f"{name}-ca.pem").read_bytes())
             leaf = x509.load_pem_x509_certificate((directory / f"{name}-leaf.pem").read_bytes())
         except (OSError, ValueError) as exc:
@@ -113,7 +115,7 @@ def static_key_from_files(certificate: Path, key: Path, kem: KemBackend) -> Stat
     """A static key from a leaf certificate (PEM) and its ML-KEM key file (PEM)."""
     try:
         leaf = x509.load_pem_x509_certificate(certificate.read_bytes())
-        params, seed = load_kem_private_key_pem(key.read_bytes())
+        params, seed = load_kem_private_key_pem(read_secret_file(key))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load {certificate} / {key}: {load_problem(exc)}; --cert "
                          "takes the leaf certificate, --key its ML-KEM key file") from None

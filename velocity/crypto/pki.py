@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import hashlib
 import ipaddress
 import os
@@ -90,6 +91,29 @@ def refuse_shared_directory(directory: Path) -> None:
     if status.st_mode & 0o022:
         raise UsageError(f"{directory} is writable by other users; make it private with "
                          f"'chmod 700 {shlex.quote(str(directory))}'")
+
+
+def read_secret_file(path: Path) -> bytes:
+    """A secret's bytes, refused (UsageError) if the path is a symbolic link, not a regular
+    file, not this user's (or root's), or readable or writable by other users
+    (VEL-CERT-004): a key others could read or swap is not a secret."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path} is a symbolic link; a key file must be the file "
+                             "itself") from None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(file.fileno())
+        quoted = shlex.quote(str(path))
+        if not stat.S_ISREG(status.st_mode) or status.st_uid not in (os.geteuid(), 0):
+            raise UsageError(f"{path} is not a regular file of this user; a key file is")
+        if status.st_mode & 0o077:
+            raise UsageError(f"{path} is open to other users (mode "
+                             f"{stat.S_IMODE(status.st_mode):04o}); make it private with "
+                             f"'chmod 600 {quoted}'")
+        return file.read()
 
 
 def make_private_directory(directory: Path) -> None:

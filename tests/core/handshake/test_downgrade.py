@@ -155,3 +155,19 @@ def test_a_forged_hello_retry_that_drops_the_ticket_does_not_open_the_door() -> 
     with pytest.raises(ProtocolError) as refused:
         client.receive(Epoch.INITIAL, encode_message(FORGED), now_ms=3_002)
     assert refused.value.code == ErrorCode.DOWNGRADE_DETECTED
+
+
+@pytest.mark.spec("VEL-AUTH-013")
+def test_a_server_key_ciphertext_of_the_wrong_length_is_illegal() -> None:
+    def shorten(message: ClientHello) -> ClientHello:
+        """The PDK ciphertext one byte short, its length field saying so."""
+        def short(value: bytes) -> bytes:
+            key_id_len = value[0]
+            key_id, ciphertext = value[1 : 1 + key_id_len], value[3 + key_id_len : -1]
+            return (bytes([key_id_len]) + key_id
+                    + bytes([0x40 | len(ciphertext) >> 8, len(ciphertext) & 0xFF]) + ciphertext)
+        return replace(message, extensions=tuple(
+            (t, short(v) if t == ExtensionType.SERVER_KEY else v) for t, v in message.extensions))
+    client, server = make_pair(PairSpec(mode="pdk", seed="ct-length"))
+    run = run_handshake(client, server, tamper=rewrite(MessageType.CLIENT_HELLO, shorten))
+    closed_with(run, ErrorCode.ILLEGAL_PARAMETER, "server")

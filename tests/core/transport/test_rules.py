@@ -286,3 +286,12 @@ def test_reordering_widens_the_loss_thresholds() -> None:
     assert pair.received("server", stream) == (payload, True)
     recovery = pair.client.recovery
     assert recovery.packet_threshold > 3 and recovery.time_threshold > 9 / 8
+
+
+@pytest.mark.spec("VEL-CONN-012")
+def test_the_server_says_it_follows_no_migration() -> None:
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    assert pair.client.peer_params is not None
+    assert pair.client.peer_params.disable_active_migration

@@ -95,7 +95,9 @@ class ServerConfig:
     fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
     ticket_sealer: TicketSealer | None = None
     replay_filter: ReplayFilter | None = None
-    ticket_lifetime: int = 86400
+    # seconds; at most the ticket-key rotation interval times (keys kept - 1), so a ticket
+    # never outlives the key that opens it (VEL-RES-002)
+    ticket_lifetime: int = 43200
     max_early_data: int = 65536
     grease: bool = True
     alpn: tuple[bytes, ...] = (ALPN_VELOCITY,)  # served over Velocity/1, preference order
