@@ -166,7 +166,7 @@ class InProcessServer:
         future = asyncio.run_coroutine_threadsafe(self._serve(identities, public), self._loop)
         try:
             self._server = future.result(START_TIMEOUT)
-        except OSError as exc:
+        except (OSError, TimeoutError) as exc:
             raise TargetError(f"cannot start the in-process target: {exc}") from None
         return Target("in-process", f"in-process reference server {_shown(self._server.address)}",
                       IN_PROCESS, address=self._server.address, server_name="localhost",
