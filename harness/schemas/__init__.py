@@ -15,7 +15,8 @@ MESSAGE_CHARS = 160  # jsonschema quotes the offending value whole; a line stays
 
 
 @functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator:
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    """The validator of ``<name>.schema.json``, for callers that place each error themselves."""
     schema = json.loads((SCHEMAS_DIR / f"{name}.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
@@ -34,5 +35,5 @@ def _position(error: jsonschema.ValidationError) -> list[tuple[int, str]]:
 def schema_errors(name: str, document: Any) -> list[str]:
     """Every way ``document`` breaks ``<name>.schema.json``, as ``$.json.path: message``
     (one line each, in document order)."""
-    errors = sorted(_validator(name).iter_errors(document), key=_position)
+    errors = sorted(validator(name).iter_errors(document), key=_position)
     return [f"{e.json_path}: {_one_line(e.message)}" for e in errors]

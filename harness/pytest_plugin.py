@@ -1,0 +1,100 @@
+"""The pytest plugin (entry point ``velocity`` in the ``pytest11`` group): the ``velocity``
+options, the markers scenario tags become, and collection of ``*.yaml`` files under a
+``scenarios`` directory. Hooks only: the work lives in ``harness.collect`` (items),
+``harness.scenario`` (models, engine, verdicts) and ``harness.targets``, imported inside
+the hooks so a run that collects no scenario pays nothing for them. ``-p no:velocity``
+turns it all off. ``--strict`` is pytest's own strict mode (the ``strict`` ini option),
+which the scenarios obey too: SHOULD-level checks fail, expect_any takes only ``preferred``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from harness.collect import ScenarioFile
+    from harness.scenario.run import Conformance
+
+SCENARIO_DIRECTORY = "scenarios"
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "scenario.schema.json"
+ROLE_MARKERS = {"role_client": "the harness plays the client (tests a server target)",
+                "role_server": "the harness plays the server (tests a client target)"}
+CONFORMANCE: pytest.StashKey[Conformance] = pytest.StashKey()
+"""The session's conformance run (harness.scenario.run), made on first need."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("velocity", "Velocity/1 conformance scenarios (scenarios/**/*.yaml)")
+    group.addoption("--target", metavar="HOST:PORT",
+                    help="run against a remote server (default: an in-process reference "
+                         "server per worker)")
+    group.addoption("--target-cmd", metavar="CMD",
+                    help="start the target with CMD ({port}, {host} filled in): a server, or "
+                         "a client when --target-caps claims 'client'")
+    group.addoption("--target-caps", metavar="FILE", type=Path,
+                    help="YAML/JSON list of what the target supports (default: what every "
+                         "Velocity/1 server must do)")
+    group.addoption("--target-concurrency", metavar="N", type=int, default=4,
+                    help="scenario runs at once against one --target, across xdist workers "
+                         "(default 4)")
+    group.addoption("--sni", metavar="NAME", help="server name to send and check")
+    group.addoption("--ca", metavar="FILE", type=Path, help="CA file the target chains to")
+    group.addoption("--kem-b64", metavar="KEY", help="the target's ML-KEM key, base64 (PDK)")
+    group.addoption("--kem-file", metavar="FILE", type=Path,
+                    help="the target's leaf certificate or base64 key file (PDK)")
+    group.addoption("--seed", default="0",
+                    help="seed of scenarios that give none (entropy, impairment, fuzzing)")
+    group.addoption("--transcripts", metavar="DIR", type=Path,
+                    help="write every run's transcript here (default: failures only, to a "
+                         "temporary directory)")
+    group.addoption("--baseline", metavar="DIR", type=Path,
+                    help="fail a scenario whose transcript drifted from the one stored in DIR")
+    group.addoption("--save-baseline", metavar="DIR", type=Path,
+                    help="store every run's transcript in DIR as the baseline")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    tags = json.loads(SCHEMA.read_text())["$defs"]["tag"]["enum"]
+    for tag in tags:
+        config.addinivalue_line("markers", f"{tag}: scenarios tagged {tag}")
+    for name, text in ROLE_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    config.addinivalue_line("markers", "spec(*ids): the Velocity/1 requirement IDs covered")
+    if any(config.getoption(name) is not None for name in (
+            "target", "target_cmd", "target_caps", "ca", "kem_b64", "kem_file", "baseline",
+            "save_baseline")):
+        from harness.collect import conformance  # noqa: PLC0415  (only when asked)
+
+        conformance(config)  # a bad option is a usage error now, not in every scenario
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | None:
+    if file_path.suffix != ".yaml" or SCENARIO_DIRECTORY not in file_path.parent.parts:
+        return None
+    from harness.collect import ScenarioFile  # noqa: PLC0415  (yaml, jsonschema, velocity)
+
+    return ScenarioFile.from_parent(parent, path=file_path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skipped scenario (UNSUPPORTED, INCONCLUSIVE) is reported at its file and line,
+    not at the harness's line that skipped it."""
+    report = yield
+    collect = sys.modules.get("harness.collect")  # not loaded: no scenario was collected
+    if (collect is not None and isinstance(item, collect.ScenarioItem) and report.skipped
+            and isinstance(report.longrepr, tuple)):
+        report.longrepr = (item.scenario.file, item.scenario.line, report.longrepr[2])
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    conformance = session.config.stash.get(CONFORMANCE, None)
+    if conformance is not None:
+        conformance.close()

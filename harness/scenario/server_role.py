@@ -1,0 +1,281 @@
+"""Role: server scenarios, where the harness is the server and the target a client. Each
+``connect`` starts the scripted peer as a server (harness.peer.ServerPeer) on 127.0.0.1:0
+with an identity generated for the run and the options' policy (profiles, key
+publication, FALLBACK and its MAC, a stale key or a certificate the client must refuse),
+then the target client against it: the reference AsyncEasyClient as a task of the run's
+loop (the in-process target), or ``--target-cmd`` with ``{port}``, ``{host}``, ``{ca}``,
+``{kem_b64}``, ``{kem_file}`` and ``{cache}`` filled in. The fallback port of the
+directive is a decoy listener that must hear nothing (``expect_no_contact``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from harness.peer import ServerPeer
+from harness.scenario.build import install_hooks
+from harness.scenario.context import Conn, Run, StepFailed, StepUnsupported
+from harness.scenario.model import Step
+from harness.targets import LOOPBACK, command_argv
+from velocity.core.connection import Connection, ConnectionConfig
+from velocity.core.endpoint import EndpointConfig
+from velocity.core.handshake.client import PinnedServerKey
+from velocity.core.handshake.common import ReplayFilter
+from velocity.core.handshake.messages import Fallback, Message
+from velocity.core.handshake.server import FallbackPolicy, ServerConfig
+from velocity.core.hybrid import PROFILES_BY_NAME, Profile
+from velocity.crypto.identity import ServerIdentity
+from velocity.crypto.kem import kem_backend
+from velocity.crypto.sealing import ticket_sealer
+from velocity.easy import AsyncEasyClient, EasyClientConfig
+from velocity.http.app import Application
+from velocity.http.static import StaticFiles
+
+CONNECT_WAIT = 5.0  # seconds connect waits for the client's first connection (timeout)
+CLIENT_RUN = 10.0  # seconds a client run may take
+ClientResult = tuple[int, str, str]  # exit code, stdout, stderr
+
+
+class Decoy(asyncio.DatagramProtocol):
+    """A UDP listener on the directive's fallback port: counts what reaches it."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.received += 1
+
+
+@dataclass
+class Served:
+    """One connect step's server, the client run against it, and the fallback decoy."""
+
+    server: ServerPeer
+    client: asyncio.Task[ClientResult]
+    decoy: Decoy
+    fallback_port: int
+    directory: Path
+
+    async def close(self) -> None:
+        self.client.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.client
+        await self.server.close(grace=0.2)
+        if self.decoy.transport is not None:
+            self.decoy.transport.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _identity(run: Run, profile: Profile, name: str, certificate: str) -> ServerIdentity:
+    now = dt.datetime.now(dt.UTC)
+    if certificate == "expired":
+        now -= dt.timedelta(days=30)
+    names = ("wrong-name.invalid",) if certificate == "wrong_name" else ("localhost", LOOPBACK)
+    return ServerIdentity.create(profile, entropy=run.entropy(f"{name}/{certificate}"),
+                                 names=names, now=now, leaf_days=1 if certificate == "expired"
+                                 else 90)
+
+
+def _files(directory: Path, identity: ServerIdentity, trusted: ServerIdentity,
+           known: ServerIdentity) -> dict[str, str]:
+    """The placeholders a client command takes: the CA it trusts, the key it knows."""
+    ca, leaf, cache = directory / "ca.pem", directory / "leaf.pem", directory / "cache"
+    ca.write_bytes(trusted.ca_certificate.public_bytes(Encoding.PEM))
+    leaf.write_bytes(known.leaf.public_bytes(Encoding.PEM))
+    cache.mkdir(mode=0o700)
+    return {"ca": str(ca), "kem_file": str(leaf), "cache": str(cache),
+            "kem_b64": base64.b64encode(known.encapsulation_key).decode(),
+            "host": LOOPBACK}
+
+
+def _fallback_hook(mac: str) -> Callable[[Message], Message | None]:
+    """The server's FALLBACK with its MAC as sent (valid), removed or corrupted."""
+    def hook(message: Message) -> Message | None:
+        if not isinstance(message, Fallback) or mac == "valid":
+            return message
+        forged = b"" if mac == "none" else bytes(b ^ 0x5A for b in message.mac) or b"\x00"
+        return dataclasses.replace(message, mac=forged)
+    return hook
+
+
+async def _decoy(port: int | None) -> tuple[Decoy, int]:
+    decoy = Decoy()
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.create_datagram_endpoint(lambda: decoy, local_addr=(LOOPBACK, port or 0),
+                                            family=socket.AF_INET)
+    except OSError as exc:
+        raise StepUnsupported(f"cannot listen on the fallback port {port}: {exc}") from None
+    transport = cast(asyncio.DatagramTransport, decoy.transport)
+    return decoy, int(transport.get_extra_info("sockname")[1])
+
+
+async def connect(run: Run, step: Step) -> Conn:
+    options: dict[str, Any] = step.options or {}
+    name = options.get("name", "main")
+    if options.get("ticket") or options.get("hello_retry"):
+        raise StepUnsupported("ticket and hello_retry are not served by this harness yet")
+    profiles = tuple(PROFILES_BY_NAME[p] for p in options.get("profiles", ["balanced"]))
+    certificate = options.get("certificate", "valid")
+    identity = _identity(run, profiles[0], name, certificate)
+    stale = bool(options.get("stale_key"))
+    other = (_identity(run, profiles[0], name, "other") if stale or certificate == "other_ca"
+             else identity)
+    fallback = options.get("fallback", {})
+    decoy, port = await _decoy(fallback.get("port"))
+    directory = Path(tempfile.mkdtemp(prefix="velocity-served-"))
+    files = _files(directory, identity, other if certificate == "other_ca" else identity,
+                   other if stale else identity)
+    config = _server_config(run, name, options, identity, port)
+    public = directory / "public"
+    public.mkdir()
+    (public / "index.html").write_text("velocity harness server\n")
+    app = Application(StaticFiles(public), api=True, clock=lambda: dt.datetime.now(dt.UTC))
+    server = ServerPeer.listen(EndpointConfig(ConnectionConfig(config)), app, host=LOOPBACK,
+                               entropy=run.entropy(name))
+    server.configure = _configure(options.get("hooks", {}), fallback.get("mac", "valid"))
+    files["port"] = str(server.address[1])
+    pinned = (PinnedServerKey(profiles[0], (other if stale else identity).encapsulation_key)
+              if options.get("client_key") == "pinned" or stale else None)
+    client = run.loop.create_task(_client(run, files, profiles[0], pinned))
+    served = Served(server, client, decoy, port, directory)
+    run.served[name] = served
+    allowed, _ = run.budget.wait(float(options.get("timeout", CONNECT_WAIT)), run.now())
+    view = await server.wait_connection(allowed)
+    if view is None:
+        result = await _result(served, 0.1)
+        raise StepFailed(f"the target client did not connect within {allowed:g} s",
+                         expected="a connection to the harness's server",
+                         actual=_describe(result) if result else "no connection")
+    view.transcript.start = run.harness.start
+    conn = run.connections[name] = Conn(name, view, server.address)
+    run.note("serve", {"conn": name, "at": f"{LOOPBACK}:{server.address[1]}",
+                       "fallback_port": port, "certificate": certificate})
+    return conn
+
+
+def _server_config(run: Run, name: str, options: dict[str, Any], identity: ServerIdentity,
+                   fallback_port: int) -> ServerConfig:
+    kem = kem_backend()
+    fallback = options.get("fallback", {})
+    return ServerConfig(
+        kem=kem, static_keys=(identity.static_key(kem),), profiles=(identity.profile,),
+        publish_key=options.get("publish_key", True) and not options.get("kem_key_required"),
+        fallback=FallbackPolicy(fallback.get("alpn", "h3").encode(), fallback.get("host", ""),
+                                fallback_port, fallback.get("mode", "off")),
+        ticket_sealer=ticket_sealer(run.entropy(f"{name}/tickets").random(32)),
+        replay_filter=ReplayFilter(),
+        alpn=tuple(a.encode() for a in options.get("alpn", ["velocity/1"])))
+
+
+def _configure(hooks: dict[str, Any], mac: str) -> Callable[[Connection], None]:
+    def configure(connection: Connection) -> None:
+        install_hooks(connection, hooks)
+        if mac != "valid":
+            connection.handshake.message_hook = _fallback_hook(mac)
+    return configure
+
+
+async def _client(run: Run, files: dict[str, str], profile: Profile,
+                  pinned: PinnedServerKey | None) -> ClientResult:
+    """Run the target client once against the served port: (exit code, stdout, stderr)."""
+    command = run.target.client_command
+    if command is not None:
+        return await _command(command_argv(command, files))
+    config = EasyClientConfig(
+        f"{LOOPBACK}:{files['port']}", hostname="localhost", key_cache_dir=Path(files["cache"]),
+        ca_file=Path(files["ca"]), profile=profile.name, early_data=False, timeout=CLIENT_RUN,
+        pinned_key=pinned)
+    try:
+        async with AsyncEasyClient(config) as client:
+            fetched = await client.fetch("/")
+    except Exception as exc:  # what the client reports, as a CLI would on stderr
+        return 1, "", f"{type(exc).__name__}: {exc}"
+    return 0, fetched.text(), ""
+
+
+async def _command(argv: list[str]) -> ClientResult:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        return 127, "", f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), CLIENT_RUN)
+    except (TimeoutError, asyncio.CancelledError):
+        process.kill()
+        await process.wait()
+        raise
+    return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def _result(served: Served, seconds: float) -> ClientResult | None:
+    try:
+        return await asyncio.wait_for(asyncio.shield(served.client), seconds)
+    except TimeoutError:
+        return None
+
+
+def _describe(result: ClientResult) -> str:
+    code, out, err = result
+    return f"exit {code}; stdout {out[-300:]!r}; stderr {err[-300:]!r}"
+
+
+def served(run: Run, step: Step) -> Served:
+    name = step.get("conn", "main")
+    found = run.served.get(name)
+    if found is None:
+        raise StepUnsupported(f"{step.kind} needs a role: server connect step ({name!r})")
+    return found
+
+
+async def expect_client(run: Run, step: Step) -> None:
+    """How the target client ended: its exit code, stdout and stderr."""
+    within, cut = run.within(step, CLIENT_RUN)
+    result = await _result(served(run, step), within)
+    if result is None:
+        raise StepFailed(f"the target client did not finish within {within:g} s"
+                         + (" (cut short by the run's time budget)" if cut else ""),
+                         expected="the client's exit", actual="still running")
+    code, out, err = result
+    wanted = step.get("exit_code", 0)
+    if not (code != 0 if wanted == "nonzero" else code == wanted):
+        raise StepFailed(f"the target client exited with {code}",
+                         expected=f"exit {wanted}", actual=_describe(result))
+    for key, text in (("stdout_regex", out), ("stderr_regex", err)):
+        pattern = step.get(key)
+        if pattern is not None and re.search(pattern, text) is None:
+            raise StepFailed(f"the client's {key[:6]} does not match", expected=pattern,
+                             actual=_describe(result))
+
+
+async def expect_no_contact(run: Run, step: Step) -> None:
+    """Nothing reaches the decoy on the directive's fallback port for ``for`` seconds."""
+    found = served(run, step)
+    port = step.get("port", "fallback")
+    if port not in ("fallback", found.fallback_port):
+        raise StepUnsupported(f"the harness listens only on the fallback port "
+                              f"{found.fallback_port}, not {port}")
+    await run.sleep(float(step.get("for", 1.0)))
+    if found.decoy.received:
+        raise StepFailed(f"the client contacted the fallback port {found.fallback_port} "
+                         f"({found.decoy.received} datagram(s))", expected="no contact",
+                         actual=f"{found.decoy.received} datagram(s)")

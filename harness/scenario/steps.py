@@ -1,0 +1,325 @@
+"""The steps of the scenario language, one coroutine each, dispatched by ``STEPS`` (the
+step's kind -> its runner). A runner reads its options from the ``Step``, acts through the
+run's connections and raises ``StepFailed`` (with expected, actual and the offending event)
+when its check does not hold. ``expect`` reads a connection's events from its cursor on and
+moves the cursor past what it matched; ``expect_close`` looks at the whole connection;
+``expect_silence`` at what comes from now on."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import h11
+
+from harness.scenario import build, server_role
+from harness.scenario.connections import connect as open_connection
+from harness.scenario.connections import settle
+from harness.scenario.context import Conn, Event, Run, StepFailed, StepUnsupported
+from harness.scenario.expr import ExpressionError, compile_expression
+from harness.scenario.matching import describe, matches, value_at
+from harness.scenario.model import BRANCH_STEPS, Step
+from harness.scenario.verdict import ScenarioError
+from velocity.core.errors import ErrorCode
+from velocity.http.h1 import Response
+
+StepRunner = Callable[[Run, Step], Coroutine[Any, Any, None]]
+IMPAIRMENTS = ("loss", "delay", "jitter", "duplicate")  # what harness.netsim does
+OWNERS = {"peer": ("remote",), "local": ("local",), "either": ("remote", "local")}
+
+
+def code_name(code: int) -> str:
+    known = {e.value: e.name for e in ErrorCode}
+    return f"{known[code]} (0x{code:x})" if code in known else f"0x{code:x}"
+
+
+def _close_text(event: Event) -> str:
+    data = event["data"]
+    who = "by the target" if data["owner"] == "remote" else "by the harness"
+    if "error_code" not in data:
+        return f"{who} ({data.get('trigger', 'no reason')})"
+    return f"{who} with {code_name(data['error_code'])}: {data.get('reason', '')!r}"
+
+
+def _first(conn: Conn, name: str, start: int = 0) -> Event | None:
+    return next((e for e in conn.view.events[start:] if e["name"] == name), None)
+
+
+async def connect(run: Run, step: Step) -> None:
+    if run.scenario.role == "server":
+        await server_role.connect(run, step)
+        return
+    if run.target.address is None:
+        raise StepUnsupported(f"{run.target.label} is not a server")
+    await open_connection(run, step, run.target.address)
+
+
+async def expect(run: Run, step: Step) -> None:
+    conn = run.conn(step)
+    name, where, count = step.options["event"], step.get("where", {}), step.get("count", 1)
+    within, cut = run.within(step, 2.0)
+    deadline = run.now() + within
+    index, matched = conn.cursor, None
+    for got in range(count):
+        found = await conn.view.wait_for(lambda e: matches(e, name, where), start=index,
+                                         timeout=max(0.0, deadline - run.now()))
+        if found is None:
+            raise _missing(conn, describe(name, where), within, cut, got, count)
+        index, matched = found[0] + 1, found[1]
+    conn.cursor = index
+    for key, path in step.get("save", {}).items():
+        run.saved[key] = value_at(matched, path)
+    run.note("check", {"check": "expect", "passed": True,
+                       "message": f"{conn.name}: {describe(name, where)}"})
+
+
+def _missing(conn: Conn, wanted: str, within: float, cut: bool, got: int,
+             count: int) -> StepFailed:
+    name = wanted.split(" ", 1)[0]
+    same = [e for e in conn.view.events[conn.cursor:] if e["name"] == name]
+    closed = _first(conn, "quic:connection_closed")
+    reason = (f"no {wanted} on connection {conn.name} within {within:g} s"
+              + (" (cut short by the run's time budget)" if cut else "")
+              + (f"; {got} of {count} came" if count > 1 else "")
+              + (f"; the connection was closed {_close_text(closed)}" if closed else ""))
+    actual = (f"{len(same)} {name} event(s), none matching" if same else f"no {name} event")
+    events = conn.view.events
+    return StepFailed(reason, expected=wanted, actual=actual,
+                      event=closed or (same[-1] if same else events[-1] if events else None))
+
+
+async def expect_close(run: Run, step: Step) -> None:
+    conn = run.conn(step)
+    codes = [c if isinstance(c, int) else ErrorCode[c].value for c in step.get("codes", [])]
+    by = step.get("by", "peer")
+    within, cut = run.within(step, 2.0)
+    found = await conn.view.wait_for(
+        lambda e: e["name"] == "quic:connection_closed" and e["data"]["owner"] in OWNERS[by],
+        timeout=within)
+    wanted = " or ".join(code_name(c) for c in codes) or "any code"
+    if found is None:
+        other = _first(conn, "quic:connection_closed")
+        raise StepFailed(
+            f"connection {conn.name} was not closed by {by} within {within:g} s"
+            + (" (cut short by the run's time budget)" if cut else "")
+            + (f"; it was closed {_close_text(other)}" if other else ""),
+            expected=f"CONNECTION_CLOSE with {wanted}",
+            actual=f"closed {_close_text(other)}" if other else "still open",
+            event=other or (conn.view.events[-1] if conn.view.events else None))
+    _check_close(step, found[1], codes, wanted)
+    run.note("check", {"check": "expect_close", "passed": True,
+                       "message": f"{conn.name}: {wanted}"})
+
+
+def _check_close(step: Step, event: Event, codes: list[int], wanted: str) -> None:
+    data = event["data"]
+    code = data.get("error_code", 0)
+    if codes and code not in codes:
+        raise StepFailed(f"closed {_close_text(event)}, not with {wanted}",
+                         expected=wanted, actual=code_name(code), event=event)
+    frame_type = step.get("frame_type")
+    if isinstance(frame_type, str):
+        frame_type = build.FRAMES[frame_type].TYPE
+    if frame_type is not None and data.get("frame_type") != frame_type:
+        raise StepFailed(f"the close names frame type {data.get('frame_type')}, not "
+                         f"{frame_type}", expected=f"frame_type {frame_type}",
+                         actual=f"frame_type {data.get('frame_type')}", event=event)
+    pattern = step.get("reason_regex")
+    if pattern is not None and re.search(pattern, data.get("reason", "")) is None:
+        raise StepFailed("the close's reason phrase does not match", expected=pattern,
+                         actual=repr(data.get("reason", "")), event=event)
+
+
+async def expect_silence(run: Run, step: Step) -> None:
+    conn = run.conn(step)
+    seconds, _ = run.budget.wait(float(step.get("for", 1.0)), run.now())
+    came = await conn.view.quiet(seconds, start=len(conn.view.events))
+    if came is not None:
+        raise StepFailed(f"the target sent a datagram on connection {conn.name} during the "
+                         f"{seconds:g} s of expected silence", expected="no datagram",
+                         actual=f"{came['data']['raw'][0]['length']} bytes", event=came)
+
+
+async def request(run: Run, step: Step) -> None:
+    conn = run.conn(step)
+    peer = conn.client(step)
+    options = step.options or {}
+    if not options.get("early", False):
+        problem = await settle(run, peer, 5.0)
+        if problem is not None:
+            raise StepFailed(f"cannot send the request on connection {conn.name}: {problem}",
+                             expected="a connection ready for requests", actual=problem,
+                             event=_first(conn, "quic:connection_closed"))
+    target = run.target
+    authority = target.server_name or (target.address[0] if target.address else "localhost")
+    name = options.get("save") or f"request {len(run.requests) + 1}"
+    run.requests[name] = run.loop.create_task(peer.request(
+        options.get("method", "GET"), options.get("path", "/"), authority=authority,
+        headers=list(options.get("headers", {}).items()),
+        body=build.to_bytes(options.get("body", ""))))
+    run.last_request = name
+
+
+async def expect_response(run: Run, step: Step) -> None:
+    name = step.get("of") or run.last_request
+    task = run.requests.get(name or "")
+    if task is None:
+        raise ScenarioError("expect_response without a request before it")
+    within, cut = run.within(step, 5.0)
+    try:
+        response = await asyncio.wait_for(asyncio.shield(task), within)
+    except TimeoutError:
+        raise StepFailed(f"no response to {name} within {within:g} s"
+                         + (" (cut short by the run's time budget)" if cut else ""),
+                         expected="an HTTP response", actual="none") from None
+    except (ConnectionError, OSError, h11.ProtocolError) as exc:
+        raise StepFailed(f"{name} failed: {exc}", expected="an HTTP response",
+                         actual=f"{type(exc).__name__}: {exc}") from None
+    _check_response(step, response)
+
+
+def _check_response(step: Step, response: Response) -> None:
+    status = step.get("status")
+    allowed = status if isinstance(status, list) else [status] if status is not None else []
+    if allowed and response.status not in allowed:
+        raise StepFailed(f"the response status is {response.status}",
+                         expected=f"status {' or '.join(map(str, allowed))}",
+                         actual=f"status {response.status}")
+    for header, value in step.get("headers", {}).items():
+        if response.header(header) != value:
+            raise StepFailed(f"the response header {header} is {response.header(header)!r}",
+                             expected=f"{header}: {value}",
+                             actual=f"{header}: {response.header(header)}")
+    pattern = step.get("body_regex")
+    body = response.body.decode(errors="replace")
+    if pattern is not None and re.search(pattern, body) is None:
+        raise StepFailed("the response body does not match", expected=pattern,
+                         actual=json.dumps(body[:200]))
+
+
+async def expect_any(run: Run, step: Step) -> None:
+    """The first branch that holds names the outcome; a branch other than ``preferred``
+    fails under --strict and is a warning otherwise."""
+    within = step.get("within", 2.0)
+    branches: dict[str, asyncio.Task[None]] = {}
+    for name, branch in step.options["branches"].items():
+        ((kind, options),) = branch.items()
+        sub = Step(BRANCH_STEPS[kind], {"within": within, **(options or {})}, step.where, step.path)
+        branches[name] = run.loop.create_task(STEPS[sub.kind](run, sub))
+    failures: dict[str, StepFailed] = {}
+    winner = None
+    pending = set(branches.values())
+    while pending and winner is None:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for name, task in branches.items():
+            if task in done and name not in failures:
+                error = task.exception()
+                if error is None:
+                    winner = winner or name
+                elif isinstance(error, StepFailed):
+                    failures[name] = error
+                else:
+                    raise error
+    for task in pending:
+        task.cancel()
+    if winner is None:
+        raise StepFailed("no branch of expect_any held: " + "; ".join(
+            f"{n}: {f.reason}" for n, f in failures.items()),
+            expected=" or ".join(branches), actual="none held",
+            event=next((f.event for f in failures.values() if f.event), None))
+    run.note("check", {"check": "expect_any", "passed": True, "message": winner})
+    preferred = step.get("preferred")
+    if preferred is not None and winner != preferred:
+        message = f"expect_any: branch {winner} held, not the preferred {preferred}"
+        if run.strict:
+            raise StepFailed(f"{message} (--strict)", expected=preferred, actual=winner)
+        run.warnings.append(message)
+
+
+async def send(run: Run, step: Step) -> None:
+    conn = run.conn(step)
+    peer = conn.client(step)
+    options = step.options
+    await run.sleep(run.budget.pace(1, run.now()))
+    if "datagram" in options:
+        rng = random.Random(f"{run.seed}/{run.scenario.name}/{step.where}")
+        data = build.mutate(build.datagram(options["datagram"], rng), options.get("mutate", []))
+        peer.send_datagram(data)
+        run.note("send", {"conn": conn.name, "datagram_length": len(data)})
+    else:
+        epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
+        frames = build.frames(options["frames"])
+        peer.connection.send_frames(epoch, frames, packet_type=packet_type)
+        peer.flush()
+        run.note("send", {"conn": conn.name, "space": options.get("space", "1rtt"),
+                          "frames": [f["type"] for f in options["frames"]]})
+    run.check_budget()
+
+
+async def hook(run: Run, step: Step) -> None:
+    build.install_hooks(run.conn(step).client(step).connection,
+                        {k: v for k, v in step.options.items() if k != "conn"})
+
+
+async def impair(run: Run, step: Step) -> None:
+    """Change the connection's impairment now; ``blackhole: S`` drops everything for S
+    seconds, then the impairment before it is back."""
+    conn = run.conn(step)
+    relay = conn.relay
+    if relay is None:
+        raise ScenarioError("impair needs the scenario's network: header (the relay is set "
+                            "up by connect)")
+    before = relay.impairment
+    if "blackhole" in step.options:
+        relay.impairment = dataclasses.replace(before, loss=1.0)
+        blackholed = relay.impairment
+
+        def restore() -> None:
+            if relay.impairment is blackholed:
+                relay.impairment = before
+
+        run.loop.call_later(float(step.options["blackhole"]), restore)
+    else:
+        relay.impairment = dataclasses.replace(before, **{
+            k: v for k, v in step.options.items() if k in IMPAIRMENTS})
+    run.note("impair", {"conn": conn.name, **step.options})
+
+
+async def wait(run: Run, step: Step) -> None:
+    await run.sleep(float(step.options))
+
+
+async def check(run: Run, step: Step) -> None:
+    """``assert``: every expression holds over the saved values and the aggregates."""
+    sources = [step.options] if isinstance(step.options, str) else list(step.options)
+    namespace = run.namespace()
+    for source in sources:
+        expression = compile_expression(source)
+        try:
+            value = expression.evaluate(namespace)
+        except ExpressionError as exc:
+            raise ScenarioError(f"assert {exc}") from None
+        run.note("check", {"check": "assert", "passed": bool(value), "message": source})
+        if not value:
+            shown = ", ".join(f"{name} = {namespace[name]!r}" for name in expression.names
+                              if name in namespace)
+            raise StepFailed(f"assert {source!r} does not hold", expected=source,
+                             actual=shown or repr(value))
+
+
+async def not_yet(run: Run, step: Step) -> None:
+    raise StepUnsupported(f"the {step.kind} step is not implemented by this harness yet")
+
+
+STEPS: dict[str, StepRunner] = {
+    "connect": connect, "send": send, "hook": hook, "expect": expect,
+    "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
+    "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
+    "impair": impair, "expect_client": server_role.expect_client,
+    "expect_no_contact": server_role.expect_no_contact,
+    **dict.fromkeys(("replay", "fuzz"), not_yet)}
