@@ -41,7 +41,7 @@ from velocity.core.errors import UsageError
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
 from velocity.core.handshake.common import ReplayFilter
 from velocity.core.handshake.server import ServerConfig
-from velocity.core.hybrid import BALANCED, PROFILES_BY_NAME
+from velocity.core.hybrid import BALANCED, LIGHT, PROFILES_BY_NAME, SECURE
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, load_ca_file
@@ -109,13 +109,17 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+ALL_PROFILES = (BALANCED, SECURE, LIGHT)
+
+
 def sanity_config(target: Target) -> ClientConfig:
     """A plain client for the sanity handshake: PDK with a known key, else discovery with
     the CA file (or, without one, insecure: only liveness is checked)."""
     key = target.keys[0] if target.keys else None
     verifier = (X509Verifier(anchors=load_ca_file(target.ca_file), clock=_now)
                 if target.ca_file else X509Verifier(insecure=True, clock=_now))
-    return ClientConfig(kem=kem_backend(), profiles=(key.profile if key else BALANCED,),
+    # every profile, the default first, so any Velocity/1 server proves alive
+    return ClientConfig(kem=kem_backend(), profiles=(key.profile,) if key else ALL_PROFILES,
                         server_name=target.server_name, server_key=key, verifier=verifier)
 
 

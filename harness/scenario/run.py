@@ -125,8 +125,10 @@ class Conformance:
             save_baseline(self.options.save_baseline, scenario.id, params, document)
         if self.options.baseline is None:
             return outcome
-        drift = [str(d) for d in compare_baseline(self.options.baseline, scenario.id, params,
-                                                  document)]
+        drift = [d.description for d in compare_baseline(self.options.baseline, scenario.id,
+                                                         params, document)]
+        if len(drift) > 8:
+            drift = [*drift[:8], f"and {len(drift) - 8} more"]
         if not drift:
             return outcome
         return replace(outcome, verdict=Verdict.FAIL, reason=(

@@ -200,7 +200,10 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
     fallback = FallbackPolicy(fallback_alpn.encode(), fallback_host, port,
                               "fallback-only" if fallback_only else "off")
     keys = (static_key,) if previous is None else (static_key, previous)
+    # it takes the profiles it holds a key for: one it cannot authenticate in would end
+    # in a misleading KEM_KEY_REQUIRED instead of a HELLO_RETRY to one it can
     handshake = ServerConfig(kem=kem, static_keys=keys, publish_key=publish_kem,
+                             profiles=tuple(dict.fromkeys(k.profile for k in keys)),
                              ticket_sealer=ticket_sealer(OsEntropy().random(32)),
                              replay_filter=ReplayFilter(), fallback=fallback, alpn=served)
     run(_serve(root, listen, handshake, api=api, listing=listing, retry=retry,
