@@ -4,6 +4,8 @@ next client from that address is refused, until the handshake timeout frees the 
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -14,10 +16,15 @@ from pathlib import Path
 import pytest
 
 from harness.pair import PairSpec, make_configs
+from tests.cli.processes import server
 from velocity.aio.client import HandshakeError, connect
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.entropy import SeededEntropy
 from velocity.core.errors import ErrorCode
+from velocity.core.handshake.client import ClientConfig
+from velocity.core.hybrid import BALANCED, SECURE
+from velocity.crypto.kem import kem_backend
+from velocity.crypto.pki import X509Verifier
 
 VELOCITY = [sys.executable, "-m", "velocity.cli"]
 CLIENT_HS, _ = make_configs(PairSpec(mode="discovery"))
@@ -63,3 +70,21 @@ async def test_serve_bounds_half_open_connections(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.spec("VEL-HS-020", "VEL-AUTH-020")
+def test_a_server_of_one_profile_retries_a_client_to_it(site: Path, env: dict[str, str]) -> None:
+    """`serve --profile secure` holds only a secure key: a client offering balanced first
+    gets HELLO_RETRY to secure and completes (it used to get KEM_KEY_REQUIRED: the server
+    took balanced without a key to show for it)."""
+    async def handshake(target: str) -> str:
+        host, port = target.rsplit(":", 1)
+        config = ClientConfig(kem=kem_backend(), profiles=(BALANCED, SECURE),
+                              verifier=X509Verifier(insecure=True,
+                                                    clock=lambda: dt.datetime.now(dt.UTC)))
+        async with connect(host, int(port), ConnectionConfig(config), timeout=10) as client:
+            done = await asyncio.wait_for(client.wait_handshake(), 10)
+        return done.profile
+
+    with server(site, env, "--publish-kem", "--profile", "secure") as target:
+        assert asyncio.run(handshake(target)) == "secure"
