@@ -1,6 +1,7 @@
 """The static file server (VEL-HTTP-006, VEL-HTTP-007): index files, MIME types, HEAD, single
-byte ranges, ETag and Last-Modified validators, directory listings only when enabled, and no
-way out of the root through "..", encoded separators, backslashes, NUL bytes or symlinks.
+byte ranges (VEL-HTTP-013), ETag and Last-Modified validators, directory listings only when
+enabled, and no way out of the root through "..", encoded separators, backslashes, NUL bytes
+or symlinks.
 Hidden paths (a component starting with ".") are never served, whether named in the request
 or reached through a symlink: the server's own keys live in ROOT/.velocity/. Every file,
 directory and index file is judged by its final, symlink-free path, and every filesystem
@@ -20,7 +21,7 @@ from pathlib import Path
 from velocity.core.errors import UsageError
 from velocity.http.h1 import SMALL_BODY, Request, Response, Route
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 # read-only, no controlling terminal, no blocking on a FIFO swapped in, and no symlink swapped
 # in for the final component after the path was resolved
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
@@ -126,14 +127,32 @@ class StaticFiles:
         wanted = request.header("range")
         if wanted is None:
             return Response(200, headers, data)
-        match = _RANGE.match(wanted.strip())
-        size = len(data)
-        if match is None or match.group(1) == match.group(2) == "":
-            return Response(416, [("content-range", f"bytes */{size}")], b"")
-        first, last = match.groups()
-        start, stop = ((size - int(last), size) if first == "" else
-                       (int(first), min(int(last) + 1, size) if last else size))
-        if start < 0 or start >= stop:
-            return Response(416, [("content-range", f"bytes */{size}")], b"")
-        headers.append(("content-range", f"bytes {start}-{stop - 1}/{size}"))
+        selected = byte_range(wanted, len(data))
+        if selected is None:
+            return Response(416, [("content-range", f"bytes */{len(data)}")], b"")
+        start, stop = selected
+        headers.append(("content-range", f"bytes {start}-{stop - 1}/{len(data)}"))
         return Response(206, headers, data[start:stop])
+
+
+def _position(digits: str, size: int) -> int:
+    """A position in a Range header, at most ``size``. One with more digits than ``size``
+    lies past the end, whatever its value: int() is never given it (it refuses more than
+    4300 digits)."""
+    digits = digits.lstrip("0")
+    return size if len(digits) > len(str(size)) else min(int(digits or "0"), size)
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The bytes [start, stop) of a ``size``-byte file that a Range header selects, or None
+    if it is not one byte range or selects no byte (VEL-HTTP-013). A suffix longer than the
+    file selects the whole file."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = (None if digits == "" else _position(digits, size)
+                   for digits in match.groups())
+    if first is None:
+        return (size - last, size) if last else None
+    stop = size if last is None else min(last + 1, size)
+    return (first, stop) if first < stop else None
