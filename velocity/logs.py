@@ -12,6 +12,8 @@ import json
 import logging
 import re
 import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 from velocity.core.errors import UsageError
@@ -25,6 +27,13 @@ _NEEDS_QUOTES = re.compile(r'[ ="]')
 def fields(**values: Any) -> dict[str, Any]:
     """The ``extra`` argument that attaches ``values`` to a record as structured fields."""
     return {"fields": values}
+
+
+def raised_at(fault: BaseException) -> str:
+    """Where ``fault`` was raised, for a log field: ``file.py:line function``."""
+    frames = traceback.extract_tb(fault.__traceback__)
+    return "?" if not frames else (
+        f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}")
 
 
 def _escaped(text: str) -> str:

@@ -17,23 +17,42 @@ from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.http.app import Application
 from velocity.http.h1 import DEFAULT_TIMEOUTS, Response, Timeouts, request
+from velocity.http.h3 import H3Origin, ensure_tls_certificate, serve_h3
 from velocity.http.static import StaticFiles
 
 CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
 WAIT = 20.0  # seconds any one exchange may take before the test fails
 
 
+def application(root: Path, *, listing: bool = False,
+                timeouts: Timeouts = DEFAULT_TIMEOUTS) -> Application:
+    return Application(StaticFiles(root, listing=listing), api=True, timeouts=timeouts,
+                       clock=lambda: dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+
+
 @asynccontextmanager
 async def serving(root: Path, *, listing: bool = False, timeouts: Timeouts = DEFAULT_TIMEOUTS
                   ) -> AsyncIterator[tuple[VelocityServer, VelocityClient]]:
-    app = Application(StaticFiles(root, listing=listing), api=True, timeouts=timeouts,
-                      clock=lambda: dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    app = application(root, listing=listing, timeouts=timeouts)
     server = await serve("127.0.0.1", 0, EndpointConfig(ConnectionConfig(SERVER_HS)), app)
     try:
         async with connect(*server.address, ConnectionConfig(CLIENT_HS)) as client:
             yield server, client
     finally:
         await server.close()
+
+
+@asynccontextmanager
+async def serving_h3(root: Path, certificates: Path) -> AsyncIterator[H3Origin]:
+    """The HTTP/3 origin running the same Application, its certificate made in
+    ``certificates``."""
+    cert, key = ensure_tls_certificate(certificates, ("127.0.0.1",))
+    origin = await serve_h3("127.0.0.1", 0, application(root).route, certificate=cert,
+                            key=key)
+    try:
+        yield origin
+    finally:
+        origin.close()
 
 
 @asynccontextmanager

@@ -1,13 +1,16 @@
 """One HTTP/1.1 request/response per Velocity stream (VEL-HTTP-001..004), read and written
 with h11. The stream's FIN ends each message. A server reads a request's head within its
 header timeout, picks the route, and reads the body within its body timeout and the route's
-bound (VEL-HTTP-008, VEL-HTTP-009); whatever it does not read is stopped with STOP_SENDING."""
+bound (VEL-HTTP-008, VEL-HTTP-009); whatever it does not read is stopped with STOP_SENDING.
+It answers 500 if the application fails on a request (VEL-HTTP-014)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import h11
 
@@ -20,6 +23,7 @@ H1_REQUEST_CANCELLED = 0x0103
 MAX_RESPONSE_BODY = 64 << 20  # what a client reads of one response
 READ_SIZE = 1 << 16  # bytes handed to h11 at a time
 SMALL_BODY = 1 << 10  # bytes of body a route with no use for one still takes
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,6 +80,22 @@ class _BodyTooLarge(Exception):
 
 class _NoRequest(Exception):
     """The stream ended before any request."""
+
+
+class _ApplicationFailed(Exception):
+    """The application raised ``error`` while routing or answering ``request``."""
+
+    def __init__(self, request: Request, error: Exception) -> None:
+        super().__init__(request.target)
+        self.request = request
+        self.error = error
+
+
+def _apply(function: Callable[[Request], T], request: Request) -> T:
+    try:
+        return function(request)
+    except Exception as exc:
+        raise _ApplicationFailed(request, exc) from None
 
 
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -146,7 +166,7 @@ async def _receive(stream: VelocityStream, conn: h11.Connection, dispatch: Dispa
     assert isinstance(head, h11.Request)  # h11 reads only requests as a server
     request = Request(head.method.decode(), head.target.decode("latin-1"),
                       _decode(head.headers))
-    route = dispatch(request)
+    route = _apply(dispatch, request)
     if isinstance(route, Response):
         return request, route
     if (_declared_length(head) or 0) > route.max_body:
@@ -160,7 +180,7 @@ async def _receive(stream: VelocityStream, conn: h11.Connection, dispatch: Dispa
         return request, too_large(route.max_body)
     except h11.RemoteProtocolError as exc:
         return request, _text(400, f"bad request: {exc}")
-    return request, route.respond(request)
+    return request, _apply(route.respond, request)
 
 
 def _send(stream: VelocityStream, conn: h11.Connection, response: Response, *,
@@ -180,13 +200,20 @@ def _send(stream: VelocityStream, conn: h11.Connection, response: Response, *,
 async def serve_request(stream: VelocityStream, dispatch: Dispatch, *, server: str,
                         timeouts: Timeouts = DEFAULT_TIMEOUTS) -> None:
     """Read one request from ``stream``, answer it through ``dispatch``, end the stream, and
-    stop what is left of the request unread (VEL-HTTP-008, VEL-HTTP-009)."""
+    stop what is left of the request unread (VEL-HTTP-008, VEL-HTTP-009). If the application
+    raises, the request gets 500 and the exception goes on to the stream's owner, which logs
+    it (VEL-HTTP-014)."""
     conn = h11.Connection(h11.SERVER)
     try:
         request, response = await _receive(stream, conn, dispatch, timeouts)
     except _NoRequest:
         stream.reset(H1_MESSAGE_ERROR)  # the stream ended with no request (VEL-HTTP-003)
         return
+    except _ApplicationFailed as failed:  # 500, and the stream's owner logs why
+        with contextlib.suppress(ConnectionError):  # the client has gone: still a bug
+            _send(stream, conn, _text(500, "internal server error"),
+                  method=failed.request.method, server=server)
+        raise failed.error from None
     _send(stream, conn, response, method=request.method if request else "", server=server)
     stream.stop_reading(H1_REQUEST_CANCELLED if response.status == 408 else H1_NO_ERROR)
 
