@@ -1,5 +1,6 @@
-"""A Velocity server running the reference Application on 127.0.0.1, and helpers to send
-requests, open streams and wait for what the server holds."""
+"""A Velocity server running the reference Application on 127.0.0.1 (directly, or behind an
+impairment relay), and helpers to send requests, open streams and wait for what the server
+holds."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from harness.netsim import Impairment, UdpRelay
 from harness.pair import PairSpec, make_configs
 from velocity.aio.client import VelocityClient, connect
 from velocity.aio.server import VelocityServer, serve
-from velocity.aio.streams import VelocityStream
+from velocity.aio.streams import StreamResetError, VelocityStream
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.http.app import Application
@@ -40,6 +42,19 @@ async def serving(root: Path, *, listing: bool = False, timeouts: Timeouts = DEF
             yield server, client
     finally:
         await server.close()
+
+
+@asynccontextmanager
+async def relayed(address: tuple[str, int]
+                  ) -> AsyncIterator[tuple[UdpRelay, tuple[str, int]]]:
+    """A relay in front of ``address`` and the address it listens on; unimpaired until a
+    test sets its impairment."""
+    relay = UdpRelay(address, Impairment())
+    front = await relay.start()
+    try:
+        yield relay, front
+    finally:
+        relay.close()
 
 
 @asynccontextmanager
@@ -97,3 +112,15 @@ async def send_open(client: VelocityClient, data: bytes) -> VelocityStream:
     stream = await asyncio.wait_for(client.open_stream(), WAIT)
     stream.write(data)
     return stream
+
+
+async def stop_code(stream: VelocityStream, seconds: float = WAIT) -> int | None:
+    """The STOP_SENDING code the server sent on ``stream`` (None if none came within
+    ``seconds``): writing then fails with it."""
+    for _ in range(int(seconds / 0.01)):
+        try:
+            stream.write(b"")
+        except StreamResetError as exc:
+            return exc.error_code
+        await asyncio.sleep(0.01)
+    return None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aioquic.h3.connection import ErrorCode
 
-from tests.http.helpers import WAIT, serving_h3, small_site
+from tests.http.helpers import WAIT, serving_h3, small_site, until
 from velocity.http.app import ECHO_MAX_BODY, Application
 from velocity.http.h1 import SMALL_BODY
 from velocity.http.h3 import H3Client, ensure_tls_certificate, serve_h3
@@ -65,4 +65,5 @@ async def test_the_origin_survives_requests_stopped_before_their_answer(
             client._http.send_data(stream_id, b"", end_stream=True)
             client.transmit()
         assert (await h3.request("GET", "/small.txt")).body == b"small file\n"
+        assert await until(lambda: not origin.tasks)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
