@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.http.helpers import WAIT, get, held, send_open, serving, small_site, until
-from velocity.aio.streams import StreamResetError, VelocityStream
+from tests.http.helpers import (
+    WAIT,
+    get,
+    held,
+    send_open,
+    serving,
+    small_site,
+    stop_code,
+    until,
+)
 from velocity.http.app import ECHO_MAX_BODY
 from velocity.http.h1 import H1_NO_ERROR, H1_REQUEST_CANCELLED, SMALL_BODY, Timeouts
 
@@ -21,18 +29,6 @@ SHORT = Timeouts(header=0.3, body=0.3)
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     return small_site(tmp_path)
-
-
-async def stop_code(stream: VelocityStream) -> int | None:
-    """The STOP_SENDING code the server sent on ``stream`` (None if none came in time):
-    writing then fails with it."""
-    for _ in range(int(WAIT / 0.01)):
-        try:
-            stream.write(b"")
-        except StreamResetError as exc:
-            return exc.error_code
-        await asyncio.sleep(0.01)
-    return None
 
 
 @pytest.mark.spec("VEL-HTTP-008")

@@ -10,7 +10,6 @@ import json
 import logging
 import socket
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +25,7 @@ from velocity.core.errors import ErrorCode, UsageError
 from velocity.core.events import ConnectionTerminated, Event, InternalErrorRaised
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
 from velocity.core.trace import Transcript
-from velocity.logs import fields
+from velocity.logs import fields, raised_at
 from velocity.metrics import ServerMetrics
 
 StreamHandler = Callable[[VelocityStream, Connection], Awaitable[None]]
@@ -54,9 +53,7 @@ def _log_event(connection: Connection, event: Event, age: float) -> None:
                   "by_peer": event.by_peer, "seconds": round(age, 3)}
     elif isinstance(event, InternalErrorRaised):  # a bug: closed with INTERNAL_ERROR
         level, message, fault = logging.ERROR, "internal error", event.exception
-        frames = traceback.extract_tb(fault.__traceback__)
-        values = {"exception": f"{type(fault).__name__}: {fault}", "at": "?" if not frames
-                  else f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}"}
+        values = {"exception": f"{type(fault).__name__}: {fault}", "at": raised_at(fault)}
     else:
         return
     if LOG.isEnabledFor(level):
@@ -136,15 +133,19 @@ class VelocityServer(DatagramDriver):
 
     async def _run_handler(self, stream: VelocityStream, connection: Connection) -> None:
         """Run the handler; then close the stream: what the handler left open of it is
-        ended, and the stream is forgotten once finished."""
+        ended, and the stream is forgotten once finished. A handler's exception (a bug) is
+        logged in one line and resets the stream; the task itself never fails."""
         code = HANDLER_DONE
         try:
             await self._handler(stream, connection)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the peer went away or reset the stream
-        except Exception:
+        except Exception as exc:
             code = HANDLER_ERROR
-            raise
+            peer = connection.peer_address
+            LOG.error("stream handler failed", extra=fields(
+                peer=f"{peer[0]}:{peer[1]}" if peer else "?", stream=stream.stream_id,
+                exception=f"{type(exc).__name__}: {exc}", at=raised_at(exc)))
         finally:
             with contextlib.suppress(ConnectionError, UsageError):  # the connection is gone
                 stream.close(code)

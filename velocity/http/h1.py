@@ -1,13 +1,17 @@
 """One HTTP/1.1 request/response per Velocity stream (VEL-HTTP-001..004), read and written
 with h11. The stream's FIN ends each message. A server reads a request's head within its
 header timeout, picks the route, and reads the body within its body timeout and the route's
-bound (VEL-HTTP-008, VEL-HTTP-009); whatever it does not read is stopped with STOP_SENDING."""
+bound (VEL-HTTP-008, VEL-HTTP-009); whatever it does not read is stopped with STOP_SENDING.
+It writes the response's body a chunk at a time, each once the stream has room for it
+(VEL-HTTP-012), and answers 500 if the route's handler fails (VEL-HTTP-014)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import h11
 
@@ -20,6 +24,8 @@ H1_REQUEST_CANCELLED = 0x0103
 MAX_RESPONSE_BODY = 64 << 20  # what a client reads of one response
 READ_SIZE = 1 << 16  # bytes handed to h11 at a time
 SMALL_BODY = 1 << 10  # bytes of body a route with no use for one still takes
+BODY_CHUNK = 1 << 16  # bytes of a response body read and written at a time
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,14 +39,46 @@ class Request:
         return next((v for k, v in self.headers if k == name.lower()), None)
 
 
+class Content(Protocol):
+    """A response body read only as it is sent (a static file's range): its length is known
+    at once, its bytes come as chunks of at most BODY_CHUNK, and ``close`` lets go of what it
+    holds (an open file)."""
+
+    def __len__(self) -> int: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Response:
+    """A response; a server's may carry its body as ``content``, read as it is sent, instead
+    of ``body``. Whoever sends it closes it."""
+
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    content: Content | None = None
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    @property
+    def length(self) -> int:
+        return len(self.body) if self.content is None else len(self.content)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body, at most BODY_CHUNK bytes at a time."""
+        if self.content is not None:
+            yield from self.content.chunks()
+        else:
+            for start in range(0, len(self.body), BODY_CHUNK):
+                yield self.body[start : start + BODY_CHUNK]
+
+    def close(self) -> None:
+        if self.content is not None:
+            self.content.close()
 
 
 Handler = Callable[[Request], Response]
@@ -76,6 +114,22 @@ class _BodyTooLarge(Exception):
 
 class _NoRequest(Exception):
     """The stream ended before any request."""
+
+
+class _ApplicationFailed(Exception):
+    """The application raised ``error`` while routing or answering ``request``."""
+
+    def __init__(self, request: Request, error: Exception) -> None:
+        super().__init__(request.target)
+        self.request = request
+        self.error = error
+
+
+def _apply(function: Callable[[Request], T], request: Request) -> T:
+    try:
+        return function(request)
+    except Exception as exc:
+        raise _ApplicationFailed(request, exc) from None
 
 
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -146,7 +200,7 @@ async def _receive(stream: VelocityStream, conn: h11.Connection, dispatch: Dispa
     assert isinstance(head, h11.Request)  # h11 reads only requests as a server
     request = Request(head.method.decode(), head.target.decode("latin-1"),
                       _decode(head.headers))
-    route = dispatch(request)
+    route = _apply(dispatch, request)
     if isinstance(route, Response):
         return request, route
     if (_declared_length(head) or 0) > route.max_body:
@@ -160,35 +214,51 @@ async def _receive(stream: VelocityStream, conn: h11.Connection, dispatch: Dispa
         return request, too_large(route.max_body)
     except h11.RemoteProtocolError as exc:
         return request, _text(400, f"bad request: {exc}")
-    return request, route.respond(request)
+    return request, _apply(route.respond, request)
 
 
-def _send(stream: VelocityStream, conn: h11.Connection, response: Response, *,
-          method: str, server: str) -> None:
-    headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
-    length = response.header("content-length") or str(len(response.body))
-    if response.status != 304:
-        headers.append(("content-length", length))
-    headers.append(("server", server))
-    data = conn.send(h11.Response(status_code=response.status, headers=headers))
-    if response.body and method != "HEAD":  # HEAD: the length of the GET, no body
-        data += conn.send(h11.Data(data=response.body))
-    data += conn.send(h11.EndOfMessage())
-    stream.write(data, end_stream=True)
+async def _send(stream: VelocityStream, conn: h11.Connection, response: Response, *,
+                method: str, server: str, stop: int) -> None:
+    """Write ``response``, then close it: its head; then stop reading the request with
+    STOP_SENDING ``stop`` (its head is read, and any body the route takes); then its body a
+    chunk at a time, each once the stream holds less than its high-water mark
+    (VEL-HTTP-012). HEAD gets the head alone, with the length of the GET."""
+    try:
+        headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+        if response.status != 304:
+            headers.append(("content-length", str(response.length)))
+        headers.append(("server", server))
+        stream.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+        stream.stop_reading(stop)
+        if method != "HEAD":
+            for chunk in response.chunks():
+                await stream.drain()
+                stream.write(conn.send(h11.Data(data=chunk)))
+        stream.write(conn.send(h11.EndOfMessage()), end_stream=True)
+    finally:
+        response.close()
 
 
 async def serve_request(stream: VelocityStream, dispatch: Dispatch, *, server: str,
                         timeouts: Timeouts = DEFAULT_TIMEOUTS) -> None:
-    """Read one request from ``stream``, answer it through ``dispatch``, end the stream, and
-    stop what is left of the request unread (VEL-HTTP-008, VEL-HTTP-009)."""
+    """Read one request from ``stream``, answer it through ``dispatch`` and end the stream,
+    stopping what is left of the request unread as soon as the answer begins (VEL-HTTP-008,
+    VEL-HTTP-009). If the application raises, the request gets 500 and the exception goes
+    on to the stream's owner, which logs it (VEL-HTTP-014)."""
     conn = h11.Connection(h11.SERVER)
     try:
         request, response = await _receive(stream, conn, dispatch, timeouts)
     except _NoRequest:
         stream.reset(H1_MESSAGE_ERROR)  # the stream ended with no request (VEL-HTTP-003)
         return
-    _send(stream, conn, response, method=request.method if request else "", server=server)
-    stream.stop_reading(H1_REQUEST_CANCELLED if response.status == 408 else H1_NO_ERROR)
+    except _ApplicationFailed as failed:  # 500, and the stream's owner logs why
+        with contextlib.suppress(ConnectionError):  # the client has gone: still a bug
+            await _send(stream, conn, _text(500, "internal server error"),
+                        method=failed.request.method, server=server, stop=H1_NO_ERROR)
+        raise failed.error from None
+    await _send(stream, conn, response, method=request.method if request else "",
+                server=server,
+                stop=H1_REQUEST_CANCELLED if response.status == 408 else H1_NO_ERROR)
 
 
 async def request(stream: VelocityStream, method: str, target: str, *, authority: str,

@@ -1,29 +1,36 @@
 """The HTTP/3 fallback origin and client, on aioquic: where a FALLBACK directive sends legacy
-clients (spec section 12). The origin serves the same application as the Velocity server;
-TLS needs a classical certificate, so it has its own ECDSA P-256 one."""
+clients (spec section 12). The origin serves the same application as the Velocity server,
+under the same rules: bodies bounded by route, responses sent a chunk at a time as the
+stream has room, 500 when the application fails (VEL-HTTP-008, -012, -014). TLS needs a
+classical certificate, so it has its own ECDSA P-256 one."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import ssl
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.asyncio.server import serve as quic_serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import ErrorCode as H3ErrorCode
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
     ProtocolNegotiated,
     QuicEvent,
+    StopSendingReceived,
     StreamReset,
 )
 from cryptography import x509
@@ -31,8 +38,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from velocity.aio.streams import HIGH_WATER
 from velocity.crypto.pki import alt_names, write_public_file, write_secret_file
 from velocity.http.h1 import Dispatch, Request, Response, Route, too_large
+from velocity.logs import fields, raised_at
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def ensure_tls_certificate(directory: Path, names: tuple[str, ...]) -> tuple[Path, Path]:
@@ -74,6 +86,10 @@ class _Exchanges:
             return event.stream_id if event.stream_ended else None
         return None
 
+    def forget(self, stream_id: int) -> None:
+        self.headers.pop(stream_id, None)
+        self.bodies.pop(stream_id, None)
+
 
 @dataclass
 class _Incoming:
@@ -104,49 +120,120 @@ class _Incoming:
         return self.route.respond(self.request)
 
 
+def _unacknowledged(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes written to a stream and not yet acknowledged: what its send buffer holds
+    (aioquic has no public measure of it)."""
+    stream = quic._streams.get(stream_id)
+    return 0 if stream is None else len(stream.sender._buffer)
+
+
 class _OriginProtocol(QuicConnectionProtocol):
-    def __init__(self, *args: Any, dispatch: Dispatch, **kwargs: Any) -> None:
+    """One connection to the origin. Its responses' bodies are sent by tasks kept in
+    ``tasks`` (the origin's, so that closing it ends them all), a chunk at a time."""
+
+    def __init__(self, *args: Any, dispatch: Dispatch, tasks: set[asyncio.Task[None]],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._dispatch = dispatch
         self._http: H3Connection | None = None
         self._incoming: dict[int, _Incoming] = {}
+        self._tasks = tasks
+        self._sending: dict[int, asyncio.Task[None]] = {}
+        self._arrived = asyncio.Event()  # a datagram arrived: it may acknowledge data
+        self._peer = "?"
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        self._peer = f"{addr[0]}:{addr[1]}"
+        super().datagram_received(data, addr)
+        self._arrived.set()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
             self._http = H3Connection(self._quic)
+        if isinstance(event, StreamReset | StopSendingReceived):
+            self._incoming.pop(event.stream_id, None)  # a request the client gave up
+        if isinstance(event, StopSendingReceived) and event.stream_id in self._sending:
+            self._sending[event.stream_id].cancel()  # aioquic has reset the stream
+        if isinstance(event, ConnectionTerminated):
+            for task in self._sending.values():
+                task.cancel()
         if self._http is None:
             return
-        if isinstance(event, StreamReset):
-            self._incoming.pop(event.stream_id, None)  # a request the client gave up
         for h3_event in self._http.handle_event(event):
             if isinstance(h3_event, HeadersReceived | DataReceived):
                 self._received(h3_event)
 
     def _received(self, event: HeadersReceived | DataReceived) -> None:
         """Route a request by its headers (VEL-HTTP-008): its body is kept only up to the
-        route's bound; answer it once it ends."""
+        route's bound; answer it once it ends, 500 if the application fails on it."""
         incoming = self._incoming.get(event.stream_id)
         if incoming is None and isinstance(event, HeadersReceived):
             fields = {k.decode(): v.decode("latin-1") for k, v in event.headers}
             request = Request(fields.get(":method", "GET"), fields.get(":path", "/"),
                               [(k, v) for k, v in fields.items() if not k.startswith(":")])
-            incoming = self._incoming[event.stream_id] = _Incoming(request,
-                                                                  self._dispatch(request))
+            incoming = self._incoming[event.stream_id] = _Incoming(
+                request, self._applied(event.stream_id, lambda: self._dispatch(request)))
         elif incoming is not None and isinstance(event, DataReceived):
             incoming.take(event.data)
         if incoming is not None and event.stream_ended:
             del self._incoming[event.stream_id]
-            self._answer(event.stream_id, incoming.request.method, incoming.response())
+            self._answer(event.stream_id, incoming.request.method,
+                         self._applied(event.stream_id, incoming.response))
+
+    def _applied(self, stream_id: int, function: Callable[[], T]) -> T | Response:
+        """What the application answers, or if it raises, 500 and one log line
+        (VEL-HTTP-014)."""
+        try:
+            return function()
+        except Exception as exc:
+            self._failed(stream_id, exc)
+            return Response(500, [("content-type", "text/plain")], b"internal server error\n")
+
+    def _failed(self, stream_id: int, exc: Exception) -> None:
+        LOG.error("HTTP/3 request failed", extra=fields(
+            peer=self._peer, stream=stream_id, exception=f"{type(exc).__name__}: {exc}",
+            at=raised_at(exc)))
 
     def _answer(self, stream_id: int, method: str, response: Response) -> None:
+        """Send the head of ``response`` now, and its body (none for HEAD) from a task."""
         assert self._http is not None
         headers = [(b":status", str(response.status).encode()),
-                   *((k.lower().encode(), v.encode()) for k, v in response.headers),
-                   (b"content-length", str(len(response.body)).encode())]
-        payload = b"" if method == "HEAD" else response.body
-        self._http.send_headers(stream_id, headers, end_stream=not payload)
-        if payload:
-            self._http.send_data(stream_id, payload, end_stream=True)
+                   *((k.lower().encode(), v.encode()) for k, v in response.headers)]
+        if response.status != 304:
+            headers.append((b"content-length", str(response.length).encode()))
+        with_body = method != "HEAD" and response.length > 0
+        try:
+            self._http.send_headers(stream_id, headers, end_stream=not with_body)
+        except RuntimeError:  # aioquic: the client stopped the stream (STOP_SENDING) first
+            with_body = False
+        self.transmit()
+        if not with_body:
+            response.close()
+            return
+        task = self._loop.create_task(self._send_body(stream_id, response))
+        self._tasks.add(task)
+        self._sending[stream_id] = task
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_body(self, stream_id: int, response: Response) -> None:
+        """Send the body a chunk at a time, each once the stream holds less than HIGH_WATER
+        unacknowledged bytes (VEL-HTTP-012), and end the stream; reset it if the body
+        cannot be read to its end."""
+        assert self._http is not None
+        try:
+            for chunk in response.chunks():
+                while _unacknowledged(self._quic, stream_id) >= HIGH_WATER:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                self._http.send_data(stream_id, chunk, end_stream=False)
+                self.transmit()
+            self._http.send_data(stream_id, b"", end_stream=True)
+        except Exception as exc:
+            self._failed(stream_id, exc)
+            self._quic.reset_stream(stream_id, H3ErrorCode.H3_INTERNAL_ERROR)
+        finally:
+            response.close()
+            self._sending.pop(stream_id, None)
         self.transmit()
 
 
@@ -158,9 +245,12 @@ class H3Origin:
     server: QuicServer
     address: tuple[str, int]
     accepted: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # bodies being sent
 
     def close(self) -> None:
         self.server.close()
+        for task in self.tasks:
+            task.cancel()
 
 
 async def serve_h3(host: str, port: int, dispatch: Dispatch, *, certificate: Path,
@@ -170,7 +260,7 @@ async def serve_h3(host: str, port: int, dispatch: Dispatch, *, certificate: Pat
     configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
     configuration.load_cert_chain(str(certificate), str(key))
     def protocol(*args: Any, **kwargs: Any) -> _OriginProtocol:
-        made = _OriginProtocol(*args, dispatch=dispatch, **kwargs)
+        made = _OriginProtocol(*args, dispatch=dispatch, tasks=origin.tasks, **kwargs)
         origin.accepted += 1
         return made
 
@@ -206,6 +296,12 @@ class _ClientProtocol(QuicConnectionProtocol):
                 if not future.done():
                     future.set_exception(ConnectionError(self.closed_because))
             self._waiting.clear()
+        if isinstance(event, StreamReset):  # the response cut short: no waiting for it
+            self._exchanges.forget(event.stream_id)
+            waiting = self._waiting.pop(event.stream_id, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(ConnectionError(
+                    f"the origin reset the stream (error 0x{event.error_code:x})"))
         for h3_event in self._http.handle_event(event):
             stream_id = self._exchanges.feed(h3_event)
             if stream_id is not None and stream_id in self._waiting:

@@ -1,6 +1,7 @@
 """The static file server (VEL-HTTP-006, VEL-HTTP-007): index files, MIME types, HEAD, single
-byte ranges, ETag and Last-Modified validators, directory listings only when enabled, and no
-way out of the root through "..", encoded separators, backslashes, NUL bytes or symlinks.
+byte ranges (VEL-HTTP-013), ETag and Last-Modified validators, directory listings only when
+enabled, and no way out of the root through "..", encoded separators, backslashes, NUL bytes
+or symlinks. A file's body is read from the open file only as it is sent (VEL-HTTP-012).
 Hidden paths (a component starting with ".") are never served, whether named in the request
 or reached through a symlink: the server's own keys live in ROOT/.velocity/. Every file,
 directory and index file is judged by its final, symlink-free path, and every filesystem
@@ -8,6 +9,7 @@ error answers 404."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import html
 import mimetypes
@@ -15,12 +17,14 @@ import os
 import re
 import stat
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from velocity.core.errors import UsageError
-from velocity.http.h1 import SMALL_BODY, Request, Response, Route
+from velocity.http.h1 import BODY_CHUNK, SMALL_BODY, Request, Response, Route
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 # read-only, no controlling terminal, no blocking on a FIFO swapped in, and no symlink swapped
 # in for the final component after the path was resolved
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
@@ -109,7 +113,11 @@ class StaticFiles:
         return Response(200, [("content-type", "text/html; charset=utf-8")], body.encode())
 
     def _file(self, path: Path, request: Request) -> Response:
-        with open(path, "rb", opener=lambda name, _: os.open(name, _OPEN_FLAGS)) as file:
+        """The file's validators and the response to ``request``, its body (the whole file or
+        the range asked for) read from the open file only as it is sent (VEL-HTTP-012)."""
+        with contextlib.ExitStack() as owned:
+            file = owned.enter_context(
+                open(path, "rb", opener=lambda name, _: os.open(name, _OPEN_FLAGS)))
             info = os.fstat(file.fileno())
             if not stat.S_ISREG(info.st_mode):
                 return _not_found()  # a FIFO, socket or device, or a directory swapped in
@@ -122,18 +130,59 @@ class StaticFiles:
                     request.header("if-none-match") is None
                     and request.header("if-modified-since") == modified):
                 return Response(304, headers, b"")
-            data = file.read()
-        wanted = request.header("range")
-        if wanted is None:
-            return Response(200, headers, data)
-        match = _RANGE.match(wanted.strip())
-        size = len(data)
-        if match is None or match.group(1) == match.group(2) == "":
-            return Response(416, [("content-range", f"bytes */{size}")], b"")
-        first, last = match.groups()
-        start, stop = ((size - int(last), size) if first == "" else
-                       (int(first), min(int(last) + 1, size) if last else size))
-        if start < 0 or start >= stop:
-            return Response(416, [("content-range", f"bytes */{size}")], b"")
-        headers.append(("content-range", f"bytes {start}-{stop - 1}/{size}"))
-        return Response(206, headers, data[start:stop])
+            size, wanted = info.st_size, request.header("range")
+            status, (start, stop) = 200, (0, size)
+            if wanted is not None:
+                selected = byte_range(wanted, size)
+                if selected is None:
+                    return Response(416, [("content-range", f"bytes */{size}")], b"")
+                status, (start, stop) = 206, selected
+                headers.append(("content-range", f"bytes {start}-{stop - 1}/{size}"))
+            owned.pop_all()  # the file is the response's now: whoever sends it closes it
+            return Response(status, headers, content=FilePart(file, start, stop - start))
+
+
+class FilePart:
+    """``length`` bytes of an open file from ``start``, read BODY_CHUNK bytes at a time."""
+
+    def __init__(self, file: BinaryIO, start: int, length: int) -> None:
+        self.file, self.start, self.length = file, start, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def chunks(self) -> Iterator[bytes]:
+        self.file.seek(self.start)
+        left = self.length
+        while left > 0:
+            chunk = self.file.read(min(left, BODY_CHUNK))
+            if not chunk:
+                raise OSError(f"{self.file.name} shrank while it was being sent")
+            left -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _position(digits: str, size: int) -> int:
+    """A position in a Range header, at most ``size``. One with more digits than ``size``
+    lies past the end, whatever its value: int() is never given it (it refuses more than
+    4300 digits)."""
+    digits = digits.lstrip("0")
+    return size if len(digits) > len(str(size)) else min(int(digits or "0"), size)
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The bytes [start, stop) of a ``size``-byte file that a Range header selects, or None
+    if it is not one byte range or selects no byte (VEL-HTTP-013). A suffix longer than the
+    file selects the whole file."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = (None if digits == "" else _position(digits, size)
+                   for digits in match.groups())
+    if first is None:
+        return (size - last, size) if last else None
+    stop = size if last is None else min(last + 1, size)
+    return (first, stop) if first < stop else None
