@@ -9,10 +9,17 @@ from velocity.core.errors import (
     CryptoBufferExceeded,
     FinalSizeError,
     FlowControlError,
+    ProtocolViolation,
     StreamStateError,
     UsageError,
 )
 from velocity.core.rangeset import RangeSet
+
+# disjoint ranges a receive buffer holds beyond its delivered prefix, at most (VEL-STR-005):
+# each costs about 120 bytes; an honest peer leaves one per packet lost or reordered, and a
+# handshake flight is a few dozen packets
+MAX_STREAM_RANGES = 1024
+MAX_CRYPTO_RANGES = 64
 
 
 def is_client_initiated(stream_id: int) -> bool:
@@ -145,13 +152,19 @@ class ReceiveBuffer:
 
     ``limit`` bounds how far beyond the delivered prefix data may reach: for streams it is
     flow control (FLOW_CONTROL_ERROR), for CRYPTO the buffer limit (CRYPTO_BUFFER_EXCEEDED).
+    Data beyond the prefix waits in one buffer that starts at the prefix, with the ranges it
+    holds; only the bytes of a frame that are new are stored (re-sent bytes are ignored, as
+    RFC 9000 section 2.2 allows), so what is held never exceeds the limit whatever the
+    overlap (VEL-STR-004), and at most ``MAX_STREAM_RANGES`` (``MAX_CRYPTO_RANGES``) disjoint
+    ranges wait (VEL-STR-005).
     """
 
-    __slots__ = ("_chunks", "_crypto", "delivered", "final_size", "highest", "limit",
+    __slots__ = ("_buffer", "_crypto", "_ranges", "delivered", "final_size", "highest", "limit",
                  "reset_code")
 
     def __init__(self, limit: int, *, crypto: bool = False) -> None:
-        self._chunks: dict[int, bytes] = {}
+        self._buffer = bytearray()  # bytes from offset ``delivered`` on; empty: none wait
+        self._ranges = RangeSet()  # the offsets ``_buffer`` holds
         self.delivered = 0
         self.highest = 0
         self.limit = limit
@@ -182,7 +195,7 @@ class ReceiveBuffer:
         """Store a frame's data; return newly contiguous bytes (possibly empty)."""
         end = offset + len(data)
         if (offset == self.delivered and end <= self.limit and data and not fin
-                and not self._chunks and not self._crypto and self.final_size is None):
+                and not self._buffer and not self._crypto and self.final_size is None):
             self.delivered = end  # in order, within the window, nothing held: the usual case
             self.highest = max(self.highest, end)
             return data
@@ -191,32 +204,38 @@ class ReceiveBuffer:
         self.highest = max(self.highest, end)
         if end <= self.delivered or not data:
             return b""
-        if offset == self.delivered and not self._chunks:  # in order: the usual case
+        if offset == self.delivered and not self._buffer:  # in order: the usual case
             self.delivered = end
             return data
         if offset < self.delivered:
             data, offset = data[self.delivered - offset :], self.delivered
-        existing = self._chunks.get(offset)
-        if existing is None or len(existing) < len(data):
-            self._chunks[offset] = data
-        return self._pop_contiguous()
+        return self._store(offset, data)
 
-    def _pop_contiguous(self) -> bytes:
-        out = bytearray()
-        while True:
-            chunk = self._chunks.pop(self.delivered, None)
-            if chunk is None:
-                stale = [o for o in self._chunks if o < self.delivered]
-                if not stale:
-                    break
-                for offset in stale:  # chunks that overlap the delivered prefix
-                    piece = self._chunks.pop(offset)
-                    if offset + len(piece) > self.delivered:
-                        self._chunks.setdefault(self.delivered, piece[self.delivered - offset :])
-                continue
-            out += chunk
-            self.delivered += len(chunk)
-        return bytes(out)
+    def _store(self, offset: int, data: bytes) -> bytes:
+        """Out-of-order data: its new bytes into the buffer; the prefix it completes."""
+        buffer, base = self._buffer, self.delivered
+        if len(buffer) < offset - base:
+            buffer += bytes(offset - base - len(buffer))
+        for low, high in self._ranges.missing(offset, offset + len(data)):
+            buffer[low - base : high - base] = data[low - offset : high - offset]
+        ranges = self._ranges
+        ranges.add(offset, offset + len(data))
+        if len(ranges) > (MAX_CRYPTO_RANGES if self._crypto else MAX_STREAM_RANGES):
+            self._too_many_ranges()
+        if ranges.first()[0] != base:
+            return b""
+        _, high = ranges.shift()
+        out = bytes(buffer[: high - base])
+        del buffer[: high - base]
+        self.delivered = high
+        return out
+
+    def _too_many_ranges(self) -> None:
+        if self._crypto:
+            raise CryptoBufferExceeded(f"more than {MAX_CRYPTO_RANGES} ranges wait beyond the "
+                                       f"delivered prefix", field="CRYPTO.offset")
+        raise ProtocolViolation(f"more than {MAX_STREAM_RANGES} ranges wait beyond the "
+                                f"delivered prefix", field="STREAM.offset")
 
     @property
     def complete(self) -> bool:

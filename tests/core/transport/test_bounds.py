@@ -1,0 +1,147 @@
+"""What a hostile peer can make the core hold is bounded, and what a hostile run found it
+could send unchecked is refused. On the in-memory pair and ServerEndpoint with the virtual
+clock, so sizes are exact."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.loopback import CLIENT_ADDR, Pair
+from tests.core.transport.helpers import make, terminated
+from velocity.core.errors import (
+    CryptoBufferExceeded,
+    ErrorCode,
+    ProtocolViolation,
+)
+from velocity.core.frames import Crypto, Frame
+from velocity.core.packet import Epoch
+from velocity.core.state import CRYPTO_BUFFER_LIMIT
+from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES, ReceiveBuffer
+
+MiB = 1 << 20
+SLACK = 8192  # what tracemalloc counts besides the buffered bytes (ranges, frames, dicts)
+
+
+def _held_while(feed: Callable[[], object]) -> int:
+    """Bytes allocated by ``feed()`` and still alive after it."""
+    tracemalloc.start()
+    try:
+        feed()
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+def _server_closes(pair: Pair) -> list[tuple[int, str]]:
+    """The codes and reasons the server closed with (its events drained into the pair's)."""
+    while (item := pair.endpoint.next_event()) is not None:
+        pair.server_events.append(item[1])
+    return [(t.error_code, t.reason) for t in terminated(pair.server_events) if not t.by_peer]
+
+
+def _inject(pair: Pair, epoch: Epoch, frames: list[Frame]) -> None:
+    """Client frames in ``epoch``, handed to the server at once (no clock runs)."""
+    pair.client.send_frames(epoch, frames)
+    for datagram, _ in pair.client.datagrams_to_send(now=pair.now):
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+
+
+# --- 1. overlapping data is stored once ------------------------------------------------------
+
+
+@pytest.mark.spec("VEL-HS-004", "VEL-STR-004")
+def test_overlapping_crypto_before_any_handshake_holds_at_most_the_limit() -> None:
+    """Initial packets whose CRYPTO frames overlap, each 1100 bytes 300 bytes further on,
+    never offset 0: the half-open connection holds the span they cover (under 64 KiB),
+    not one copy per frame (which was 236 KB here)."""
+    pair = make()
+    pair.client.seams.crypto_policy = lambda epoch, offset, data: []  # no CLIENT_HELLO
+    pair.connect()
+    datagrams = []
+    for index in range((CRYPTO_BUFFER_LIMIT - 1100) // 300):
+        pair.client.send_frames(Epoch.INITIAL, [Crypto(1 + 300 * index, bytes([index]) * 1100)])
+        datagrams += [d for d, _ in pair.client.datagrams_to_send(now=pair.now)]
+    first, *rest = datagrams
+    pair.endpoint.receive_datagram(first, CLIENT_ADDR, now=pair.now)
+    assert pair.server is not None
+
+    def feed() -> None:
+        for datagram in rest:
+            pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+
+    held = _held_while(feed)
+    crypto = pair.server.spaces[Epoch.INITIAL].crypto_recv
+    assert crypto.highest == 1 + 300 * (len(datagrams) - 1) + 1100 <= CRYPTO_BUFFER_LIMIT
+    assert held <= crypto.highest + SLACK
+    assert not _server_closes(pair)
+
+
+@pytest.mark.spec("VEL-STR-004")
+def test_overlapping_stream_data_holds_at_most_the_span() -> None:
+    """The hostile run's pattern: frames of 1150 bytes at offsets 1, 2, 3 ... (offset 0
+    withheld). Held: the 3149 bytes they span, not 2000 copies (2.3 MB)."""
+    receiver = ReceiveBuffer(4 * MiB)
+    piece = bytes(1150)
+    held = _held_while(lambda: [receiver.receive(offset, piece) for offset in range(1, 2001)])
+    assert receiver.highest == 2000 + 1150
+    assert held <= receiver.highest + SLACK
+    assert receiver.receive(0, b"x") == b"x" + bytes(receiver.highest - 1)
+
+
+@given(st.data())
+@pytest.mark.spec("VEL-HS-003", "VEL-STR-004")
+def test_reassembly_delivers_each_byte_once_in_order(data: st.DataObject) -> None:
+    """Pieces of any sizes, overlapping, in any order: what comes out is the data, in order,
+    each byte once, as soon as the prefix before it is complete."""
+    size = data.draw(st.integers(1, 200))
+    payload = bytes(i % 251 for i in range(size))
+    pieces = data.draw(st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 60)),
+                                max_size=30))
+    for crypto in (True, False):
+        receiver, out, seen = ReceiveBuffer(1 << 20, crypto=crypto), bytearray(), set()
+        for start, length in [*pieces, (0, size)]:
+            out += receiver.receive(start, payload[start : start + length])
+            seen |= set(range(start, min(start + length, size)))
+            prefix = next(i for i in range(size + 1) if i not in seen)
+            assert out == payload[:prefix] and receiver.delivered == prefix
+        assert out == payload
+
+
+@pytest.mark.spec("VEL-HS-003")
+def test_rewritten_bytes_are_ignored() -> None:
+    """A re-sent byte that differs from the first copy changes nothing (RFC 9000 section
+    2.2 lets a receiver ignore re-sent bytes)."""
+    receiver = ReceiveBuffer(1 << 20)
+    assert receiver.receive(2, b"cd") == b""
+    assert receiver.receive(1, b"XYZW") == b""  # "Y" and "Z" re-send "c" and "d"
+    assert receiver.receive(0, b"a") == b"aXcdW"
+
+
+@pytest.mark.spec("VEL-STR-005")
+@pytest.mark.parametrize(("crypto", "limit", "error"), [
+    (True, MAX_CRYPTO_RANGES, CryptoBufferExceeded),
+    (False, MAX_STREAM_RANGES, ProtocolViolation)])
+def test_too_many_holes_close_the_connection(crypto: bool, limit: int,
+                                             error: type[Exception]) -> None:
+    """One byte every other offset: each makes a range of its own, up to the bound."""
+    receiver = ReceiveBuffer(1 << 20, crypto=crypto)
+    for index in range(limit):
+        assert receiver.receive(1 + 2 * index, b"x") == b""
+    with pytest.raises(error):
+        receiver.receive(1 + 2 * limit, b"x")
+
+
+@pytest.mark.spec("VEL-STR-005", "VEL-HS-004")
+def test_a_peer_that_fragments_its_crypto_is_closed_with_crypto_buffer_exceeded() -> None:
+    pair = make()
+    pair.connect()
+    frames: list[Frame] = [Crypto(60_000 + 2 * i, b"x") for i in range(MAX_CRYPTO_RANGES + 1)]
+    _inject(pair, Epoch.INITIAL, frames)
+    assert [code for code, _ in _server_closes(pair)] == [ErrorCode.CRYPTO_BUFFER_EXCEEDED]
+
+
