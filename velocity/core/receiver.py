@@ -13,6 +13,7 @@ from velocity.core.errors import (
     AeadLimitReached,
     AuthenticationFailed,
     ConnectionIdLimitError,
+    CryptoBufferExceeded,
     ErrorCode,
     FlowControlError,
     KeyUpdateError,
@@ -71,7 +72,7 @@ from velocity.core.protection import (
     PacketKeys,
     retry_tag_valid,
 )
-from velocity.core.state import State
+from velocity.core.state import CRYPTO_BUFFER_LIMIT, State
 from velocity.core.streams import StreamState, is_unidirectional
 from velocity.core.trace import (
     QLOG_PACKET_TYPES,
@@ -367,8 +368,12 @@ def _on_crypto(conn: Connection, frame: Crypto, epoch: Epoch, now: float) -> Non
     data = conn.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
     if data and epoch == Epoch.APPLICATION and not conn.handshake_complete:
         # 1-RTT CRYPTO (a ticket) can overtake the server's FINISHED when that is lost
-        # or reordered: it waits for the handshake to complete (RFC 9001 section 4.1.3)
+        # or reordered: it waits for the handshake to complete (RFC 9001 section 4.1.3),
+        # within the CRYPTO buffer limit (VEL-HS-004)
         conn._early_crypto += data
+        if len(conn._early_crypto) > CRYPTO_BUFFER_LIMIT:
+            raise CryptoBufferExceeded(f"more than {CRYPTO_BUFFER_LIMIT} bytes of 1-RTT CRYPTO "
+                                       f"before the handshake completed", field="CRYPTO")
         return
     if data:
         conn.handshake.receive(epoch, data, now_ms=int(now * 1000))

@@ -20,6 +20,7 @@ from velocity.core.errors import (
 )
 from velocity.core.frames import Crypto, Frame
 from velocity.core.packet import Epoch
+from velocity.core.seams import PlannedPacket
 from velocity.core.state import CRYPTO_BUFFER_LIMIT
 from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES, ReceiveBuffer
 
@@ -142,6 +143,37 @@ def test_a_peer_that_fragments_its_crypto_is_closed_with_crypto_buffer_exceeded(
     pair.connect()
     frames: list[Frame] = [Crypto(60_000 + 2 * i, b"x") for i in range(MAX_CRYPTO_RANGES + 1)]
     _inject(pair, Epoch.INITIAL, frames)
+    assert [code for code, _ in _server_closes(pair)] == [ErrorCode.CRYPTO_BUFFER_EXCEEDED]
+
+
+# --- 2. 1-RTT CRYPTO before the handshake completes ------------------------------------------
+
+
+def _withholding_finished() -> Pair:
+    """A PDK client that has its 1-RTT keys but never lets its FINISHED (Handshake) out."""
+    pair = make()
+
+    def no_handshake_packets(packets: list[PlannedPacket]) -> list[PlannedPacket]:
+        return [p for p in packets if p.epoch != Epoch.HANDSHAKE]
+
+    pair.client.seams.packet_mutator = no_handshake_packets
+    pair.connect()
+    assert pair.run(lambda: pair.client.handshake_complete)
+    assert pair.server is not None and not pair.server.handshake_complete
+    return pair
+
+
+@pytest.mark.spec("VEL-HS-004")
+def test_early_1rtt_crypto_is_bounded_by_the_crypto_buffer_limit() -> None:
+    """Contiguous 1-RTT CRYPTO from a client that withholds its FINISHED: held up to 64 KiB,
+    CRYPTO_BUFFER_EXCEEDED beyond (it was held without limit)."""
+    pair = _withholding_finished()
+    chunk, offset = 1000, 0
+    while offset + chunk <= CRYPTO_BUFFER_LIMIT:
+        _inject(pair, Epoch.APPLICATION, [Crypto(offset, bytes(chunk))])
+        offset += chunk
+    assert not _server_closes(pair)  # 65000 bytes: within the limit
+    _inject(pair, Epoch.APPLICATION, [Crypto(offset, bytes(chunk))])
     assert [code for code, _ in _server_closes(pair)] == [ErrorCode.CRYPTO_BUFFER_EXCEEDED]
 
 
