@@ -107,6 +107,8 @@ class RangeSet:
             gaps.append((start, stop))
         return gaps
 
-    def descending(self) -> list[tuple[int, int]]:
-        """Inclusive (low, high) pairs, highest first: the shape of an ACK frame."""
-        return [(low, high - 1) for low, high in reversed(self._ranges)]
+    def descending(self, count: int) -> list[tuple[int, int]]:
+        """The newest ``count`` ranges as inclusive (low, high) pairs, highest first: the shape
+        of an ACK frame. It costs ``count``, not the size of the set."""
+        newest = self._ranges[max(len(self._ranges) - count, 0) :]
+        return [(low, high - 1) for low, high in reversed(newest)]

@@ -79,6 +79,9 @@ from velocity.core.trace import (
     packet_data,
 )
 
+# received packet-number ranges a space keeps, at most (an ACK reports the newest 32)
+MAX_RECEIVED_RANGES = 256
+
 if TYPE_CHECKING:
     from velocity.core.connection import Connection
     from velocity.core.state import SpaceState
@@ -192,9 +195,16 @@ def _expected(space: SpaceState) -> int:
 
 def _record_received(conn: Connection, space: SpaceState, packet_number: int, expected: int,
                      now: float) -> None:
+    """Note a new packet number for ACKs; a space keeps at most ``MAX_RECEIVED_RANGES`` ranges
+    (a peer that leaves gaps and never acknowledges our ACKs would grow them for ever): the
+    oldest is forgotten, and packets below those kept count as duplicates (VEL-CONN-013)."""
     if packet_number >= expected:
         space.largest_received_time = now  # for the ACK delay field
-    space.received.add(packet_number)
+    received = space.received
+    received.add(packet_number)
+    if len(received) > MAX_RECEIVED_RANGES:
+        received.shift()
+        space.ack_floor = received.first()[0]
     conn._last_activity = now
 
 

@@ -18,8 +18,9 @@ from velocity.core.errors import (
     ErrorCode,
     ProtocolViolation,
 )
-from velocity.core.frames import Crypto, Frame
+from velocity.core.frames import Crypto, Frame, Ping
 from velocity.core.packet import Epoch
+from velocity.core.receiver import MAX_RECEIVED_RANGES
 from velocity.core.seams import PlannedPacket
 from velocity.core.state import CRYPTO_BUFFER_LIMIT
 from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES, ReceiveBuffer
@@ -175,5 +176,37 @@ def test_early_1rtt_crypto_is_bounded_by_the_crypto_buffer_limit() -> None:
     assert not _server_closes(pair)  # 65000 bytes: within the limit
     _inject(pair, Epoch.APPLICATION, [Crypto(offset, bytes(chunk))])
     assert [code for code, _ in _server_closes(pair)] == [ErrorCode.CRYPTO_BUFFER_EXCEEDED]
+
+
+# --- 3. received packet-number ranges ---------------------------------------------------------
+
+
+@pytest.mark.spec("VEL-CONN-013")
+def test_received_ranges_are_bounded_and_the_oldest_forgotten() -> None:
+    """A client that skips every other packet number and never hears (so never acknowledges)
+    the server's ACKs: the server keeps the newest MAX_RECEIVED_RANGES ranges; a packet
+    below them counts as a duplicate."""
+    pair = make()
+    pair.connect()
+    for datagram, _ in pair.client.datagrams_to_send(now=pair.now):  # the CLIENT_HELLO
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    pings = []
+    for _ in range(2 * (MAX_RECEIVED_RANGES + 20) + 1):
+        pair.client.send_frames(Epoch.INITIAL, [Ping()])
+        (datagram, _), = pair.client.datagrams_to_send(now=pair.now)
+        pings.append(datagram)
+    for datagram in pings[::2]:
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+        pair.endpoint.datagrams_to_send(now=pair.now)  # each answer carries an ACK
+    assert pair.server is not None
+    space = pair.server.spaces[Epoch.INITIAL]
+    newest = pair.client.spaces[Epoch.INITIAL].next_packet_number - 1
+    assert len(space.received) == MAX_RECEIVED_RANGES
+    assert space.received.bounds()[1] == newest + 1
+    assert space.ack_floor == space.received.first()[0] > 0
+    skipped = space.ack_floor - 2 * MAX_RECEIVED_RANGES  # the packet number of pings[1]
+    pair.endpoint.receive_datagram(pings[1], CLIENT_ADDR, now=pair.now)
+    assert skipped not in space.received and len(space.received) == MAX_RECEIVED_RANGES
+    assert not _server_closes(pair)
 
 
