@@ -404,10 +404,7 @@ def _stream_data(conn: Connection, stream_id: int, offset: int, data: bytes, fin
     data = receiver.receive(offset, data, fin)
     flow = conn.flow
     if receiver.highest > before:
-        flow.received += receiver.highest - before
-        if flow.received > flow.max_recv:
-            raise FlowControlError("connection data limit exceeded",
-                                   field="STREAM.offset")
+        _count_received(conn, receiver.highest - before, "STREAM.offset")
     complete = receiver.final_size is not None and receiver.complete
     if data or (complete and fin):
         flow.consumed += len(data)
@@ -426,9 +423,19 @@ def _on_reset_stream(conn: Connection, frame: ResetStream, epoch: Epoch, now: fl
         return
     receiver = stream.require_receiver("RESET_STREAM")
     if receiver.reset_code is None:
-        conn.flow.received += max(frame.final_size - receiver.highest, 0)
+        before = receiver.highest
         receiver.reset(frame.final_size, frame.error_code)
+        _count_received(conn, receiver.highest - before, "RESET_STREAM.final_size")
         conn._events.append(StreamReset(frame.stream_id, frame.error_code))
+
+
+def _count_received(conn: Connection, more: int, field: str) -> None:
+    """Stream bytes newly reached, by data or a final size, against the connection's limit
+    (VEL-STR-001)."""
+    flow = conn.flow
+    flow.received += more
+    if flow.received > flow.max_recv:
+        raise FlowControlError("connection data limit exceeded", field=field)
 
 
 def _on_stop_sending(conn: Connection, frame: StopSending, epoch: Epoch, now: float) -> None:

@@ -202,7 +202,7 @@ class ReceiveBuffer:
         self._check_limit(end)
         self._check_final(end, fin)
         self.highest = max(self.highest, end)
-        if end <= self.delivered or not data:
+        if end <= self.delivered or not data or self.reset_code is not None:
             return b""
         if offset == self.delivered and not self._buffer:  # in order: the usual case
             self.delivered = end
@@ -249,8 +249,9 @@ class ReceiveBuffer:
             raise FinalSizeError("RESET_STREAM final size below data received",
                                  field="RESET_STREAM.final_size")
         self._check_limit(final_size)
-        self.final_size = final_size
+        self.final_size = self.highest = final_size
         self.reset_code = code
+        self._buffer, self._ranges = bytearray(), RangeSet()  # never delivered now
 
 
 class StreamState:

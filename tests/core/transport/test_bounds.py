@@ -12,13 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.loopback import CLIENT_ADDR, Pair
-from tests.core.transport.helpers import make, terminated
+from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.errors import (
     CryptoBufferExceeded,
     ErrorCode,
     ProtocolViolation,
 )
-from velocity.core.frames import Crypto, Frame, Ping
+from velocity.core.events import StreamDataReceived, StreamReset
+from velocity.core.frames import Crypto, Frame, Ping, ResetStream, Stream
 from velocity.core.packet import Epoch
 from velocity.core.receiver import MAX_RECEIVED_RANGES
 from velocity.core.seams import PlannedPacket
@@ -44,6 +45,13 @@ def _server_closes(pair: Pair) -> list[tuple[int, str]]:
     while (item := pair.endpoint.next_event()) is not None:
         pair.server_events.append(item[1])
     return [(t.error_code, t.reason) for t in terminated(pair.server_events) if not t.by_peer]
+
+
+def _connected() -> Pair:
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    return pair
 
 
 def _inject(pair: Pair, epoch: Epoch, frames: list[Frame]) -> None:
@@ -208,5 +216,31 @@ def test_received_ranges_are_bounded_and_the_oldest_forgotten() -> None:
     pair.endpoint.receive_datagram(pings[1], CLIENT_ADDR, now=pair.now)
     assert skipped not in space.received and len(space.received) == MAX_RECEIVED_RANGES
     assert not _server_closes(pair)
+
+
+# --- 4. RESET_STREAM and connection flow control ----------------------------------------------
+
+
+@pytest.mark.spec("VEL-STR-001")
+def test_reset_final_sizes_count_against_the_connection_limit() -> None:
+    """Eight RESET_STREAMs of 4 MiB - 1 each (32 MiB) against a 16 MiB initial_max_data."""
+    pair = _connected()
+    _inject(pair, Epoch.APPLICATION, [ResetStream(4 * i, 1, 4 * MiB - 1) for i in range(8)])
+    (close,) = _server_closes(pair)
+    assert close[0] == ErrorCode.FLOW_CONTROL_ERROR and "RESET_STREAM.final_size" in close[1]
+
+
+@pytest.mark.spec("VEL-STR-001")
+def test_data_after_a_reset_is_counted_once_and_not_delivered() -> None:
+    """RESET_STREAM (final size 1000), then the stream's data up to 1000 (a retransmission
+    overtaken): 1000 bytes against a 1500-byte connection limit, not 2000; and the data of
+    a reset stream is not handed to the application."""
+    pair = make(server={"max_data": 1500})
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    _inject(pair, Epoch.APPLICATION, [ResetStream(0, 7, 1000), Stream(0, bytes(1000), 0, True)])
+    assert not _server_closes(pair)
+    assert StreamReset(0, 7) in pair.server_events
+    assert not [e for e in pair.server_events if isinstance(e, StreamDataReceived)]
 
 
