@@ -490,6 +490,15 @@ def _on_new_connection_id(conn: Connection, frame: NewConnectionId, epoch: Epoch
                                      field="NEW_CONNECTION_ID.sequence")
 
 
+def _on_retire_connection_id(conn: Connection, frame: RetireConnectionId, epoch: Epoch,
+                             now: float) -> None:
+    """An endpoint issues only the connection id of its handshake (sequence 0): retiring
+    any other is retiring one never issued (VEL-CONN-012, RFC 9000 section 19.16)."""
+    if frame.sequence > 0:
+        raise ProtocolViolation(f"retires connection id {frame.sequence}, never issued",
+                                field="RETIRE_CONNECTION_ID.sequence")
+
+
 def _on_path_challenge(conn: Connection, frame: PathChallenge, epoch: Epoch, now: float) -> None:
     conn._control.append(PathResponse(frame.data))
 
@@ -573,5 +582,5 @@ _HANDLERS: dict[type[Frame], Callable[[Connection, Any, Epoch, float], None]] = 
     StreamsBlockedBidi: _ignore,
     StreamsBlockedUni: _ignore,
     PathResponse: _ignore,
-    RetireConnectionId: _ignore,
+    RetireConnectionId: _on_retire_connection_id,
 }

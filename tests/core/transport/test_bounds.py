@@ -12,19 +12,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.loopback import CLIENT_ADDR, Pair
+from harness.pair import PairSpec
 from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.errors import (
     CryptoBufferExceeded,
+    DecodeError,
     ErrorCode,
     ProtocolViolation,
+    TransportParameterError,
 )
 from velocity.core.events import StreamDataReceived, StreamReset
-from velocity.core.frames import Crypto, Frame, Ping, ResetStream, Stream
+from velocity.core.frames import Crypto, Frame, Ping, ResetStream, RetireConnectionId, Stream
+from velocity.core.handshake import messages as m
 from velocity.core.packet import Epoch
 from velocity.core.receiver import MAX_RECEIVED_RANGES
 from velocity.core.seams import PlannedPacket
 from velocity.core.state import CRYPTO_BUFFER_LIMIT
 from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES, ReceiveBuffer
+from velocity.core.transport_params import (
+    TransportParameters,
+    decode_transport_parameters,
+    encode_transport_parameters,
+)
 
 MiB = 1 << 20
 SLACK = 8192  # what tracemalloc counts besides the buffered bytes (ranges, frames, dicts)
@@ -244,3 +253,49 @@ def test_data_after_a_reset_is_counted_once_and_not_delivered() -> None:
     assert not [e for e in pair.server_events if isinstance(e, StreamDataReceived)]
 
 
+# --- 5. validation gaps ---------------------------------------------------------------------
+
+
+@pytest.mark.spec("VEL-TP-002", "VEL-TP-004")
+def test_a_client_sending_preferred_address_is_a_transport_parameter_error() -> None:
+    raw = encode_transport_parameters(TransportParameters(initial_source_connection_id=b"c"))
+    with pytest.raises(TransportParameterError) as caught:
+        decode_transport_parameters(raw + b"\x0d\x03abc", from_server=False)
+    assert caught.value.field == "transport_parameters.0xd"
+
+
+def _hello(server_name: bytes) -> m.ClientHello:
+    return m.ClientHello(bytes(32), (b"velocity/1",), (1,), (1,), 1, b"share",
+                         ((m.ExtensionType.SERVER_NAME, server_name),))
+
+
+@pytest.mark.spec("VEL-EXT-002")
+@pytest.mark.parametrize("server_name", [b"", b"a" * 256, b"\xff\xfe.example"])
+def test_a_bad_server_name_is_a_decode_error(server_name: bytes) -> None:
+    raw = m.encode_message(_hello(server_name))
+    with pytest.raises(DecodeError) as caught:
+        m.decode_message(raw[0], raw[4:])
+    assert caught.value.field == "CLIENT_HELLO.server_name"
+
+
+@pytest.mark.spec("VEL-EXT-002")
+def test_a_server_name_of_255_bytes_decodes() -> None:
+    raw = m.encode_message(_hello(b"a" * 255))
+    assert m.decode_message(raw[0], raw[4:]) == _hello(b"a" * 255)
+
+
+@pytest.mark.spec("VEL-EXT-002")
+def test_a_server_closes_on_a_300_byte_server_name() -> None:
+    pair = make(spec=PairSpec(mode="pdk", client={"server_name": "a" * 300}))
+    pair.connect()
+    assert pair.run(lambda: bool(terminated(pair.server_events)))
+    assert [code for code, _ in _server_closes(pair)] == [ErrorCode.DECODE_ERROR]
+
+
+@pytest.mark.spec("VEL-CONN-012")
+def test_retiring_a_connection_id_never_issued_is_a_protocol_violation() -> None:
+    pair = _connected()
+    _inject(pair, Epoch.APPLICATION, [RetireConnectionId(1)])
+    (close,) = _server_closes(pair)
+    assert close[0] == ErrorCode.PROTOCOL_VIOLATION
+    assert "RETIRE_CONNECTION_ID.sequence" in close[1]
