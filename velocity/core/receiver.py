@@ -73,7 +73,7 @@ from velocity.core.protection import (
     retry_tag_valid,
 )
 from velocity.core.state import CRYPTO_BUFFER_LIMIT, State
-from velocity.core.streams import StreamState, is_unidirectional
+from velocity.core.streams import MAX_STREAM_RANGES, StreamState, is_unidirectional
 from velocity.core.trace import (
     QLOG_PACKET_TYPES,
     packet_data,
@@ -400,11 +400,13 @@ def _stream_data(conn: Connection, stream_id: int, offset: int, data: bytes, fin
     if stream is None:
         return
     receiver = stream.receiver or stream.require_receiver("STREAM")
-    before = receiver.highest
+    before, waiting = receiver.highest, receiver.waiting
     data = receiver.receive(offset, data, fin)
     flow = conn.flow
     if receiver.highest > before:
         _count_received(conn, receiver.highest - before, "STREAM.offset")
+    if receiver.waiting != waiting:
+        _count_waiting(conn, receiver.waiting - waiting)
     complete = receiver.final_size is not None and receiver.complete
     if data or (complete and fin):
         flow.consumed += len(data)
@@ -423,9 +425,10 @@ def _on_reset_stream(conn: Connection, frame: ResetStream, epoch: Epoch, now: fl
         return
     receiver = stream.require_receiver("RESET_STREAM")
     if receiver.reset_code is None:
-        before = receiver.highest
+        before, waiting = receiver.highest, receiver.waiting
         receiver.reset(frame.final_size, frame.error_code)
         _count_received(conn, receiver.highest - before, "RESET_STREAM.final_size")
+        _count_waiting(conn, -waiting)
         conn._events.append(StreamReset(frame.stream_id, frame.error_code))
 
 
@@ -436,6 +439,17 @@ def _count_received(conn: Connection, more: int, field: str) -> None:
     flow.received += more
     if flow.received > flow.max_recv:
         raise FlowControlError("connection data limit exceeded", field=field)
+
+
+def _count_waiting(conn: Connection, more: int) -> None:
+    """Ranges of stream data waiting beyond the delivered prefixes, across the connection's
+    streams (VEL-STR-005): a stream's are gone once it is complete or reset, the only ways
+    it is forgotten."""
+    flow = conn.flow
+    flow.waiting_ranges += more
+    if flow.waiting_ranges > MAX_STREAM_RANGES:
+        raise ProtocolViolation(f"more than {MAX_STREAM_RANGES} ranges of stream data wait "
+                                f"beyond the delivered prefixes", field="STREAM.offset")
 
 
 def _on_stop_sending(conn: Connection, frame: StopSending, epoch: Epoch, now: float) -> None:

@@ -9,15 +9,15 @@ from velocity.core.errors import (
     CryptoBufferExceeded,
     FinalSizeError,
     FlowControlError,
-    ProtocolViolation,
     StreamStateError,
     UsageError,
 )
 from velocity.core.rangeset import RangeSet
 
-# disjoint ranges a receive buffer holds beyond its delivered prefix, at most (VEL-STR-005):
-# each costs about 120 bytes; an honest peer leaves one per packet lost or reordered, and a
-# handshake flight is a few dozen packets
+# disjoint ranges of data waiting beyond the delivered prefixes, at most (VEL-STR-005): each
+# costs about 120 bytes, and an honest peer leaves one per packet lost or reordered; across
+# all the streams of a connection (the receiver counts them), and per CRYPTO stream (a
+# handshake flight is a few dozen packets)
 MAX_STREAM_RANGES = 1024
 MAX_CRYPTO_RANGES = 64
 
@@ -155,16 +155,18 @@ class ReceiveBuffer:
     Data beyond the prefix waits in one buffer that starts at the prefix, with the ranges it
     holds; only the bytes of a frame that are new are stored (re-sent bytes are ignored, as
     RFC 9000 section 2.2 allows), so what is held never exceeds the limit whatever the
-    overlap (VEL-STR-004), and at most ``MAX_STREAM_RANGES`` (``MAX_CRYPTO_RANGES``) disjoint
-    ranges wait (VEL-STR-005).
+    overlap (VEL-STR-004). ``waiting`` counts the disjoint ranges that wait: at most
+    ``MAX_CRYPTO_RANGES`` for CRYPTO; a connection bounds those of its streams together
+    (VEL-STR-005).
     """
 
     __slots__ = ("_buffer", "_crypto", "_ranges", "delivered", "final_size", "highest", "limit",
-                 "reset_code")
+                 "reset_code", "waiting")
 
     def __init__(self, limit: int, *, crypto: bool = False) -> None:
         self._buffer = bytearray()  # bytes from offset ``delivered`` on; empty: none wait
         self._ranges = RangeSet()  # the offsets ``_buffer`` holds
+        self.waiting = 0  # len(_ranges), read on every frame
         self.delivered = 0
         self.highest = 0
         self.limit = limit
@@ -220,22 +222,18 @@ class ReceiveBuffer:
             buffer[low - base : high - base] = data[low - offset : high - offset]
         ranges = self._ranges
         ranges.add(offset, offset + len(data))
-        if len(ranges) > (MAX_CRYPTO_RANGES if self._crypto else MAX_STREAM_RANGES):
-            self._too_many_ranges()
+        self.waiting = len(ranges)
+        if self._crypto and self.waiting > MAX_CRYPTO_RANGES:
+            raise CryptoBufferExceeded(f"more than {MAX_CRYPTO_RANGES} ranges wait beyond the "
+                                       f"delivered prefix", field="CRYPTO.offset")
         if ranges.first()[0] != base:
             return b""
         _, high = ranges.shift()
+        self.waiting -= 1
         out = bytes(buffer[: high - base])
         del buffer[: high - base]
         self.delivered = high
         return out
-
-    def _too_many_ranges(self) -> None:
-        if self._crypto:
-            raise CryptoBufferExceeded(f"more than {MAX_CRYPTO_RANGES} ranges wait beyond the "
-                                       f"delivered prefix", field="CRYPTO.offset")
-        raise ProtocolViolation(f"more than {MAX_STREAM_RANGES} ranges wait beyond the "
-                                f"delivered prefix", field="STREAM.offset")
 
     @property
     def complete(self) -> bool:
@@ -251,7 +249,7 @@ class ReceiveBuffer:
         self._check_limit(final_size)
         self.final_size = self.highest = final_size
         self.reset_code = code
-        self._buffer, self._ranges = bytearray(), RangeSet()  # never delivered now
+        self._buffer, self._ranges, self.waiting = bytearray(), RangeSet(), 0  # not delivered
 
 
 class StreamState:

@@ -18,7 +18,6 @@ from velocity.core.errors import (
     CryptoBufferExceeded,
     DecodeError,
     ErrorCode,
-    ProtocolViolation,
     TransportParameterError,
 )
 from velocity.core.events import StreamDataReceived, StreamReset
@@ -142,17 +141,41 @@ def test_rewritten_bytes_are_ignored() -> None:
 
 
 @pytest.mark.spec("VEL-STR-005")
-@pytest.mark.parametrize(("crypto", "limit", "error"), [
-    (True, MAX_CRYPTO_RANGES, CryptoBufferExceeded),
-    (False, MAX_STREAM_RANGES, ProtocolViolation)])
-def test_too_many_holes_close_the_connection(crypto: bool, limit: int,
-                                             error: type[Exception]) -> None:
+def test_too_many_crypto_holes_are_crypto_buffer_exceeded() -> None:
     """One byte every other offset: each makes a range of its own, up to the bound."""
-    receiver = ReceiveBuffer(1 << 20, crypto=crypto)
-    for index in range(limit):
+    receiver = ReceiveBuffer(CRYPTO_BUFFER_LIMIT, crypto=True)
+    for index in range(MAX_CRYPTO_RANGES):
         assert receiver.receive(1 + 2 * index, b"x") == b""
-    with pytest.raises(error):
-        receiver.receive(1 + 2 * limit, b"x")
+    assert receiver.waiting == MAX_CRYPTO_RANGES
+    with pytest.raises(CryptoBufferExceeded):
+        receiver.receive(1 + 2 * MAX_CRYPTO_RANGES, b"x")
+
+
+def _holes(pair: Pair, stream_id: int, count: int) -> None:
+    """One byte every other offset from 1 on ``stream_id``: ``count`` ranges that wait."""
+    frames: list[Frame] = [Stream(stream_id, b"x", 1 + 2 * i) for i in range(count)]
+    for first in range(0, count, 150):
+        _inject(pair, Epoch.APPLICATION, frames[first : first + 150])
+
+
+@pytest.mark.spec("VEL-STR-005")
+def test_stream_holes_are_bounded_across_the_connection() -> None:
+    """The ranges waiting add up across streams (a bound per stream would let 256 streams
+    hold 256 times as many); delivering or resetting a stream frees its ranges; past the
+    bound the server closes with PROTOCOL_VIOLATION."""
+    pair = _connected()
+    share = MAX_STREAM_RANGES // 4
+    for stream_id in (0, 4, 8, 12):
+        _holes(pair, stream_id, share)
+    assert not _server_closes(pair)
+    _inject(pair, Epoch.APPLICATION, [Stream(0, bytes(2 * share), 0),
+                                     ResetStream(4, 0, 2 * share)])
+    assert not _server_closes(pair)
+    _holes(pair, 16, 2 * share)
+    assert not _server_closes(pair)  # MAX_STREAM_RANGES wait again
+    _holes(pair, 20, 1)
+    (close,) = _server_closes(pair)
+    assert close[0] == ErrorCode.PROTOCOL_VIOLATION and "STREAM.offset" in close[1]
 
 
 @pytest.mark.spec("VEL-STR-005", "VEL-HS-004")
