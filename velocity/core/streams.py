@@ -215,12 +215,21 @@ class ReceiveBuffer:
 
     def _store(self, offset: int, data: bytes) -> bytes:
         """Out-of-order data: its new bytes into the buffer; the prefix it completes."""
-        buffer, base = self._buffer, self.delivered
-        if len(buffer) < offset - base:
-            buffer += bytes(offset - base - len(buffer))
-        for low, high in self._ranges.missing(offset, offset + len(data)):
-            buffer[low - base : high - base] = data[low - offset : high - offset]
-        ranges = self._ranges
+        buffer, base, ranges = self._buffer, self.delivered, self._ranges
+        first_low, first_high = ranges.first() if ranges else (0, 0)
+        if offset == base and first_low <= offset + len(data) <= first_high:
+            ranges.shift()  # it fills the first hole (a retransmission, usually): no copy in
+            out = data[: first_low - base] + buffer[first_low - base : first_high - base]
+            del buffer[: first_high - base]
+            self.delivered, self.waiting = first_high, self.waiting - 1
+            return out
+        if offset - base >= len(buffer):  # past what is held: the usual case
+            if offset - base > len(buffer):
+                buffer += bytes(offset - base - len(buffer))
+            buffer += data
+        else:
+            for low, high in ranges.missing(offset, offset + len(data)):
+                buffer[low - base : high - base] = data[low - offset : high - offset]
         ranges.add(offset, offset + len(data))
         self.waiting = len(ranges)
         if self._crypto and self.waiting > MAX_CRYPTO_RANGES:
