@@ -429,6 +429,9 @@ def _on_reset_stream(conn: Connection, frame: ResetStream, epoch: Epoch, now: fl
         receiver.reset(frame.final_size, frame.error_code)
         _count_received(conn, receiver.highest - before, "RESET_STREAM.final_size")
         _count_waiting(conn, -waiting)
+        # what will never be delivered is consumed now, or each reset would shrink the
+        # connection's window for good
+        conn.flow.consumed += frame.final_size - receiver.delivered
         conn._events.append(StreamReset(frame.stream_id, frame.error_code))
 
 

@@ -276,6 +276,20 @@ def test_data_after_a_reset_is_counted_once_and_not_delivered() -> None:
     assert not [e for e in pair.server_events if isinstance(e, StreamDataReceived)]
 
 
+@pytest.mark.spec("VEL-STR-002", "VEL-STR-001")
+def test_a_reset_returns_its_undelivered_bytes_to_the_connection_window() -> None:
+    """The bytes of a reset stream that were never delivered are consumed all the same:
+    otherwise every reset shrinks the connection's window for good, and a peer that cancels
+    enough streams stalls. Here 1500 of a 2000-byte window: the next MAX_DATA is 3500."""
+    pair = make(server={"max_data": 2000})
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    _inject(pair, Epoch.APPLICATION, [Stream(0, bytes(100)), ResetStream(0, 7, 1500)])
+    assert pair.server is not None and not _server_closes(pair)
+    pair.endpoint.datagrams_to_send(now=pair.now)
+    assert pair.server.flow.max_recv == 1500 + 2000
+
+
 # --- 5. validation gaps ---------------------------------------------------------------------
 
 
