@@ -157,3 +157,22 @@ def test_rangeset_matches_a_set_of_integers(operations: list[tuple[str, int, int
         assert {n for low, high in spans for n in range(low, high)} == model
     for value in probes:
         assert (value in ranges) == (value in model)
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)), max_size=20),
+       st.integers(0, 80), st.integers(0, 30), st.integers(1, 12))
+def test_rangeset_missing_parts_and_newest_ranges(adds: list[tuple[int, int]], start: int,
+                                                  length: int, count: int) -> None:
+    """``missing`` gives exactly the values of a window not in the set, as maximal runs;
+    ``descending(n)`` the newest n ranges, highest first, as ACK frames want them."""
+    ranges, model = RangeSet(), set()
+    for low, size in adds:
+        ranges.add(low, low + size)
+        model |= set(range(low, low + size))
+    gaps = ranges.missing(start, start + length)
+    assert [n for low, high in gaps for n in range(low, high)] == [
+        n for n in range(start, start + length) if n not in model]
+    assert all(low < high for low, high in gaps)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(gaps))
+    newest = [(low, high - 1) for low, high in reversed(list(ranges))][:count]
+    assert ranges.descending(count) == newest

@@ -119,7 +119,7 @@ async def test_silence_broken_by_the_target_fails_with_the_datagram(tmp_path: Pa
                                                                    target: Target) -> None:
     result = await run(tmp_path, target, """\
   - connect: {wait: none}
-  - expect_silence: {for: 2}
+  - expect_silence: {for: 5}
 """)
     assert result.outcome.verdict is Verdict.FAIL
     assert result.outcome.event is not None

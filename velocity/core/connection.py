@@ -225,7 +225,7 @@ class Connection:
             max_ack_delay=int(config.max_ack_delay * 1000),
             initial_source_connection_id=self.host_cid,
             grease=self._entropy.random(2))
-        if not self.is_client:  # a server follows no migration (VEL-CONN-012)
+        if not self.is_client:  # a server follows no migration (VEL-CONN-014)
             params = params.with_changes(original_destination_connection_id=self.original_dcid,
                                          retry_source_connection_id=self.retry_scid,
                                          disable_active_migration=True)

@@ -89,6 +89,26 @@ class RangeSet:
     def first(self) -> tuple[int, int]:
         return self._ranges[0]
 
-    def descending(self) -> list[tuple[int, int]]:
-        """Inclusive (low, high) pairs, highest first: the shape of an ACK frame."""
-        return [(low, high - 1) for low, high in reversed(self._ranges)]
+    def missing(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """The parts of [start, stop) not in the set, lowest first."""
+        ranges = self._ranges
+        if not ranges or ranges[-1][1] <= start:  # past the last range: the usual case
+            return [(start, stop)] if start < stop else []
+        index = max(bisect.bisect_right(ranges, (start, float("inf"))) - 1, 0)
+        gaps = []
+        while index < len(ranges) and start < stop:
+            low, high = ranges[index]
+            if low >= stop:
+                break
+            if low > start:
+                gaps.append((start, low))
+            start, index = max(start, high), index + 1
+        if start < stop:
+            gaps.append((start, stop))
+        return gaps
+
+    def descending(self, count: int) -> list[tuple[int, int]]:
+        """The newest ``count`` ranges as inclusive (low, high) pairs, highest first: the shape
+        of an ACK frame. It costs ``count``, not the size of the set."""
+        newest = self._ranges[max(len(self._ranges) - count, 0) :]
+        return [(low, high - 1) for low, high in reversed(newest)]

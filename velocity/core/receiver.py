@@ -13,6 +13,7 @@ from velocity.core.errors import (
     AeadLimitReached,
     AuthenticationFailed,
     ConnectionIdLimitError,
+    CryptoBufferExceeded,
     ErrorCode,
     FlowControlError,
     KeyUpdateError,
@@ -71,12 +72,15 @@ from velocity.core.protection import (
     PacketKeys,
     retry_tag_valid,
 )
-from velocity.core.state import State
-from velocity.core.streams import StreamState, is_unidirectional
+from velocity.core.state import CRYPTO_BUFFER_LIMIT, State
+from velocity.core.streams import MAX_STREAM_RANGES, StreamState, is_unidirectional
 from velocity.core.trace import (
     QLOG_PACKET_TYPES,
     packet_data,
 )
+
+# received packet-number ranges a space keeps, at most (an ACK reports the newest 32)
+MAX_RECEIVED_RANGES = 256
 
 if TYPE_CHECKING:
     from velocity.core.connection import Connection
@@ -191,9 +195,16 @@ def _expected(space: SpaceState) -> int:
 
 def _record_received(conn: Connection, space: SpaceState, packet_number: int, expected: int,
                      now: float) -> None:
+    """Note a new packet number for ACKs; a space keeps at most ``MAX_RECEIVED_RANGES`` ranges
+    (a peer that leaves gaps and never acknowledges our ACKs would grow them for ever): the
+    oldest is forgotten, and packets below those kept count as duplicates (VEL-CONN-013)."""
     if packet_number >= expected:
         space.largest_received_time = now  # for the ACK delay field
-    space.received.add(packet_number)
+    received = space.received
+    received.add(packet_number)
+    if len(received) > MAX_RECEIVED_RANGES:
+        received.shift()
+        space.ack_floor = received.first()[0]
     conn._last_activity = now
 
 
@@ -367,8 +378,12 @@ def _on_crypto(conn: Connection, frame: Crypto, epoch: Epoch, now: float) -> Non
     data = conn.spaces[epoch].crypto_recv.receive(frame.offset, frame.data)
     if data and epoch == Epoch.APPLICATION and not conn.handshake_complete:
         # 1-RTT CRYPTO (a ticket) can overtake the server's FINISHED when that is lost
-        # or reordered: it waits for the handshake to complete (RFC 9001 section 4.1.3)
+        # or reordered: it waits for the handshake to complete (RFC 9001 section 4.1.3),
+        # within the CRYPTO buffer limit (VEL-HS-004)
         conn._early_crypto += data
+        if len(conn._early_crypto) > CRYPTO_BUFFER_LIMIT:
+            raise CryptoBufferExceeded(f"more than {CRYPTO_BUFFER_LIMIT} bytes of 1-RTT CRYPTO "
+                                       f"before the handshake completed", field="CRYPTO")
         return
     if data:
         conn.handshake.receive(epoch, data, now_ms=int(now * 1000))
@@ -385,14 +400,13 @@ def _stream_data(conn: Connection, stream_id: int, offset: int, data: bytes, fin
     if stream is None:
         return
     receiver = stream.receiver or stream.require_receiver("STREAM")
-    before = receiver.highest
+    before, waiting = receiver.highest, receiver.waiting
     data = receiver.receive(offset, data, fin)
     flow = conn.flow
     if receiver.highest > before:
-        flow.received += receiver.highest - before
-        if flow.received > flow.max_recv:
-            raise FlowControlError("connection data limit exceeded",
-                                   field="STREAM.offset")
+        _count_received(conn, receiver.highest - before, "STREAM.offset")
+    if receiver.waiting != waiting:
+        _count_waiting(conn, receiver.waiting - waiting)
     complete = receiver.final_size is not None and receiver.complete
     if data or (complete and fin):
         flow.consumed += len(data)
@@ -411,9 +425,34 @@ def _on_reset_stream(conn: Connection, frame: ResetStream, epoch: Epoch, now: fl
         return
     receiver = stream.require_receiver("RESET_STREAM")
     if receiver.reset_code is None:
-        conn.flow.received += max(frame.final_size - receiver.highest, 0)
+        before, waiting = receiver.highest, receiver.waiting
         receiver.reset(frame.final_size, frame.error_code)
+        _count_received(conn, receiver.highest - before, "RESET_STREAM.final_size")
+        _count_waiting(conn, -waiting)
+        # what will never be delivered is consumed now, or each reset would shrink the
+        # connection's window for good
+        conn.flow.consumed += frame.final_size - receiver.delivered
         conn._events.append(StreamReset(frame.stream_id, frame.error_code))
+
+
+def _count_received(conn: Connection, more: int, field: str) -> None:
+    """Stream bytes newly reached, by data or a final size, against the connection's limit
+    (VEL-STR-001)."""
+    flow = conn.flow
+    flow.received += more
+    if flow.received > flow.max_recv:
+        raise FlowControlError("connection data limit exceeded", field=field)
+
+
+def _count_waiting(conn: Connection, more: int) -> None:
+    """Ranges of stream data waiting beyond the delivered prefixes, across the connection's
+    streams (VEL-STR-005): a stream's are gone once it is complete or reset, the only ways
+    it is forgotten."""
+    flow = conn.flow
+    flow.waiting_ranges += more
+    if flow.waiting_ranges > MAX_STREAM_RANGES:
+        raise ProtocolViolation(f"more than {MAX_STREAM_RANGES} ranges of stream data wait "
+                                f"beyond the delivered prefixes", field="STREAM.offset")
 
 
 def _on_stop_sending(conn: Connection, frame: StopSending, epoch: Epoch, now: float) -> None:
@@ -466,6 +505,15 @@ def _on_new_connection_id(conn: Connection, frame: NewConnectionId, epoch: Epoch
     if len(conn._peer_cids) > 2:
         raise ConnectionIdLimitError("more connection ids than active_connection_id_limit",
                                      field="NEW_CONNECTION_ID.sequence")
+
+
+def _on_retire_connection_id(conn: Connection, frame: RetireConnectionId, epoch: Epoch,
+                             now: float) -> None:
+    """An endpoint issues only the connection id of its handshake (sequence 0): retiring
+    any other is retiring one never issued (VEL-CONN-012, RFC 9000 section 19.16)."""
+    if frame.sequence > 0:
+        raise ProtocolViolation(f"retires connection id {frame.sequence}, never issued",
+                                field="RETIRE_CONNECTION_ID.sequence")
 
 
 def _on_path_challenge(conn: Connection, frame: PathChallenge, epoch: Epoch, now: float) -> None:
@@ -552,5 +600,5 @@ _HANDLERS: dict[type[Frame], Callable[[Connection, Any, Epoch, float], None]] = 
     StreamsBlockedBidi: _ignore,
     StreamsBlockedUni: _ignore,
     PathResponse: _ignore,
-    RetireConnectionId: _ignore,
+    RetireConnectionId: _on_retire_connection_id,
 }

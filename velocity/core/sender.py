@@ -140,7 +140,7 @@ def _keys_for(conn: Connection, epoch: Epoch) -> tuple[PacketKeys | None, Packet
 
 def _add_ack(conn: Connection, space: SpaceState, epoch: Epoch, frames: _Frames,
              now: float) -> None:
-    ranges = space.received.descending()[:MAX_ACK_RANGES]
+    ranges = space.received.descending(MAX_ACK_RANGES)
     delay = 0
     if epoch == Epoch.APPLICATION:
         delay = int(max(now - space.largest_received_time, 0) * 1_000_000) >> (

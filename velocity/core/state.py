@@ -75,3 +75,4 @@ class FlowState:
     blocked_sent_at: int = -1
     early_limit: int = 0  # stream bytes the ticket allows in 0-RTT (VEL-HS-081)
     early_used: int = 0
+    waiting_ranges: int = 0  # out-of-order ranges held across the streams (VEL-STR-005)

@@ -14,6 +14,13 @@ from velocity.core.errors import (
 )
 from velocity.core.rangeset import RangeSet
 
+# disjoint ranges of data waiting beyond the delivered prefixes, at most (VEL-STR-005): each
+# costs about 120 bytes, and an honest peer leaves one per packet lost or reordered; across
+# all the streams of a connection (the receiver counts them), and per CRYPTO stream (a
+# handshake flight is a few dozen packets)
+MAX_STREAM_RANGES = 1024
+MAX_CRYPTO_RANGES = 64
+
 
 def is_client_initiated(stream_id: int) -> bool:
     return not stream_id & 0x01
@@ -145,13 +152,21 @@ class ReceiveBuffer:
 
     ``limit`` bounds how far beyond the delivered prefix data may reach: for streams it is
     flow control (FLOW_CONTROL_ERROR), for CRYPTO the buffer limit (CRYPTO_BUFFER_EXCEEDED).
+    Data beyond the prefix waits in one buffer that starts at the prefix, with the ranges it
+    holds; only the bytes of a frame that are new are stored (re-sent bytes are ignored, as
+    RFC 9000 section 2.2 allows), so what is held never exceeds the limit whatever the
+    overlap (VEL-STR-004). ``waiting`` counts the disjoint ranges that wait: at most
+    ``MAX_CRYPTO_RANGES`` for CRYPTO; a connection bounds those of its streams together
+    (VEL-STR-005).
     """
 
-    __slots__ = ("_chunks", "_crypto", "delivered", "final_size", "highest", "limit",
-                 "reset_code")
+    __slots__ = ("_buffer", "_crypto", "_ranges", "delivered", "final_size", "highest", "limit",
+                 "reset_code", "waiting")
 
     def __init__(self, limit: int, *, crypto: bool = False) -> None:
-        self._chunks: dict[int, bytes] = {}
+        self._buffer = bytearray()  # bytes from offset ``delivered`` on; empty: none wait
+        self._ranges = RangeSet()  # the offsets ``_buffer`` holds
+        self.waiting = 0  # len(_ranges), read on every frame
         self.delivered = 0
         self.highest = 0
         self.limit = limit
@@ -182,41 +197,52 @@ class ReceiveBuffer:
         """Store a frame's data; return newly contiguous bytes (possibly empty)."""
         end = offset + len(data)
         if (offset == self.delivered and end <= self.limit and data and not fin
-                and not self._chunks and not self._crypto and self.final_size is None):
+                and not self._buffer and not self._crypto and self.final_size is None):
             self.delivered = end  # in order, within the window, nothing held: the usual case
             self.highest = max(self.highest, end)
             return data
         self._check_limit(end)
         self._check_final(end, fin)
         self.highest = max(self.highest, end)
-        if end <= self.delivered or not data:
+        if end <= self.delivered or not data or self.reset_code is not None:
             return b""
-        if offset == self.delivered and not self._chunks:  # in order: the usual case
+        if offset == self.delivered and not self._buffer:  # in order: the usual case
             self.delivered = end
             return data
         if offset < self.delivered:
             data, offset = data[self.delivered - offset :], self.delivered
-        existing = self._chunks.get(offset)
-        if existing is None or len(existing) < len(data):
-            self._chunks[offset] = data
-        return self._pop_contiguous()
+        return self._store(offset, data)
 
-    def _pop_contiguous(self) -> bytes:
-        out = bytearray()
-        while True:
-            chunk = self._chunks.pop(self.delivered, None)
-            if chunk is None:
-                stale = [o for o in self._chunks if o < self.delivered]
-                if not stale:
-                    break
-                for offset in stale:  # chunks that overlap the delivered prefix
-                    piece = self._chunks.pop(offset)
-                    if offset + len(piece) > self.delivered:
-                        self._chunks.setdefault(self.delivered, piece[self.delivered - offset :])
-                continue
-            out += chunk
-            self.delivered += len(chunk)
-        return bytes(out)
+    def _store(self, offset: int, data: bytes) -> bytes:
+        """Out-of-order data: its new bytes into the buffer; the prefix it completes."""
+        buffer, base, ranges = self._buffer, self.delivered, self._ranges
+        first_low, first_high = ranges.first() if ranges else (0, 0)
+        if offset == base and first_low <= offset + len(data) <= first_high:
+            ranges.shift()  # it fills the first hole (a retransmission, usually): no copy in
+            out = data[: first_low - base] + buffer[first_low - base : first_high - base]
+            del buffer[: first_high - base]
+            self.delivered, self.waiting = first_high, self.waiting - 1
+            return out
+        if offset - base >= len(buffer):  # past what is held: the usual case
+            if offset - base > len(buffer):
+                buffer += bytes(offset - base - len(buffer))
+            buffer += data
+        else:
+            for low, high in ranges.missing(offset, offset + len(data)):
+                buffer[low - base : high - base] = data[low - offset : high - offset]
+        ranges.add(offset, offset + len(data))
+        self.waiting = len(ranges)
+        if self._crypto and self.waiting > MAX_CRYPTO_RANGES:
+            raise CryptoBufferExceeded(f"more than {MAX_CRYPTO_RANGES} ranges wait beyond the "
+                                       f"delivered prefix", field="CRYPTO.offset")
+        if ranges.first()[0] != base:
+            return b""
+        _, high = ranges.shift()
+        self.waiting -= 1
+        out = bytes(buffer[: high - base])
+        del buffer[: high - base]
+        self.delivered = high
+        return out
 
     @property
     def complete(self) -> bool:
@@ -230,8 +256,9 @@ class ReceiveBuffer:
             raise FinalSizeError("RESET_STREAM final size below data received",
                                  field="RESET_STREAM.final_size")
         self._check_limit(final_size)
-        self.final_size = final_size
+        self.final_size = self.highest = final_size
         self.reset_code = code
+        self._buffer, self._ranges, self.waiting = bytearray(), RangeSet(), 0  # not delivered
 
 
 class StreamState:

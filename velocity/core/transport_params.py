@@ -54,9 +54,10 @@ _TABLE: dict[int, tuple[str, str]] = {
     0x10: ("retry_source_connection_id", "bytes"),
 }
 _IDS = {name: pid for pid, (name, _) in _TABLE.items()}
-# 0x02 stateless_reset_token: Velocity/1 has no stateless reset (VEL-TP-005), so a server's
-# is ignored like an unknown id; a client's is still an error, as in QUIC
-SERVER_ONLY = frozenset({0x00, 0x02, 0x10})
+# 0x02 stateless_reset_token and 0x0d preferred_address: Velocity/1 has no stateless reset
+# (VEL-TP-005) and no preferred address (VEL-TP-004), so a server's is ignored like an
+# unknown id; a client's is still an error, as in QUIC
+SERVER_ONLY = frozenset({0x00, 0x02, 0x0D, 0x10})
 GREASE_ID = 31 * 7 + 27
 _DEFAULTS = TransportParameters()
 

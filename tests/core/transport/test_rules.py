@@ -288,7 +288,7 @@ def test_reordering_widens_the_loss_thresholds() -> None:
     assert recovery.packet_threshold > 3 and recovery.time_threshold > 9 / 8
 
 
-@pytest.mark.spec("VEL-CONN-012")
+@pytest.mark.spec("VEL-CONN-014")
 def test_the_server_says_it_follows_no_migration() -> None:
     pair = make()
     pair.connect()

@@ -143,6 +143,18 @@ def _allowed_extensions(msg: str, extensions: Extensions, allowed: frozenset[int
                                    field=f"{msg}.extensions")
 
 
+def _check_server_name(value: bytes | None) -> None:
+    """``server_name`` is a UTF-8 host name of 1..255 bytes (section 13)."""
+    if value is None:
+        return
+    if not 1 <= len(value) <= 255:
+        raise DecodeError(f"{len(value)} bytes, not 1..255", field="CLIENT_HELLO.server_name")
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        raise DecodeError("not UTF-8", field="CLIENT_HELLO.server_name") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ClientHello:
     random: bytes
@@ -179,6 +191,7 @@ class ClientHello:
             raise IllegalParameter("not one of the offered profiles",
                                    field="CLIENT_HELLO.key_share_profile")
         _allowed_extensions(f.msg, hello.extensions, KNOWN_EXTENSIONS)
+        _check_server_name(hello.extension(ExtensionType.SERVER_NAME))
         psk = [i for i, (t, _) in enumerate(hello.extensions) if t == ExtensionType.PRE_SHARED_KEY]
         if psk and psk[0] != len(hello.extensions) - 1:
             raise IllegalParameter("pre_shared_key is not the last extension",
