@@ -33,17 +33,27 @@ class ScenarioWarning(UserWarning):
     ``--strict``."""
 
 
-def conformance(config: pytest.Config) -> Conformance:
-    """The session's run state, made from the options on first need."""
+def conformance(config: pytest.Config, target: str | None = None) -> Conformance:
+    """The run state for ``target`` (a ``--target`` value; None: the first or only one)."""
+    runs = conformances(config)
+    return runs[target] if target is not None else next(iter(runs.values()))
+
+
+def conformances(config: pytest.Config) -> dict[str, Conformance]:
+    """The session's run states, one per target (keyed by the ``--target`` value, or ""
+    for the in-process or command target), made from the options on first need."""
     found = config.stash.get(CONFORMANCE, None)
     if found is not None:
         return found
     opt = config.getoption
+    given: list[str] = opt("target") or []
     try:
-        targets = Targets(TargetOptions.from_values(
-            target=opt("target"), command=opt("target_cmd"), caps=opt("target_caps"),
+        if len(set(given)) != len(given):
+            raise UsageError("a --target is given twice; give each node of the fleet once")
+        targets = {name: Targets(TargetOptions.from_values(
+            target=name or None, command=opt("target_cmd"), caps=opt("target_caps"),
             sni=opt("sni"), ca=opt("ca"), kem_b64=opt("kem_b64"), kem_file=opt("kem_file"),
-            concurrency=opt("target_concurrency")))
+            concurrency=opt("target_concurrency"))) for name in given or [""]}
         spec = requirements(SPEC_FILE)
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -54,7 +64,8 @@ def conformance(config: pytest.Config) -> Conformance:
     options = RunOptions(seed=int(seed) if seed.isdigit() else seed,
                          strict=bool(config.getini("strict")), transcripts=opt("transcripts"),
                          baseline=opt("baseline"), save_baseline=opt("save_baseline"))
-    made = config.stash[CONFORMANCE] = Conformance(options, targets, spec)
+    made = config.stash[CONFORMANCE] = {name: Conformance(options, each, spec)
+                                         for name, each in targets.items()}
     return made
 
 
@@ -72,10 +83,14 @@ class ScenarioFile(pytest.File):
                       for s in scenarios if seen.get(s.id, (display,))[0] != display]
         if duplicates:
             raise self.CollectError("\n".join(dict.fromkeys(duplicates)))
+        fleet = list(conformances(self.config))
         items = []
         for scenario in scenarios:
             seen.setdefault(scenario.id, (display, scenario.line))
-            items.append(ScenarioItem.from_parent(self, name=scenario.name, scenario=scenario))
+            for target in fleet:
+                name = f"{scenario.name}@{target}" if len(fleet) > 1 else scenario.name
+                items.append(ScenarioItem.from_parent(self, name=name, scenario=scenario,
+                                                      target=target, grouped=len(fleet) > 1))
         return items
 
     def _display(self) -> str:
@@ -86,17 +101,21 @@ class ScenarioFile(pytest.File):
 
 
 class ScenarioItem(pytest.Item):
-    def __init__(self, *, scenario: Scenario, **kwargs: Any) -> None:
+    def __init__(self, *, scenario: Scenario, target: str = "", grouped: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scenario = scenario
+        self.target = target
         self.outcome: Outcome | None = None
+        if grouped:  # a fleet: each target's runs stay on one xdist worker (--dist loadgroup)
+            self.add_marker(pytest.mark.xdist_group(name=target))
         for tag in scenario.tags:
             self.add_marker(tag)
         self.add_marker(f"role_{scenario.role}")
         self.add_marker(pytest.mark.spec(*scenario.spec))
 
     def setup(self) -> None:
-        run = conformance(self.config)
+        run = conformance(self.config, self.target)
         self.outcome = run.run(self.scenario, dt.datetime.now(dt.UTC).date())
         if self.outcome.verdict in (Verdict.ERROR, Verdict.UNSUPPORTED, Verdict.INCONCLUSIVE):
             self._report(self.outcome)

@@ -24,15 +24,17 @@ SCENARIO_DIRECTORY = "scenarios"
 SCHEMA = Path(__file__).resolve().parent / "schemas" / "scenario.schema.json"
 ROLE_MARKERS = {"role_client": "the harness plays the client (tests a server target)",
                 "role_server": "the harness plays the server (tests a client target)"}
-CONFORMANCE: pytest.StashKey[Conformance] = pytest.StashKey()
-"""The session's conformance run (harness.scenario.run), made on first need."""
+CONFORMANCE: pytest.StashKey[dict[str, Conformance]] = pytest.StashKey()
+"""The session's conformance runs (harness.scenario.run), one per target, made on first
+need."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("velocity", "Velocity/1 conformance scenarios (scenarios/**/*.yaml)")
-    group.addoption("--target", metavar="HOST:PORT",
+    group.addoption("--target", metavar="HOST:PORT", action="append",
                     help="run against a remote server (default: an in-process reference "
-                         "server per worker)")
+                         "server per worker); repeat it for a fleet: every scenario runs "
+                         "against each, one xdist group per target (-n N --dist loadgroup)")
     group.addoption("--target-cmd", metavar="CMD",
                     help="start the target with CMD ({port}, {host} filled in): a server, or "
                          "a client when --target-caps claims 'client'")
@@ -65,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in ROLE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     config.addinivalue_line("markers", "spec(*ids): the Velocity/1 requirement IDs covered")
+    config.addinivalue_line("markers", "xdist_group(name): a fleet target's runs, kept on one "
+                                       "pytest-xdist worker (--dist loadgroup)")
     if any(config.getoption(name) is not None for name in (
             "target", "target_cmd", "target_caps", "ca", "kem_b64", "kem_file", "baseline",
             "save_baseline")):
@@ -95,6 +99,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    conformance = session.config.stash.get(CONFORMANCE, None)
-    if conformance is not None:
+    for conformance in session.config.stash.get(CONFORMANCE, {}).values():
         conformance.close()
