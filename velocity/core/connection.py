@@ -2,10 +2,12 @@
 ``handle_timer`` and commands, read with ``datagrams_to_send``, ``next_event`` and
 ``get_timer``. ``now`` is always an argument (seconds); randomness comes from ``Entropy``.
 
-This module owns the connection's state machine: commands, streams, the handshake and its
-keys, flow-control limits, closing, draining and timers. Reading packets and handling their
-frames lives in ``velocity.core.receiver``, packet assembly in ``velocity.core.sender``, loss
-recovery in ``velocity.core.recovery`` and the state records in ``velocity.core.state``.
+This module owns the connection's state machine: commands, streams, flow-control limits,
+key updates, closing, draining and timers. Reading packets and handling their frames lives
+in ``velocity.core.receiver``, packet assembly in ``velocity.core.sender``, the connection's
+side of its handshake (CRYPTO, keys, confirmation, the peer's transport parameters) in
+``velocity.core.handshaking``, loss recovery in ``velocity.core.recovery`` and the state
+records in ``velocity.core.state``.
 """
 
 from __future__ import annotations
@@ -16,24 +18,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from velocity.core import handshaking
 from velocity.core.entropy import Entropy
 from velocity.core.errors import (
     ErrorCode,
     ProtocolError,
-    TransportParameterError,
     UsageError,
 )
 from velocity.core.events import (
-    ApplicationKeysInstalled,
     ConnectionTerminated,
     Event,
-    HandshakeConfirmed,
     InternalErrorRaised,
     StreamDataReceived,
-    TicketReceived,
 )
 from velocity.core.frames import (
-    Crypto,
     Frame,
     ResetStream,
     StopSending,
@@ -42,13 +40,7 @@ from velocity.core.frames import (
 )
 from velocity.core.handshake.client import ClientConfig, ClientHandshake
 from velocity.core.handshake.common import (
-    AuthMode,
-    FallbackDirected,
     HandshakeCompleted,
-    HandshakeEvent,
-    KeysReady,
-    ServerKeyLearned,
-    TicketIssued,
 )
 from velocity.core.handshake.server import ServerConfig, ServerHandshake, ServerState
 from velocity.core.packet import (
@@ -70,9 +62,6 @@ from velocity.core.state import FlowState, KeyUpdates, SpaceState, State
 from velocity.core.streams import StreamState, is_unidirectional
 from velocity.core.trace import (
     Tracer,
-    describe,
-    digest,
-    type_name,
 )
 from velocity.core.transport_params import (
     TransportParameters,
@@ -197,7 +186,8 @@ class Connection:
         remembered = self.config.remembered_transport_parameters
         if self.is_client and remembered and getattr(self.config.handshake, "early_data",
                                                      False):
-            self._use_peer_params(decode_transport_parameters(remembered, from_server=True))
+            handshaking.use_peer_params(
+                self, decode_transport_parameters(remembered, from_server=True))
 
     def _make_handshake(self) -> ClientHandshake | ServerHandshake:
         params = encode_transport_parameters(self._local_params())
@@ -247,7 +237,7 @@ class Connection:
         self._trace_started()
         assert isinstance(self.handshake, ClientHandshake)
         self.handshake.start(now_ms=int(now * 1000))
-        self._pump_handshake(now)
+        handshaking.pump(self, now)
 
     def get_next_available_stream_id(self, *, unidirectional: bool = False) -> int:
         """The id of the next stream this endpoint may open; raises ``StreamsExhausted``
@@ -403,7 +393,7 @@ class Connection:
                 self._fail(exc)
                 # what the handshake produced before it failed; an error it raises again
                 # (the peer's transport parameters, applied once more) finds us closing
-                self._pump_handshake(now)
+                handshaking.pump(self, now)
 
     def _rotate_send_keys(self) -> None:
         space = self.spaces[Epoch.APPLICATION]
@@ -425,7 +415,7 @@ class Connection:
         first = self.key_updates.unacked_from
         if first is not None and largest >= first:
             self.key_updates.unacked_from = None
-        self._server_done_with_handshake_keys(one_rtt_ack=True)
+        handshaking.server_done_with_handshake_keys(self, one_rtt_ack=True)
 
     def check_confidentiality_limit(self) -> None:
         """Update keys before the 1-RTT send key reaches its AEAD limit (VEL-PROT-012)."""
@@ -444,183 +434,6 @@ class Connection:
             raise UsageError("a key update needs a confirmed handshake, no update in "
                              "progress, and an acknowledged packet under the current keys")
         self._rotate_send_keys()
-
-    # --- frames --------------------------------------------------------------------------
-
-    def _server_done_with_handshake_keys(self, *, one_rtt_packet: bool = False,
-                                         one_rtt_ack: bool = False) -> None:
-        """VEL-PROT-013: a server drops its Handshake keys once its handshake is complete and
-        the client has its FINISHED: its Handshake CRYPTO data is acknowledged, or the client
-        acknowledged a 1-RTT packet (a client reads 1-RTT only once the server's FINISHED
-        verified), or, in PDK and resumption modes, any 1-RTT packet came (such a client
-        sends 1-RTT only once complete; a discovery client sends it with its own FINISHED,
-        before it has the server's). Without the 1-RTT rules a lost ACK of the FINISHED
-        would keep the server probing forever, as the client drops its Handshake keys on
-        HANDSHAKE_DONE."""
-        summary = self.handshake_summary
-        if self.is_client or summary is None or self.spaces[Epoch.HANDSHAKE].discarded:
-            return
-        if (not self.spaces[Epoch.HANDSHAKE].crypto_send.buffered or one_rtt_ack
-                or (one_rtt_packet and summary.mode is not AuthMode.DISCOVERY)):
-            self._discard_space(Epoch.HANDSHAKE)
-
-    def _confirm(self) -> None:
-        """Client: confirmed once HANDSHAKE_DONE arrived and the handshake is complete (a
-        HANDSHAKE_DONE can overtake the server's FINISHED under loss)."""
-        if self._handshake_done_received and self.handshake_complete and (
-                not self.handshake_confirmed):
-            self.handshake_confirmed = True
-            self._discard_space(Epoch.HANDSHAKE)
-            self._events.append(HandshakeConfirmed())
-
-    # --- handshake -----------------------------------------------------------------------
-
-    def _pump_handshake(self, now: float) -> None:
-        """Move handshake output into CRYPTO streams and act on handshake events."""
-        handshake = self.handshake
-        for epoch in EPOCHS:
-            data = handshake.data_to_send(epoch)
-            if data:
-                self._write_crypto(epoch, data)
-        while (event := handshake.next_event()) is not None:
-            self._on_handshake_event(event, now)
-        if (not self.is_client and not self._peer_params_final
-                and handshake.peer_transport_parameters):
-            self._apply_peer_params(handshake.peer_transport_parameters)
-
-    def _write_crypto(self, epoch: Epoch, data: bytes) -> None:
-        """Handshake bytes into the space's CRYPTO stream; a CRYPTO policy (seam) decides
-        how they are first sent, loss recovery resends them as usual."""
-        space = self.spaces[epoch]
-        offset = space.crypto_send.write_offset
-        space.crypto_send.write(data)
-        policy = self.seams.crypto_policy
-        if policy is not None:
-            self.seams.injecting = True
-            space.crypto_send.mark_sent(offset, offset + len(data))
-            for pieces in policy(epoch, offset, data):
-                space.injected.append((tuple(Crypto(at, piece) for at, piece in pieces), None))
-
-    def _trace_handshake_event(self, event: HandshakeEvent) -> None:
-        if isinstance(event, KeysReady):
-            owner = "client" if event.send == self.is_client else "server"
-            space = "0rtt" if event.early else {Epoch.INITIAL: "initial",
-                                                Epoch.HANDSHAKE: "handshake",
-                                                Epoch.APPLICATION: "1rtt"}[event.epoch]
-            self._trace("quic:key_updated", {"key_type": f"{owner}_{space}_secret",
-                                             "trigger": "tls", "aead": event.aead.name,
-                                             "secret": digest(event.secret)})
-        else:
-            self._trace(f"velocity:{type_name(event)}", describe(event, kind=None))
-
-    def _on_handshake_event(self, event: HandshakeEvent, now: float) -> None:
-        if self.tracer is not None:
-            self._trace_handshake_event(event)
-        if isinstance(event, KeysReady):
-            keys = PacketKeys(event.secret, event.aead, event.hash_name)
-            if event.early:
-                if event.send:
-                    self._zero_rtt_send = keys
-                else:
-                    self._zero_rtt_recv = keys
-                self.flow.early_limit = event.early_limit
-                return
-            space = self.spaces[event.epoch]
-            if event.send and self.is_client and event.epoch == Epoch.APPLICATION:
-                # a discovery client writes before the server's FINISHED: under the
-                # parameters of ENCRYPTED_EXTENSIONS, which that FINISHED covers
-                if not self._peer_params_final:
-                    self._apply_peer_params(self.handshake.peer_transport_parameters)
-                self._events.append(ApplicationKeysInstalled())
-            if event.send:
-                space.send_keys = keys
-            else:
-                space.recv_keys = keys
-            if self.is_client and event.epoch == Epoch.HANDSHAKE and event.send:
-                self._discard_space(Epoch.INITIAL)
-        elif isinstance(event, HandshakeCompleted):
-            self._on_handshake_completed(event, now)
-        elif isinstance(event, TicketIssued):
-            params = self.handshake.peer_transport_parameters
-            self._events.append(TicketReceived(event.ticket, params))
-        elif isinstance(event, FallbackDirected):
-            self._events.append(event)
-            if not self.is_client:
-                self.close(ErrorCode.NO_APPLICATION_PROTOCOL, "fallback directed",
-                           application=False)
-        elif isinstance(event, ServerKeyLearned):
-            self._events.append(event)
-
-    def _on_handshake_completed(self, event: HandshakeCompleted, now: float) -> None:
-        self.handshake_summary = event
-        self.handshake_complete = True
-        if self._early_crypto:  # 1-RTT CRYPTO that arrived before completion
-            held, self._early_crypto = bytes(self._early_crypto), bytearray()
-            self.handshake.receive(Epoch.APPLICATION, held, now_ms=int(now * 1000))
-        self.state = State.CONNECTED
-        self.early_data_accepted = event.early_data_accepted
-        if not self._peer_params_final:
-            self._apply_peer_params(event.peer_transport_parameters)
-        self._events.append(event)
-        if self.is_client:
-            self.recovery.pto_count = 0  # the server has validated us: backoff may reset
-            if self._zero_rtt_frames and not event.early_data_accepted:
-                self._resend_rejected_early_data()
-            self._zero_rtt_send = None
-            self._confirm()
-        else:
-            self.handshake_confirmed = True
-            self._handshake_done_pending = True
-            self._zero_rtt_recv = None
-            self._server_done_with_handshake_keys()
-
-    def _resend_rejected_early_data(self) -> None:
-        """0-RTT data the server rejected goes again in 1-RTT (VEL-RES-008)."""
-        for stream_id, start, stop, fin in self._zero_rtt_frames:
-            stream = self.streams.get(stream_id)
-            if stream is not None and stream.sender is not None:
-                stream.sender.on_lost(start, stop, fin)
-        self._zero_rtt_frames.clear()
-
-    def _apply_peer_params(self, raw: bytes) -> None:
-        params = decode_transport_parameters(raw, from_server=self.is_client)
-        if self.is_client:
-            expected = (self.original_dcid, self._first_server_scid, self.retry_scid)
-            actual = (params.original_destination_connection_id,
-                      params.initial_source_connection_id, params.retry_source_connection_id)
-            if actual != expected:
-                raise TransportParameterError("connection ids do not match the packets",
-                                              field="transport_parameters.connection_ids")
-        elif params.initial_source_connection_id != self.peer_cid:
-            raise TransportParameterError("does not match the client's SCID",
-                                          field="initial_source_connection_id")
-        self._peer_params_final = True
-        if self.tracer is not None:
-            self._trace("quic:parameters_set", {"owner": "remote", **describe(params, kind=None)})
-        self._use_peer_params(params)
-
-    def _use_peer_params(self, params: TransportParameters) -> None:
-        self.peer_params = params
-        self.flow.max_send = max(self.flow.max_send, params.initial_max_data)
-        self._peer_streams_bidi = max(self._peer_streams_bidi, params.initial_max_streams_bidi)
-        self._peer_streams_uni = max(self._peer_streams_uni, params.initial_max_streams_uni)
-        self.recovery.max_ack_delay = params.max_ack_delay / 1000
-        for stream in self.streams.values():
-            local = (stream.stream_id & 0x01) == (0 if self.is_client else 1)
-            if stream.sender is not None:
-                limit = (params.initial_max_stream_data_uni
-                         if is_unidirectional(stream.stream_id) else
-                         params.initial_max_stream_data_bidi_remote if local else
-                         params.initial_max_stream_data_bidi_local)
-                stream.max_send = max(stream.max_send, limit)
-
-    def _discard_space(self, epoch: Epoch) -> None:
-        space = self.spaces[epoch]
-        if space.discarded:
-            return
-        space.discarded = True
-        space.send_keys = space.recv_keys = None
-        self.recovery.discard(epoch)
 
     # --- failure, closing, timers ----------------------------------------------------------
 

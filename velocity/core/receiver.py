@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from velocity.core import handshaking
 from velocity.core.errors import (
     AeadLimitReached,
     AuthenticationFailed,
@@ -131,7 +132,7 @@ def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> i
         conn._first_server_scid = header.scid
     if not conn.is_client and epoch == Epoch.HANDSHAKE:
         conn.address_validated = True
-        conn._discard_space(Epoch.INITIAL)
+        handshaking.discard_space(conn, Epoch.INITIAL)
     frames = decode_frames(payload, header.packet_type)
     if conn.tracer is not None:
         conn._trace("quic:packet_received",
@@ -179,7 +180,7 @@ def _is_new(conn: Connection, space: SpaceState, packet_type: PacketType, plain:
     from the client may end its use of the Handshake keys, reserved bits must be 0, and a
     duplicate is dropped (False)."""
     if packet_type == PacketType.ONE_RTT and not conn.is_client:
-        conn._server_done_with_handshake_keys(one_rtt_packet=True)
+        handshaking.server_done_with_handshake_keys(conn, one_rtt_packet=True)
     if plain[0] & (0x0C if plain[0] & 0x80 else 0x18):
         raise ProtocolViolation("reserved bits are not 0", field="first_byte")
     if packet_number < space.ack_floor or packet_number in space.received:
@@ -369,7 +370,7 @@ def _on_ack(conn: Connection, frame: Ack, epoch: Epoch, now: float) -> None:
                          handshake_confirmed=conn.handshake_confirmed,
                          peer_completed_address_validation=conn.handshake_complete)
     if epoch == Epoch.HANDSHAKE:
-        conn._server_done_with_handshake_keys()
+        handshaking.server_done_with_handshake_keys(conn)
     elif epoch == Epoch.APPLICATION:
         conn.on_application_ack(ranges[0][1])
 
@@ -387,7 +388,7 @@ def _on_crypto(conn: Connection, frame: Crypto, epoch: Epoch, now: float) -> Non
         return
     if data:
         conn.handshake.receive(epoch, data, now_ms=int(now * 1000))
-        conn._pump_handshake(now)  # keys for packets coalesced behind this one
+        handshaking.pump(conn, now)  # keys for packets coalesced behind this one
 
 
 def _on_stream(conn: Connection, frame: Stream, epoch: Epoch, now: float) -> None:
@@ -496,7 +497,7 @@ def _on_handshake_done(conn: Connection, frame: HandshakeDone, epoch: Epoch, now
         raise ProtocolViolation("a client sent HANDSHAKE_DONE", field="frame_type",
                                 frame_type=HandshakeDone.TYPE)
     conn._handshake_done_received = True
-    conn._confirm()
+    handshaking.confirm(conn)
 
 
 def _on_new_connection_id(conn: Connection, frame: NewConnectionId, epoch: Epoch,
