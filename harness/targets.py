@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h11
 import yaml
@@ -277,14 +278,20 @@ class CommandServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process is not None:
+            stop_process(process, 5)
+
+
+def stop_process(process: subprocess.Popen[Any], wait: float) -> None:
+    """Terminate ``process`` and wait for it, killing it when it lingers past ``wait``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(wait)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(wait)
 
 
 class ConnectionSlots:

@@ -17,6 +17,8 @@ from typing import IO
 
 import pytest
 
+from harness.targets import stop_process
+
 VELOCITY = [sys.executable, "-m", "velocity.cli"]
 BANNER_WITHIN = 60.0  # seconds: a cold start imports the whole stack on a busy machine
 
@@ -78,12 +80,7 @@ def started(args: list[str], env: dict[str, str], *,
     try:
         yield Stderr(process)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process, 10)
 
 
 def target_of(banner: str) -> str:
