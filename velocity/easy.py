@@ -28,6 +28,7 @@ from velocity.aio.client import (
     HandshakeError,
     VelocityClient,
     connect,
+    shown,
     split_address,
 )
 from velocity.core.connection import ConnectionConfig
@@ -530,9 +531,9 @@ class AsyncEasyClient:
         host = directive.host or self.host
         if host != self.host and not directive.authenticated:
             raise UsageError(f"not following an unauthenticated directive to another host "
-                             f"({host}); fetch from it directly if you trust it")
+                             f"({shown(host)}); fetch from it directly if you trust it")
         if directive.alpn not in FALLBACK_ALPNS:
-            raise UsageError(f"cannot follow a directive to {directive.alpn}: this client "
+            raise UsageError(f"cannot follow a directive to {shown(directive.alpn)}: this client "
                              f"offered only velocity/1, {', '.join(FALLBACK_ALPNS)}")
         if directive.alpn == "h3":
             if self._h3 is None or self._h3.closed:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import DownloadColumn, TransferSpeedColumn
 from rich.progress import Progress as RichProgress
 
-from velocity.aio.client import FallbackError, resolve, split_address
+from velocity.aio.client import FallbackError, resolve, shown, split_address
 from velocity.cli.common import option_errors, parse_address, run
 from velocity.core.errors import CertificateInvalid, UsageError
 from velocity.core.handshake.client import PinnedServerKey
@@ -152,8 +152,9 @@ async def _fetch(config: EasyClientConfig, path: str) -> dict[str, Any]:
         except FallbackError as exc:
             directive = exc.directive
             raise UsageError(
-                f"the server sends clients elsewhere: {directive.alpn} at "
-                f"{directive.host or client.host}:{directive.port} ({directive.reason_text}"
+                f"the server sends clients elsewhere: {shown(directive.alpn)} at "
+                f"{shown(directive.host or client.host)}:{directive.port} "
+                f"({shown(directive.reason_text)}"
                 f"{', authenticated' if directive.authenticated else ''}); "
                 "add --follow-fallback to go there") from None
         result: dict[str, Any] = {"status": got.status, "headers": dict(got.headers),

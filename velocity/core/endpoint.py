@@ -108,6 +108,8 @@ class ServerEndpoint:
             header = parse_header(data, short_dcid_length=cid_length)
         except ProtocolError:
             return  # undecodable: drop, never create state (VEL-CONN-004)
+        if header.packet_type == PacketType.INITIAL and len(data) < MIN_INITIAL_DATAGRAM:
+            return  # VEL-PKT-012, for a connection's later Initials too
         connection = self._by_cid.get(header.dcid)
         if connection is not None:
             connection.receive_datagram(data, address, now=now)
@@ -117,7 +119,7 @@ class ServerEndpoint:
         if header.packet_type in (PacketType.ONE_RTT, PacketType.VERSION_NEGOTIATION):
             return
         if len(data) < MIN_INITIAL_DATAGRAM:
-            return  # VEL-PKT-012, VEL-VN-002
+            return  # VEL-VN-002
         if header.version != VELOCITY_VERSION:
             self._version_negotiation(header, address)
             return

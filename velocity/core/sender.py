@@ -400,10 +400,12 @@ def _traced_frames(payload: bytes, packet_type: PacketType) -> list[object]:
 
 
 def _seal(conn: Connection, plans: list[_Plan], now: float, pad_to: int) -> bytes:
-    """Pad (datagrams with an ack-eliciting Initial to ``pad_to`` bytes; every packet to a
-    header-protection sample), protect, and record each packet as sent."""
+    """Pad (a client's datagrams with any Initial packet, a server's with an ack-eliciting
+    one, to ``pad_to`` bytes, VEL-PKT-011; every packet to a header-protection sample),
+    protect, and record each packet as sent."""
     sizes = [p.header_size + len(p.payload) + TAG_LENGTH for p in plans]
-    padded_initial = any(p.epoch == Epoch.INITIAL and p.sent.ack_eliciting for p in plans)
+    padded_initial = any(p.epoch == Epoch.INITIAL and (conn.is_client or p.sent.ack_eliciting)
+                         for p in plans)
     if padded_initial and sum(sizes) < pad_to:
         plans[-1].payload += bytes(pad_to - sum(sizes))
         plans[-1].sent.in_flight = True
