@@ -167,3 +167,17 @@ async def test_a_client_that_pads_only_its_first_initial_fails_the_padding_scena
     assert padded.event is not None
     other = await verdict(HELLO, "clients/discovery-handshake-per-profile[profile=balanced]")
     assert other.verdict is Verdict.PASS, other
+
+
+@pytest.mark.spec("VEL-EXT-003")
+async def test_a_client_without_grease_fails_the_should_level_grease_scenario(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its unknown extension is not of the GREASE form 31·N + 27: a FAIL the plugin turns into
+    a warning unless --strict (VEL-EXT-003 is a SHOULD)."""
+    name = "clients/client-hello-carries-grease"
+    assert (await verdict(HELLO, name)).verdict is Verdict.PASS
+    monkeypatch.setattr(handshake_client, "GREASE_BASE", 28)
+    outcome = await verdict(HELLO, name)
+    assert outcome.verdict is Verdict.FAIL
+    assert outcome.reason == "assert 'max(types) % 31 == 27' does not hold"
+    assert all(requirements()[i].strict_only for i in scenario(HELLO, name).spec)
