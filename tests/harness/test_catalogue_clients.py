@@ -149,8 +149,8 @@ async def test_a_client_that_does_not_pad_its_initials_fails_the_padding_scenari
 @pytest.mark.spec("VEL-PKT-011")
 async def test_a_client_that_pads_only_its_first_initial_fails_the_padding_scenario(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The harness's server takes the unpadded second datagram (the connection exists), so
-    the handshake completes and only the padding scenario notices."""
+    """Its second CLIENT_HELLO datagram is short: the scenario names the Initial packet that
+    did not come padded (whether the harness's server then reads it or drops it)."""
     real = sender._seal
     sealed: dict[int, int] = {}
 
@@ -164,9 +164,6 @@ async def test_a_client_that_pads_only_its_first_initial_fails_the_padding_scena
     padded = await verdict(HELLO, "clients/initial-datagrams-are-padded[client_key=none]")
     assert padded.verdict is Verdict.FAIL
     assert "data.raw.length gte 1200" in padded.reason and "1 of 2 came" in padded.reason
-    assert padded.event is not None
-    other = await verdict(HELLO, "clients/discovery-handshake-per-profile[profile=balanced]")
-    assert other.verdict is Verdict.PASS, other
 
 
 @pytest.mark.spec("VEL-EXT-003")
