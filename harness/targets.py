@@ -125,7 +125,8 @@ def sanity_config(target: Target) -> ClientConfig:
 
 
 async def sanity_check(target: Target, timeout: float = SANITY_TIMEOUT) -> str | None:
-    """None when the target completes a handshake and answers ``GET /``; else why not."""
+    """None when the target completes a handshake and answers ``GET /`` (or, claiming
+    ``fallback-only``, answers with a FALLBACK directive); else why not."""
     if target.address is None:
         return None  # a client target: there is nothing to call
     host, port = target.address
@@ -136,6 +137,8 @@ async def sanity_check(target: Target, timeout: float = SANITY_TIMEOUT) -> str |
                 stream = await client.open_stream()
                 await request(stream, "GET", "/", authority=target.server_name or host)
     except FallbackError as exc:
+        if "fallback-only" in target.capabilities:
+            return None  # what it claims to do: it answers, with a directive
         return f"the target answered with a FALLBACK directive: {exc}"
     except TimeoutError:
         return f"no handshake and answer to GET / from {host}:{port} within {timeout:g} s"

@@ -42,9 +42,14 @@ def known_keys(run: Run) -> list[PinnedServerKey]:
 
 
 def server_key(run: Run, mode: str, profiles: tuple[Profile, ...]) -> PinnedServerKey | None:
-    """The key for PDK (``key: pdk``, or ``auto`` when one is known), None for discovery."""
+    """The key for PDK (``key: pdk``, or ``auto`` when one is known), None for discovery;
+    ``stale``: a key of the first profile generated from the run's seed, which no server
+    holds (VEL-AUTH-011)."""
     if mode == "discovery":
         return None
+    if mode == "stale":
+        generated = kem_backend().generate(profiles[0].kem, run.entropy("stale-key").random(64))
+        return PinnedServerKey(profiles[0], generated.encapsulation_key)
     for profile in profiles:
         for key in known_keys(run):
             if key.profile == profile:
