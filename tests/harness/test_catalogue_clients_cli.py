@@ -90,8 +90,6 @@ def test_velocity_fetch_discovering_ends_the_attempts_it_must_not_follow(
 
 
 @pytest.mark.spec("VEL-FB-009")
-@pytest.mark.xfail(reason="reference defect: velocity fetch prints a FALLBACK's reason text "
-                          "unescaped, so a forged line poses as its own 'Error:' advice")
 def test_velocity_fetch_escapes_a_forged_reason_text(catalogue: pytest.Pytester) -> None:
     result = fetch(catalogue, "--ca {ca}", "scenarios/clients", "-k", "forged-reason")
     result.assert_outcomes(passed=1)
