@@ -18,14 +18,22 @@ from tests.core.transport.helpers import (
     resumable,
     terminated,
 )
+from velocity.core.buffer import Writer
 from velocity.core.connection import ConnectionConfig
 from velocity.core.errors import ErrorCode
 from velocity.core.events import TicketReceived
-from velocity.core.frames import Crypto, decode_frames
+from velocity.core.frames import ConnectionClose, Crypto, decode_frames, encode_frames
 from velocity.core.handshake.common import FallbackDirected, ServerKeyLearned
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED, LIGHT, SECURE, Profile
-from velocity.core.packet import VELOCITY_VERSION, Epoch, PacketType, parse_header
+from velocity.core.packet import (
+    VELOCITY_VERSION,
+    Epoch,
+    LongHeader,
+    PacketType,
+    parse_header,
+    push_long_header,
+)
 from velocity.core.protection import initial_keys
 from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 from velocity.core.state import State
@@ -364,3 +372,33 @@ def test_a_lost_fallback_is_sent_again_with_the_close() -> None:
     assert pair.run(lambda: any(isinstance(e, FallbackDirected) for e in pair.client_events))
     directive = next(e for e in pair.client_events if isinstance(e, FallbackDirected))
     assert lost[0] and directive.authenticated
+
+
+@pytest.mark.spec("VEL-PKT-012")
+def test_a_short_initial_datagram_is_dropped_for_an_existing_connection_too() -> None:
+    """A 60-byte Initial carrying CONNECTION_CLOSE for a connection the server holds is not
+    read (it drained the connection before the fix); the same close padded to 1200 is."""
+    pair = make()
+    pair.connect()
+    for datagram, _ in pair.client.datagrams_to_send(now=pair.now):
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=pair.now)
+    (server,) = pair.endpoint.connections
+
+    def initial_close(pn: int, pad_to: int) -> bytes:
+        send, _ = initial_keys(pair.client.original_dcid, is_client=True)
+        payload = encode_frames([ConnectionClose(0, 0, b"x")])
+        payload += bytes(max(0, pad_to - 44 - len(payload)))
+        writer = Writer()
+        push_long_header(writer, LongHeader(PacketType.INITIAL, VELOCITY_VERSION,
+                                            pair.client.original_dcid, pair.client.host_cid,
+                                            pn, 2, 2 + len(payload) + 16))
+        return send.encrypt_packet(writer.data(), payload, pn)
+
+    short = initial_close(50, 0)
+    assert len(short) < 1200
+    pair.endpoint.receive_datagram(short, CLIENT_ADDR, now=pair.now)
+    assert server.state is State.HANDSHAKE
+    padded = initial_close(51, 1200)
+    assert len(padded) >= 1200
+    pair.endpoint.receive_datagram(padded, CLIENT_ADDR, now=pair.now)
+    assert server.state is State.DRAINING
