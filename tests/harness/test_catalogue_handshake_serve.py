@@ -67,10 +67,6 @@ def test_the_retry_scenarios_fail_against_a_server_that_sends_none(
 
 
 @pytest.mark.spec("VEL-AUTH-001", "VEL-AUTH-020", "VEL-HS-020")
-@pytest.mark.xfail(strict=True, reason="reference defect: `velocity serve` holds a key for its "
-                   "--profile only but selects any of the three profiles, so a discovering "
-                   "client offering light first is closed with KEM_KEY_REQUIRED although the "
-                   "server publishes its key (expected: HELLO_RETRY for balanced)")
 def test_a_discovering_client_offering_an_unkeyed_profile_first_is_retried(
         pytester: pytest.Pytester) -> None:
     copy(pytester, "scenarios/handshake/hello-retry.yaml")

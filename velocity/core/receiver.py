@@ -167,8 +167,11 @@ def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> No
     frames = decode_frames(payload, PacketType.ONE_RTT, start) if (
         start < size or not start) else []
     _record_received(conn, space, packet_number, expected, now)
-    for stream_id, stream_offset, chunk, fin, _ in streams:
-        _stream_data(conn, stream_id, stream_offset, chunk, fin)
+    for index, (stream_id, stream_offset, chunk, fin, _) in enumerate(streams):
+        try:
+            _stream_data(conn, stream_id, stream_offset, chunk, fin)
+        except ProtocolError as exc:
+            raise _blamed(exc, payload[streams[index - 1][4] if index else 0]) from None
     if _handle_frames(conn, frames, Epoch.APPLICATION, PacketType.ONE_RTT, now) or streams:
         _note_ack_eliciting(conn, space, Epoch.APPLICATION, now,
                             in_order=packet_number == expected)
@@ -215,8 +218,26 @@ def _handle_frames(conn: Connection, frames: list[Frame], epoch: Epoch,
     ack_eliciting = False
     for frame in frames:
         ack_eliciting |= frame.ACK_ELICITING
-        _handle_frame(conn, frame, epoch, packet_type, now)
+        try:
+            _handle_frame(conn, frame, epoch, packet_type, now)
+        except ProtocolError as exc:
+            raise _blamed(exc, _type_of(frame)) from None
     return ack_eliciting
+
+
+def _type_of(frame: Frame) -> int:
+    """The frame type a frame was sent with (a STREAM frame's carries its flag bits)."""
+    if isinstance(frame, Stream):
+        return (0x08 | (0x04 if frame.offset else 0) | (0x02 if frame.explicit_length else 0)
+                | (0x01 if frame.fin else 0))
+    return frame.TYPE
+
+
+def _blamed(exc: ProtocolError, frame_type: int) -> ProtocolError:
+    """VEL-ERR-002: the close names the type of the frame that caused it."""
+    if not exc.frame_type:
+        exc.frame_type = frame_type
+    return exc
 
 
 def _open(conn: Connection, packet: bytes, packet_type: PacketType, pn_offset: int,

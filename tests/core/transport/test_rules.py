@@ -10,7 +10,7 @@ import pytest
 from harness.loopback import CLIENT_ADDR, ONE_WAY, lossy
 from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError, UsageError
-from velocity.core.frames import HandshakeDone, NewConnectionId
+from velocity.core.frames import HandshakeDone, MaxStreamData, NewConnectionId, Stream
 from velocity.core.packet import Epoch
 from velocity.core.protection import CONFIDENTIALITY_LIMIT, INTEGRITY_LIMIT, Aead
 from velocity.core.recovery import SentPacket
@@ -295,3 +295,24 @@ def test_the_server_says_it_follows_no_migration() -> None:
     assert pair.run(lambda: both_completed(pair))
     assert pair.client.peer_params is not None
     assert pair.client.peer_params.disable_active_migration
+
+
+@pytest.mark.spec("VEL-ERR-002", "VEL-STR-001")
+@pytest.mark.parametrize("frame", ["stream", "max_stream_data"])
+def test_a_close_names_the_type_of_the_frame_that_caused_it(frame: str) -> None:
+    """A stream beyond the limit, by STREAM (the receive fast path) or by MAX_STREAM_DATA on
+    a stream never opened: the close carries that frame's type (it carried 0)."""
+    pair = make()
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    beyond = 4 * 1000  # client-initiated bidirectional, far past the limit of 128
+    sent = (Stream(beyond, b"x", 0, True) if frame == "stream" else MaxStreamData(beyond + 1,
+                                                                                  10))
+    pair.client.send_frames(Epoch.APPLICATION, [sent])
+    assert pair.run(lambda: bool(terminated(pair.client_events)))
+    (end,) = terminated(pair.client_events)
+    assert end.by_peer
+    if frame == "stream":
+        assert end.error_code == ErrorCode.STREAM_LIMIT_ERROR and 0x08 <= end.frame_type <= 0x0F
+    else:
+        assert end.frame_type == MaxStreamData.TYPE
