@@ -60,6 +60,11 @@ IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
 SANITY_TIMEOUT = 5.0
 START_TIMEOUT = 20.0
 LOOPBACK = "127.0.0.1"
+IN_PROCESS_HALF_OPEN = 1024
+"""The in-process target's bound on half-open connections per address (VEL-CONN-010; the
+reference's default is 32): the whole catalogue reaches it from one address, and every
+handshake a scenario fails on purpose holds its slot while it closes (three PTOs, about 3 s
+before the server has an RTT sample)."""
 
 
 class TargetError(Exception):
@@ -179,8 +184,9 @@ class InProcessServer:
                                  ticket_sealer=ticket_sealer(entropy.random(32)),
                                  replay_filter=ReplayFilter())
         app = Application(StaticFiles(public), api=True, clock=_now)
-        return await serve(LOOPBACK, 0, EndpointConfig(ConnectionConfig(handshake)), app,
-                           entropy=entropy)
+        config = EndpointConfig(ConnectionConfig(handshake),
+                                max_half_open_per_address=IN_PROCESS_HALF_OPEN)
+        return await serve(LOOPBACK, 0, config, app, entropy=entropy)
 
     def stop(self) -> None:
         if self._server is not None:
