@@ -105,6 +105,7 @@ RECIPES: dict[Where, Callable[[], bytes]] = {
     ("protection/undecryptable-initial-is-dropped-not-fatal", 1): lambda: ping(KNOWN + "0a", 0),
     ("protection/undecryptable-initial-is-dropped-not-fatal", 3): lambda: ping(KNOWN + "0a", 1),
     ("protection/undecryptable-initial-is-dropped-not-fatal", 5): lambda: ping(KNOWN + "0a", 2),
+    ("protection/initial-protected-as-specified-is-opened", 1): lambda: ping(KNOWN + "0d", 0),
     ("connection/datagrams-from-another-address-are-not-processed", 2):
         lambda: ping(KNOWN + "0b", 0),
     ("connection/datagrams-from-another-address-are-not-processed", 4):
@@ -124,6 +125,7 @@ CLOSED = {  # the connection each scenario's ``finally`` closes: the DCID it lef
     "packets/coalesced-packet-after-a-bad-one-on-a-known-connection": "09",
     "protection/undecryptable-initial-is-dropped-not-fatal": "0a",
     "connection/datagrams-from-another-address-are-not-processed": "0b",
+    "protection/initial-protected-as-specified-is-opened": "0d",
 }
 for _scenario, _last in CLOSED.items():
     RECIPES[(_scenario, "finally.0")] = lambda dcid=KNOWN + _last: close(dcid)

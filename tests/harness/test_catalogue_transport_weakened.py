@@ -24,7 +24,7 @@ from velocity.core import endpoint, receiver, state, transport_params
 from velocity.core.buffer import varint_at
 from velocity.core.connection import Address, Connection
 from velocity.core.errors import ProtocolViolation
-from velocity.core.frames import ConnectionClose, HandshakeDone, StopSending
+from velocity.core.frames import ConnectionClose, HandshakeDone, NewConnectionId, StopSending
 from velocity.core.packet import FIXED_BIT, parse_header
 from velocity.http import app
 
@@ -146,6 +146,18 @@ def ignores_connection_close(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(receiver, "_HANDLERS", handlers)
 
 
+def stores_any_number_of_connection_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server keeps every connection ID it is given (VEL-CONN-006)."""
+    handlers = dict(receiver._HANDLERS)
+    handlers[NewConnectionId] = _client_only(handlers[NewConnectionId])
+    monkeypatch.setattr(receiver, "_HANDLERS", handlers)
+
+
+def reads_any_echo_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/api/echo takes a body of any size (VEL-HTTP-008)."""
+    monkeypatch.setattr(app, "ECHO_MAX_BODY", 1 << 20)
+
+
 def serves_any_early_method(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any method is served from 0-RTT early data (VEL-HTTP-005)."""
     monkeypatch.setattr(app, "SAFE_EARLY_METHODS", frozenset({"GET", "HEAD", "POST"}))
@@ -223,6 +235,10 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      ignores_connection_close, "VEL-ERR-004", SILENCE),
     ("http/requests.yaml", "http/post-in-early-data-is-too-early", serves_any_early_method,
      "VEL-HTTP-005", "the response status is 200"),
+    ("http/requests.yaml", "http/body-over-the-route-bound", reads_any_echo_body,
+     "VEL-HTTP-008", "the response status is 200"),
+    ("connection/ids.yaml", "connection/connection-ids-beyond-the-limit",
+     stores_any_number_of_connection_ids, "VEL-CONN-006", NOT_CLOSED),
 ]
 
 
