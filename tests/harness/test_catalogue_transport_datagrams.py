@@ -28,6 +28,7 @@ from velocity.core.frames import (
 from velocity.core.handshake.messages import ClientHello, ExtensionType, decode_message
 from velocity.core.hybrid import SECURE
 from velocity.core.packet import (
+    FIXED_BIT,
     VELOCITY_VERSION,
     LongHeader,
     PacketType,
@@ -40,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[2] / "scenarios"
 SCID = bytes.fromhex("5ca1ab1e")  # the made-up client's source connection id
 PN_LENGTH = 2
 TAG = 16
-FIXED_BIT = 0x40
 
 
 def initial(dcid: bytes, pn: int, frames: list[Frame], *, length_delta: int = 0,
