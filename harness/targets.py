@@ -65,6 +65,11 @@ IN_PROCESS_HALF_OPEN = 1024
 is 32): every scenario connects from 127.0.0.1, and a connection the server closed during its
 handshake counts for three PTOs (about 3 s), so a run of error scenarios would be refused."""
 LOOPBACK = "127.0.0.1"
+IN_PROCESS_HALF_OPEN = 1024
+"""The in-process target's bound on half-open connections per address (VEL-CONN-010; the
+reference's default is 32): the whole catalogue reaches it from one address, and every
+handshake a scenario fails on purpose holds its slot while it closes (three PTOs, about 3 s
+before the server has an RTT sample)."""
 
 
 class TargetError(Exception):

@@ -66,6 +66,11 @@ def _field_value(annotation: str, value: Any) -> Any:
         return value
     if annotation.startswith("int"):
         return _number(value)
+    if annotation == "Extensions":  # a message's extensions: [[type, bytes], ...]
+        if not isinstance(value, list) or not all(isinstance(v, list) and len(v) == 2
+                                                  for v in value):
+            raise ValueError(f"{value!r} is not a list of [type, bytes] pairs")
+        return tuple((_number(kind), to_bytes(data)) for kind, data in value)
     if annotation.startswith("tuple"):
         if value is None and annotation.endswith("None"):
             return None
