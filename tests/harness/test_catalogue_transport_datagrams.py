@@ -142,14 +142,19 @@ def _steps(document: dict[str, Any]) -> list[tuple[int | str, dict[str, Any]]]:
     return out
 
 
+AREAS = ("frames", "packets", "protection", "transport_parameters", "streams", "crypto",
+         "amplification", "connection", "errors", "recovery", "http")
+"""The transport catalogue's directories, whose hand-written datagrams have recipes here."""
+
+
 def _sends() -> dict[Where, bytes]:
     """Every hand-written datagram of the catalogue, by where it is sent."""
     found = {}
-    for path in sorted(ROOT.glob("*/*.yaml")):
+    for path in sorted(p for area in AREAS for p in (ROOT / area).glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             for where, step in _steps(document):
                 datagram = (step.get("send") or {}).get("datagram") or {}
-                if "hex" in datagram:
+                if "hex" in datagram and "{" not in datagram["hex"]:  # not parametrised
                     found[(document["id"], where)] = bytes.fromhex(datagram["hex"])
     return found
 

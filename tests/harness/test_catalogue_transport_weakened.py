@@ -108,7 +108,7 @@ def ignores_duplicate_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
     def lenient(data: bytes, *, from_server: bool) -> transport_params.TransportParameters:
         return decode(data if from_server else _first_of_each(data), from_server=from_server)
 
-    monkeypatch.setattr("velocity.core.connection.decode_transport_parameters", lenient)
+    monkeypatch.setattr("velocity.core.handshaking.decode_transport_parameters", lenient)
 
 
 def accepts_server_only_parameters(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -386,6 +386,10 @@ class Connection:
                     crypto = self.spaces[Epoch.INITIAL].crypto_send
                     crypto.on_lost(0, crypto.write_offset, False)
             return
+        if not from_peer:  # no migration: another address's packets are not read (VEL-CONN-014)
+            self._trace("quic:packet_dropped", {"header": {}, "raw": {"length": len(data)},
+                                                "trigger": "invalid"})
+            return
         with self._boundary():
             try:
                 read_datagram(self, data, now)

@@ -186,15 +186,29 @@ class ServerEndpoint:
 
     @staticmethod
     def _opens(header: ProtectedHeader, data: bytes) -> bool:
-        """Whether the datagram's first packet opens under the Initial keys of its DCID (the
-        client's first DCID, or after Retry our Retry SCID): anyone can build such a packet,
-        but a flood of random bytes then costs one AEAD check each and takes no slot."""
+        """Whether an Initial packet of the datagram (the first that opens: a bad one does not
+        hide those delimited after it, VEL-PKT-006) opens under the Initial keys of the first
+        one's DCID (the client's first DCID, or after Retry our Retry SCID): anyone can build
+        such a packet, but a flood of random bytes then costs an AEAD check a packet and
+        takes no slot."""
         _, receive = initial_keys(header.dcid, is_client=False)
-        try:
-            receive.decrypt_packet(data[: header.end], header.pn_offset, 0)
-        except PacketDropped:
-            return False
-        return True
+        offset, packet = 0, header
+        while True:
+            if packet.packet_type == PacketType.INITIAL and packet.dcid == header.dcid:
+                try:
+                    receive.decrypt_packet(data[offset : packet.end], packet.pn_offset - offset,
+                                           0)
+                except PacketDropped:
+                    pass
+                else:
+                    return True
+            offset = packet.end
+            if offset >= len(data) or packet.packet_type == PacketType.ONE_RTT:
+                return False
+            try:
+                packet = parse_header(data, offset, short_dcid_length=0)
+            except ProtocolError:
+                return False
 
     def _refusal(self, address: Address) -> str | None:
         """Why a new connection from ``address`` is refused, if it is: too many handshakes

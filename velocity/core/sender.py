@@ -26,6 +26,7 @@ from velocity.core.frames import (
     MaxStreamsUni,
     Ping,
     Stream,
+    StreamDataBlocked,
     decode_frames,
     encode_frames,
     push_frame,
@@ -232,6 +233,10 @@ def _add_streams(conn: Connection, frames: _Frames, room: int, zero_rtt: bool) -
                 if credit <= 0 and flow.blocked_sent_at != flow.max_send:
                     flow.blocked_sent_at = flow.max_send
                     frames.add(DataBlocked(flow.max_send))
+                elif (sender.sent_max >= stream.max_send
+                      and stream.blocked_sent_at != stream.max_send):  # VEL-STR-002
+                    stream.blocked_sent_at = stream.max_send
+                    frames.add(StreamDataBlocked(stream.stream_id, stream.max_send))
                 break
             offset, data, fin = chunk
             flow.sent += sender.sent_max - before

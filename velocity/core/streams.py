@@ -265,8 +265,8 @@ class StreamState:
     """One stream: a sending part, a receiving part (either may be absent for
     unidirectional streams), and their flow-control limits."""
 
-    __slots__ = ("max_recv", "max_recv_sent", "max_send", "receiver", "sender", "stream_id",
-                 "window")
+    __slots__ = ("blocked_sent_at", "max_recv", "max_recv_sent", "max_send", "receiver",
+                 "sender", "stream_id", "window")
 
     def __init__(self, stream_id: int, *, local: bool, is_client: bool, max_send: int,
                  window: int) -> None:
@@ -275,6 +275,7 @@ class StreamState:
         self.sender = SendBuffer() if not uni or local else None
         self.receiver = ReceiveBuffer(window) if not uni or not local else None
         self.max_send = max_send
+        self.blocked_sent_at = -1  # the limit of the last STREAM_DATA_BLOCKED sent
         self.window = window
         self.max_recv = window
         self.max_recv_sent = window

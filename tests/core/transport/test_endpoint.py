@@ -85,10 +85,10 @@ def test_version_negotiation() -> None:
     header = parse_header(answer, short_dcid_length=8)
     assert header.packet_type == PacketType.VERSION_NEGOTIATION
     assert VELOCITY_VERSION.to_bytes(4, "big") in answer and not pair.endpoint.connections
-    pair.client.receive_datagram(answer, CLIENT_ADDR, now=0.01)  # lists our version
+    pair.client.receive_datagram(answer, SERVER_ADDR, now=0.01)  # lists our version
     assert pair.client.state != State.TERMINATED
     foreign = answer.replace(VELOCITY_VERSION.to_bytes(4, "big"), b"\x00\x00\x00\x01")
-    pair.client.receive_datagram(foreign, CLIENT_ADDR, now=0.01)
+    pair.client.receive_datagram(foreign, SERVER_ADDR, now=0.01)
     assert pair.client.state == State.TERMINATED
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.loopback import CLIENT_ADDR, ONE_WAY, lossy
-from tests.core.transport.helpers import both_completed, make, terminated
+from tests.core.transport.helpers import both_completed, make, requested, terminated
 from velocity.core.errors import CryptoBufferExceeded, ErrorCode, ProtocolError, UsageError
 from velocity.core.frames import HandshakeDone, MaxStreamData, NewConnectionId, Stream
 from velocity.core.packet import Epoch
@@ -316,3 +316,15 @@ def test_a_close_names_the_type_of_the_frame_that_caused_it(frame: str) -> None:
         assert end.error_code == ErrorCode.STREAM_LIMIT_ERROR and 0x08 <= end.frame_type <= 0x0F
     else:
         assert end.frame_type == MaxStreamData.TYPE
+
+
+@pytest.mark.spec("VEL-STR-002")
+def test_a_sender_held_by_the_stream_limit_says_stream_data_blocked() -> None:
+    pair = make(client={"max_stream_data": 1000}, trace=True)
+    server, stream = requested(pair)
+    server.send_stream_data(stream, bytes(8000), end_stream=True)
+    assert pair.run(lambda: pair.received("client", stream) == (bytes(8000), True))
+    frames = [f for e in pair.client.tracer.events  # type: ignore[union-attr]
+              if e["name"] == "quic:packet_received" for f in e["data"]["frames"]]
+    blocked = [f for f in frames if f["frame_type"] == "stream_data_blocked"]
+    assert blocked and blocked[0]["stream_id"] == stream and blocked[0]["limit"] == 1000
