@@ -1,19 +1,25 @@
 """Requirement coverage: a requirement observable on the wire is covered only by a scenario
 (a unit test naming it does not count), one marked not observable only by a unit test
 (found with ast, not by importing), a parametrised document counts once, MAY is left out;
-``python -m harness.coverage --check`` exits 1 naming each uncovered MUST."""
+``python -m harness.coverage --check`` exits 1 naming each uncovered MUST, and the plugin
+prints the table of the scenarios run with ``--coverage``."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from harness.coverage import catalogue, coverage, spec_areas, unit_marks
 from harness.scenario.spec import SPEC_FILE, requirements
+from tests.harness.sessions import quiet_inner_sessions, write
+
+pytest_plugins = ["pytester"]
+__all__ = ["quiet_inner_sessions"]  # an autouse fixture
 
 SPEC = """\
 # A spec
@@ -161,3 +167,21 @@ def test_the_repository_table_is_consistent() -> None:
     for r in table["requirements"]:
         assert r["status"] != "unit" or (not r["observable"] and r["unit_tests"])
         assert r["status"] != "wire" or (r["observable"] and r["scenarios"])
+
+
+def test_the_plugin_prints_the_coverage_of_the_scenarios_run(pytester: pytest.Pytester) -> None:
+    write(pytester, "scenarios/demo/one.yaml", textwrap.dedent("""\
+        id: demo/one
+        title: t
+        spec: [VEL-HS-020]
+        role: client
+        steps:
+          - wait: 0
+        """))
+    result = pytester.runpytest("scenarios", "--coverage")
+    result.assert_outcomes(passed=1)
+    lines = result.stdout.str().splitlines()
+    assert any("velocity requirement coverage" in line for line in lines)
+    assert "VEL-HS-020     MUST   wire      demo/one" in lines
+    assert "VEL-HS-021     MUST   UNCOVERED needs a scenario (observable on the wire)" in lines
+    assert any(line.startswith("MUST: ") for line in lines)
