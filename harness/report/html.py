@@ -37,7 +37,8 @@ padding:3px 8px;text-align:left;vertical-align:top}td.n{text-align:right}td.zero
 padding:6px;margin:4px 0}code{font-size:12px}.events td{font-size:12px}
 .events tr.offending td{background:#ffebe9}.events td.data{font-family:monospace;
 word-break:break-all}section.scenario{margin:6px 0}summary{cursor:pointer}
-.failed{font-weight:600}.uncovered{background:#ffebe9}.plots figure{display:inline-block;
+.failed{font-weight:600}.warning{color:#9a6700;font-weight:600}
+.uncovered{background:#ffebe9}.plots figure{display:inline-block;
 margin:0 12px 12px 0}.plots svg{max-width:100%;height:auto}
 svg.sequence text{font:12px sans-serif}svg.sequence .column{font-weight:600}
 svg.sequence .life{stroke:#8c959f;stroke-dasharray:4 3}svg.sequence .arrow{stroke:#0969da;
@@ -108,7 +109,7 @@ def _header(run: Mapping[str, Any], records: list[dict[str, Any]]) -> str:
     return ("<h1>Velocity/1 conformance report</h1><table class=\"run\">" + _rows([
         ("started", esc(run["start"])), ("duration", f"{run['duration']:.1f} s"),
         ("scenario items", str(len(records))), ("targets", targets),
-        ("seed", esc(run["seed"])), ("strict", esc(run["strict"])),
+        ("seed", esc(run["seed"])), ("strict", "on" if run["strict"] else "off"),
         ("repeat", esc(run["repeat"])), ("arguments", f"<code>{esc(' '.join(run['args']))}</code>"),
         ("versions", versions)]) + "</table>")
 
@@ -194,9 +195,11 @@ def _scenario(index: int, r: Mapping[str, Any], spec: Mapping[str, Requirement],
     if r["event"] is not None:
         facts.append(("offending event", f"<pre>{_json(r['event'])}</pre>"))
     main = _main_run(r)
+    warning = ('<span class="warning">with a warning</span> '
+               if r["verdict"] == "PASS" and r["reason"] else "")
     return (f'<section class="scenario" data-verdict="{verdict}" id="scenario-{index}">'
             f'<details{"" if verdict == "PASS" else " open"}><summary>'
-            f'<span class="badge v-{verdict}">{verdict}</span> {esc(r["name"])} '
+            f'<span class="badge v-{verdict}">{verdict}</span> {esc(r["name"])} {warning}'
             f'<span class="muted">{esc(r["title"])}</span></summary>'
             f"<table>{_rows(facts)}</table><p>Requirements:</p><ul>{quoted}</ul>"
             f"{_runs(r)}{_transcript(r, main, folder)}</details></section>")

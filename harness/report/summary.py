@@ -26,7 +26,8 @@ def markdown(document: Mapping[str, Any], areas: Mapping[str, str]) -> str:
     for target in run["targets"] or [{"label": "(no target started)", "capabilities": []}]:
         lines.append(f"- target: {text(target['label'])} (claims "
                      f"{text(', '.join(target['capabilities']) or 'nothing')})")
-    lines += [f"- seed {text(run['seed'])}, strict {run['strict']}, repeat {run['repeat']}, "
+    lines += [f"- seed {text(run['seed'])}, strict {'on' if run['strict'] else 'off'}, "
+              f"repeat {run['repeat']}, "
               f"{run['duration']:.1f} s", f"- velocity {text(run['versions']['velocity'])}, "
               f"python {text(run['versions']['python'])}, pytest "
               f"{text(run['versions']['pytest'])}", ""]
@@ -52,15 +53,22 @@ def _matrix(records: list[dict[str, Any]], areas: Mapping[str, str]) -> list[str
 
 
 def _not_passed(records: list[dict[str, Any]]) -> list[str]:
-    failing = [r for r in records if r["verdict"] != "PASS"]
-    if not failing:
-        return ["Every scenario passed.", ""]
-    lines = ["## Not passed", ""]
-    for r in failing:
-        ids = ", ".join(r["requirements"] or r["spec"])
-        lines.append(f"- **{r['verdict']}** {text(r['name'])} ({text(r['file'])}:{r['line']}, "
-                     f"{text(ids)}): {text(r['reason'])}")
-    return [*lines, ""]
+    """What did not pass, then what passed with a warning (a SHOULD-level check that
+    fails under --strict, a non-preferred expect_any branch, runs lost under a pass_rate)."""
+    lines = []
+    for title, chosen in (
+            ("Not passed", [r for r in records if r["verdict"] != "PASS"]),
+            ("Passed with warnings", [r for r in records if r["verdict"] == "PASS"
+                                      and r["reason"]])):
+        if chosen:
+            lines += [f"## {title}", ""]
+        for r in chosen:
+            ids = ", ".join(r["requirements"] or r["spec"])
+            lines.append(f"- **{r['verdict']}** {text(r['name'])} ({text(r['file'])}:"
+                         f"{r['line']}, {text(ids)}): {text(r['reason'])}")
+        if chosen:
+            lines.append("")
+    return lines or ["Every scenario passed.", ""]
 
 
 def _coverage(table: Mapping[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """One small session of scenarios run with ``--report`` (and ``--junitxml``) in a separate
 pytest process against the in-process target, for the report tests: a handshake that
-passes, a check that fails after a handshake, an UNSUPPORTED, an XFAIL, an ERROR and a
-parametrised document, across several spec areas."""
+passes, a check that fails after a handshake, an UNSUPPORTED, an XFAIL, an ERROR, a
+SHOULD-level failure (a PASS with a warning) and a parametrised document, across several
+spec areas."""
 
 from __future__ import annotations
 
@@ -54,6 +55,13 @@ spec: [VEL-HS-020]
 role: client
 steps:
   - assert: 'len(flights) == 1'
+---
+id: report/should
+title: A SHOULD-level check that fails only under --strict
+spec: [VEL-VAR-004]
+role: client
+steps:
+  - assert: 'flights == 99'
 ---
 id: report/matrix
 title: "Parametrised {n}"

@@ -48,7 +48,7 @@ def by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_results_json_follows_its_schema_and_holds_the_run(reported: ReportedRun) -> None:
-    assert reported.outcomes == {"passed": 3, "failed": 1, "skipped": 1, "xfailed": 1,
+    assert reported.outcomes == {"passed": 4, "failed": 1, "skipped": 1, "xfailed": 1,
                                  "error": 1}, reported.output
     document = results(reported)
     assert schema_errors("results", document) == []
@@ -62,7 +62,8 @@ def test_results_json_follows_its_schema_and_holds_the_run(reported: ReportedRun
     verdicts = {name: r["verdict"] for name, r in by_name(document).items()}
     assert verdicts == {"report/handshake": "PASS", "report/fail": "FAIL",
                         "report/unsupported": "UNSUPPORTED", "report/xfail": "XFAIL",
-                        "report/error": "ERROR", "report/matrix[n=1]": "PASS",
+                        "report/error": "ERROR", "report/should": "PASS",
+                        "report/matrix[n=1]": "PASS",
                         "report/matrix[n=2]": "PASS"}
 
 
@@ -103,9 +104,12 @@ def test_summary_md_has_the_matrix_and_what_did_not_pass(reported: ReportedRun) 
     text = (reported.folder / "summary.md").read_text()
     assert "| area | PASS | FAIL | UNSUPPORTED | XFAIL | ERROR | total |" in text
     assert "| HS handshake messages | 1 | 1 | 0 | 0 | 1 | 3 |" in text
-    assert "| all scenarios | 3 | 1 | 1 | 1 | 1 | 7 |" in text
+    assert "| all scenarios | 4 | 1 | 1 | 1 | 1 | 8 |" in text
     assert ("- **FAIL** report/fail (scenarios/report/all.yaml:9, VEL-HS-001): assert "
             "'datagrams\\_sent &gt; 500' does not hold") in text
+    assert ("## Passed with warnings\n\n- **PASS** report/should (scenarios/report/all.yaml:"
+            "41, VEL-VAR-004): assert 'flights == 99' does not hold (SHOULD-level: fails only "
+            "under --strict)") in text
     assert "Uncovered MUSTs (" in text
 
 
