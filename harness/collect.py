@@ -9,19 +9,25 @@ run state from the options (a bad option is one usage-error line)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.pytest_plugin import CONFORMANCE
+from harness.report.rate import JUDGED, PassRate, judge
+from harness.report.results import crashed_record, run_record, scenario_record
+from harness.report.session import REPORT_DIR
 from harness.scenario.loader import ScenarioFileError, load_file
 from harness.scenario.model import Scenario
-from harness.scenario.run import Conformance, RunOptions
+from harness.scenario.run import Conformance, RunOptions, transcript_name
 from harness.scenario.spec import SPEC_FILE, requirements
 from harness.scenario.verdict import Outcome, ScenarioFailed, Verdict, to_pytest
-from harness.targets import TargetOptions, Targets
+from harness.targets import Target, TargetError, TargetOptions, Targets
 from velocity.core.errors import UsageError
 
 SCENARIO_IDS: pytest.StashKey[dict[str, tuple[str, int]]] = pytest.StashKey()
@@ -61,12 +67,27 @@ def conformances(config: pytest.Config) -> dict[str, Conformance]:
         raise pytest.UsageError(f"cannot read the spec {SPEC_FILE}: {exc.strerror}; the "
                                 "harness runs from a checkout of the repository") from None
     seed: str = opt("seed")
+    report = config.stash.get(REPORT_DIR, None)  # a report keeps every run's transcripts
+    transcripts = opt("transcripts") or (report / "transcripts" if report else None)
     options = RunOptions(seed=int(seed) if seed.isdigit() else seed,
-                         strict=bool(config.getini("strict")), transcripts=opt("transcripts"),
+                         strict=bool(config.getini("strict")), transcripts=transcripts,
                          baseline=opt("baseline"), save_baseline=opt("save_baseline"))
-    made = config.stash[CONFORMANCE] = {name: Conformance(options, each, spec)
+    def own(name: str) -> RunOptions:  # a fleet node's transcripts apart from the others'
+        if len(targets) < 2 or transcripts is None:
+            return options
+        return replace(options, transcripts=transcripts / re.sub(r"[^A-Za-z0-9._-]", "_", name))
+
+    made = config.stash[CONFORMANCE] = {name: Conformance(own(name), each, spec)
                                          for name, each in targets.items()}
     return made
+
+
+def connections(scenario: Scenario) -> list[str]:
+    """The connections a run of ``scenario`` may open (each leaves a transcript), main first."""
+    steps = [s for top in scenario.steps
+             for s in (top.options if top.kind == "finally" else (top,))]
+    return list(dict.fromkeys(["main", *(s.get("name", "main") for s in steps
+                                         if s.kind == "connect")]))
 
 
 class ScenarioFile(pytest.File):
@@ -101,12 +122,19 @@ class ScenarioFile(pytest.File):
 
 
 class ScenarioItem(pytest.Item):
+    """One scenario (one parameter combination) against one target. Under ``--repeat N``
+    the item runs it N times (each run with its own seed and transcripts) and reports one
+    verdict, judged from the pass rate (harness.report.rate): the verdict is the scenario's,
+    and pytest can give an item only one, so the runs are not N items."""
+
     def __init__(self, *, scenario: Scenario, target: str = "", grouped: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scenario = scenario
         self.target = target
         self.outcome: Outcome | None = None
+        self.runs: list[tuple[Outcome, float]] = []  # each run's outcome and seconds
+        self.rate: PassRate | None = None
         if grouped:  # a fleet: each target's runs stay on one xdist worker (--dist loadgroup)
             self.add_marker(pytest.mark.xdist_group(name=target))
         for tag in scenario.tags:
@@ -116,9 +144,66 @@ class ScenarioItem(pytest.Item):
 
     def setup(self) -> None:
         run = conformance(self.config, self.target)
-        self.outcome = run.run(self.scenario, dt.datetime.now(dt.UTC).date())
+        today = dt.datetime.now(dt.UTC).date()
+        repeat: int = self.config.getoption("repeat")
+        base = run.seed_of(self.scenario)
+        for index in range(repeat):
+            scenario = (self.scenario if index == 0
+                        else replace(self.scenario, seed=f"{base}/run{index + 1}"))
+            started = time.monotonic()
+            outcome = run.run(scenario, today)
+            if repeat > 1:
+                outcome = self._numbered(outcome, index + 1)
+            self.runs.append((outcome, time.monotonic() - started))
+            if outcome.verdict not in JUDGED:
+                break
+        self.outcome, self.rate = judge([o for o, _ in self.runs], self.scenario.pass_rate)
+        self._properties(self.outcome)
         if self.outcome.verdict in (Verdict.ERROR, Verdict.UNSUPPORTED, Verdict.INCONCLUSIVE):
             self._report(self.outcome)
+
+    def _numbered(self, outcome: Outcome, run: int) -> Outcome:
+        """Keep each repeated run's transcripts: ``X.json`` becomes ``X#2.json`` and
+        ``X.conn.json`` ``X#2.conn.json``."""
+        if outcome.transcript is None:
+            return outcome
+        folder = outcome.transcript.parent
+        main = transcript_name(self.scenario, "main")
+        stem = main[: -len(".json")]
+        for conn in connections(self.scenario):
+            name = transcript_name(self.scenario, conn)
+            if (folder / name).exists():
+                (folder / name).replace(folder / f"{stem}#{run}{name[len(stem):]}")
+        return replace(outcome, transcript=folder / f"{stem}#{run}.json")
+
+    def _properties(self, outcome: Outcome) -> None:
+        """What JUnit XML (pytest's --junitxml) shows of the verdict."""
+        self.user_properties.append(("verdict", outcome.verdict.name))
+        self.user_properties.append(("spec", " ".join(self.scenario.spec)))
+        if outcome.requirements:
+            self.user_properties.append(("requirements", " ".join(outcome.requirements)))
+        self.user_properties.append(("seed", str(outcome.seed)))
+        if outcome.transcript is not None:
+            self.user_properties.append(("transcript", str(outcome.transcript)))
+        if self.rate is not None and self.rate.runs > 1:
+            self.user_properties.append(("pass_rate", self.rate.describe()))
+
+    def payload(self, excinfo: pytest.ExceptionInfo[BaseException] | None) -> dict[str, Any]:
+        """What the item's report carries to the session's results (to the controller
+        under xdist): the record and the target it ran against."""
+        if self.outcome is None:
+            why = excinfo.exconly().splitlines()[0] if excinfo else "the run did not finish"
+            return {"record": crashed_record(self, self.scenario, f"harness bug: {why}"),
+                    "target": None}
+        try:
+            found: Target | None = conformance(self.config, self.target).targets.get()
+        except TargetError:
+            found = None
+        runs = [run_record(outcome, seconds) for outcome, seconds in self.runs]
+        record = scenario_record(self.scenario, self.outcome, runs, self.rate,
+                                 nodeid=self.nodeid, target=None if found is None else found.label)
+        return {"record": record, "target": None if found is None else {
+            "label": found.label, "capabilities": sorted(found.capabilities)}}
 
     def runtest(self) -> None:
         assert self.outcome is not None  # setup ran

@@ -4,7 +4,8 @@ options, the markers scenario tags become, and collection of ``*.yaml`` files un
 ``harness.scenario`` (models, engine, verdicts) and ``harness.targets``, imported inside
 the hooks so a run that collects no scenario pays nothing for them. ``-p no:velocity``
 turns it all off. ``--strict`` is pytest's own strict mode (the ``strict`` ini option),
-which the scenarios obey too: SHOULD-level checks fail, expect_any takes only ``preferred``."""
+which the scenarios obey too: SHOULD-level checks fail, expect_any takes only ``preferred``.
+``--report``, ``--coverage`` and ``--repeat`` are served by ``harness.report``."""
 
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fail a scenario whose transcript drifted from the one stored in DIR")
     group.addoption("--save-baseline", metavar="DIR", type=Path,
                     help="store every run's transcript in DIR as the baseline")
+    group.addoption("--report", metavar="DIR", nargs="?", const="",
+                    help="write results.json, summary.md and report.html (and every run's "
+                         "transcript) to DIR; without DIR to reports/<UTC time>/")
+    group.addoption("--coverage", action="store_true",
+                    help="print the requirement-coverage table of the scenarios run")
+    group.addoption("--repeat", metavar="N", type=int, default=1,
+                    help="run each scenario N times and judge it by its pass rate (the "
+                         "scenario's pass_rate, else every run must pass)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -69,12 +78,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "spec(*ids): the Velocity/1 requirement IDs covered")
     config.addinivalue_line("markers", "xdist_group(name): a fleet target's runs, kept on one "
                                        "pytest-xdist worker (--dist loadgroup)")
+    if config.getoption("repeat") < 1:
+        raise pytest.UsageError("--repeat takes a number of runs, at least 1")
+    if _reporting(config):
+        from harness.report import session  # noqa: PLC0415  (only when asked)
+
+        session.configure(config)  # before the targets: a report keeps every transcript
     if any(config.getoption(name) is not None for name in (
             "target", "target_cmd", "target_caps", "ca", "kem_b64", "kem_file", "baseline",
             "save_baseline")):
         from harness.collect import conformance  # noqa: PLC0415  (only when asked)
 
         conformance(config)  # a bad option is a usage error now, not in every scenario
+
+
+def _reporting(config: pytest.Config) -> bool:
+    """Whether the session collects the scenarios' records (harness.report.session)."""
+    return (config.getoption("report") is not None or bool(config.getoption("coverage"))
+            or config.getoption("repeat") > 1)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | None:
@@ -89,12 +110,19 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFi
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A skipped scenario (UNSUPPORTED, INCONCLUSIVE) is reported at its file and line,
-    not at the harness's line that skipped it."""
+    not at the harness's line that skipped it; when reporting, the report of the phase
+    that gave the verdict carries the item's record (harness.report.session)."""
     report = yield
     collect = sys.modules.get("harness.collect")  # not loaded: no scenario was collected
-    if (collect is not None and isinstance(item, collect.ScenarioItem) and report.skipped
-            and isinstance(report.longrepr, tuple)):
+    if collect is None or not isinstance(item, collect.ScenarioItem):
+        return report
+    if report.skipped and isinstance(report.longrepr, tuple):
         report.longrepr = (item.scenario.file, item.scenario.line, report.longrepr[2])
+    verdict_phase = report.when == "call" or (report.when == "setup" and not report.passed)
+    if verdict_phase and _reporting(item.config):
+        from harness.report.session import PAYLOAD  # noqa: PLC0415
+
+        setattr(report, PAYLOAD, item.payload(call.excinfo))  # xdist carries it along
     return report
 
 

@@ -290,7 +290,7 @@ def _build(data: dict[str, Any], params: dict[str, Any], document: Document,
         network=Network(**data["network"]) if "network" in data else None,
         expect_failure=None if failure is None else ExpectFailure(
             failure["reason"], dt.date.fromisoformat(failure["until"])),
-        params=tuple(params.items()))
+        pass_rate=data.get("pass_rate"), params=tuple(params.items()))
 
 
 

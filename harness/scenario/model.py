@@ -86,6 +86,7 @@ class Scenario:
     seed: int | str | None = None  # None: the run's --seed
     network: Network | None = None
     expect_failure: ExpectFailure | None = None
+    pass_rate: float | None = None  # the share of --repeat runs that must pass (None: all)
     params: tuple[tuple[str, Any], ...] = ()
 
     @property
