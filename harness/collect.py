@@ -66,7 +66,7 @@ def conformances(config: pytest.Config) -> dict[str, Conformance]:
     except OSError as exc:
         raise pytest.UsageError(f"cannot read the spec {SPEC_FILE}: {exc.strerror}; the "
                                 "harness runs from a checkout of the repository") from None
-    seed: str = opt("seed")
+    seed: str = opt("seed")  # the session's: harness.pytest_plugin draws one when none is given
     report = config.stash.get(REPORT_DIR, None)  # a report keeps every run's transcripts
     transcripts = opt("transcripts") or (report / "transcripts" if report else None)
     options = RunOptions(seed=int(seed) if seed.isdigit() else seed,

@@ -10,10 +10,11 @@ which the scenarios obey too: SHOULD-level checks fail, expect_any takes only ``
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -50,8 +51,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kem-b64", metavar="KEY", help="the target's ML-KEM key, base64 (PDK)")
     group.addoption("--kem-file", metavar="FILE", type=Path,
                     help="the target's leaf certificate or base64 key file (PDK)")
-    group.addoption("--seed", default="0",
-                    help="seed of scenarios that give none (entropy, impairment, fuzzing)")
+    group.addoption("--seed", default=None,
+                    help="seed of scenarios that give none (entropy, impairment, fuzzing); "
+                         "default: a fresh one per session, printed in every failure "
+                         "(give it back to reproduce the run)")
     group.addoption("--transcripts", metavar="DIR", type=Path,
                     help="write every run's transcript here (default: failures only, to a "
                          "temporary directory)")
@@ -80,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "pytest-xdist worker (--dist loadgroup)")
     if config.getoption("repeat") < 1:
         raise pytest.UsageError("--repeat takes a number of runs, at least 1")
+    _session_seed(config)
     if _reporting(config):
         from harness.report import session  # noqa: PLC0415  (only when asked)
 
@@ -90,6 +94,31 @@ def pytest_configure(config: pytest.Config) -> None:
         from harness.collect import conformance  # noqa: PLC0415  (only when asked)
 
         conformance(config)  # a bad option is a usage error now, not in every scenario
+
+
+SEED_INPUT = "velocity_seed"  # the session's seed, handed to pytest-xdist workers
+
+
+class _SeedToWorkers:
+    def __init__(self, seed: str) -> None:
+        self.seed = seed
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[SEED_INPUT] = self.seed
+
+
+def _session_seed(config: pytest.Config) -> None:
+    """One seed for the whole session, workers included: the one given, else a fresh one
+    (connection ids drawn from a fixed default would collide, on a remote target, with those
+    of a previous run it still holds closing)."""
+    worker: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if worker is not None and SEED_INPUT in worker:
+        config.option.seed = worker[SEED_INPUT]
+        return
+    if config.option.seed is None:
+        config.option.seed = f"s{secrets.token_hex(4)}"
+    config.pluginmanager.register(_SeedToWorkers(config.option.seed), "velocity-seed")
 
 
 def _reporting(config: pytest.Config) -> bool:

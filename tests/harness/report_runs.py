@@ -92,12 +92,14 @@ def write_scenarios(root: Path, text: str = SCENARIOS, name: str = "report/all.y
     (root / "pytest.ini").write_text(INI)
 
 
-def run_session(root: Path, *args: str) -> ReportedRun:
-    """``pytest scenarios --report report --junitxml junit.xml ARGS`` in ``root``."""
+def run_session(root: Path, *args: str, seed: str | None = "0") -> ReportedRun:
+    """``pytest scenarios --report report --junitxml junit.xml [--seed SEED] ARGS`` in
+    ``root`` (``seed=None``: the session's own fresh seed)."""
     folder, junit = root / "report", root / "junit.xml"
+    seeding = ["--seed", seed] if seed is not None else []
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-rA",
-         "--report", str(folder), "--junitxml", str(junit), *args],
+         "--report", str(folder), "--junitxml", str(junit), *seeding, *args],
         cwd=root, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     closing = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     outcomes = {word.removesuffix("s"): int(n) for n, word in

@@ -67,6 +67,18 @@ def test_results_json_follows_its_schema_and_holds_the_run(reported: ReportedRun
                         "report/matrix[n=2]": "PASS"}
 
 
+@pytest.mark.spec("VEL-REC-002")
+def test_a_session_without_seed_draws_a_fresh_one_and_names_it(tmp_path: Path) -> None:
+    # connection ids drawn from a fixed default seed would collide, on a remote target, with
+    # those a previous run left closing there; the fresh seed is what reproduces the run
+    write_scenarios(tmp_path)
+    run = run_session(tmp_path, seed=None)
+    seed = results(run)["run"]["seed"]
+    assert re.fullmatch(r"s[0-9a-f]{8}", seed), seed
+    assert by_name(results(run))["report/fail"]["seed"] == seed
+    assert f"seed: {seed}" in run.output, run.output  # the failure names it
+
+
 def test_a_record_has_the_evidence_and_the_measures(reported: ReportedRun) -> None:
     records = by_name(results(reported))
     fail = records["report/fail"]
