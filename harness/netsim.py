@@ -1,11 +1,11 @@
-"""A seeded UDP impairment relay on 127.0.0.1. Datagrams between a client and a server pass
-a ``Link``, which drops them (random loss, Gilbert-Elliott bursts, a path MTU, a full
-rate-limiter queue, a blackhole), and delays, rate-limits, reorders, duplicates or corrupts
-the rest, every choice drawn from one ``random.Random(seed)`` as each datagram arrives, so
-the same datagrams in the same order meet the same fate and a failing run replays. The
-``Link`` takes the time as an argument (unit tests drive it on a fake clock; the relay on
-the event loop's). ``UdpRelay`` can also change its upstream source port (NAT rebinding).
-Bounded: it takes at most ``max_datagrams`` datagrams."""
+"""A seeded UDP impairment relay (on 127.0.0.1 unless told otherwise). Datagrams between a
+client and a server pass a ``Link``, which drops them (random loss, Gilbert-Elliott bursts,
+a path MTU, a full rate-limiter queue, a blackhole), and delays, rate-limits, reorders,
+duplicates or corrupts the rest, every choice drawn from one ``random.Random(seed)`` as
+each datagram arrives, so the same datagrams in the same order meet the same fate and a
+failing run replays. The ``Link`` takes the time as an argument (unit tests drive it on a
+fake clock; the relay on the event loop's). ``UdpRelay`` can also change its upstream
+source port (NAT rebinding). Bounded: it takes at most ``max_datagrams`` datagrams."""
 
 from __future__ import annotations
 
@@ -230,12 +230,13 @@ class UdpRelay:
         self._rebinding: asyncio.Task[None] | None = None
         self._blackholes: dict[str | None, asyncio.TimerHandle] = {}
         self._closed = False
+        self.full = asyncio.Event()  # set when max_datagrams have come
 
     async def start(self) -> Address:
         """Bind both sockets; the address clients send to."""
         self._front = await self._bind(False, self.listen)
         try:
-            self._back = await self._bind(True, ("127.0.0.1", 0))
+            self._back = await self._bind(True, self._upstream_side())
         except OSError:
             self.close()
             raise
@@ -249,6 +250,13 @@ class UdpRelay:
         _, side = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: _Side(self, upstream), local_addr=address)
         return side
+
+    def _upstream_side(self) -> Address:
+        """Where the upstream socket binds: loopback towards a loopback server."""
+        host = self.server[0]
+        if ":" in host:
+            return ("::1" if host == "::1" else "::"), 0
+        return ("127.0.0.1" if host.startswith("127.") else "0.0.0.0"), 0
 
     def current(self, upstream: bool) -> _Side | None:
         return self._back if upstream else self._front
@@ -281,6 +289,8 @@ class UdpRelay:
     def forward(self, data: bytes, source: Address, *, from_server: bool) -> None:
         direction = "s2c" if from_server else "c2s"
         self.stats.count(direction, len(data))
+        if self.stats.received >= self.max_datagrams:
+            self.full.set()
         if self.stats.received > self.max_datagrams:
             self.stats.drop("limit")
             return
@@ -326,7 +336,7 @@ class UdpRelay:
         that lost its mapping); what the server sends to the old port is lost. The new
         upstream address."""
         old = self._back
-        self._back = await self._bind(True, ("127.0.0.1", 0))
+        self._back = await self._bind(True, self._upstream_side())
         if old is not None and old.transport is not None:
             old.transport.close()
         self.stats.rebinds += 1
