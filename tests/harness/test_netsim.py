@@ -255,3 +255,15 @@ def test_stats_line() -> None:
     stats, _ = route_all(Impairment(loss=0.1), 1000)
     assert stats.line().startswith("received 1000 datagrams (1000000 bytes client to server, "
                                    "0 server to client), forwarded 0, dropped 96 (loss 96)")
+
+
+async def test_a_blackhole_of_one_direction_ends_by_itself() -> None:
+    relay = UdpRelay(("127.0.0.1", 9), Impairment(loss=0.1))
+    relay.blackhole(0.05, "s2c")
+    relay.blackhole(0.1, "s2c")  # a second one replaces the first
+    assert relay.toward("s2c").blackhole and not relay.toward("c2s").blackhole
+    await asyncio.sleep(0.07)
+    assert relay.toward("s2c").blackhole
+    await asyncio.sleep(0.06)
+    assert relay.toward("s2c") == Impairment(loss=0.1)
+    relay.close()
