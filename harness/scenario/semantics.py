@@ -25,17 +25,7 @@ CLIENT_CONNECT = frozenset({"key", "server_name", "early_data"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
                             "kem_key_required", "certificate", "hello_retry", "client_key"})
 TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
-NETSIM_LATER = ("reorder", "corrupt", "mtu", "rate")
 REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")
-
-
-def network_problems(options: dict[str, Any], path: Path, report: Report) -> None:
-    """``network`` / ``impair`` keys harness/netsim does not do yet (reorder comes from
-    jitter)."""
-    for key in NETSIM_LATER:
-        if options.get(key):
-            report((*path, key), f"{key} is not supported by harness/netsim yet (it does loss, "
-                                 "delay, jitter, duplicate)")
 
 
 class StepChecker:
@@ -136,9 +126,6 @@ class StepChecker:
         if not self.network:
             self.report(path, "impair needs a network: header (its relay is set up by "
                               "connect; network: {} is a perfect one)")
-        if "rebind" in options:
-            self.report((*path, "rebind"), "rebind is not supported by harness/netsim yet")
-        network_problems(options, path, self.report)
 
     def _hooks(self, hooks: dict[str, Any], path: Path) -> None:
         try:

@@ -8,7 +8,6 @@ moves the cursor past what it matched; ``expect_close`` looks at the whole conne
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import random
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 import h11
 
+from harness.netsim import DIRECTIONS, KEYS
 from harness.scenario import build, server_role
 from harness.scenario.connections import connect as open_connection
 from harness.scenario.connections import settle
@@ -29,7 +29,7 @@ from velocity.core.errors import ErrorCode
 from velocity.http.h1 import Response
 
 StepRunner = Callable[[Run, Step], Coroutine[Any, Any, None]]
-IMPAIRMENTS = ("loss", "delay", "jitter", "duplicate")  # what harness.netsim does
+IMPAIRMENTS = tuple(k for k in KEYS if k != "blackhole")  # the settings impair changes
 OWNERS = {"peer": ("remote",), "local": ("local",), "either": ("remote", "local")}
 
 
@@ -267,26 +267,24 @@ async def hook(run: Run, step: Step) -> None:
 
 
 async def impair(run: Run, step: Step) -> None:
-    """Change the connection's impairment now; ``blackhole: S`` drops everything for S
-    seconds, then the impairment before it is back."""
+    """Change the connection's relay now, in both directions or in ``c2s`` / ``s2c`` only;
+    ``blackhole: S`` drops everything for S seconds, ``rebind: true`` gives the harness a
+    new source port towards the target (NAT rebinding)."""
     conn = run.conn(step)
     relay = conn.relay
     if relay is None:
         raise ScenarioError("impair needs the scenario's network: header (the relay is set "
                             "up by connect)")
-    before = relay.impairment
-    if "blackhole" in step.options:
-        relay.impairment = dataclasses.replace(before, loss=1.0)
-        blackholed = relay.impairment
-
-        def restore() -> None:
-            if relay.impairment is blackholed:
-                relay.impairment = before
-
-        run.loop.call_later(float(step.options["blackhole"]), restore)
-    else:
-        relay.impairment = dataclasses.replace(before, **{
-            k: v for k, v in step.options.items() if k in IMPAIRMENTS})
+    for direction in (None, *DIRECTIONS):
+        options = step.options if direction is None else step.options.get(direction, {})
+        changes = {k: v for k, v in options.items() if k in IMPAIRMENTS}
+        if changes:
+            relay.change(changes, direction)
+        if "blackhole" in options:
+            relay.blackhole(float(options["blackhole"]), direction)
+    if step.options.get("rebind"):
+        port = (await relay.rebind())[1]
+        run.note("rebind", {"conn": conn.name, "port": port})
     run.note("impair", {"conn": conn.name, **step.options})
 
 
