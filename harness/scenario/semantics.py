@@ -198,6 +198,8 @@ class StepChecker:
         for key, matcher in options.get("where", {}).items():
             if isinstance(matcher, dict) and isinstance(matcher.get("regex"), str):
                 self._regex(matcher["regex"], (*path, "where", key, "regex"))
+        if options.get("count") == 0 and "save" in options:
+            self.report((*path, "save"), "count: 0 matches no event: there is nothing to save")
         self.saved.update(options.get("save", {}))
 
     def _expect_any(self, options: dict[str, Any], path: Path) -> None:

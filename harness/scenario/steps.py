@@ -65,6 +65,16 @@ async def expect(run: Run, step: Step) -> None:
     within, cut = run.within(step, 2.0)
     deadline = run.now() + within
     index, matched = conn.cursor, None
+    if count == 0:  # none may come
+        found = await conn.view.wait_for(lambda e: matches(e, name, where), start=index,
+                                         timeout=within)
+        if found is not None:
+            raise StepFailed(f"a {describe(name, where)} came on connection {conn.name}, "
+                             "where none may", expected="none", actual="one",
+                             event=found[1])
+        run.note("check", {"check": "expect", "passed": True,
+                           "message": f"{conn.name}: no {describe(name, where)}"})
+        return
     for got in range(count):
         found = await conn.view.wait_for(lambda e: matches(e, name, where), start=index,
                                          timeout=max(0.0, deadline - run.now()))
