@@ -55,9 +55,9 @@ class ServerPeer(VelocityServer):
         self.wire.received(data, f"{address[0]}:{address[1]}")
         super().datagram_received(data, address, now)
 
-    def _on_sent(self, sizes: list[int]) -> None:
-        super()._on_sent(sizes)
-        self.wire.sent(sizes)
+    def _on_sent(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        super()._on_sent(datagrams)
+        self.wire.sent([d for d, _ in datagrams])
 
     def _route(self) -> None:
         super()._route()

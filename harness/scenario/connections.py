@@ -112,7 +112,8 @@ async def connect(run: Run, step: Step, address: Address) -> Conn:
     relay = None
     if run.scenario.network is not None:
         relay, address = await _relay(run, name, address, run.scenario.network)
-    peer = await ClientPeer.start(connection, address, view=view)
+    peer = await ClientPeer.start(connection, address, view=view,
+                                  hold=options.get("wait") == "held")
     conn = run.connections[name] = Conn(name, view, address, peer, relay)
     run.note("connect", {"conn": name, "to": f"{address[0]}:{address[1]}",
                          "mode": "pdk" if handshake.server_key else "discovery",

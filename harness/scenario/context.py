@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.netsim import UdpRelay
-from harness.peer import ClientPeer, View
+from harness.peer import ClientPeer, RawPeer, View
 from harness.scenario.budget import BudgetMeter
 from harness.scenario.model import Scenario, Step
 from harness.scenario.verdict import ScenarioError
@@ -58,6 +58,7 @@ class Conn:
     address: Address  # the other end as the harness sees it (its own server, in role server)
     peer: ClientPeer | None = None  # the harness's client (role: client scenarios)
     relay: UdpRelay | None = None  # the impairment between the harness and the target
+    raw: RawPeer | None = None  # a bare socket (a replay from a new port)
     cursor: int = 0  # the event index the next expect starts from
 
     def client(self, step: Step) -> ClientPeer:
@@ -158,6 +159,8 @@ class Run:
                     await conn.peer.close()
             if conn.relay is not None:
                 conn.relay.close()
+            if conn.raw is not None:
+                conn.raw.close()
         for served in self.served.values():
             await served.close()
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from harness.scenario import build
+from harness.scenario import build, templates
 from harness.scenario.connections import TRANSPORT_PARAMETERS
 from harness.scenario.expr import ExpressionError, compile_expression
 from harness.scenario.model import AGGREGATES, BRANCH_STEPS, Path, Step
@@ -38,13 +38,15 @@ class StepChecker:
         self.sound = sound  # whether a path is free of schema errors (else left unchecked)
         self.network = network  # the scenario has a network: header (so a relay)
         self.connections: set[str] = set()
+        self.held: set[str] = set()  # connections whose connect holds the first flight
         self.saved: set[str] = set()
         self.responses: list[str] = []
         self._rules: dict[str, Callable[[Any, Path], None]] = {
             "connect": self._connect, "expect": self._expect, "expect_any": self._expect_any,
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
-            "send": self._send, "hook": self._hooks, "impair": self._impair}
+            "send": self._send, "hook": self._hooks, "impair": self._impair,
+            "replay": self._replay}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -105,6 +107,8 @@ class StepChecker:
                         f"a connection {name!r} is already opened: give this one another "
                         "name (name: second)")
         self.connections.add(name)
+        if options.get("wait") == "held":
+            self.held.add(name)
         self._hooks(options.get("hooks", {}), (*path, "hooks"))
         for key in options.get("transport_parameters", {}):
             if key not in TRANSPORT_PARAMETERS:
@@ -135,8 +139,18 @@ class StepChecker:
 
     def _send(self, options: dict[str, Any], path: Path) -> None:
         if "template" in options:
-            self.report((*path, "template"), "packet templates are not built by this harness "
-                        "yet: send frames, or a datagram")
+            try:
+                for found in templates.problems(options):
+                    self.report((*path, "template"), found)
+            except ValueError as exc:
+                self.report((*path, "frames"), str(exc))
+            conn = options.get("conn", "main")
+            if options["template"] == "client_initial" and conn not in self.held:
+                self.report((*path, "template"), "client_initial is the first flight a "
+                            f"connect with wait: held kept: connect {conn} so, and send it "
+                            "once")
+            self.held.discard(conn)
+            return
         built = []
         for i, spec in enumerate(options.get("frames", ())):
             try:
@@ -153,14 +167,26 @@ class StepChecker:
             except ValueError as exc:
                 self.report((*path, "datagram"), str(exc))
         elif "mutate" in options:
-            self.report((*path, "mutate"), "mutate applies to a datagram (send: {datagram: ...})")
-        if sum(k in options for k in ("frames", "datagram", "template")) != 1:
+            self.report((*path, "mutate"), "mutate applies to a datagram or a template")
+        if sum(k in options for k in ("frames", "datagram")) != 1:
             self.report(path, "send takes one of frames, datagram or template")
+
+    def _replay(self, options: dict[str, Any], path: Path) -> None:
+        if options.get("from") == "new_port":
+            name = options.get("name", "replay")
+            if name in self.connections:
+                self.report((*path, "name"), f"a connection {name!r} is already opened: the "
+                            "replay from a new port records its answers under another name")
+            self.connections.add(name)
+        elif "name" in options:
+            self.report((*path, "name"), "name is the connection of a replay from: new_port")
 
     def _expect(self, options: dict[str, Any], path: Path) -> None:
         for key, matcher in options.get("where", {}).items():
             if isinstance(matcher, dict) and isinstance(matcher.get("regex"), str):
                 self._regex(matcher["regex"], (*path, "where", key, "regex"))
+        if options.get("count") == 0 and "save" in options:
+            self.report((*path, "save"), "count: 0 matches no event: there is nothing to save")
         self.saved.update(options.get("save", {}))
 
     def _expect_any(self, options: dict[str, Any], path: Path) -> None:

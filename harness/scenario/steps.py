@@ -17,7 +17,7 @@ from typing import Any
 import h11
 
 from harness.netsim import DIRECTIONS, KEYS
-from harness.scenario import build, server_role
+from harness.scenario import build, replay, server_role, templates
 from harness.scenario.connections import connect as open_connection
 from harness.scenario.connections import settle
 from harness.scenario.context import Conn, Event, Run, StepFailed, StepUnsupported
@@ -65,6 +65,16 @@ async def expect(run: Run, step: Step) -> None:
     within, cut = run.within(step, 2.0)
     deadline = run.now() + within
     index, matched = conn.cursor, None
+    if count == 0:  # none may come
+        found = await conn.view.wait_for(lambda e: matches(e, name, where), start=index,
+                                         timeout=within)
+        if found is not None:
+            raise StepFailed(f"a {describe(name, where)} came on connection {conn.name}, "
+                             "where none may", expected="none", actual="one",
+                             event=found[1])
+        run.note("check", {"check": "expect", "passed": True,
+                           "message": f"{conn.name}: no {describe(name, where)}"})
+        return
     for got in range(count):
         found = await conn.view.wait_for(lambda e: matches(e, name, where), start=index,
                                          timeout=max(0.0, deadline - run.now()))
@@ -246,7 +256,13 @@ async def send(run: Run, step: Step) -> None:
     peer = conn.client(step)
     options = step.options
     await run.sleep(run.budget.pace(1, run.now()))
-    if "datagram" in options:
+    if "template" in options:
+        try:
+            noted = await templates.send(peer, options, run.within(step, 2.0)[0])
+        except ValueError as exc:
+            raise ScenarioError(f"send {options['template']}: {exc}") from None
+        run.note("send", {"conn": conn.name, **noted})
+    elif "datagram" in options:
         rng = random.Random(f"{run.seed}/{run.scenario.name}/{step.where}")
         data = build.mutate(build.datagram(options["datagram"], rng), options.get("mutate", []))
         peer.send_datagram(data)
@@ -319,5 +335,5 @@ STEPS: dict[str, StepRunner] = {
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
     "impair": impair, "expect_client": server_role.expect_client,
-    "expect_no_contact": server_role.expect_no_contact,
-    **dict.fromkeys(("replay", "fuzz"), not_yet)}
+    "expect_no_contact": server_role.expect_no_contact, "replay": replay.replay,
+    "fuzz": not_yet}

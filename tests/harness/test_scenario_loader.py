@@ -82,7 +82,30 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
     (HEAD + "steps:\n  - connect: {}\n  - send: {datagram: {hex: '00'}, mutate: [{xor: "
      "{offset: 3, mask: ff}}]}\n", "s.yaml:7: $.steps[1].send.datagram: xor at 3 runs past"),
     (HEAD + "steps:\n  - connect: {}\n  - send: {template: client_hello}\n",
-     "s.yaml:7: $.steps[1].send.template: packet templates are not built by this harness yet"),
+     "s.yaml:7: $.steps[1].send.template: 'client_hello' is not a known packet template"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: client_initial}\n",
+     "s.yaml:7: $.steps[1].send.template: client_initial is the first flight a connect with "
+     "wait: held kept"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt}\n",
+     "s.yaml:7: $.steps[1].send.template: the one_rtt template carries the step's frames"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt, frames: [{type: ping}], "
+     "mutate: [{set: header.dcidd, value: 1}]}\n",
+     "s.yaml:7: $.steps[1].send.template: no header field 'dcidd'"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt, frames: [{type: ping}], "
+     "mutate: [{set: header.pn_length, value: 5}]}\n",
+     "s.yaml:7: $.steps[1].send.template: header.pn_length is at most 4"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt, frames: [{type: ping}], "
+     "mutate: [{set: 'frames[0].offset', value: 1}]}\n",
+     "s.yaml:7: $.steps[1].send.template: frames[0] (ping) has no field offset"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: handshake_finished, mutate: "
+     "[{drop: 0}]}\n", "s.yaml:7: $.steps[1].send.template: the FINISHED leaves with the "
+     "target's flight"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {datagram: {hex: '00'}, mutate: [{drop: 0}]}"
+     "\n", "s.yaml:7: $.steps[1].send.datagram: drop applies to packet templates"),
+    (HEAD + "steps:\n  - connect: {}\n  - replay: {name: again}\n",
+     "s.yaml:7: $.steps[1].replay.name: name is the connection of a replay from: new_port"),
+    (HEAD + "steps:\n  - connect: {}\n  - replay: {from: new_port}\n  - expect: {conn: "
+     "replay2, event: a:b}\n", "s.yaml:8: $.steps[2].expect.conn: no connection 'replay2'"),
     (HEAD.replace("VEL-HS-001", "VEL-CERT-004") + "steps:\n  - wait: 0\n",
      "s.yaml:3: $.spec[0]: VEL-CERT-004 is not observable on the wire"),
     (HEAD + "parametrize: {a: [1, 2, 3, 4], b: [1, 2, 3, 4], c: [1, 2, 3, 4], d: [1, 2, 3, 4, "

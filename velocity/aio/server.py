@@ -150,9 +150,9 @@ class VelocityServer(DatagramDriver):
             with contextlib.suppress(ConnectionError, UsageError):  # the connection is gone
                 stream.close(code)
 
-    def _on_sent(self, sizes: list[int]) -> None:
+    def _on_sent(self, datagrams: list[tuple[bytes, Address]]) -> None:
         if self.metrics is not None:
-            self.metrics.datagrams("out", sizes)
+            self.metrics.datagrams("out", [len(d) for d, _ in datagrams])
 
     def _wake(self, connection: Connection) -> None:
         """An application write on ``connection``: send it with the next transmission."""
