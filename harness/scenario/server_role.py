@@ -86,17 +86,21 @@ class Served:
     owner: bool = True
     closed: bool = False
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Stop the client run and the server; the files stay (a replacement uses them)."""
         self.client.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.client
-        if not self.owner or self.closed:
-            return
-        self.closed = True
-        await self.server.close(grace=0.2)
-        if self.decoy.transport is not None:
-            self.decoy.transport.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.owner and not self.closed:
+            self.closed = True
+            await self.server.close(grace=0.2)
+
+    async def close(self) -> None:
+        await self.stop()
+        if self.owner:
+            if self.decoy.transport is not None:
+                self.decoy.transport.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _identity(run: Run, profile: Profile, name: str, certificate: str) -> ServerIdentity:
@@ -167,8 +171,12 @@ async def connect(run: Run, step: Step) -> Conn:
     client = run.loop.create_task(_client(run, files, profiles[0], pinned, trust))
     served = Served(server, client, decoy, port, directory, files, profiles[0], pinned, trust)
     run.served[name] = served
-    conn = await _first_connection(run, name, served, float(options.get("timeout",
-                                                                        CONNECT_WAIT)))
+    if options.get("wait") == "none":  # nothing may reach the endpoint: read the wire
+        server.wire.transcript.start = run.harness.start
+        conn = run.connections[name] = Conn(name, server.wire, server.address)
+    else:
+        conn = await _first_connection(run, name, served, float(options.get("timeout",
+                                                                            CONNECT_WAIT)))
     run.note("serve", {"conn": name, "at": f"{LOOPBACK}:{server.address[1]}",
                        "fallback_port": port, "certificate": certificate})
     return conn
@@ -181,7 +189,7 @@ async def _replace(run: Run, name: str | None, files: dict[str, str]) -> Served 
         return None
     replaced = run.served[name]
     files["cache"] = replaced.files["cache"]
-    await replaced.close()
+    await replaced.stop()
     return replaced
 
 
