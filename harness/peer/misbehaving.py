@@ -32,7 +32,6 @@ RETRIES = ("valid", "bad_tag", "empty_token", "late", "twice")
 VERSION_NEGOTIATIONS = ("ours", "others", "late")
 TICKETS = ("valid", "garbage", "wrong_aad", "expired", "future", "stale_age")
 OTHER_VERSIONS = (0x1A2A3A4A, 0x00000001)  # versions no Velocity/1 client speaks
-LATE = 0.05  # seconds after the endpoint's answer a late packet follows
 
 
 def hello_retry_hook(profile: int, count: int) -> MessageHook:
@@ -135,8 +134,8 @@ class StatelessAnswers:
         for packet in now:
             self._send(packet, address)
         if later:
-            asyncio.get_running_loop().call_later(LATE, lambda: [
-                self._send(p, address) for p in later])
+            # right behind the endpoint's answer, which leaves once this read is handled
+            asyncio.get_running_loop().call_soon(lambda: [self._send(p, address) for p in later])
         return self.version_negotiation != "others"
 
     def _answers(self, scid: bytes, dcid: bytes) -> tuple[list[bytes], list[bytes]]:

@@ -42,6 +42,7 @@ from velocity.core.handshake.common import ReplayFilter, TicketSealer
 from velocity.core.handshake.messages import Fallback, Message
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import PROFILES_BY_NAME, Profile
+from velocity.core.protection import Aead
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.sealing import RetryTokens, ticket_sealer
@@ -264,6 +265,7 @@ def _server_config(run: Run, name: str, options: dict[str, Any], identity: Serve
     fallback = options.get("fallback", {})
     return ServerConfig(
         kem=kem, static_keys=(identity.static_key(kem),), profiles=(identity.profile,),
+        aeads=tuple(Aead[a] for a in options.get("aeads", [a.name for a in Aead])),
         publish_key=options.get("publish_key", True) and not options.get("kem_key_required"),
         fallback=FallbackPolicy(fallback.get("alpn", "h3").encode(), fallback.get("host", ""),
                                 fallback_port, fallback.get("mode", "off")),
