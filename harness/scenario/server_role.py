@@ -81,7 +81,7 @@ class Served:
     fallback_port: int
     directory: Path
     files: dict[str, str]
-    profile: Profile
+    identity: ServerIdentity
     pinned: PinnedServerKey | None
     trust: str
     owner: bool = True
@@ -104,14 +104,16 @@ class Served:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _identity(run: Run, profile: Profile, name: str, certificate: str) -> ServerIdentity:
+def _identity(run: Run, profile: Profile, name: str, certificate: str,
+              ca: ServerIdentity | None = None) -> ServerIdentity:
+    """A new key and leaf, under a new CA or ``ca``'s."""
     now = dt.datetime.now(dt.UTC)
     if certificate == "expired":
         now -= dt.timedelta(days=30)
     names = ("wrong-name.invalid",) if certificate == "wrong_name" else ("localhost", LOOPBACK)
     return ServerIdentity.create(profile, entropy=run.entropy(f"{name}/{certificate}"),
                                  names=names, now=now, leaf_days=1 if certificate == "expired"
-                                 else 90)
+                                 else 90, ca=(ca.ca_key, ca.ca_certificate) if ca else None)
 
 
 def _files(directory: Path, identity: ServerIdentity, trusted: ServerIdentity,
@@ -153,7 +155,9 @@ async def connect(run: Run, step: Step) -> Conn:
     name = options.get("name", "main")
     profiles = tuple(PROFILES_BY_NAME[p] for p in options.get("profiles", ["balanced"]))
     certificate = options.get("certificate", "valid")
-    identity = _identity(run, profiles[0], name, certificate)
+    replaced = run.served[options["replaces"]] if "replaces" in options else None
+    identity = _identity(run, profiles[0], name, certificate, replaced.identity if replaced
+                         and certificate != "other_ca" else None)
     stale = bool(options.get("stale_key"))
     other = (_identity(run, profiles[0], name, "other") if stale or certificate == "other_ca"
              else identity)
@@ -162,7 +166,9 @@ async def connect(run: Run, step: Step) -> Conn:
     directory = Path(tempfile.mkdtemp(prefix="velocity-served-"))
     files = _files(directory, identity, other if certificate == "other_ca" else identity,
                    other if stale else identity)
-    replaced = await _replace(run, options.get("replaces"), files)
+    if replaced is not None:  # the new server takes its port, the client keeps its cache
+        files["cache"] = replaced.files["cache"]
+        await replaced.stop()
     server = _listen(run, name, options, identity, port, directory,
                      int(replaced.files["port"]) if replaced else 0)
     files["port"] = str(server.address[1])
@@ -170,7 +176,7 @@ async def connect(run: Run, step: Step) -> Conn:
               if options.get("client_key") == "pinned" or stale else None)
     trust = _trust(run, options.get("trust", "ca"))
     client = run.loop.create_task(_client(run, files, profiles[0], pinned, trust))
-    served = Served(server, client, decoy, port, directory, files, profiles[0], pinned, trust)
+    served = Served(server, client, decoy, port, directory, files, identity, pinned, trust)
     run.served[name] = served
     if options.get("wait") == "none":  # nothing may reach the endpoint: read the wire
         server.wire.transcript.start = run.harness.start
@@ -181,17 +187,6 @@ async def connect(run: Run, step: Step) -> Conn:
     run.note("serve", {"conn": name, "at": f"{LOOPBACK}:{server.address[1]}",
                        "fallback_port": port, "certificate": certificate})
     return conn
-
-
-async def _replace(run: Run, name: str | None, files: dict[str, str]) -> Served | None:
-    """The server a connect ``replaces``, closed: the new one takes its port, and the
-    client its cache."""
-    if name is None:
-        return None
-    replaced = run.served[name]
-    files["cache"] = replaced.files["cache"]
-    await replaced.stop()
-    return replaced
 
 
 def _trust(run: Run, trust: str) -> str:
@@ -250,7 +245,7 @@ async def run_client(run: Run, step: Step) -> None:
     if method != "GET" and run.target.client_command is not None:
         raise StepUnsupported(f"a command client fetches with GET, not {method}")
     index = len(first.server.views)
-    client = run.loop.create_task(_client(run, first.files, first.profile, first.pinned,
+    client = run.loop.create_task(_client(run, first.files, first.identity.profile, first.pinned,
                                           first.trust, early_data=step.get("early_data", False),
                                           method=method))
     again = run.served[name] = dataclasses.replace(first, client=client, owner=False)
