@@ -20,11 +20,13 @@ from velocity.core.errors import ErrorCode
 Report = Callable[[Path, str], None]
 Where = Callable[[Path], str]
 
-SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact"})
+SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "run_client"})
 CLIENT_CONNECT = frozenset({"key", "server_name", "early_data"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
-                            "kem_key_required", "certificate", "hello_retry", "client_key"})
-TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
+                            "kem_key_required", "certificate", "hello_retry", "client_key",
+                            "trust", "retry", "version_negotiation", "replaces"})
+TICKETS = {"client": ("none", "last"),
+           "server": ("valid", "garbage", "wrong_aad", "expired", "future", "stale_age")}
 REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")
 
 
@@ -46,7 +48,7 @@ class StepChecker:
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
             "send": self._send, "hook": self._hooks, "impair": self._impair,
-            "replay": self._replay}
+            "replay": self._replay, "run_client": self._run_client}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -101,12 +103,12 @@ class StepChecker:
 
     def _connect(self, options: dict[str, Any] | None, path: Path) -> None:
         options = options or {}
+        replaces = options.get("replaces")
+        if replaces is not None and replaces not in self.connections:
+            self.report((*path, "replaces"), f"no connection {replaces!r} is opened before "
+                                             "this step")
         name = options.get("name", "main")
-        if name in self.connections:
-            self.report((*path, "name") if "name" in options else path,
-                        f"a connection {name!r} is already opened: give this one another "
-                        "name (name: second)")
-        self.connections.add(name)
+        self._open(name, (*path, "name") if "name" in options else path)
         if options.get("wait") == "held":
             self.held.add(name)
         self._hooks(options.get("hooks", {}), (*path, "hooks"))
@@ -125,6 +127,16 @@ class StepChecker:
         if ticket is not None and ticket not in TICKETS[self.role]:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
                                            f"here: {' or '.join(TICKETS[self.role])}")
+
+    def _run_client(self, options: dict[str, Any], path: Path) -> None:
+        """A client run again opens a connection of its own, to a connect's server."""
+        self._open(options["name"], (*path, "name"))
+
+    def _open(self, name: str, path: Path) -> None:
+        if name in self.connections:
+            self.report(path, f"a connection {name!r} is already opened: give this one another "
+                              "name (name: second)")
+        self.connections.add(name)
 
     def _impair(self, options: dict[str, Any], path: Path) -> None:
         if not self.network:

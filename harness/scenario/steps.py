@@ -335,5 +335,5 @@ STEPS: dict[str, StepRunner] = {
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
     "impair": impair, "expect_client": server_role.expect_client,
-    "expect_no_contact": server_role.expect_no_contact, "replay": replay.replay,
-    "fuzz": not_yet}
+    "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
+    "replay": replay.replay, "fuzz": not_yet}
