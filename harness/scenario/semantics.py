@@ -97,6 +97,8 @@ class StepChecker:
             for key in REGEX_KEYS:
                 if isinstance(options.get(key), str):
                     self._regex(options[key], (*path, key))
+            for header, pattern in (options.get("headers_regex") or {}).items():
+                self._regex(pattern, (*path, "headers_regex", header))
         rule = self._rules.get(kind)
         if rule is not None:
             rule(options, path)

@@ -195,6 +195,11 @@ def _check_response(step: Step, response: Response) -> None:
             raise StepFailed(f"the response header {header} is {response.header(header)!r}",
                              expected=f"{header}: {value}",
                              actual=f"{header}: {response.header(header)}")
+    for header, pattern in step.get("headers_regex", {}).items():
+        if re.search(pattern, response.header(header) or "") is None:
+            raise StepFailed(f"the response header {header} is {response.header(header)!r}",
+                             expected=f"{header} matching {pattern}",
+                             actual=f"{header}: {response.header(header)}")
     pattern = step.get("body_regex")
     body = response.body.decode(errors="replace")
     if pattern is not None and re.search(pattern, body) is None:
