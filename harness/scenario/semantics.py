@@ -169,6 +169,9 @@ class StepChecker:
                 self.report((*path, "datagram"), str(exc))
         elif "mutate" in options:
             self.report((*path, "mutate"), "mutate applies to a datagram (send: {datagram: ...})")
+        if "raw" in options and "frames" not in options:
+            self.report((*path, "raw"), "raw bytes follow the frames of a packet: give frames "
+                                        "too (send: {frames: [...], raw: ...})")
         if sum(k in options for k in ("frames", "datagram", "template")) != 1:
             self.report(path, "send takes one of frames, datagram or template")
 

@@ -259,7 +259,8 @@ async def send(run: Run, step: Step) -> None:
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
         frames = build.frames(options["frames"])
-        peer.connection.send_frames(epoch, frames, packet_type=packet_type)
+        peer.connection.send_frames(epoch, frames, packet_type=packet_type,
+                                    trailer=build.to_bytes(options.get("raw", "")))
         peer.flush()
         run.note("send", {"conn": conn.name, "space": options.get("space", "1rtt"),
                           "frames": [f["type"] for f in options["frames"]]})

@@ -266,13 +266,14 @@ class Connection:
         self._control.append(StopSending(stream_id, error_code))
 
     def send_frames(self, epoch: Epoch, frames: Sequence[Frame], *,
-                    packet_type: PacketType | None = None) -> None:
+                    packet_type: PacketType | None = None, trailer: bytes = b"") -> None:
         """Seam (velocity.core.seams): send ``frames`` exactly as given, unchecked, in one
         packet of ``epoch``'s packet-number space (its next number; frames a space does not
-        allow go too), protected with that space's keys, or the 0-RTT keys for
+        allow go too), then ``trailer``, bytes no frame encodes (an unknown or non-minimal
+        frame type), protected with that space's keys, or the 0-RTT keys for
         ``packet_type=ZERO_RTT``. The packet is recorded as sent, so the peer's ACKs stay
         consistent; its frames are never retransmitted. It waits until those keys exist."""
-        self.spaces[epoch].injected.append((tuple(frames), packet_type))
+        self.spaces[epoch].injected.append((tuple(frames), packet_type, trailer))
         self.seams.injecting = True
 
     def queue_after_handshake(self, frame: Frame) -> None:
