@@ -22,8 +22,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,6 @@ IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
                         "profile-secure", "publish-kem", "resumption", "early-data", "api"})
 SANITY_TIMEOUT = 5.0
 START_TIMEOUT = 20.0
-IN_PROCESS_HALF_OPEN = 1024
-"""The in-process target's bound on handshakes from one address (VEL-CONN-010; a deployment's
-is 32): every scenario connects from 127.0.0.1, and a connection the server closed during its
-handshake counts for three PTOs (about 3 s), so a run of error scenarios would be refused."""
 LOOPBACK = "127.0.0.1"
 IN_PROCESS_HALF_OPEN = 1024
 """The in-process target's bound on half-open connections per address (VEL-CONN-010; the
@@ -86,6 +82,7 @@ class Target:
     ca_file: Path | None = None
     keys: tuple[PinnedServerKey, ...] = ()  # the server's static keys the harness knows
     client_command: str | None = None  # for role: server scenarios against a command
+    shutdown: Callable[[], None] | None = None  # a graceful stop, for a target the harness runs
 
     @property
     def owned(self) -> bool:
@@ -201,10 +198,11 @@ class InProcessServer:
         return await serve(LOOPBACK, 0, config, app, entropy=entropy)
 
     def stop(self) -> None:
-        if self._server is not None:
+        """Close every connection with NO_ERROR and stop (once: a second call does nothing)."""
+        server, self._server = self._server, None
+        if server is not None:
             with contextlib.suppress(TimeoutError, RuntimeError):
-                asyncio.run_coroutine_threadsafe(self._server.close(grace=0.2),
-                                                 self._loop).result(5)
+                asyncio.run_coroutine_threadsafe(server.close(grace=0.2), self._loop).result(5)
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
@@ -391,12 +389,28 @@ class Targets:
     def get(self) -> Target:
         if self._target is None:
             try:
-                self._target = self._make()
+                made = self._make()
+                self._target = made if self._owned is None else replace(
+                    made, shutdown=self._shutdown)
             except TargetError as exc:
                 self._target = exc
         if isinstance(self._target, TargetError):
             raise self._target
         return self._target
+
+    def replaced(self, target: Target) -> bool:
+        """Whether ``target`` was shut down (a run's ``shutdown`` step) since it was made."""
+        return self._target is not target
+
+    def _shutdown(self) -> None:
+        """Stop the target the harness runs, gracefully (the in-process server closes every
+        connection with NO_ERROR; a command gets SIGTERM); the next run starts a new one."""
+        owned, self._owned, self._target = self._owned, None, None
+        if owned is not None:
+            owned.stop()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
 
     def _make(self) -> Target:
         o = self.options

@@ -5,12 +5,19 @@ test_catalogue_transport_weakened, whose helpers this reuses)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from harness.scenario.verdict import Verdict
-from harness.targets import Target
+from harness.targets import InProcessServer, Target
 from tests.harness.test_catalogue_transport_weakened import NOT_CLOSED, Weakening, _serve, outcome
+from velocity.core import receiver
 from velocity.core.buffer import Reader
+from velocity.core.connection import Connection
+from velocity.core.endpoint import ServerEndpoint
 
 reference = pytest.fixture(_serve, scope="module", name="reference")
 weakened = pytest.fixture(_serve, scope="module", name="weakened")
@@ -21,9 +28,36 @@ def reads_non_minimal_types(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Reader, "pull_varint_minimal", Reader.pull_varint)
 
 
+def takes_any_key_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new key phase is followed even before the last update was acknowledged
+    (VEL-PROT-011)."""
+    follow = receiver._open_other_phase
+
+    def lenient(conn: Connection, *args: Any) -> bytes:
+        conn.key_updates.peer_update = None
+        return follow(conn, *args)
+
+    monkeypatch.setattr(receiver, "_open_other_phase", lenient)
+
+
+def does_not_follow_key_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer's key update is read but the sending keys stay (VEL-PROT-011)."""
+    rotate = Connection._rotate_send_keys
+
+    def own_only(self: Connection, trigger: str) -> None:
+        if trigger != "remote_update":
+            rotate(self, trigger)
+
+    monkeypatch.setattr(Connection, "_rotate_send_keys", own_only)
+
+
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
      reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
+    ("protection/key-update.yaml", "protection/second-key-update-before-an-ack-is-refused",
+     takes_any_key_update, "VEL-PROT-011", NOT_CLOSED),
+    ("protection/key-update.yaml", "protection/key-update-is-answered",
+     does_not_follow_key_updates, "VEL-PROT-011", "no quic:key_updated"),
 ]
 
 
@@ -39,3 +73,23 @@ async def test_the_scenario_fails_the_weakened_server_and_passes_the_reference(
     failed = await outcome(file, name, weakened)
     assert failed.verdict is Verdict.FAIL, failed
     assert says in failed.reason, failed
+
+
+@pytest.mark.spec("VEL-CONN-007")
+@pytest.mark.parametrize("weakened", [False, True], ids=["reference", "silent-shutdown"])
+async def test_the_shutdown_scenario_fails_a_server_that_stops_without_closing(
+        weakened: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose shutdown sends no CONNECTION_CLOSE: its clients wait for the idle
+    timeout."""
+    if weakened:
+        monkeypatch.setattr(ServerEndpoint, "close_all", lambda self, *, now: None)
+    server = InProcessServer(tmp_path)
+    target = replace(server.start(), shutdown=server.stop)
+    try:
+        result = await outcome("connection/shutdown.yaml",
+                               "connection/graceful-shutdown-closes-every-connection", target)
+    finally:
+        server.stop()
+    assert result.verdict is (Verdict.FAIL if weakened else Verdict.PASS), result
+    if weakened:
+        assert NOT_CLOSED in result.reason, result
