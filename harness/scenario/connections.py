@@ -20,6 +20,7 @@ from velocity.aio.client import FallbackError, HandshakeError
 from velocity.core.connection import Address, ConnectionConfig
 from velocity.core.events import TicketReceived
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
+from velocity.core.handshake.common import SessionTicket
 from velocity.core.hybrid import PROFILES, PROFILES_BY_NAME, Profile
 from velocity.core.protection import Aead
 from velocity.crypto.kem import kem_backend
@@ -80,11 +81,22 @@ def client_config(run: Run, options: dict[str, Any]) -> tuple[ClientConfig, Conn
     remembered, token = None, b""
     if options.get("ticket", "none") == "last":
         received, token = last_ticket(run)
-        handshake = replace(handshake, ticket=received.ticket)
+        handshake = replace(handshake, ticket=edited_ticket(received.ticket, options))
         remembered = received.transport_parameters
     config = ConnectionConfig(handshake, remembered_transport_parameters=remembered,
                               token=token)
     return handshake, replace(config, **options.get("transport_parameters", {}))
+
+
+def edited_ticket(ticket: SessionTicket, options: dict[str, Any]) -> SessionTicket:
+    """The ticket as the connect step says to use it: ``ticket_age`` seconds added to the
+    age the client reports (its obfuscated_ticket_age), ``binder: wrong`` a PSK that is not
+    the ticket's, so the binder cannot verify."""
+    shift = round(float(options.get("ticket_age", 0)) * 1000)
+    psk = ticket.psk
+    if options.get("binder", "valid") == "wrong":
+        psk = bytes(b ^ 0xFF for b in psk)
+    return replace(ticket, issued_ms=ticket.issued_ms - shift, psk=psk)
 
 
 def last_ticket(run: Run) -> tuple[TicketReceived, bytes]:

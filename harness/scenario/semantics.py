@@ -21,7 +21,7 @@ Report = Callable[[Path, str], None]
 Where = Callable[[Path], str]
 
 SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact"})
-CLIENT_CONNECT = frozenset({"key", "server_name", "early_data"})
+CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
                             "kem_key_required", "certificate", "hello_retry", "client_key"})
 TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
@@ -130,6 +130,10 @@ class StepChecker:
         for key in sorted(wrong & options.keys()):
             self.report((*path, key), f"{key} is a connect option of role: {other} scenarios")
         ticket = options.get("ticket")
+        for key in sorted({"ticket_age", "binder"} & options.keys()):
+            if ticket != "last":
+                self.report((*path, key), f"{key} changes the ticket a connection resumes "
+                                          "with: give ticket: last too")
         if ticket is not None and ticket not in TICKETS[self.role]:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
                                            f"here: {' or '.join(TICKETS[self.role])}")

@@ -18,6 +18,7 @@ from velocity.core import receiver
 from velocity.core.buffer import Reader
 from velocity.core.connection import Connection
 from velocity.core.endpoint import ServerEndpoint
+from velocity.core.handshake import server as handshake_server
 
 reference = pytest.fixture(_serve, scope="module", name="reference")
 weakened = pytest.fixture(_serve, scope="module", name="weakened")
@@ -51,6 +52,25 @@ def does_not_follow_key_updates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Connection, "_rotate_send_keys", own_only)
 
 
+def ignores_ticket_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early data is taken whatever age the client reports (VEL-RES-005)."""
+    monkeypatch.setattr(handshake_server, "EARLY_DATA_AGE_TOLERANCE_MS", 1 << 40)
+
+
+def takes_any_ciphertext_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server_key ciphertext is cut or padded to its parameter set's length before
+    decapsulation (VEL-AUTH-013): the handshake then fails later, not with
+    ILLEGAL_PARAMETER."""
+    pull = handshake_server._pull_server_key
+
+    def lenient(value: bytes) -> tuple[bytes, bytes]:
+        key_id, ciphertext = pull(value)
+        size = next(n for n in (768, 1088, 1568) if abs(len(ciphertext) - n) <= 1)
+        return key_id, (ciphertext + bytes(size))[:size]
+
+    monkeypatch.setattr(handshake_server, "_pull_server_key", lenient)
+
+
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
      reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
@@ -58,6 +78,11 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      takes_any_key_update, "VEL-PROT-011", NOT_CLOSED),
     ("protection/key-update.yaml", "protection/key-update-is-answered",
      does_not_follow_key_updates, "VEL-PROT-011", "no quic:key_updated"),
+    ("resumption/ticket-age.yaml", "resumption/early-data-with-a-wrong-age-is-rejected[shift=11]",
+     ignores_ticket_age, "VEL-RES-005", "data.early_data_accepted = false"),
+    ("auth/server-key-length.yaml",
+     "auth/server-key-ciphertext-of-the-wrong-length[profile=balanced-edit=long]",
+     takes_any_ciphertext_length, "VEL-AUTH-013", "no quic:packet_received"),
 ]
 
 
