@@ -48,6 +48,8 @@ def server_key(run: Run, mode: str, profiles: tuple[Profile, ...]) -> PinnedServ
     holds (VEL-AUTH-011)."""
     if mode == "discovery":
         return None
+    if mode == "previous":
+        return _previous_key(run, profiles)
     if mode == "stale":
         generated = kem_backend().generate(profiles[0].kem, run.entropy("stale-key").random(64))
         return PinnedServerKey(profiles[0], generated.encapsulation_key)
@@ -60,6 +62,17 @@ def server_key(run: Run, mode: str, profiles: tuple[Profile, ...]) -> PinnedServ
                               "give --kem-b64 or --kem-file, or discover it in an earlier "
                               "connection of the scenario")
     return None
+
+
+def _previous_key(run: Run, profiles: tuple[Profile, ...]) -> PinnedServerKey:
+    """The key the target replaced in its last rotation, for the first offered profile the
+    run knows one of (VEL-CERT-005)."""
+    for profile in profiles:
+        for key in run.target.previous_keys:
+            if key.profile == profile:
+                return key
+    raise StepUnsupported(f"no previous ML-KEM key of the target for {profiles[0].name} is "
+                          "known: give --kem-previous-file")
 
 
 def _now() -> dt.datetime:

@@ -19,6 +19,8 @@ from velocity.core.buffer import Reader
 from velocity.core.connection import Connection
 from velocity.core.endpoint import ServerEndpoint
 from velocity.core.handshake import server as handshake_server
+from velocity.core.handshake.server import ServerConfig, StaticKey
+from velocity.http import h1
 
 reference = pytest.fixture(_serve, scope="module", name="reference")
 weakened = pytest.fixture(_serve, scope="module", name="weakened")
@@ -71,6 +73,27 @@ def takes_any_ciphertext_length(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handshake_server, "_pull_server_key", lenient)
 
 
+def forgets_the_previous_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the current key of each profile opens PDK ciphertexts (VEL-CERT-005)."""
+    def current_only(self: ServerConfig, key_id: bytes) -> StaticKey | None:
+        return next((k for k in self.static_keys if k.key_id == key_id
+                     and self.current_key(k.profile) is k), None)
+
+    monkeypatch.setattr(ServerConfig, "key_by_id", current_only)
+
+
+def sends_no_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing application's request is reset instead of answered 500 (VEL-HTTP-014)."""
+    text = h1._text
+
+    def no_500(status: int, message: str) -> h1.Response:
+        if status == 500:
+            raise ConnectionError("weakened: no 500")
+        return text(status, message)
+
+    monkeypatch.setattr(h1, "_text", no_500)
+
+
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
      reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
@@ -83,6 +106,10 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("auth/server-key-length.yaml",
      "auth/server-key-ciphertext-of-the-wrong-length[profile=balanced-edit=long]",
      takes_any_ciphertext_length, "VEL-AUTH-013", "no quic:packet_received"),
+    ("certificates/rotation.yaml", "certificates/previous-key-is-accepted-after-rotation",
+     forgets_the_previous_key, "VEL-CERT-005", "no velocity:handshake_completed"),
+    ("http/failures.yaml", "http/failure-before-the-response-is-500[where=answer]",
+     sends_no_500, "VEL-HTTP-014", "failed"),
 ]
 
 
