@@ -21,7 +21,7 @@ Report = Callable[[Path, str], None]
 Where = Callable[[Path], str]
 
 SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "run_client"})
-CLIENT_CONNECT = frozenset({"key", "server_name", "early_data"})
+CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
                             "kem_key_required", "certificate", "hello_retry", "client_key",
                             "trust", "retry", "version_negotiation", "replaces"})
@@ -91,6 +91,8 @@ class StepChecker:
             for key in REGEX_KEYS:
                 if isinstance(options.get(key), str):
                     self._regex(options[key], (*path, key))
+            for header, pattern in (options.get("headers_regex") or {}).items():
+                self._regex(pattern, (*path, "headers_regex", header))
         rule = self._rules.get(kind)
         if rule is not None:
             rule(options, path)
@@ -124,6 +126,10 @@ class StepChecker:
         for key in sorted(wrong & options.keys()):
             self.report((*path, key), f"{key} is a connect option of role: {other} scenarios")
         ticket = options.get("ticket")
+        for key in sorted({"ticket_age", "binder"} & options.keys()):
+            if ticket != "last":
+                self.report((*path, key), f"{key} changes the ticket a connection resumes "
+                                          "with: give ticket: last too")
         if ticket is not None and ticket not in TICKETS[self.role]:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
                                            f"here: {' or '.join(TICKETS[self.role])}")
@@ -180,6 +186,9 @@ class StepChecker:
                 self.report((*path, "datagram"), str(exc))
         elif "mutate" in options:
             self.report((*path, "mutate"), "mutate applies to a datagram or a template")
+        if "raw" in options and "frames" not in options:
+            self.report((*path, "raw"), "raw bytes follow the frames of a packet: give frames "
+                                        "too (send: {frames: [...], raw: ...})")
         if sum(k in options for k in ("frames", "datagram")) != 1:
             self.report(path, "send takes one of frames, datagram or template")
 

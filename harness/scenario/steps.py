@@ -25,7 +25,7 @@ from harness.scenario.expr import ExpressionError, compile_expression
 from harness.scenario.matching import describe, matches, value_at
 from harness.scenario.model import BRANCH_STEPS, Step
 from harness.scenario.verdict import ScenarioError
-from velocity.core.errors import ErrorCode
+from velocity.core.errors import ErrorCode, UsageError
 from velocity.http.h1 import Response
 
 StepRunner = Callable[[Run, Step], Coroutine[Any, Any, None]]
@@ -205,6 +205,11 @@ def _check_response(step: Step, response: Response) -> None:
             raise StepFailed(f"the response header {header} is {response.header(header)!r}",
                              expected=f"{header}: {value}",
                              actual=f"{header}: {response.header(header)}")
+    for header, pattern in step.get("headers_regex", {}).items():
+        if re.search(pattern, response.header(header) or "") is None:
+            raise StepFailed(f"the response header {header} is {response.header(header)!r}",
+                             expected=f"{header} matching {pattern}",
+                             actual=f"{header}: {response.header(header)}")
     pattern = step.get("body_regex")
     body = response.body.decode(errors="replace")
     if pattern is not None and re.search(pattern, body) is None:
@@ -270,7 +275,8 @@ async def send(run: Run, step: Step) -> None:
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
         frames = build.frames(options["frames"])
-        peer.connection.send_frames(epoch, frames, packet_type=packet_type)
+        peer.connection.send_frames(epoch, frames, packet_type=packet_type,
+                                    trailer=build.to_bytes(options.get("raw", "")))
         peer.flush()
         run.note("send", {"conn": conn.name, "space": options.get("space", "1rtt"),
                           "frames": [f["type"] for f in options["frames"]]})
@@ -308,6 +314,30 @@ async def wait(run: Run, step: Step) -> None:
     await run.sleep(float(step.options))
 
 
+async def key_update(run: Run, step: Step) -> None:
+    """Update the connection's 1-RTT send keys (the packets of later steps carry the new
+    key phase); ``force`` even when RFC 9001 6.1 forbids it, to test the receiver."""
+    conn = run.conn(step)
+    options = step.options or {}
+    try:
+        conn.client(step).connection.request_key_update(force=options.get("force", False))
+    except UsageError as exc:
+        raise ScenarioError(f"key_update on connection {conn.name}: {exc} (or give force: "
+                            "true)") from None
+    run.note("key_update", {"conn": conn.name, "force": options.get("force", False)})
+
+
+async def shutdown(run: Run, step: Step) -> None:
+    """Shut the target down gracefully (a target the harness runs: the in-process server
+    is stopped, a --target-cmd process gets SIGTERM); it is started again for the next
+    run."""
+    if run.target.shutdown is None:
+        raise StepUnsupported(f"{run.target.label} is not run by the harness, which cannot "
+                              "shut it down")
+    await asyncio.get_running_loop().run_in_executor(None, run.target.shutdown)
+    run.note("shutdown", {"target": run.target.label})
+
+
 async def check(run: Run, step: Step) -> None:
     """``assert``: every expression holds over the saved values and the aggregates."""
     sources = [step.options] if isinstance(step.options, str) else list(step.options)
@@ -334,6 +364,7 @@ STEPS: dict[str, StepRunner] = {
     "connect": connect, "send": send, "hook": hook, "expect": expect,
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
+    "key_update": key_update, "shutdown": shutdown,
     "impair": impair, "expect_client": server_role.expect_client,
     "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
     "replay": replay.replay, "fuzz": not_yet}
