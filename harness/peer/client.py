@@ -74,17 +74,18 @@ class ClientPeer(VelocityClient):
             self._sender.send([(data, to or self.target)])
             self.view.sent([data], origin=origin)
 
-    def transmit(self, edit: Callable[[list[bytes]], list[bytes]]) -> list[bytes]:
+    def transmit(self, edit: Callable[[list[bytes]], list[bytes]]
+                 ) -> tuple[list[bytes], list[bytes]]:
         """Send what the connection has now, its datagrams passed through ``edit`` first
-        (reordered, repeated, left out: what the network could do to them); the datagrams
-        the connection made."""
+        (reordered, repeated, left out: what the network could do to them); (the datagrams
+        the connection made, those sent)."""
         made = [d for d, _ in self.connection.datagrams_to_send(now=self._loop.time())]
+        sent = edit(made) if self._sender is not None else []
         if self._sender is not None:
-            sent = edit(made)
             self._sender.send([(d, self.target) for d in sent])
             self.view.sent(sent)
         self.schedule_transmit()  # arms the connection's timer
-        return made
+        return made, sent
 
     def flush(self) -> None:
         """Send what the connection has now (after the engine used a seam)."""
@@ -111,13 +112,10 @@ class RawPeer(asyncio.DatagramProtocol):
     @classmethod
     async def open(cls, target: Address, view: View) -> RawPeer:
         loop = asyncio.get_running_loop()
-        _, peer = await loop.create_datagram_endpoint(
+        transport, peer = await loop.create_datagram_endpoint(
             lambda: cls(target, view), local_addr=(local_address_for(target[0]), 0))
+        peer._transport = transport
         return peer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.view.received(data, f"{addr[0]}:{addr[1]}")

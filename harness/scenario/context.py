@@ -59,6 +59,7 @@ class Conn:
     peer: ClientPeer | None = None  # the harness's client (role: client scenarios)
     relay: UdpRelay | None = None  # the impairment between the harness and the target
     raw: RawPeer | None = None  # a bare socket (a replay from a new port)
+    last_send: list[bytes] = field(default_factory=list)  # what the last send step sent
     cursor: int = 0  # the event index the next expect starts from
 
     def client(self, step: Step) -> ClientPeer:

@@ -2,8 +2,9 @@
 sent again verbatim, from that connection's socket or from a new source port whose answers
 are recorded as a connection of their own. The flights: ``client_initial`` (every datagram
 the connection sent before it received one: the Initial packets with its CLIENT_HELLO, and
-the 0-RTT packets that went with them), ``last`` (its last datagram) or a list of indexes
-(its datagrams counted from 0)."""
+the 0-RTT packets that went with them), ``last`` (what the connection's last ``send`` of a
+template or a datagram put on the wire) or a list of indexes (its datagrams counted from
+0)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from harness.scenario.model import Step
 from harness.scenario.verdict import ScenarioError
 
 
-def recorded(view: View, flight: str | list[int]) -> list[bytes]:
+def recorded(conn: Conn, flight: str | list[int]) -> list[bytes]:
     """The datagrams of ``flight`` (see the module) in the order they were sent."""
+    view = conn.view
     sent = [data for _, data in view.outbox]
     if flight == "client_initial":
         first_answer = view.inbox[0][0] if view.inbox else None
         return [data for index, data in view.outbox
                 if first_answer is None or index < first_answer]
     if flight == "last":
-        return sent[-1:]
+        return conn.last_send
     assert isinstance(flight, list)  # the schema's third form
     missing = [i for i in flight if i >= len(sent)]
     if missing:
@@ -36,7 +38,7 @@ async def replay(run: Run, step: Step) -> None:
     conn = run.conn(step)
     options: dict[str, Any] = step.options or {}
     flight = options.get("flight", "client_initial")
-    datagrams = recorded(conn.view, flight)
+    datagrams = recorded(conn, flight)
     if not datagrams:
         raise ScenarioError(f"connection {conn.name} sent nothing to replay")
     await run.sleep(run.budget.pace(len(datagrams), run.now()))

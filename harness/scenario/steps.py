@@ -263,7 +263,8 @@ async def send(run: Run, step: Step) -> None:
     await run.sleep(run.budget.pace(1, run.now()))
     if "template" in options:
         try:
-            noted = await templates.send(peer, options, run.within(step, 2.0)[0])
+            noted, conn.last_send = await templates.send(peer, options,
+                                                         run.within(step, 2.0)[0])
         except ValueError as exc:
             raise ScenarioError(f"send {options['template']}: {exc}") from None
         run.note("send", {"conn": conn.name, **noted})
@@ -271,6 +272,7 @@ async def send(run: Run, step: Step) -> None:
         rng = random.Random(f"{run.seed}/{run.scenario.name}/{step.where}")
         data = build.mutate(build.datagram(options["datagram"], rng), options.get("mutate", []))
         peer.send_datagram(data)
+        conn.last_send = [data]
         run.note("send", {"conn": conn.name, "datagram_length": len(data)})
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]

@@ -218,11 +218,12 @@ def _carries_crypto(packet: PlannedPacket) -> bool:
         return False
 
 
-async def send(peer: ClientPeer, options: dict[str, Any], wait: float) -> dict[str, Any]:
+async def send(peer: ClientPeer, options: dict[str, Any],
+               wait: float) -> tuple[dict[str, Any], list[bytes]]:
     """Send the template ``options`` describe on ``peer``'s connection; what the harness's
-    transcript notes of it. Raises ValueError for a template the run cannot build (a
-    ``client_initial`` whose flight already left, a space without keys, a FINISHED that
-    did not come within ``wait`` seconds)."""
+    transcript notes of it, and the datagrams sent. Raises ValueError for a template the
+    run cannot build (a ``client_initial`` whose flight already left, a space without
+    keys) and StepFailed for a FINISHED that did not come within ``wait`` seconds."""
     name, operations = options["template"], options.get("mutate", [])
     connection = peer.connection
     edit = packet_edit(operations)
@@ -237,7 +238,7 @@ async def send(peer: ClientPeer, options: dict[str, Any], wait: float) -> dict[s
                              "target's flight did not come, or the template was sent after "
                              "it: send it right after a connect with wait: none)",
                              expected="the client's FINISHED", actual="none") from None
-        return _checked(armed, name, [])
+        return _checked(armed, name, []), []
     if name == "client_initial":
         if peer.view.datagrams_sent:
             raise ValueError("the first flight already left: client_initial needs a "
@@ -251,13 +252,13 @@ async def send(peer: ClientPeer, options: dict[str, Any], wait: float) -> dict[s
                        edit, 1)
         connection.send_frames(epoch, frames, packet_type=packet_type)
     try:
-        made = peer.transmit(datagram_edit(operations))
+        made, sent = peer.transmit(datagram_edit(operations))
     finally:
         armed.disarm()
     if not armed.edited:
         raise ValueError(f"the connection could not send the {name} template now (no "
                          "keys for its space yet?)")
-    return _checked(armed, name, made)
+    return _checked(armed, name, made), sent
 
 
 def _checked(armed: _Armed, name: str, made: list[bytes]) -> dict[str, Any]:
