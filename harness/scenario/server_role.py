@@ -51,6 +51,7 @@ from velocity.http.app import Application
 from velocity.http.static import StaticFiles
 
 CONNECT_WAIT = 5.0  # seconds connect waits for the client's first connection (timeout)
+COMMAND_START = 10.0  # seconds more for a command client, which starts a process first
 CLIENT_RUN = 10.0  # seconds a client run may take
 TICKET_LIFETIME = 43200  # seconds, the reference server's (ServerConfig.ticket_lifetime)
 ClientResult = tuple[int, str, str]  # exit code, stdout, stderr
@@ -182,11 +183,16 @@ async def connect(run: Run, step: Step) -> Conn:
         server.wire.transcript.start = run.harness.start
         conn = run.connections[name] = Conn(name, server.wire, server.address)
     else:
-        conn = await _first_connection(run, name, served, float(options.get("timeout",
-                                                                            CONNECT_WAIT)))
+        conn = await _first_connection(run, name, served, _connect_wait(run, options))
     run.note("serve", {"conn": name, "at": f"{LOOPBACK}:{server.address[1]}",
                        "fallback_port": port, "certificate": certificate})
     return conn
+
+
+def _connect_wait(run: Run, options: dict[str, Any]) -> float:
+    """How long a client run may take to open its first connection (``timeout``)."""
+    start = COMMAND_START if run.target.client_command is not None else 0.0
+    return float(options.get("timeout", CONNECT_WAIT)) + start
 
 
 def _trust(run: Run, trust: str) -> str:
@@ -249,8 +255,7 @@ async def run_client(run: Run, step: Step) -> None:
                                           first.trust, early_data=step.get("early_data", False),
                                           method=method))
     again = run.served[name] = dataclasses.replace(first, client=client, owner=False)
-    await _first_connection(run, name, again, float(step.get("timeout", CONNECT_WAIT)),
-                            index=index)
+    await _first_connection(run, name, again, _connect_wait(run, step.options), index=index)
     run.note("run_client", {"conn": name, "of": step.get("conn", "main"), "method": method})
 
 

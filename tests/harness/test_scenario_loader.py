@@ -55,6 +55,16 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
      "s.yaml:6: $.steps[0].connect.ticket: ticket: garbage is for role: server scenarios"),
     (HEAD + "steps:\n  - expect_client: {exit_code: 0}\n",
      "s.yaml:6: $.steps[0].expect_client: expect_client is a step of role: server scenarios"),
+    (HEAD + "steps:\n  - run_client: {name: again}\n",
+     "s.yaml:6: $.steps[0].run_client: run_client is a step of role: server scenarios"),
+    (HEAD.replace("client", "server") + "steps:\n  - connect: {}\n  - connect: {name: b, "
+     "replaces: other}\n", "s.yaml:7: $.steps[1].connect.replaces: no connection 'other' is "
+     "opened before this step"),
+    (HEAD.replace("client", "server") + "steps:\n  - connect: {}\n  - run_client: {name: "
+     "main}\n", "s.yaml:7: $.steps[1].run_client.name: a connection 'main' is already opened"),
+    (HEAD.replace("client", "server") + "steps:\n  - connect: {ticket: last}\n",
+     "s.yaml:6: $.steps[0].connect.ticket: ticket: last is for role: client scenarios; here: "
+     "valid or garbage or wrong_aad or expired or future or stale_age"),
     (HEAD + "steps:\n  - expect: {conn: other, event: quic:x}\n",
      "s.yaml:6: $.steps[0].expect.conn: no connection 'other' is opened before this step"),
     (HEAD + "steps:\n  - connect: {}\n  - connect: {}\n",
