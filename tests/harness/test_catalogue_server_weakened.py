@@ -1,7 +1,8 @@
-"""The harness measured, for the server-side scenarios of frame encodings, key updates and
-graceful shutdown: each PASSes against the in-process reference server and FAILs against
-the same server weakened, for that one run, to break the requirement it names (see
-test_catalogue_transport_weakened, whose helpers this reuses)."""
+"""The harness measured, for server-side scenarios (frame encodings, key updates, graceful
+shutdown, ticket ages, key rotation, application failures, held ranges): each PASSes
+against the in-process reference server and FAILs against the same server weakened, for
+that one run, to break the requirement it names (see test_catalogue_transport_weakened,
+whose helpers this reuses)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,11 @@ def sends_no_500(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(h1, "_text", no_500)
 
 
+def holds_any_number_of_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bound on the ranges of stream data waiting (VEL-STR-005)."""
+    monkeypatch.setattr(receiver, "MAX_STREAM_RANGES", 1 << 40)
+
+
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
      reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
@@ -110,6 +116,8 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      forgets_the_previous_key, "VEL-CERT-005", "no velocity:handshake_completed"),
     ("http/failures.yaml", "http/failure-before-the-response-is-500[where=answer]",
      sends_no_500, "VEL-HTTP-014", "failed"),
+    ("streams/holes.yaml", "streams/stream-holes-beyond-the-bound",
+     holds_any_number_of_ranges, "VEL-STR-005", NOT_CLOSED),
 ]
 
 
