@@ -55,15 +55,17 @@ from velocity.http.static import StaticFiles
 CAPABILITIES: tuple[str, ...] = tuple(json.loads(
     (SCHEMAS_DIR / "scenario.schema.json").read_text())["$defs"]["capability"]["enum"])
 """The vocabulary of ``requires`` and ``--target-caps``, as the scenario schema has it."""
-LIMITS = ("crypto-holes", "stream-holes")
+LIMITS = ("crypto-holes", "stream-holes", "half-open-per-address")
 """The capabilities that carry a value, a bound of the target (``{crypto-holes: 64}`` in
 --target-caps): the disjoint ranges of CRYPTO it holds per packet-number space, of STREAM
-data per connection (VEL-STR-005)."""
+data per connection (VEL-STR-005), its handshakes in progress from one address
+(VEL-CONN-010). The in-process target claims the first two (the reference's); its bound on
+handshakes is raised for the catalogue (IN_PROCESS_HALF_OPEN), too high to fill."""
 CONSERVATIVE = frozenset({"server", "profile-balanced"})
 """What any Velocity/1 server is assumed to do without a capability file."""
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
                         "profile-secure", "publish-kem", "resumption", "early-data", "api",
-                        "key-rotation", "failing-routes", *LIMITS})
+                        "key-rotation", "failing-routes", "crypto-holes", "stream-holes"})
 IN_PROCESS_LIMITS = {"crypto-holes": MAX_CRYPTO_RANGES, "stream-holes": MAX_STREAM_RANGES}
 SANITY_TIMEOUT = 5.0
 START_TIMEOUT = 20.0

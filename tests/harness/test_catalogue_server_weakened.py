@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from harness import targets
 from harness.scenario.verdict import Verdict
 from harness.targets import InProcessServer, Target
 from tests.harness.test_catalogue_transport_weakened import NOT_CLOSED, Weakening, _serve, outcome
@@ -153,3 +154,25 @@ async def test_the_shutdown_scenario_fails_a_server_that_stops_without_closing(
     assert result.verdict is (Verdict.FAIL if weakened else Verdict.PASS), result
     if weakened:
         assert NOT_CLOSED in result.reason, result
+
+
+@pytest.mark.spec("VEL-CONN-010")
+@pytest.mark.parametrize(("bound", "verdict"), [(3, Verdict.PASS), (4, Verdict.FAIL)],
+                         ids=["claimed-bound", "looser-bound"])
+async def test_the_half_open_bound_scenario_fails_a_server_looser_than_it_claims(
+        bound: int, verdict: Verdict, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process server with a bound of ``bound`` handshakes per address, claiming 3:
+    the fourth handshake from the address is refused only where the bound holds."""
+    monkeypatch.setattr(targets, "IN_PROCESS_HALF_OPEN", bound)
+    server = InProcessServer(tmp_path)
+    started = server.start()
+    target = replace(started, capabilities=started.capabilities | {"half-open-per-address"},
+                     limits={"half-open-per-address": 3})
+    try:
+        result = await outcome("connection/limits.yaml",
+                               "connection/half-open-beyond-the-address-bound-is-refused",
+                               target)
+    finally:
+        server.stop()
+    assert result.verdict is verdict, result
