@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from velocity.core.handshake.client import ClientConfig, PinnedServerKey
 from velocity.core.handshake.common import ReplayFilter
 from velocity.core.handshake.server import ServerConfig
 from velocity.core.hybrid import BALANCED, LIGHT, PROFILES_BY_NAME, SECURE
+from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, load_ca_file
@@ -54,11 +55,18 @@ from velocity.http.static import StaticFiles
 CAPABILITIES: tuple[str, ...] = tuple(json.loads(
     (SCHEMAS_DIR / "scenario.schema.json").read_text())["$defs"]["capability"]["enum"])
 """The vocabulary of ``requires`` and ``--target-caps``, as the scenario schema has it."""
+LIMITS = ("crypto-holes", "stream-holes", "half-open-per-address")
+"""The capabilities that carry a value, a bound of the target (``{crypto-holes: 64}`` in
+--target-caps): the disjoint ranges of CRYPTO it holds per packet-number space, of STREAM
+data per connection (VEL-STR-005), its handshakes in progress from one address
+(VEL-CONN-010). The in-process target claims the first two (the reference's); its bound on
+handshakes is raised for the catalogue (IN_PROCESS_HALF_OPEN), too high to fill."""
 CONSERVATIVE = frozenset({"server", "profile-balanced"})
 """What any Velocity/1 server is assumed to do without a capability file."""
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
                         "profile-secure", "publish-kem", "resumption", "early-data", "api",
-                        "key-rotation", "failing-routes"})
+                        "key-rotation", "failing-routes", "crypto-holes", "stream-holes"})
+IN_PROCESS_LIMITS = {"crypto-holes": MAX_CRYPTO_RANGES, "stream-holes": MAX_STREAM_RANGES}
 SANITY_TIMEOUT = 5.0
 START_TIMEOUT = 20.0
 LOOPBACK = "127.0.0.1"
@@ -85,6 +93,7 @@ class Target:
     previous_keys: tuple[PinnedServerKey, ...] = ()  # keys it replaced, still accepted
     client_command: str | None = None  # for role: server scenarios against a command
     shutdown: Callable[[], None] | None = None  # a graceful stop, for a target the harness runs
+    limits: dict[str, int] = field(default_factory=dict)  # the values of LIMITS it claims
 
     @property
     def owned(self) -> bool:
@@ -95,23 +104,32 @@ class Target:
         return [c for c in required if c not in self.capabilities]
 
 
-def load_capabilities(path: Path) -> frozenset[str]:
-    """The capability list in ``path`` (YAML or JSON: a list of names); raises UsageError.
-    ``server`` is assumed unless the list names ``client`` or ``server``."""
+def load_capabilities(path: Path) -> tuple[frozenset[str], dict[str, int]]:
+    """The capability list in ``path`` (YAML or JSON: a list of names, each of LIMITS as a
+    one-entry mapping to its value) and those values; raises UsageError. ``server`` is
+    assumed unless the list names ``client`` or ``server``."""
     try:
         value = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
         raise UsageError(f"--target-caps {path}: cannot read it: {why}") from None
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+    items = value if isinstance(value, list) else [None]
+    limits = {k: v for item in items if isinstance(item, dict) for k, v in item.items()}
+    names = [c for c in items if isinstance(c, str)]
+    if len(names) + sum(isinstance(i, dict) and len(i) == 1 for i in items) != len(items):
         raise UsageError(f"--target-caps {path}: give a list of capability names, e.g. "
-                         "[profile-balanced, publish-kem]")
-    unknown = sorted(set(value) - set(CAPABILITIES))
+                         "[profile-balanced, publish-kem, {crypto-holes: 64}]")
+    unknown = sorted(set(names) - set(CAPABILITIES) | set(limits) - set(LIMITS))
     if unknown:
         raise UsageError(f"--target-caps {path}: unknown capabilities {', '.join(unknown)}; "
                          f"known: {', '.join(CAPABILITIES)}")
-    claims = frozenset(value)
-    return claims if claims & {"client", "server"} else claims | {"server"}
+    bad = sorted({*(n for n in names if n in LIMITS), *(k for k, v in limits.items()
+                  if not isinstance(v, int) or isinstance(v, bool) or v < 1)})
+    if bad:
+        raise UsageError(f"--target-caps {path}: {', '.join(bad)} takes a positive count, "
+                         f"e.g. {{{bad[0]}: 64}}")
+    claims = frozenset(names) | frozenset(limits)
+    return (claims if claims & {"client", "server"} else claims | {"server"}), limits
 
 
 def _now() -> dt.datetime:
@@ -232,7 +250,8 @@ class InProcessServer:
             raise TargetError(f"cannot start the in-process target: {exc}") from None
         return Target("in-process", f"in-process reference server {_shown(self._server.address)}",
                       IN_PROCESS, address=self._server.address, server_name="localhost",
-                      ca_file=ca_file, keys=_pinned(identities), previous_keys=_pinned(previous))
+                      ca_file=ca_file, keys=_pinned(identities), previous_keys=_pinned(previous),
+                      limits=IN_PROCESS_LIMITS)
 
     async def _serve(self, identities: list[ServerIdentity], public: Path) -> VelocityServer:
         """The server holding ``identities``' keys, the current ones first (the first of a
@@ -408,6 +427,7 @@ class TargetOptions:
     ca_file: Path | None = None  # --ca
     keys: tuple[PinnedServerKey, ...] = ()  # --kem-b64 / --kem-file
     previous_keys: tuple[PinnedServerKey, ...] = ()  # --kem-previous-file
+    limits: dict[str, int] = field(default_factory=dict)  # --target-caps's valued claims
     concurrency: int = 4  # --target-concurrency
 
     @classmethod
@@ -425,8 +445,9 @@ class TargetOptions:
             load_ca_file(ca)
         key = key_from_option(kem_b64, kem_file)
         previous = key_from_option(None, kem_previous_file)
+        claims, limits = (None, {}) if caps is None else load_capabilities(caps)
         return cls(address=None if target is None else split_address(target, what="--target"),
-                   command=command, capabilities=None if caps is None else load_capabilities(caps),
+                   command=command, capabilities=claims, limits=limits,
                    server_name=sni, ca_file=ca, keys=() if key is None else (key,),
                    previous_keys=() if previous is None else (previous,),
                    concurrency=concurrency)
@@ -477,7 +498,7 @@ class Targets:
             return Target("remote", f"remote {_shown(o.address)}",
                           o.capabilities or CONSERVATIVE, address=o.address,
                           server_name=o.server_name or host, ca_file=o.ca_file, keys=o.keys,
-                          previous_keys=o.previous_keys)
+                          previous_keys=o.previous_keys, limits=o.limits)
         self._directory = Path(tempfile.mkdtemp(prefix="velocity-target-"))
         if o.command is not None and "client" in (o.capabilities or ()):
             return Target("command", f"--target-cmd client {shlex.split(o.command)[0]}",
@@ -486,7 +507,7 @@ class Targets:
             self._owned = CommandServer(o.command, self._directory,
                                         capabilities=o.capabilities or CONSERVATIVE,
                                         ca_file=o.ca_file, keys=o.keys, server_name=o.server_name)
-            return replace(self._owned.start(), previous_keys=o.previous_keys)
+            return replace(self._owned.start(), previous_keys=o.previous_keys, limits=o.limits)
         self._owned = InProcessServer(self._directory)
         return self._owned.start()
 

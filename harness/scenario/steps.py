@@ -26,11 +26,14 @@ from harness.scenario.matching import describe, matches, value_at
 from harness.scenario.model import BRANCH_STEPS, Step
 from harness.scenario.verdict import ScenarioError
 from velocity.core.errors import ErrorCode, UsageError
+from velocity.core.frames import Crypto, Frame, Stream
+from velocity.core.packet import Epoch
 from velocity.http.h1 import Response
 
 StepRunner = Callable[[Run, Step], Coroutine[Any, Any, None]]
 IMPAIRMENTS = tuple(k for k in KEYS if k != "blackhole")  # the settings impair changes
 OWNERS = {"peer": ("remote",), "local": ("local",), "either": ("remote", "local")}
+HOLES_PER_PACKET = 150  # one-byte CRYPTO or STREAM frames of a holes step per packet
 
 
 def code_name(code: int) -> str:
@@ -329,6 +332,59 @@ async def key_update(run: Run, step: Step) -> None:
     run.note("key_update", {"conn": conn.name, "force": options.get("force", False)})
 
 
+async def fill(run: Run, step: Step) -> None:
+    """Open as many connections as the target's claimed bound ``limit``, named fill1...,
+    each left half-open (its FINISHED is never sent) once the target answered its first
+    flight."""
+    if run.target.address is None:
+        raise StepUnsupported(f"{run.target.label} is not a server")
+    bound = _claimed(run, step.options["limit"])
+    for index in range(1, bound + 1):
+        options = {"name": f"fill{index}", "wait": "none",
+                   "hooks": {"message": {"FINISHED": {"drop": True}}}}
+        conn = await open_connection(run, Step("connect", options, step.where, step.path),
+                                     run.target.address)
+        within, _ = run.within(step, 3.0)
+        answered = await conn.view.wait_for(lambda e: e["name"] == "quic:datagrams_received",
+                                            timeout=within)
+        closed = _first(conn, "quic:connection_closed")
+        if answered is None or closed is not None:
+            raise StepFailed(f"the target did not take connection {index} of the {bound} its "
+                             f"{step.options['limit']} bound allows"
+                             + (f": it was closed {_close_text(closed)}" if closed else ""),
+                             expected=f"{bound} connections", actual=f"{index - 1}",
+                             event=closed)
+        run.check_budget()
+
+
+def _claimed(run: Run, limit: str) -> int:
+    bound = run.target.limits.get(limit)
+    if bound is None:
+        raise StepUnsupported(f"{run.target.label} does not give its {limit} bound (list "
+                              f"{{{limit}: N}} in --target-caps FILE)")
+    return bound
+
+
+async def holes(run: Run, step: Step) -> None:
+    """One more disjoint range than the target's claimed bound (``limit``: crypto-holes, in
+    the 1-RTT CRYPTO stream, or stream-holes, on ``stream_id``): one byte at every other
+    offset from 1, nothing at 0, so every byte waits (VEL-STR-005)."""
+    conn = run.conn(step)
+    peer = conn.client(step)
+    limit = step.options["limit"]
+    bound = _claimed(run, limit)
+    stream_id = step.get("stream_id", 0)
+    frames: list[Frame] = [
+        Crypto(1 + 2 * i, b"x") if limit == "crypto-holes" else Stream(stream_id, b"x", 1 + 2 * i)
+        for i in range(bound + 1)]
+    for first in range(0, len(frames), HOLES_PER_PACKET):
+        await run.sleep(run.budget.pace(1, run.now()))
+        peer.connection.send_frames(Epoch.APPLICATION, frames[first:first + HOLES_PER_PACKET])
+        peer.flush()
+        run.check_budget()
+    run.note("send", {"conn": conn.name, "space": "1rtt", "holes": len(frames), "limit": limit})
+
+
 async def shutdown(run: Run, step: Step) -> None:
     """Shut the target down gracefully (a target the harness runs: the in-process server
     is stopped, a --target-cmd process gets SIGTERM); it is started again for the next
@@ -366,7 +422,7 @@ STEPS: dict[str, StepRunner] = {
     "connect": connect, "send": send, "hook": hook, "expect": expect,
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
-    "key_update": key_update, "shutdown": shutdown,
+    "key_update": key_update, "shutdown": shutdown, "holes": holes, "fill": fill,
     "impair": impair, "expect_client": server_role.expect_client,
     "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
     "replay": replay.replay, "fuzz": not_yet}

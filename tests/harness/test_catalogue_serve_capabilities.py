@@ -62,3 +62,4 @@ def test_a_rotated_server_accepts_its_previous_key(pytester: pytest.Pytester) ->
     claims.write_text("[profile-balanced, publish-kem]\n")
     result = pytester.runpytest("-rs", "scenarios", *options)
     result.assert_outcomes(skipped=1)
+

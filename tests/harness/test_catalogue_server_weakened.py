@@ -1,7 +1,8 @@
-"""The harness measured, for the server-side scenarios of frame encodings, key updates and
-graceful shutdown: each PASSes against the in-process reference server and FAILs against
-the same server weakened, for that one run, to break the requirement it names (see
-test_catalogue_transport_weakened, whose helpers this reuses)."""
+"""The harness measured, for server-side scenarios (frame encodings, key updates, graceful
+shutdown, ticket ages, key rotation, application failures, held ranges): each PASSes
+against the in-process reference server and FAILs against the same server weakened, for
+that one run, to break the requirement it names (see test_catalogue_transport_weakened,
+whose helpers this reuses)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from harness import targets
 from harness.scenario.verdict import Verdict
 from harness.targets import InProcessServer, Target
 from tests.harness.test_catalogue_transport_weakened import NOT_CLOSED, Weakening, _serve, outcome
@@ -94,6 +96,11 @@ def sends_no_500(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(h1, "_text", no_500)
 
 
+def holds_any_number_of_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bound on the ranges of stream data waiting (VEL-STR-005)."""
+    monkeypatch.setattr(receiver, "MAX_STREAM_RANGES", 1 << 40)
+
+
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
      reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
@@ -110,6 +117,8 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      forgets_the_previous_key, "VEL-CERT-005", "no velocity:handshake_completed"),
     ("http/failures.yaml", "http/failure-before-the-response-is-500[where=answer]",
      sends_no_500, "VEL-HTTP-014", "failed"),
+    ("streams/holes.yaml", "streams/stream-holes-beyond-the-bound",
+     holds_any_number_of_ranges, "VEL-STR-005", NOT_CLOSED),
 ]
 
 
@@ -145,3 +154,25 @@ async def test_the_shutdown_scenario_fails_a_server_that_stops_without_closing(
     assert result.verdict is (Verdict.FAIL if weakened else Verdict.PASS), result
     if weakened:
         assert NOT_CLOSED in result.reason, result
+
+
+@pytest.mark.spec("VEL-CONN-010")
+@pytest.mark.parametrize(("bound", "verdict"), [(3, Verdict.PASS), (4, Verdict.FAIL)],
+                         ids=["claimed-bound", "looser-bound"])
+async def test_the_half_open_bound_scenario_fails_a_server_looser_than_it_claims(
+        bound: int, verdict: Verdict, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process server with a bound of ``bound`` handshakes per address, claiming 3:
+    the fourth handshake from the address is refused only where the bound holds."""
+    monkeypatch.setattr(targets, "IN_PROCESS_HALF_OPEN", bound)
+    server = InProcessServer(tmp_path)
+    started = server.start()
+    target = replace(started, capabilities=started.capabilities | {"half-open-per-address"},
+                     limits={"half-open-per-address": 3})
+    try:
+        result = await outcome("connection/limits.yaml",
+                               "connection/half-open-beyond-the-address-bound-is-refused",
+                               target)
+    finally:
+        server.stop()
+    assert result.verdict is verdict, result

@@ -5,9 +5,13 @@ the plugin off."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from harness.targets import load_capabilities
 from tests.harness.sessions import quiet_inner_sessions, write
+from velocity.core.errors import UsageError
 
 pytest_plugins = ["pytester"]
 __all__ = ["quiet_inner_sessions"]  # an autouse fixture
@@ -147,3 +151,19 @@ def test_a_bad_option_is_one_usage_line(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--target 'nowhere' is not HOST:PORT" in result.stderr.str()
     assert "Traceback" not in result.stderr.str()
+
+
+def test_a_capability_file_claims_bounds_with_their_values(tmp_path: Path) -> None:
+    caps = tmp_path / "caps.yaml"
+    caps.write_text("[profile-secure, {crypto-holes: 64}, {stream-holes: 1000}]\n")
+    claims, limits = load_capabilities(caps)
+    assert claims == {"server", "profile-secure", "crypto-holes", "stream-holes"}
+    assert limits == {"crypto-holes": 64, "stream-holes": 1000}
+    for text, says in [("[crypto-holes]", "crypto-holes takes a positive count"),
+                       ("[{stream-holes: 0}]", "stream-holes takes a positive count"),
+                       ("[{crypto-holes: 1, stream-holes: 2}]", "give a list"),
+                       ("[{sessions: 3}]", "unknown capabilities sessions"),
+                       ("crypto-holes", "give a list")]:
+        caps.write_text(text)
+        with pytest.raises(UsageError, match=says):
+            load_capabilities(caps)
