@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from harness.fuzz.cases import option_problems as fuzz_problems
 from harness.scenario import build
 from harness.scenario.connections import TRANSPORT_PARAMETERS
 from harness.scenario.expr import ExpressionError, compile_expression
@@ -54,7 +55,8 @@ class StepChecker:
             "connect": self._connect, "expect": self._expect, "expect_any": self._expect_any,
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
-            "send": self._send, "hook": self._hooks, "impair": self._impair}
+            "send": self._send, "hook": self._hooks, "impair": self._impair,
+            "fuzz": self._fuzz}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -169,6 +171,10 @@ class StepChecker:
             self.report((*path, "mutate"), "mutate applies to a datagram (send: {datagram: ...})")
         if sum(k in options for k in ("frames", "datagram", "template")) != 1:
             self.report(path, "send takes one of frames, datagram or template")
+
+    def _fuzz(self, options: dict[str, Any], path: Path) -> None:
+        for key, message in fuzz_problems(options):
+            self.report((*path, key) if key else path, message)
 
     def _expect(self, options: dict[str, Any], path: Path) -> None:
         for key, matcher in options.get("where", {}).items():

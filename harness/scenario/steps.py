@@ -17,6 +17,7 @@ from typing import Any
 
 import h11
 
+from harness.fuzz.step import fuzz_step
 from harness.scenario import build, server_role
 from harness.scenario.connections import connect as open_connection
 from harness.scenario.connections import settle
@@ -322,4 +323,4 @@ STEPS: dict[str, StepRunner] = {
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
     "impair": impair, "expect_client": server_role.expect_client,
     "expect_no_contact": server_role.expect_no_contact,
-    **dict.fromkeys(("replay", "fuzz"), not_yet)}
+    "fuzz": fuzz_step, "replay": not_yet}
