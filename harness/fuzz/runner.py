@@ -182,47 +182,31 @@ async def fuzz(make: Callable[[], Awaitable[Driver]], cases: Sequence[Case], ora
 
 async def shrink(make: Callable[[], Awaitable[Driver]], cases: list[Case], finding: Finding,
                  budget: int) -> list[Case]:
-    """The fewest of ``cases``, the last one with the fewest parts, that fail ``finding``'s
-    oracle again on a fresh driver (``budget`` attempts at most). Cases that no longer fail
-    at all are returned as they were: the failure needed the run before them."""
+    """The fewest of ``cases``, each with the fewest parts, that fail ``finding``'s oracle
+    again on a fresh driver (``budget`` attempts at most). A finding over UDP may show
+    after a later case was sent, so any case may be the one. Cases that no longer fail at
+    all are returned as they were: the failure needed the run before them."""
     tries = [budget]
 
     async def fails(candidate: list[Case]) -> bool:
-        if tries[0] <= 0:
+        if tries[0] <= 0 or not candidate:
             return False
         tries[0] -= 1
         again = await attempt(await make(), candidate)
         return again is not None and again.oracle == finding.oracle
 
-    if not await fails(cases[-1:]):
-        if not await fails(cases):
-            return cases
-        cases = await _ddmin(cases, fails)
-    else:
+    if await fails(cases[-1:]):
         cases = cases[-1:]
-    last = cases[-1]
+    elif await fails(cases):
+        cases = list(await _cut(tuple(cases), lambda c: fails(list(c))))
+    else:
+        return cases
+    for index in range(len(cases)):
+        def fails_with(variant: Case, at: int = index) -> Awaitable[bool]:
+            return fails([*cases[:at], variant, *cases[at + 1:]])
 
-    async def fails_with(variant: Case) -> bool:
-        return await fails([*cases[:-1], variant])
-
-    return [*cases[:-1], await shrink_case(last, fails_with)]
-
-
-async def _ddmin(items: list[Case], fails: Callable[[list[Case]], Awaitable[bool]]
-                 ) -> list[Case]:
-    """Delta debugging: remove chunks of ``items`` (keeping the last) while they still fail."""
-    chunk = max(1, (len(items) - 1) // 2)
-    while chunk >= 1:
-        start, shrunk = 0, False
-        while start < len(items) - 1:
-            candidate = items[:start] + items[start + chunk:]
-            if candidate and candidate[-1] is items[-1] and await fails(candidate):
-                items, shrunk = candidate, True
-            else:
-                start += chunk
-        if not shrunk:
-            chunk //= 2
-    return items
+        cases[index] = await shrink_case(cases[index], fails_with)
+    return cases
 
 
 async def shrink_case(case: Case, fails: Callable[[Case], Awaitable[bool]]) -> Case:
