@@ -24,6 +24,7 @@ from harness.fuzz.runner import Driver, Oracles, fuzz
 from harness.scenario.engine import run_scenario
 from harness.scenario.loader import load_file
 from harness.scenario.spec import requirements
+from harness.scenario.verdict import Verdict
 from harness.targets import InProcessServer, Target
 
 SOURCES = {
@@ -63,7 +64,7 @@ def over_udp(target: Target, directory: Path, step: str, count: int) -> float:
                     f"  - fuzz: {{{step}, cases: {count}, batch: 500}}\n")
     (scenario,) = load_file(path, path.name, requirements())
     result = asyncio.run(run_scenario(scenario, target, seed="bench", strict=False))
-    assert result.outcome.reason is None, result.outcome.reason
+    assert result.outcome.verdict is Verdict.PASS, result.outcome.reason
     (note,) = [e["data"] for e in result.documents[0][1]["events"]
                if e["name"] == "harness:fuzz"]
     return float(note["cases"]) / float(note["seconds"])
@@ -76,7 +77,7 @@ def over_udp(target: Target, directory: Path, step: str, count: int) -> float:
 def main(cases: int, udp_cases: int, markdown: bool) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        server = InProcessServer(Path(scratch) / "target")
+        server = InProcessServer(Path(scratch))
         target = server.start()
         try:
             for name, (step, source) in SOURCES.items():

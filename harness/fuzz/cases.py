@@ -13,7 +13,8 @@ Generators, by the names a ``fuzz`` step uses: ``layer`` names a scapy layer of
 harness.layers (a frame layer by its lower-case name, ``frames`` for all of them; the packet
 headers ``long_header``, ``short_header``, ``retry``, ``version_negotiation`` as datagrams;
 a handshake message layer as the Initial CRYPTO data; ``server_key`` and
-``pre_shared_key`` as CLIENT_HELLO extensions), fuzzed by scapy's ``fuzz()`` under a seed
+``pre_shared_key`` as CLIENT_HELLO extensions; a frame is followed, half of the time, by
+one or two more of the chosen frame layers), fuzzed by scapy's ``fuzz()`` under a seed
 (lengths computed unless ``lengths: true``); ``strategy`` names a hypothesis strategy
 (``frames``, ``hello``, ``transport_parameters``, ``crypto``, ``datagrams``), drawn under
 the seed. The same seed and count give the same cases."""
@@ -42,7 +43,8 @@ from harness.layers import frames as fl
 from harness.layers import messages as ml
 from harness.layers import packets as pl
 from harness.layers.fields import RandVarInt
-from velocity.core.buffer import encode_varint
+from velocity.core.buffer import encode_varint, varint_at
+from velocity.core.errors import BufferReadError
 from velocity.core.frames import encode_frames
 from velocity.core.handshake.messages import ClientHello, ExtensionType
 
@@ -58,7 +60,7 @@ class Case:
     data: bytes = b""  # frames: the payload; datagram: the datagram; crypto: replacement data
     space: str = "1rtt"  # frames
     fields: tuple[tuple[str, Any], ...] = ()  # hello: CLIENT_HELLO field -> value
-    extensions: tuple[tuple[str, int, bytes], ...] = ()  # hello: (set|drop|add, type, value)
+    extensions: tuple[tuple[str, int, bytes], ...] = ()  # hello: (op, type, value), below
     pieces: tuple[tuple[int, int, int], ...] = ()  # crypto: (offset, start, end)
 
     def describe(self) -> str:
@@ -140,11 +142,42 @@ def from_replay(replay: dict[str, Any]) -> Case:
 
 # --- applying a hello or crypto case to the client -------------------------------------------
 
+def _parameters(block: bytes) -> list[tuple[int, bytes]]:
+    """A well-formed transport parameter block as (id, value) pairs."""
+    out, pos = [], 0
+    while pos < len(block):
+        pid, pos = varint_at(block, pos)
+        size, pos = varint_at(block, pos)
+        out.append((pid, block[pos:pos + size]))
+        pos += size
+    return out
+
+
+def merge_parameters(own: bytes, block: bytes) -> bytes:
+    """The client's own transport parameters with each parameter of ``block`` (any bytes:
+    what does not parse is appended as it is) in the place of the client's of that id, or
+    after them."""
+    try:
+        changes = _parameters(block)
+    except BufferReadError:
+        return own + block
+    merged = dict(_parameters(own))
+    merged.update(changes)
+    return b"".join(encode_varint(pid) + encode_varint(len(value)) + value
+                    for pid, value in merged.items())
+
+
 def edit_hello(case: Case, hello: ClientHello) -> ClientHello:
-    """``hello`` with the case's fields set and its extension edits made, in order."""
+    """``hello`` with the case's fields set and its extension edits made, in order: ``set``
+    (replace the value, or add the extension), ``drop``, ``add`` (even a repeat), and
+    ``merge`` (the client's own transport parameters, changed as ``merge_parameters``
+    says)."""
     extensions = list(hello.extensions)
     for op, kind, value in case.extensions:
-        if op == "drop":
+        if op == "merge":
+            extensions = [(k, merge_parameters(v, value) if k == kind else v)
+                          for k, v in extensions]
+        elif op == "drop":
             extensions = [e for e in extensions if e[0] != kind]
         elif op == "set" and any(e[0] == kind for e in extensions):
             extensions = [(k, value if k == kind else v) for k, v in extensions]
@@ -223,11 +256,20 @@ def _items(cls: type[Packet]) -> list[Packet]:
     return [cls() for _ in range(random.randrange(4))]
 
 
-def _frame_case(name: str, space: str, lengths: bool) -> Case:
+def _frame(name: str, lengths: bool) -> bytes:
     extra: dict[str, Any] = {}
     if name == "ack":
         extra["ranges"] = _items(fl.VAckRange)
-    data = _fuzzed(FRAME_LAYERS[name], lengths, type=random.choice(_FRAME_TYPES[name]), **extra)
+    return _fuzzed(FRAME_LAYERS[name], lengths, type=random.choice(_FRAME_TYPES[name]), **extra)
+
+
+def _frame_case(name: str, others: list[str], space: str, lengths: bool) -> Case:
+    """A fuzzed frame of layer ``name``, half of the time followed by one or two more of
+    ``others`` in the same packet."""
+    data = _frame(name, lengths)
+    if random.random() < 0.5:
+        data += b"".join(_frame(random.choice(others), lengths)
+                         for _ in range(random.randint(1, 2)))
     return Case("frames", data[:MAX_PAYLOAD], space=space)
 
 
@@ -269,7 +311,8 @@ def layer_cases(names: list[str], count: int, seed: str, *, space: str = "1rtt",
         name = chosen[index % len(chosen)]
         with seeded(f"{seed}/{index}"):
             if name in FRAME_LAYERS:
-                out.append(_frame_case(name, space, lengths))
+                others = [n for n in chosen if n in FRAME_LAYERS]
+                out.append(_frame_case(name, others, space, lengths))
             elif name in PACKET_LAYERS:
                 out.append(_packet_case(name, lengths))
             elif name in MESSAGE_LAYERS:
@@ -313,15 +356,22 @@ def _pre_shared_keys(draw: st.DrawFn) -> bytes:
             + bytes([len(binder)]) + binder)
 
 
+_EDGES = [0, 1, 2, 3, 20, 21, 63, 64, 1199, 1200, 1452, 16383, 16384, 65527, 65528,
+          (1 << 60), (1 << 60) + 1, (1 << 62) - 1]
+
+
 @st.composite
 def transport_parameter_blocks(draw: st.DrawFn) -> bytes:
     """Transport parameters: known ids (some repeated) and unknown ones, with values of
-    good and bad lengths, varints of every size and byte strings."""
-    ids = st.integers(0, 0x10) | st.integers(0, (1 << 62) - 1)
-    values = (st.integers(0, (1 << 62) - 1).map(encode_varint)
+    good and bad lengths, edge values and varints of every size, non-minimal encodings,
+    byte strings."""
+    ids = st.integers(0, 0x10) | st.integers(0, 12).map(lambda k: 27 + 31 * k) | (
+        st.integers(0, (1 << 62) - 1))
+    numbers = st.sampled_from(_EDGES) | st.integers(0, (1 << 62) - 1)
+    values = (numbers.map(encode_varint) | numbers.map(lambda n: encode_varint(n, 8))
               | st.binary(max_size=24) | st.just(b""))
     out = b""
-    for pid, value in draw(st.lists(st.tuples(ids, values), max_size=12)):
+    for pid, value in draw(st.lists(st.tuples(ids, values), max_size=8)):
         out += encode_varint(pid) + encode_varint(len(value)) + value
     return out
 
@@ -350,8 +400,12 @@ def hello_cases(draw: st.DrawFn) -> Case:
                                                                        max_size=3))))
 
 
-transport_parameter_cases = transport_parameter_blocks().map(lambda block: Case(
-    "hello", extensions=(("set", int(ExtensionType.TRANSPORT_PARAMETERS), block),)))
+transport_parameter_cases = st.tuples(st.sampled_from(["merge", "merge", "set"]),
+                                      transport_parameter_blocks()).map(lambda t: Case(
+    "hello", extensions=((t[0], int(ExtensionType.TRANSPORT_PARAMETERS), t[1]),)))
+"""The client's transport parameters changed (mostly merged into its own, so the block
+keeps its valid initial_source_connection_id and the server goes on with the values), or
+replaced whole."""
 
 
 @st.composite

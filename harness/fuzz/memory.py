@@ -28,6 +28,7 @@ SERVER: Address = ("127.0.0.1", 4433)
 ATTACKER = "10.0.0.1"  # the source of datagram cases (one address per batch)
 SETTLE = 120.0  # virtual seconds after the attack in which the table must empty
 STEP = 0.001  # virtual seconds between cases
+USE = 0.1  # virtual seconds a connection a case opened is used for
 
 
 def rss_mb() -> float:
@@ -166,7 +167,12 @@ class MemoryTarget:
             self.to_server(case.data, self.attacker)
             self.pump()
         elif needs_connection_of_its_own(case):
-            self.client(case)
+            own = self.client(case)
+            if own.handshake_complete:  # what the case let through is used a while
+                own.send_stream_data(0, b"GET / HTTP/1.1\r\n\r\n", end_stream=True)
+                self.pump()
+                self.advance(USE)
+            self._closed_with_internal_error(own)
         else:
             client = self.established()
             if client is None:

@@ -41,7 +41,8 @@ from velocity.core.connection import Address
 from velocity.core.errors import ErrorCode
 
 DEFAULT_CASES = 50
-SERVER_LOG = "velocity.aio.server"  # where the reference logs "internal error"
+SERVER_LOG = "velocity.aio.server"  # where the reference logs its own faults
+FAULTS = ("internal error", "stream handler failed")  # a connection's, an application's
 SANITY_TIMEOUT = 3.0
 
 
@@ -79,16 +80,21 @@ class _RawSocket:
 
 
 class _InternalErrors(logging.Handler):
-    """The in-process target's "internal error" log lines."""
+    """The in-process target's log lines of its own faults: "internal error" (a
+    connection closed with INTERNAL_ERROR) and "stream handler failed" (the application
+    raised on a stream's bytes)."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() == "internal error":
+        if record.getMessage() in FAULTS:
             fault = record.exc_info[1] if record.exc_info else None
-            self.lines.append(f"{type(fault).__name__}: {fault}" if fault else "internal error")
+            found = getattr(record, "fields", {})
+            shown = (f"{type(fault).__name__}: {fault}" if fault else
+                     f"{found.get('exception', '?')} at {found.get('at', '?')}")
+            self.lines.append(f"{record.getMessage()}: {shown}")
 
 
 class PeerDriver:
@@ -153,8 +159,8 @@ class PeerDriver:
                 return Finding("internal_error", "the target closed a connection with "
                                f"INTERNAL_ERROR: {closed.get('reason', '')!r}")
         if self.log is not None and self.log.lines:
-            return Finding("internal_error", f"the in-process target logged 'internal "
-                           f"error' ({self.log.lines[0]})")
+            return Finding("internal_error", f"the in-process target logged "
+                           f"{self.log.lines[0]}")
         return None
 
     async def check(self) -> Finding | None:
