@@ -230,15 +230,16 @@ async def shrink_case(case: Case, fails: Callable[[Case], Awaitable[bool]]) -> C
 
 async def _cut(value: T, fails: Callable[[T], Awaitable[bool]]) -> T:
     """Remove chunks of a byte string or tuple, halving the chunk size, while it fails."""
-    chunk = max(1, len(value) // 2)
-    while chunk >= 1 and value:
-        start, shrunk = 0, False
-        while start < len(value):
-            candidate = value[:start] + value[start + chunk:]
-            if await fails(candidate):
-                value, shrunk = candidate, True
-            else:
-                start += chunk
-        if not shrunk:
-            chunk //= 2
+    shrunk = True
+    while shrunk and value:  # passes from big chunks to single items, until one cuts nothing
+        chunk, shrunk = max(1, len(value) // 2), False
+        while chunk >= 1:
+            start = 0
+            while start < len(value):
+                candidate = value[:start] + value[start + chunk:]
+                if await fails(candidate):
+                    value, shrunk = candidate, True
+                else:
+                    start += chunk
+            chunk = (chunk + 1) // 2 if chunk > 1 else 0  # 6, 3, 2, 1
     return value

@@ -135,7 +135,8 @@ def test_in_memory_the_fuzzer_finds_the_planted_defect_and_shrinks_it(
     assert "IndexError" in result.finding.message
     (case,) = result.failing
     assert case.kind == "frames" and len(case.data) <= len(cases[result.index].data)
-    assert fl.dissect_frames(case.data)[0].stream_id >= PLANTED
+    assert [(f.name, f.stream_id >= PLANTED) for f in fl.dissect_frames(case.data)] == [
+        ("MAX_STREAM_DATA", True)]  # shrunk to the one frame that fails
 
     async def replay(target: MemoryTarget) -> Any:
         return await attempt(target, [case])
