@@ -1,28 +1,16 @@
-"""Fuzz cases and their generators. A ``Case`` is what one fuzz input puts on the wire,
-written so a scenario can replay it byte for byte (``to_replay`` / ``from_replay``):
-
-- ``frames``: a packet payload (frames, maybe malformed) in one correctly protected packet of
-  a space (``initial``, ``handshake``, ``1rtt``) of a connection;
-- ``datagram``: a raw datagram, from a socket that has no connection;
-- ``hello``: edits to the client's CLIENT_HELLO before it is encoded (fields, and extensions
-  set, dropped or added: transport parameters, server_key, pre_shared_key...);
-- ``crypto``: how the Initial CRYPTO data goes out: ``pieces`` of (offset, start, end) over
-  the client's own CLIENT_HELLO bytes, or over ``data`` in their place, one packet each.
-
-Generators, by the names a ``fuzz`` step uses: ``layer`` names a scapy layer of
-harness.layers (a frame layer by its lower-case name, ``frames`` for all of them; the packet
-headers ``long_header``, ``short_header``, ``retry``, ``version_negotiation`` as datagrams;
-a handshake message layer as the Initial CRYPTO data; ``server_key`` and
-``pre_shared_key`` as CLIENT_HELLO extensions; a frame is followed, half of the time, by
-one or two more of the chosen frame layers), fuzzed by scapy's ``fuzz()`` under a seed
-(lengths computed unless ``lengths: true``); ``strategy`` names a hypothesis strategy
-(``frames``, ``hello``, ``transport_parameters``, ``crypto``, ``datagrams``), drawn under
-the seed. The same seed and count give the same cases."""
+"""The generators of fuzz cases (harness.fuzz.case), by the names a ``fuzz`` step uses:
+``layer`` names a scapy layer of harness.layers (a frame layer by its lower-case name,
+``frames`` for all of them; the packet headers ``long_header``, ``short_header``,
+``retry``, ``version_negotiation`` as datagrams; a handshake message layer as the Initial
+CRYPTO data; ``server_key`` and ``pre_shared_key`` as CLIENT_HELLO extensions; a frame is
+followed, half of the time, by one or two more of the chosen frame layers), fuzzed by
+scapy's ``fuzz()`` under a seed (lengths computed unless ``lengths: true``); ``strategy``
+names a hypothesis strategy (``frames``, ``hello``, ``transport_parameters``, ``crypto``,
+``datagrams``), drawn under the seed. The same seed and count give the same cases."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import itertools
 import random
@@ -39,158 +27,23 @@ from scapy.packet import Packet, fuzz
 from scapy.volatile import VolatileValue
 
 from harness.fuzz import strategies as valid
+from harness.fuzz.case import (
+    EXTENSION_NAMES,
+    FRAME_NAMES,
+    HELLO_FIELDS,
+    MAX_DATAGRAM,
+    MAX_PAYLOAD,
+    MESSAGE_NAMES,
+    PACKET_NAMES,
+    Case,
+)
 from harness.layers import frames as fl
 from harness.layers import messages as ml
 from harness.layers import packets as pl
 from harness.layers.fields import RandVarInt
-from velocity.core.buffer import encode_varint, varint_at
-from velocity.core.errors import BufferReadError
+from velocity.core.buffer import encode_varint
 from velocity.core.frames import encode_frames
-from velocity.core.handshake.messages import ClientHello, ExtensionType
-
-SPACES = ("initial", "handshake", "1rtt")
-MAX_PAYLOAD = 1100  # bytes of frames one packet carries (harness.scenario.build.MAX_FRAMES)
-MAX_DATAGRAM = 1500
-HELLO_FIELDS = ("random", "alpn", "profiles", "aeads", "key_share_profile", "key_share")
-
-
-@dataclass(frozen=True)
-class Case:
-    kind: str  # "frames", "datagram", "hello" or "crypto"
-    data: bytes = b""  # frames: the payload; datagram: the datagram; crypto: replacement data
-    space: str = "1rtt"  # frames
-    fields: tuple[tuple[str, Any], ...] = ()  # hello: CLIENT_HELLO field -> value
-    extensions: tuple[tuple[str, int, bytes], ...] = ()  # hello: (op, type, value), below
-    pieces: tuple[tuple[int, int, int], ...] = ()  # crypto: (offset, start, end)
-
-    def describe(self) -> str:
-        if self.kind == "frames":
-            return f"{len(self.data)}-byte payload in a {self.space} packet: {self.data[:24].hex()}"
-        if self.kind == "datagram":
-            return f"{len(self.data)}-byte datagram: {self.data[:24].hex()}"
-        if self.kind == "hello":
-            return (f"CLIENT_HELLO with {', '.join(n for n, _ in self.fields) or 'no fields'} "
-                    f"set, extensions {[(op, t) for op, t, _ in self.extensions]}")
-        return (f"Initial CRYPTO in {len(self.pieces)} pieces"
-                + (f" of {len(self.data)} bytes of its own" if self.data else ""))
-
-
-# --- replay form (what a scenario writes) ------------------------------------------------
-
-def _hex(data: bytes) -> dict[str, str]:
-    return {"hex": data.hex()}
-
-
-def _value(value: Any) -> Any:
-    """A CLIENT_HELLO field value in YAML: bytes as {hex}, tuples as lists."""
-    if isinstance(value, bytes):
-        return _hex(value)
-    if isinstance(value, tuple):
-        return [_value(v) for v in value]
-    return value
-
-
-def _unvalue(value: Any) -> Any:
-    if isinstance(value, dict):
-        return bytes.fromhex(value["hex"])
-    if isinstance(value, list):
-        return tuple(_unvalue(v) for v in value)
-    return value
-
-
-def to_replay(case: Case) -> dict[str, Any]:
-    """The ``replay`` value of a fuzz step that sends exactly ``case``."""
-    out: dict[str, Any] = {"kind": case.kind}
-    if case.kind == "frames":
-        out.update(space=case.space, payload=_hex(case.data))
-    elif case.kind == "datagram":
-        out["datagram"] = _hex(case.data)
-    elif case.kind == "hello":
-        out["fields"] = {name: _value(value) for name, value in case.fields}
-        out["extensions"] = [[op, kind, _hex(value)] for op, kind, value in case.extensions]
-    else:
-        out["pieces"] = [list(p) for p in case.pieces]
-        if case.data:
-            out["data"] = _hex(case.data)
-    return out
-
-
-def from_replay(replay: dict[str, Any]) -> Case:
-    """The case a ``replay`` value names; ValueError (a message for the author) if bad."""
-    try:
-        kind = replay["kind"]
-        if kind == "frames":
-            return Case("frames", bytes.fromhex(replay["payload"]["hex"]),
-                        space=replay.get("space", "1rtt"))
-        if kind == "datagram":
-            return Case("datagram", bytes.fromhex(replay["datagram"]["hex"]))
-        if kind == "hello":
-            unknown = sorted(set(replay.get("fields", {})) - set(HELLO_FIELDS))
-            if unknown:
-                raise ValueError(f"CLIENT_HELLO has no field {', '.join(unknown)}")
-            return Case("hello", fields=tuple((n, _unvalue(v)) for n, v in
-                                              replay.get("fields", {}).items()),
-                        extensions=tuple((op, int(t), bytes.fromhex(v["hex"]))
-                                         for op, t, v in replay.get("extensions", [])))
-        if kind == "crypto":
-            return Case("crypto", bytes.fromhex(replay.get("data", {"hex": ""})["hex"]),
-                        pieces=tuple((int(o), int(s), int(e)) for o, s, e in replay["pieces"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"a bad replay: {exc}") from None
-    raise ValueError(f"a bad replay: no case kind {kind!r}")
-
-
-# --- applying a hello or crypto case to the client -------------------------------------------
-
-def _parameters(block: bytes) -> list[tuple[int, bytes]]:
-    """A well-formed transport parameter block as (id, value) pairs."""
-    out, pos = [], 0
-    while pos < len(block):
-        pid, pos = varint_at(block, pos)
-        size, pos = varint_at(block, pos)
-        out.append((pid, block[pos:pos + size]))
-        pos += size
-    return out
-
-
-def merge_parameters(own: bytes, block: bytes) -> bytes:
-    """The client's own transport parameters with each parameter of ``block`` (any bytes:
-    what does not parse is appended as it is) in the place of the client's of that id, or
-    after them."""
-    try:
-        changes = _parameters(block)
-    except BufferReadError:
-        return own + block
-    merged = dict(_parameters(own))
-    merged.update(changes)
-    return b"".join(encode_varint(pid) + encode_varint(len(value)) + value
-                    for pid, value in merged.items())
-
-
-def edit_hello(case: Case, hello: ClientHello) -> ClientHello:
-    """``hello`` with the case's fields set and its extension edits made, in order: ``set``
-    (replace the value, or add the extension), ``drop``, ``add`` (even a repeat), and
-    ``merge`` (the client's own transport parameters, changed as ``merge_parameters``
-    says)."""
-    extensions = list(hello.extensions)
-    for op, kind, value in case.extensions:
-        if op == "merge":
-            extensions = [(k, merge_parameters(v, value) if k == kind else v)
-                          for k, v in extensions]
-        elif op == "drop":
-            extensions = [e for e in extensions if e[0] != kind]
-        elif op == "set" and any(e[0] == kind for e in extensions):
-            extensions = [(k, value if k == kind else v) for k, v in extensions]
-        else:  # add (or set of an extension the client did not send)
-            extensions.append((kind, value))
-    return dataclasses.replace(hello, **dict(case.fields), extensions=tuple(extensions))
-
-
-def crypto_pieces(case: Case, data: bytes) -> list[tuple[int, bytes]]:
-    """The CRYPTO (offset, bytes) pieces of a crypto case over the client's ``data``."""
-    source = case.data or data
-    return [(offset, source[start:end]) for offset, start, end in case.pieces]
-
+from velocity.core.handshake.messages import ExtensionType
 
 # --- scapy layers ----------------------------------------------------------------------------
 
@@ -244,12 +97,12 @@ def _fuzzed(layer: type[Packet], lengths: bool, **fixed: Any) -> bytes:
 FRAME_LAYERS = {name.lower(): layer for name, layer in fl.LAYERS_BY_NAME.items()}
 _FRAME_TYPES = {name: [t for t, layer in fl.FRAME_LAYERS.items() if layer is cls]
                 for name, cls in FRAME_LAYERS.items()}
-PACKET_LAYERS = ("long_header", "short_header", "retry", "version_negotiation")
 MESSAGE_LAYERS = {re.sub(r"(?<!^)(?=[A-Z])", "_", layer.__name__[1:]).lower(): layer
                   for layer in ml.MESSAGE_LAYERS.values()}  # client_hello, ...
 EXTENSION_LAYERS = {"server_key": (ExtensionType.SERVER_KEY, ml.VServerKey),
                     "pre_shared_key": (ExtensionType.PRE_SHARED_KEY, ml.VPreSharedKey)}
-LAYERS = ("frames", *FRAME_LAYERS, *PACKET_LAYERS, *MESSAGE_LAYERS, *EXTENSION_LAYERS)
+assert (set(FRAME_LAYERS), set(MESSAGE_LAYERS), set(EXTENSION_LAYERS)) == (
+    set(FRAME_NAMES), set(MESSAGE_NAMES), set(EXTENSION_NAMES))  # the names steps take
 
 
 def _items(cls: type[Packet]) -> list[Packet]:
@@ -313,7 +166,7 @@ def layer_cases(names: list[str], count: int, seed: str, *, space: str = "1rtt",
             if name in FRAME_LAYERS:
                 others = [n for n in chosen if n in FRAME_LAYERS]
                 out.append(_frame_case(name, others, space, lengths))
-            elif name in PACKET_LAYERS:
+            elif name in PACKET_NAMES:
                 out.append(_packet_case(name, lengths))
             elif name in MESSAGE_LAYERS:
                 out.append(_message_case(name, lengths))
@@ -432,7 +285,7 @@ datagram_cases = st.one_of(
         lambda t: (bytes([t[0]]) + t[1].to_bytes(4, "big") + t[2]).ljust(t[3], b"\x00"))
 ).map(lambda data: Case("datagram", data[:MAX_DATAGRAM]))
 
-STRATEGIES: dict[str, Callable[[str], st.SearchStrategy[Case]]] = {
+GENERATORS: dict[str, Callable[[str], st.SearchStrategy[Case]]] = {
     "frames": frame_cases,
     "hello": lambda space: hello_cases(),
     "transport_parameters": lambda space: transport_parameter_cases,
@@ -449,33 +302,13 @@ def strategy_cases(name: str, count: int, seed: str, *, space: str = "1rtt") -> 
     @hypothesis_seed(int(hashlib.sha256(seed.encode()).hexdigest()[:16], 16))
     @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
               suppress_health_check=list(HealthCheck), derandomize=False)
-    @given(STRATEGIES[name](space))
+    @given(GENERATORS[name](space))
     def collect(case: Case) -> None:
         if len(drawn) < count:
             drawn.append(case)
 
     collect()
     return drawn
-
-
-def option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
-    """(key, message) for each option a schema cannot check: unknown layers and the like."""
-    out = []
-    sources = sum(k in options for k in ("layer", "layers", "strategy", "replay"))
-    if sources != 1:
-        out.append(("", "fuzz takes one of layer, layers, strategy or replay"))
-    for name in ([options["layer"]] if "layer" in options else options.get("layers", [])):
-        if name not in LAYERS:
-            out.append(("layer", f"no layer {name!r} (one of {', '.join(LAYERS)})"))
-    if options.get("strategy", "frames") not in STRATEGIES:
-        out.append(("strategy", f"no strategy {options['strategy']!r} (one of "
-                                f"{', '.join(STRATEGIES)})"))
-    for i, replay in enumerate(options.get("replay", [])):
-        try:
-            from_replay(replay)
-        except ValueError as exc:
-            out.append((f"replay[{i}]", str(exc)))
-    return out
 
 
 @dataclass(frozen=True)

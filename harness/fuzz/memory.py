@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.fuzz.cases import Case
+from harness.fuzz.case import Case
 from harness.fuzz.runner import Finding, Oracles, arm, needs_connection_of_its_own
 from harness.pair import PairSpec, make_configs
 from velocity.core.connection import Address, Connection, ConnectionConfig

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from harness.fuzz.cases import Case, crypto_pieces, edit_hello
+from harness.fuzz.case import Case, crypto_pieces, edit_hello
 from velocity.core.connection import Connection
 from velocity.core.frames import PathChallenge, encode_frames
 from velocity.core.handshake.messages import ClientHello, Message

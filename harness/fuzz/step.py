@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from harness.fuzz.cases import Case, Source, from_replay, to_replay
+from harness.fuzz.case import Case, from_replay, to_replay
+from harness.fuzz.cases import Source
 from harness.fuzz.runner import (
     Driver,
     Finding,

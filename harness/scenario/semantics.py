@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from harness.fuzz.cases import option_problems as fuzz_problems
+from harness.fuzz.case import option_problems as fuzz_problems
 from harness.scenario import build
 from harness.scenario.connections import TRANSPORT_PARAMETERS
 from harness.scenario.expr import ExpressionError, compile_expression

@@ -17,18 +17,8 @@ import pytest
 import yaml
 from scapy.packet import fuzz as scapy_fuzz
 
-from harness.fuzz.cases import (
-    LAYERS,
-    STRATEGIES,
-    Case,
-    Source,
-    freeze,
-    from_replay,
-    layer_cases,
-    seeded,
-    strategy_cases,
-    to_replay,
-)
+from harness.fuzz.case import LAYERS, STRATEGIES, Case, from_replay, to_replay
+from harness.fuzz.cases import Source, freeze, layer_cases, seeded, strategy_cases
 from harness.fuzz.memory import MemoryTarget
 from harness.fuzz.runner import Driver, FuzzSettings, Oracles, attempt, fuzz
 from harness.layers import frames as fl
