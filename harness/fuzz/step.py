@@ -18,7 +18,6 @@ import contextlib
 import logging
 import socket
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -44,7 +43,7 @@ from velocity.core.errors import ErrorCode
 DEFAULT_CASES = 50
 SERVER_LOG = "velocity.aio.server"  # where the reference logs its own faults
 FAULTS = ("internal error", "stream handler failed")  # a connection's, an application's
-SANITY_TIMEOUT = 3.0
+SANITY_TIMEOUT = 10.0  # seconds a sanity handshake may take: a loaded target is not a dead one
 
 
 class _RawSocket:
@@ -129,6 +128,14 @@ class PeerDriver:
     async def _wait(self, peer: ClientPeer, seconds: float) -> str | None:
         return await settle(self.context, peer, seconds)
 
+    async def _retire(self, peer: ClientPeer) -> Finding | None:
+        """Close a connection the driver is done with; what its end showed."""
+        finding = self._internal_error([peer])
+        self.peers.remove(peer)
+        with contextlib.suppress(ConnectionError, OSError):
+            await peer.close()
+        return finding
+
     async def run(self, case: Case) -> Finding | None:
         if case.kind == "datagram":
             if self.raw is None:
@@ -138,11 +145,14 @@ class PeerDriver:
         elif needs_connection_of_its_own(case):
             peer = await self._peer(case)
             await self._wait(peer, self.oracles.within)
-            await peer.close()
-            self.peers.remove(peer)
-            return self._internal_error([peer])
+            return await self._retire(peer)
         else:
-            if self.main is None or _closed(self.main.view):
+            if self.main is not None and self.main.router.terminated is not None:
+                finding = await self._retire(self.main)
+                self.main = None
+                if finding is not None:
+                    return finding
+            if self.main is None:
                 self.main = await self._peer()
                 problem = await self._wait(self.main, max(self.oracles.within, SANITY_TIMEOUT))
                 if problem is not None:
@@ -151,14 +161,15 @@ class PeerDriver:
             arm(self.main.connection, case)
             self.main.flush()
             await asyncio.sleep(0)
-        return self._internal_error(self.peers)
+        return self._internal_error([self.main] if self.main else [])
 
     def _internal_error(self, peers: list[ClientPeer]) -> Finding | None:
         for peer in peers:
-            closed = _closed(peer.view)
-            if closed is not None and closed.get("error_code") == ErrorCode.INTERNAL_ERROR:
+            closed = peer.router.terminated
+            if closed is not None and closed.by_peer and (
+                    closed.error_code == ErrorCode.INTERNAL_ERROR and not closed.application):
                 return Finding("internal_error", "the target closed a connection with "
-                               f"INTERNAL_ERROR: {closed.get('reason', '')!r}")
+                               f"INTERNAL_ERROR: {closed.reason!r}")
         if self.log is not None and self.log.lines:
             return Finding("internal_error", f"the in-process target logged "
                            f"{self.log.lines[0]}")
@@ -198,15 +209,6 @@ class PeerDriver:
         if self.log is not None:
             logging.getLogger(SERVER_LOG).removeHandler(self.log)
             self.log = None
-
-
-def _closed(view: View) -> dict[str, Any] | None:
-    """The data of the target's close of this connection, if it closed it."""
-    for event in view.events:
-        if event["name"] == "quic:connection_closed" and event["data"].get("owner") == "remote":
-            data: dict[str, Any] = event["data"]
-            return data
-    return None
 
 
 def oracles_of(step: Step) -> Oracles:
