@@ -145,9 +145,9 @@ def test_in_memory_the_fuzzer_finds_the_planted_defect_and_shrinks_it(
     Source(layers=("client_hello", "finished", "server_key", "pre_shared_key")),
 ], ids=lambda s: "-".join((*s.layers, s.strategy or "", s.space)))
 def test_the_reference_passes_every_generator_in_memory(source: Source) -> None:
-    result = run_memory(source.cases(40, "reference"), batch=20)
+    result = run_memory(source.cases(25, "reference"), batch=25)
     assert result.finding is None, (result.finding, [to_replay(c) for c in result.failing])
-    assert result.cases == 40
+    assert result.cases == 25
 
 
 # --- the fuzz step over UDP -----------------------------------------------------------------
