@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from harness.fuzz.runner import FuzzSettings
 from harness.netsim import UdpRelay
 from harness.peer import ClientPeer, RawPeer, View
 from harness.scenario.budget import BudgetMeter
@@ -87,6 +88,7 @@ class Run:
     served: dict[str, Served] = field(default_factory=dict)  # role server: by connection
     harness: Transcript = field(default_factory=Transcript)  # the harness: events
     warnings: list[str] = field(default_factory=list)  # checks relaxed without --strict
+    fuzz: FuzzSettings = field(default_factory=FuzzSettings)  # --fuzz-cases, reports/fuzz
     steps_taken: int = 0
 
     def now(self) -> float:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from harness.fuzz.case import option_problems as fuzz_problems
 from harness.scenario import build, templates
 from harness.scenario.connections import TRANSPORT_PARAMETERS
 from harness.scenario.expr import ExpressionError, compile_expression
@@ -48,7 +49,7 @@ class StepChecker:
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
             "send": self._send, "hook": self._hooks, "impair": self._impair,
-            "replay": self._replay, "run_client": self._run_client}
+            "replay": self._replay, "run_client": self._run_client, "fuzz": self._fuzz}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -201,6 +202,10 @@ class StepChecker:
             self.connections.add(name)
         elif "name" in options:
             self.report((*path, "name"), "name is the connection of a replay from: new_port")
+
+    def _fuzz(self, options: dict[str, Any], path: Path) -> None:
+        for key, message in fuzz_problems(options):
+            self.report((*path, key) if key else path, message)
 
     def _expect(self, options: dict[str, Any], path: Path) -> None:
         for key, matcher in options.get("where", {}).items():

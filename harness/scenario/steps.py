@@ -16,6 +16,7 @@ from typing import Any
 
 import h11
 
+from harness.fuzz.step import fuzz_step
 from harness.netsim import DIRECTIONS, KEYS
 from harness.scenario import build, replay, server_role, templates
 from harness.scenario.connections import connect as open_connection
@@ -414,10 +415,6 @@ async def check(run: Run, step: Step) -> None:
                              actual=shown or repr(value))
 
 
-async def not_yet(run: Run, step: Step) -> None:
-    raise StepUnsupported(f"the {step.kind} step is not implemented by this harness yet")
-
-
 STEPS: dict[str, StepRunner] = {
     "connect": connect, "send": send, "hook": hook, "expect": expect,
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
@@ -425,4 +422,4 @@ STEPS: dict[str, StepRunner] = {
     "key_update": key_update, "shutdown": shutdown, "holes": holes, "fill": fill,
     "impair": impair, "expect_client": server_role.expect_client,
     "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
-    "replay": replay.replay, "fuzz": not_yet}
+    "replay": replay.replay, "fuzz": fuzz_step}
