@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ from pathlib import Path
 import click
 
 TARGET_NAMES = ("frames", "headers", "messages", "params", "connection")
+# the modules whose branches guide each target's search: these and what they import are
+# instrumented (all of velocity takes seconds); MODULE:FUNCTION instruments MODULE
+INSTRUMENTED = {
+    "frames": ["velocity.core.frames"],
+    "headers": ["velocity.core.packet"],
+    "messages": ["velocity.core.handshake.messages"],
+    "params": ["velocity.core.transport_params"],
+    "connection": ["velocity.core.connection", "velocity.core.endpoint"],
+}
 REPORTS = Path("reports") / "fuzz"
 STARTUP_SLACK = 120  # seconds for a child to start, load its corpus and report, past --seconds
 
@@ -52,11 +62,11 @@ def _worker(target: str, seconds: int, seed: int, corpus: Path, artifacts: str) 
     """In the child: instrument, then hand the target to libFuzzer (which exits)."""
     import atheris  # noqa: PLC0415  (the optional fuzz extra)
 
-    include = ["velocity", "harness.fuzz.guided_targets"]
-    if ":" in target:
-        include.append(target.partition(":")[0])
-    with atheris.instrument_imports(include=include):
-        function = load_target(target)
+    modules = INSTRUMENTED.get(target) or [target.partition(":")[0]]
+    with atheris.instrument_imports(include=[m.partition(".")[0] for m in modules]):
+        for module in modules:  # and, once, every velocity module each imports
+            importlib.import_module(module)
+    function = load_target(target)
     atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", f"-seed={seed}",
                    f"-artifact_prefix={artifacts}", "-print_final_stats=1", "-timeout=30",
                    str(corpus)], function)
@@ -74,6 +84,7 @@ class Outcome:
     finding: Path | None
     error: str
     log: Path
+    seconds: float  # the child's wall time, start-up included
 
 
 def _stat(text: str, name: str) -> int:
@@ -113,6 +124,7 @@ def fuzz_one(target: str, seconds: int, seed: int, corpus: Path | None) -> Outco
         log = REPORTS / f"guided-{name}.log"
         command = [sys.executable, "-m", "harness.fuzz.guided", "--worker", target,
                    "--seconds", str(seconds), "--seed", str(seed), "--corpus", str(directory)]
+        started = time.monotonic()
         try:
             done = subprocess.run(command, capture_output=True, text=True, errors="replace",
                                   timeout=seconds + STARTUP_SLACK, check=False)
@@ -122,6 +134,7 @@ def fuzz_one(target: str, seconds: int, seed: int, corpus: Path | None) -> Outco
                        for p in (exc.stdout, exc.stderr)]
             text = "".join(partial) + "\nthe fuzzer did not stop in time"
         log.write_text(text)
+        elapsed = time.monotonic() - started
         written = re.findall(r"Test unit written to (\S+)", text)
         finding = Path(written[-1]) if written else None
         error = ""
@@ -135,7 +148,7 @@ def fuzz_one(target: str, seconds: int, seed: int, corpus: Path | None) -> Outco
                        _stat(text, "average_exec_per_sec") or _last(text, r"exec/s: (\d+)"),
                        _last(text, r"cov: (\d+)"),
                        _last(text, r"ft: (\d+)"), _last(text, r"corp: (\d+)"), finding, error,
-                       log)
+                       log, elapsed)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -242,7 +255,7 @@ def main(seconds: int, target: str, corpus: Path | None, seed: int,
     found = False
     for name in targets:
         outcome = fuzz_one(name, seconds, seed, corpus)
-        click.echo(f"{name}: {outcome.execs} execs in {seconds} s "
+        click.echo(f"{name}: {outcome.execs} execs in {outcome.seconds:.0f} s "
                    f"({outcome.execs_per_second} execs/s), coverage {outcome.coverage} "
                    f"edges, {outcome.features} features, corpus {outcome.corpus}")
         if outcome.finding is not None:
