@@ -187,11 +187,13 @@ def connection_scenario(data: bytes, source: Path) -> str | None:
         "spec: [VEL-ERR-005]",
         "tags: [full, fuzz, regression]",
         "role: client",
-        f"budget: {{timeout: 8, datagrams: {len(run.datagrams) + len(closes) + 2}}}",
+        f"budget: {{timeout: {8 + sum(run.waits):g}, "
+        f"datagrams: {len(run.datagrams) + len(closes) + 2}}}",
         "steps:",
         "  - connect: {wait: none, hooks: {message: {CLIENT_HELLO: {drop: true}}, "
         f"packets: {{drop: [{drops}]}}}}}}",
-        *(_hex_step(d) for d in run.datagrams),
+        *(line for wait, datagram in zip(run.waits, run.datagrams, strict=True)
+          for line in ([f"  - wait: {wait:g}"] if wait else []) + [_hex_step(datagram)]),
         "  - wait: 0.5",
         _hex_step(probe),
         "  - expect: {event: quic:datagrams_received, within: 2}",

@@ -21,7 +21,7 @@ from velocity.core.buffer import Writer
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.entropy import SeededEntropy
 from velocity.core.errors import ProtocolError
-from velocity.core.events import InternalErrorRaised
+from velocity.core.events import InternalErrorRaised, TicketReceived
 from velocity.core.frames import ConnectionClose, Ping, decode_frames, encode_frames
 from velocity.core.handshake.common import ReplayFilter
 from velocity.core.handshake.messages import MessageReader, decode_message, encode_message
@@ -138,10 +138,11 @@ def fuzz_params(data: bytes) -> None:
 # reads that space with (the Initial keys anyone derives from the DCID; the Handshake and
 # 1-RTT keys of this seeded server). An Initial is padded to 1200 bytes with PADDING.
 RAW, INITIAL, HANDSHAKE, ONE_RTT = range(4)
-MODES = {RAW: "raw", INITIAL: "initial", HANDSHAKE: "handshake", ONE_RTT: "1rtt"}
 PAIR_SEED = "guided"
 MAX_DATAGRAMS = 16
 STEP = 0.010  # virtual seconds between datagrams
+WAIT = 0.250  # virtual seconds per unit of a chunk's wait: timers (PTO, loss, idle) fire
+MAX_TIMERS = 8  # timer runs before one datagram
 CLIENT_SCID = bytes.fromhex("5ca1ab1e")
 PING_PAYLOAD = encode_frames([Ping()])
 CLOSE_PAYLOAD = encode_frames([ConnectionClose(0, 0, b"")])
@@ -149,11 +150,12 @@ CLOSE_PAYLOAD = encode_frames([ConnectionClose(0, 0, b"")])
 
 def split_chunks(data: bytes) -> list[tuple[int, bytes]]:
     """A connection input: (mode byte, 2-byte big-endian length, bytes) repeated; a short
-    last chunk takes what is left. At most ``MAX_DATAGRAMS`` chunks."""
+    last chunk takes what is left. At most ``MAX_DATAGRAMS`` chunks. The mode byte's low two
+    bits are the mode, its upper six a wait before the datagram (``WAIT`` seconds each)."""
     chunks: list[tuple[int, bytes]] = []
     pos = 0
     while pos < len(data) and len(chunks) < MAX_DATAGRAMS:
-        mode = data[pos] % len(MODES)
+        mode = data[pos]
         length = int.from_bytes(data[pos + 1 : pos + 3], "big")
         chunks.append((mode, data[pos + 3 : pos + 3 + length]))
         pos += 3 + length
@@ -244,8 +246,26 @@ class ConnectionRun:
     built from raw bytes or Initial keys only (so any server can be sent them)."""
 
     datagrams: list[bytes] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)  # seconds before each, beyond STEP
     portable: bool = True
     dcid: bytes = b""  # the server connection's original DCID
+
+
+def run_timers(conn: Connection, now: float) -> None:
+    """Every timer due by ``now``, each at its own time, and what each sends."""
+    for _ in range(MAX_TIMERS):
+        timer = conn.get_timer()
+        if timer is None or timer > now:
+            return
+        conn.handle_timer(now=timer)
+        conn.datagrams_to_send(now=timer)
+        _raise_internal_errors(conn)
+
+
+def _raise_internal_errors(conn: Connection) -> None:
+    while (event := conn.next_event()) is not None:
+        if isinstance(event, InternalErrorRaised):
+            raise event.exception
 
 
 def deliver(conn: Connection, datagram: bytes, now: float) -> list[bytes]:
@@ -256,9 +276,7 @@ def deliver(conn: Connection, datagram: bytes, now: float) -> list[bytes]:
     if (timer := conn.get_timer()) is not None and timer <= now:
         conn.handle_timer(now=now)
         answers += [d for d, _ in conn.datagrams_to_send(now=now)]
-    while (event := conn.next_event()) is not None:
-        if isinstance(event, InternalErrorRaised):
-            raise event.exception
+    _raise_internal_errors(conn)
     return answers
 
 
@@ -272,16 +290,21 @@ def run_connection(data: bytes, run: ConnectionRun | None = None) -> ConnectionR
         return run
     conn: Connection | None = None
     now = 0.0
-    for mode, body in chunks:
+    for mode_byte, body in chunks:
+        mode, wait = mode_byte & 0x03, mode_byte >> 2
         if conn is None:
             conn = server_connection(body)
             run.dcid = conn.original_dcid
+        now += STEP + wait * WAIT
+        run_timers(conn, now)
+        if conn.state in (State.DRAINING, State.TERMINATED):
+            break
         datagram = body if mode == RAW else seal(conn, mode, body)
         if datagram is None:
             continue
         run.datagrams.append(datagram)
+        run.waits.append(wait * WAIT)
         run.portable = run.portable and mode in (RAW, INITIAL)
-        now += STEP
         deliver(conn, datagram, now)
         if conn.state in (State.DRAINING, State.TERMINATED):
             break
@@ -331,20 +354,23 @@ def _handshake_messages() -> list[bytes]:
 
 @dataclass
 class Live:
-    """A seeded in-memory handshake and a little data: the client's datagrams in order and
-    the transport parameters each side received."""
+    """Seeded in-memory connections of the reference client to ``server_connection``'s
+    server (PDK, discovery, then a 0-RTT resumption of the discovery ticket), each until
+    its handshake is done and one stream answered: the client's datagrams of each in order,
+    which the fuzzer's server reads all of, and the transport parameters each side got."""
 
-    client_datagrams: list[bytes]
+    transcripts: dict[str, list[bytes]]
     params: list[tuple[bool, bytes]]
 
+    @property
+    def client_datagrams(self) -> list[bytes]:
+        return self.transcripts["pdk"]
 
-@functools.cache
-def live_transcript() -> Live:
-    """The reference client talking to ``server_connection``'s server in memory until the
-    handshake is done and one stream answered: the fuzzer's server reads all of it."""
-    client = Connection(ConnectionConfig(make_configs(PairSpec())[0]),
-                        entropy=SeededEntropy(PAIR_SEED).fork("client"))
+
+def _converse(client: Connection, early: bool) -> tuple[list[bytes], Connection]:
     client.connect(SERVER_ADDR, now=0.0)
+    if early:
+        client.send_stream_data(0, b"GET / early\r\n", end_stream=True)
     sent: list[bytes] = []
     server: Connection | None = None
     now = 0.0
@@ -356,14 +382,35 @@ def live_transcript() -> Live:
             now += STEP
             for answer in deliver(server, datagram, now):
                 client.receive_datagram(answer, SERVER_ADDR, now=now)
-        if client.handshake_complete and not client.streams:
+        if client.handshake_complete and not client.streams and not early:
             client.send_stream_data(0, b"GET / fuzz\r\n", end_stream=True)
-        elif not outgoing and client.streams:
+        elif not outgoing:
             break
     assert server is not None and server.handshake_complete, "the seeded pair did not connect"
-    assert server.peer_params is not None and client.peer_params is not None
-    return Live(sent, [(False, encode_transport_parameters(server.peer_params)),
-                       (True, encode_transport_parameters(client.peer_params))])
+    return sent, server
+
+
+@functools.cache
+def live_transcript() -> Live:
+    entropy = SeededEntropy(PAIR_SEED).fork("client")
+    transcripts, params = {}, []
+    ticket: TicketReceived | None = None
+    for mode in ("pdk", "discovery", "resumption"):
+        handshake = make_configs(PairSpec(mode="pdk" if mode == "pdk" else "discovery"))[0]
+        config = ConnectionConfig(handshake)
+        if mode == "resumption":
+            assert ticket is not None, "the discovery connection received no ticket"
+            config = ConnectionConfig(replace(handshake, ticket=ticket.ticket, early_data=True),
+                                      remembered_transport_parameters=ticket.transport_parameters)
+        client = Connection(config, entropy=entropy.fork(mode))
+        transcripts[mode], server = _converse(client, early=mode == "resumption")
+        while (event := client.next_event()) is not None:
+            if isinstance(event, TicketReceived):
+                ticket = event
+        assert server.peer_params is not None and client.peer_params is not None
+        params += [(False, encode_transport_parameters(server.peer_params)),
+                   (True, encode_transport_parameters(client.peer_params))]
+    return Live(transcripts, params)
 
 
 def seeds(target: str) -> list[bytes]:
@@ -385,12 +432,13 @@ def seeds(target: str) -> list[bytes]:
     if target == "params":
         return [bytes([from_server]) + raw for from_server, raw in live_transcript().params]
     if target == "connection":
-        live = live_transcript().client_datagrams
-        transcript = [(RAW, d) for d in live]
-        # the live flight, then the frames vectors as 1-RTT and Handshake plaintexts
+        live = live_transcript().transcripts
+        transcript = [(RAW, d) for d in live["pdk"]]
+        # the live flights, then the frames vectors as 1-RTT and Handshake plaintexts
         vector_initial = bytes.fromhex(initial["packets"][0]["protected"])
-        return [join_chunks(transcript),
+        return [*(join_chunks([(RAW, d) for d in flights]) for flights in live.values()),
                 join_chunks(transcript[:1]),
+                join_chunks([*transcript[:2], (RAW | 16 << 2, b"")]),  # 4 s on: PTOs fire
                 join_chunks([(RAW, vector_initial)]),
                 *(join_chunks([*transcript, (ONE_RTT, bytes.fromhex(v["hex"]))])
                   for v in frames),

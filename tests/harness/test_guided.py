@@ -122,10 +122,11 @@ def test_the_live_transcript_takes_the_fuzzed_server_through_its_handshake() -> 
 
 def test_a_connection_input_becomes_a_loadable_scenario(tmp_path: Path) -> None:
     first = g.live_transcript().client_datagrams[0]
-    data = g.join_chunks([(g.RAW, first), (g.INITIAL, encode_frames([Ping()]))])
+    wait_a_second = g.INITIAL | 4 << 2  # four units of g.WAIT
+    data = g.join_chunks([(g.RAW, first), (wait_a_second, encode_frames([Ping()]))])
     text = connection_scenario(data, Path("reports/fuzz/guided-connection-crash-x"))
     assert text is not None
-    assert first.hex() in text
+    assert first.hex() in text and "  - wait: 1\n" in text
     path = tmp_path / "guided-x.yaml"
     path.write_text(text)
     [scenario] = load_file(path, "guided-x.yaml", requirements())
