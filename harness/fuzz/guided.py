@@ -160,8 +160,9 @@ def _hex_step(datagram: bytes) -> str:
 
 def connection_scenario(data: bytes, source: Path) -> str | None:
     """A scenario sending the datagrams a connection input made, in order, from a quiet
-    socket, then a well-formed Initial on a fresh DCID that must still be answered; None
-    when a datagram needed this seeded server's Handshake or 1-RTT keys."""
+    socket, closing their connection, then a well-formed Initial on a fresh DCID that must
+    still be answered; None when a datagram needed this seeded server's Handshake or 1-RTT
+    keys."""
     from harness.fuzz import guided_targets as g  # noqa: PLC0415  (see load_target)
 
     run = g.ConnectionRun()
@@ -171,34 +172,36 @@ def connection_scenario(data: bytes, source: Path) -> str | None:
         return None
     digest = hashlib.sha1(data).hexdigest()[:12]
     probe_dcid = bytes.fromhex(digest[:16].ljust(16, "0"))
-    probe = g.client_initial(probe_dcid, 0, g.PING_PAYLOAD)
-    closes = [g.client_initial(dcid, 1 << 20, g.CLOSE_PAYLOAD)
-              for dcid in (run.dcid, probe_dcid) if dcid]
+    close = g.client_initial(run.dcid, 1 << 20, g.CLOSE_PAYLOAD)
     drops = ", ".join(str(i) for i in range(16))
     lines = [
         "# A finding of the coverage-guided fuzzer (python -m harness.fuzz.guided --target",
         f"# connection), input {source}: its datagrams in order from a quiet socket (they use",
-        "# raw bytes and Initial keys only, so any server can be sent them), then a PING",
-        "# Initial on a fresh DCID, which the server must still answer (VEL-ERR-005). Whether",
-        "# the connection itself closed with a protocol error is checked by the unit test",
-        f"# that fixed it. Replay in process: python -m harness.fuzz.guided --replay {source}",
+        "# raw bytes and Initial keys only, so any server can be sent them), a CONNECTION_CLOSE",
+        "# Initial for their DCID (that connection drains, silent), then a PING Initial on a",
+        "# fresh DCID, which the server must still answer (VEL-ERR-005). Whether the connection",
+        "# itself closed with a protocol error is checked by the unit test of the fix. Replay",
+        f"# in process: python -m harness.fuzz.guided --replay {source}",
         f"id: regressions/guided-connection-{digest}",
         f"title: A server survives the datagrams of guided-fuzzing input {digest}",
         "spec: [VEL-ERR-005]",
         "tags: [full, fuzz, regression]",
         "role: client",
-        f"budget: {{timeout: {8 + sum(run.waits):g}, "
-        f"datagrams: {len(run.datagrams) + len(closes) + 2}}}",
+        f"budget: {{timeout: {8 + sum(run.waits):g}, datagrams: {len(run.datagrams) + 3}}}",
         "steps:",
         "  - connect: {wait: none, hooks: {message: {CLIENT_HELLO: {drop: true}}, "
         f"packets: {{drop: [{drops}]}}}}}}",
         *(line for wait, datagram in zip(run.waits, run.datagrams, strict=True)
           for line in ([f"  - wait: {wait:g}"] if wait else []) + [_hex_step(datagram)]),
+        _hex_step(close),
         "  - wait: 0.5",
-        _hex_step(probe),
+        _hex_step(g.client_initial(probe_dcid, 0, g.PING_PAYLOAD)),
+        "  # past the probe's own send: only what came after it answers it",
+        "  - expect: {event: quic:datagrams_sent, where: {data.origin: harness}, "
+        f"count: {len(run.datagrams) + 2}}}",
         "  - expect: {event: quic:datagrams_received, within: 2}",
         "  - finally:",
-        *("    " + _hex_step(c) for c in closes),
+        "    " + _hex_step(g.client_initial(probe_dcid, 1, g.CLOSE_PAYLOAD)),
     ]
     return "\n".join(lines) + "\n"
 

@@ -8,14 +8,20 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.fuzz import guided_targets as g
 from harness.fuzz.guided import connection_scenario
+from harness.scenario.engine import run_scenario
 from harness.scenario.loader import load_file
 from harness.scenario.spec import requirements
+from harness.scenario.verdict import Verdict
+from harness.targets import InProcessServer, Target
+from velocity.core.connection import Address
+from velocity.core.endpoint import ServerEndpoint
 from velocity.core.frames import PathChallenge, Ping, encode_frames
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,3 +146,46 @@ def test_a_connection_input_becomes_a_loadable_scenario(tmp_path: Path) -> None:
 def test_a_connection_input_without_readable_datagrams_is_no_finding(
         chunks: list[tuple[int, bytes]]) -> None:
     g.fuzz_connection(g.join_chunks(chunks))
+
+
+def _serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    server = InProcessServer(tmp_path_factory.mktemp("target"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+# two servers, so that the weakened run meets no connection the first one left draining
+reference = pytest.fixture(_serve, name="reference")
+weakened = pytest.fixture(_serve, name="weakened")
+
+
+async def test_a_connection_scenario_passes_a_server_that_survives_and_fails_one_that_dies(
+        tmp_path: Path, reference: Target, weakened: Target,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scenario of an input (here the reference client's first datagram and a PING
+    Initial) runs against the in-process reference and passes; against a server that stops
+    reading once that input's DCID reached it, as if the input had killed it, it fails."""
+    first = g.live_transcript().client_datagrams[0]
+    data = g.join_chunks([(g.RAW, first), (g.INITIAL, encode_frames([Ping()]))])
+    path = tmp_path / "guided-x.yaml"
+    path.write_text(connection_scenario(data, Path("x")) or "")
+    [scenario] = load_file(path, "guided-x.yaml", requirements())
+    passed = await run_scenario(scenario, reference, seed=0, strict=False)
+    assert passed.outcome.verdict is Verdict.PASS, passed.outcome
+
+    dcid = g.server_connection(first).original_dcid
+    receive = ServerEndpoint.receive_datagram
+
+    def dies_of_the_input(self: ServerEndpoint, datagram: bytes, address: Address, *,
+                          now: float) -> None:
+        if getattr(self, "dead", False):
+            return
+        self.dead = dcid in datagram[:32]  # type: ignore[attr-defined]
+        receive(self, datagram, address, now=now)
+
+    monkeypatch.setattr(ServerEndpoint, "receive_datagram", dies_of_the_input)
+    failed = await run_scenario(scenario, weakened, seed=0, strict=False)
+    assert failed.outcome.verdict is Verdict.FAIL, failed.outcome
+    assert failed.outcome.reason.startswith("no quic:datagrams_received"), failed.outcome
