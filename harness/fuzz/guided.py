@@ -2,12 +2,13 @@
 (libFuzzer driving Python): ``python -m harness.fuzz.guided --seconds N --target T``.
 
 Each target (harness.fuzz.guided_targets, or ``MODULE:FUNCTION`` for one of your own) runs
-in a child process that imports ``velocity`` under atheris' instrumentation, so the branches
-an input reaches guide the next mutations. The seed corpus is the repository's known-answer
-vectors and a seeded live transcript. A finding (an exception other than a protocol error,
-or a value that does not survive its own encoding) is written to reports/fuzz/ with the
-command that replays it; for the connection target also a scenario YAML that sends its
-datagrams, to keep as a regression scenario. Exit status: 0 no finding, 1 a finding."""
+in a child process that first imports the modules under test with atheris' instrumentation,
+so the branches an input reaches guide the next mutations. The seed corpus is the
+repository's known-answer vectors and seeded live transcripts. A finding (an exception
+other than a protocol error, or a value that does not survive its own encoding) is written
+to reports/fuzz/ with the command that replays it; for the connection target also a
+scenario YAML that sends its datagrams, to keep as a regression scenario. Exit status: 0 no
+finding, 1 a finding."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def load_target(name: str) -> Callable[[bytes], None]:
         except (ImportError, AttributeError) as exc:
             raise click.UsageError(f"--target {name}: {exc}") from None
         return target  # type: ignore[no-any-return]
-    from harness.fuzz import guided_targets  # noqa: PLC0415  (after atheris instruments it)
+    # late: a fuzzing child imports the modules under test instrumented before this one
+    from harness.fuzz import guided_targets  # noqa: PLC0415
 
     if name not in guided_targets.TARGETS:
         raise click.UsageError(f"--target {name}: not one of {', '.join(TARGET_NAMES)}, "
@@ -106,7 +108,6 @@ def _seed_corpus(target: str, corpus: Path) -> None:
         return
     from harness.fuzz.guided_targets import seeds  # noqa: PLC0415  (see load_target)
 
-    corpus.mkdir(parents=True, exist_ok=True)
     for data in seeds(target):
         (corpus / f"seed-{hashlib.sha1(data).hexdigest()}").write_bytes(data)
 
@@ -119,8 +120,8 @@ def fuzz_one(target: str, seconds: int, seed: int, corpus: Path | None) -> Outco
     directory = corpus / name if corpus is not None else scratch
     assert directory is not None
     try:
-        _seed_corpus(target, directory)
         directory.mkdir(parents=True, exist_ok=True)
+        _seed_corpus(target, directory)
         log = REPORTS / f"guided-{name}.log"
         command = [sys.executable, "-m", "harness.fuzz.guided", "--worker", target,
                    "--seconds", str(seconds), "--seed", str(seed), "--corpus", str(directory)]
@@ -171,7 +172,7 @@ def connection_scenario(data: bytes, source: Path) -> str | None:
     if not run.portable or not run.datagrams:
         return None
     digest = hashlib.sha1(data).hexdigest()[:12]
-    probe_dcid = bytes.fromhex(digest[:16].ljust(16, "0"))
+    probe_dcid = hashlib.sha1(data).digest()[:8]
     close = g.client_initial(run.dcid, 1 << 20, g.CLOSE_PAYLOAD)
     drops = ", ".join(str(i) for i in range(16))
     lines = [
