@@ -398,7 +398,7 @@ def _halfopen(pipe: Pipe, target: tuple[str, int], count: int, sources: int, rat
         delay = began + (index + 1) / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-    end = time.monotonic() + 3.0  # the last Retries
+    end = time.monotonic() + 1.0  # the last Retries
     while time.monotonic() < end:
         receive()
         time.sleep(0.05)
@@ -471,17 +471,20 @@ def kb(value: float) -> str:
     return f"{value / 1024:.1f} MB"
 
 
-async def warm_up(legit: Legit, seconds: float) -> None:
+async def warm_up(legit: Legit, fetches: int) -> None:
+    """Legitimate traffic until ``fetches`` operations are done (at most a minute): the
+    baseline is the RSS of a server in service, its caches and pools warm."""
+    deadline = timed_until(60)
     await legit.run(["discovery", "pdk", "resume", "several"], workers=2,
-                    until=timed_until(seconds))
+                    until=lambda: legit.outcomes.total >= fetches or deadline())
 
 
 def attack_under_load(server: Server, work: Path, attack: ChildAttack, *, ops: list[str],
-                      workers: int, settle: float, drain_within: float,
+                      workers: int, warm: int, settle: float, drain_within: float,
                       tail: float = 1.0) -> dict[str, object]:
     """Warm up; baseline; legitimate clients while the attack runs (and ``tail`` s more);
     then the table drain and the RSS ``settle`` s after it."""
-    asyncio.run(warm_up(Legit(server, work), 3.0))
+    asyncio.run(warm_up(Legit(server, work), warm))
     samples = Samples(server, every=0.5)
     baseline, _ = samples.take()
     legit = Legit(server, work)
@@ -513,7 +516,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--short", is_flag=True, help="The CI form: 300 Initials, 1 s settle.")
+@click.option("--short", is_flag=True, help="The CI form: 300 Initials, --retry under-load.")
 @click.option("--initials", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--policies", default="never,always,under-load", show_default=True)
 @click.option("--rate", type=float, default=500.0, show_default=True,
@@ -526,13 +529,16 @@ def main() -> None:
 @click.option("--settle", type=float, default=60.0, show_default=True,
               help="Seconds after the table drained before the RSS is read.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True)
+@click.option("--warm-up", "warm", type=click.IntRange(1), default=100, show_default=True,
+              help="Legitimate fetches before the baseline RSS is read.")
 @click.option("--markdown", is_flag=True)
 def flood(short: bool, initials: int, policies: str, rate: float, sources: int,
           garbage: float, replays: float, workers: int, settle: float,
-          handshake_timeout: float, markdown: bool) -> None:
+          handshake_timeout: float, warm: int, markdown: bool) -> None:
     """Initials (valid, garbage, replays) under each --retry policy while clients fetch."""
     if short:
-        initials, settle, handshake_timeout, workers, rate = 300, 1.0, 2.0, 2, 300.0
+        initials, settle, handshake_timeout, workers, rate, warm, policies = (
+            300, 0.5, 1.0, 2, 300.0, 10, "under-load")
     rows, verdict = [], Verdict()
     for policy in policies.split(","):
         with tempfile.TemporaryDirectory() as tmp:
@@ -543,12 +549,13 @@ def flood(short: bool, initials: int, policies: str, rate: float, sources: int,
                                      sources, rate)
                 got = attack_under_load(server, Path(tmp), attack,
                                         ops=["discovery", "pdk", "resume"], workers=workers,
-                                        settle=settle,
-                                        drain_within=handshake_timeout + 35)
+                                        warm=warm, settle=settle,
+                                        drain_within=handshake_timeout + 60)
                 errors = server.errors()
             finally:
                 server.stop()
         rows.append(_attack_row(policy, f"{initials} Initials", got, verdict, errors))
+        click.echo(" ".join(rows[-1]), err=True)
     print_table(ATTACK_HEADER, rows, markdown=markdown)
     verdict.done()
 
@@ -577,7 +584,8 @@ def _attack_row(policy: str, attack: str, got: dict[str, object], verdict: Verdi
 
 
 @main.command()
-@click.option("--short", is_flag=True, help="The CI form: 200 attackers, 1 s settle.")
+@click.option("--short", is_flag=True,
+              help="The CI form: 200 attackers that answer Retry, --retry under-load.")
 @click.option("--attackers", type=click.IntRange(1), default=4000, show_default=True)
 @click.option("--rate", type=float, default=400.0, show_default=True)
 @click.option("--sources", type=click.IntRange(1, 2500), default=512, show_default=True)
@@ -585,15 +593,18 @@ def _attack_row(policy: str, attack: str, got: dict[str, object], verdict: Verdi
 @click.option("--workers", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--settle", type=float, default=60.0, show_default=True)
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True)
+@click.option("--warm-up", "warm", type=click.IntRange(1), default=100, show_default=True,
+              help="Legitimate fetches before the baseline RSS is read.")
 @click.option("--markdown", is_flag=True)
 def halfopen(short: bool, attackers: int, rate: float, sources: int, max_sessions: int,
-             workers: int, settle: float, handshake_timeout: float, markdown: bool) -> None:
+             workers: int, settle: float, handshake_timeout: float, warm: int,
+             markdown: bool) -> None:
     """Half-open exhaustion: clients that never finish (--retry never, under-load), and
     clients that answer Retry and stop (--retry always, under-load)."""
-    if short:
-        attackers, settle, handshake_timeout, workers, rate, max_sessions = (
-            200, 1.0, 2.0, 2, 200.0, 100)
     runs = [("never", False), ("under-load", False), ("always", True), ("under-load", True)]
+    if short:  # the default policy against the harder attack
+        attackers, settle, handshake_timeout, workers, rate, max_sessions, warm, runs = (
+            200, 0.5, 1.0, 2, 200.0, 1000, 10, [("under-load", True)])
     rows, verdict = [], Verdict()
     for policy, answer_retry in runs:
         with tempfile.TemporaryDirectory() as tmp:
@@ -604,14 +615,15 @@ def halfopen(short: bool, attackers: int, rate: float, sources: int, max_session
                                      answer_retry)
                 got = attack_under_load(server, Path(tmp), attack,
                                         ops=["discovery", "pdk", "resume"], workers=workers,
-                                        settle=settle,
-                                        drain_within=handshake_timeout + 35)
+                                        warm=warm, settle=settle,
+                                        drain_within=handshake_timeout + 60)
                 errors = server.errors()
             finally:
                 server.stop()
         what = (f"{attackers} answer Retry, stop" if answer_retry
                 else f"{attackers} never finish")
         rows.append(_attack_row(policy, what, got, verdict, errors))
+        click.echo(" ".join(rows[-1]), err=True)
     print_table(ATTACK_HEADER, rows, markdown=markdown)
     click.echo(f"(--max-sessions {max_sessions}, {sources} attacker addresses, "
                f"{rate:g} attackers/s)")
@@ -619,7 +631,7 @@ def halfopen(short: bool, attackers: int, rate: float, sources: int, max_session
 
 
 @main.command()
-@click.option("--short", is_flag=True, help="The CI form: 1 MB.")
+@click.option("--short", is_flag=True, help="The CI form: 256 KB.")
 @click.option("--mb", type=float, default=50.0, show_default=True)
 @click.option("--loss", type=float, default=0.05, show_default=True)
 @click.option("--jitter", type=float, default=0.01, show_default=True,
@@ -631,7 +643,7 @@ def transfer(short: bool, mb: float, loss: float, jitter: float, seed: str, time
              markdown: bool) -> None:
     """A download through a relay with loss and reordering; the body must be identical."""
     if short:
-        mb, timeout = 1.0, 60.0
+        mb, timeout = 0.25, 60.0
     verdict = Verdict()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp), big_mb=mb)
@@ -666,7 +678,8 @@ async def _transfer(server: Server, work: Path, loss: float, jitter: float, seed
         async with asyncio.timeout(timeout), AsyncEasyClient(config) as client:
             got = await client.fetch("/big.bin")
         seconds = time.monotonic() - began
-    finally:
+        await asyncio.sleep(relay.impairment.delay + relay.impairment.jitter + 0.05)
+    finally:  # (what the relay still holds has left)
         relay.close()
     return hashlib.sha256(got.body).hexdigest(), seconds, relay.stats
 
@@ -675,23 +688,26 @@ SOAK_OPS = ["discovery", "pdk", "resume", "resume", "several", "noise"]
 
 
 @main.command()
-@click.option("--short", is_flag=True, help="The CI form: 5 s, 1 s settle.")
+@click.option("--short", is_flag=True, help="The CI form: 4 s, 0.5 s settle.")
 @click.option("--minutes", type=float, default=30.0, show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--every", type=float, default=30.0, show_default=True,
               help="Seconds between RSS/table samples.")
 @click.option("--settle", type=float, default=60.0, show_default=True)
+@click.option("--warm-up", "warm", type=click.IntRange(1), default=100, show_default=True,
+              help="Legitimate fetches before the baseline RSS is read.")
 @click.option("--markdown", is_flag=True)
-def soak(short: bool, minutes: float, workers: int, every: float, settle: float,
+def soak(short: bool, minutes: float, workers: int, every: float, settle: float, warm: int,
          markdown: bool) -> None:
     """Mixed handshakes, resumption with 0-RTT, several requests, API and garbage."""
+    handshake_timeout = 5.0
     if short:
-        minutes, settle, every, workers = 5 / 60, 1.0, 1.0, 2
+        minutes, settle, every, workers, warm, handshake_timeout = 4 / 60, 0.5, 1.0, 2, 10, 1.0
     verdict = Verdict()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp), "--handshake-timeout", "5")
+        server = Server(Path(tmp), "--handshake-timeout", str(handshake_timeout))
         try:
-            asyncio.run(warm_up(Legit(server, Path(tmp)), 3.0))
+            asyncio.run(warm_up(Legit(server, Path(tmp)), warm))
             samples = Samples(server, every=every)
             baseline, _ = samples.take()
             legit = Soaker(server, Path(tmp))
@@ -699,7 +715,7 @@ def soak(short: bool, minutes: float, workers: int, every: float, settle: float,
                 asyncio.run(legit.run(SOAK_OPS, workers=workers,
                                       until=timed_until(minutes * 60), pause=0.1))
             samples.take()
-            left, drained_in = drain(server, 45)
+            left, drained_in = drain(server, handshake_timeout + 60)
             time.sleep(settle)
             after = server.rss_kb()
             errors = server.errors()
