@@ -216,11 +216,12 @@ def _listen(run: Run, name: str, options: dict[str, Any], identity: ServerIdenti
         host=LOOPBACK, port=port, entropy=run.entropy(name),
         tokens=RetryTokens(run.entropy(f"{name}/retry").random(16)) if always else None)
     hello_retry = options.get("hello_retry")
-    server.configure = _configure(options.get("hooks", {}), options.get("fallback", {}).get(
-        "mac", "valid"), hello_retry_hook(
-            PROFILES_BY_NAME[hello_retry.get("profile", identity.profile.name)].code,
-            hello_retry.get("count", 1)) if hello_retry else None)
-    if (retry not in (None, "valid")) or "version_negotiation" in options:
+    retried = hello_retry_hook(
+        PROFILES_BY_NAME[hello_retry.get("profile", identity.profile.name)].code,
+        hello_retry.get("count", 1)) if hello_retry else None
+    server.configure = _configure(options.get("hooks", {}),
+                                  options.get("fallback", {}).get("mac", "valid"), retried)
+    if retry not in (None, "valid") or "version_negotiation" in options:
         server.answer = StatelessAnswers(
             server.send_raw, run.entropy(f"{name}/answers"), retry=retry,
             version_negotiation=options.get("version_negotiation"))
