@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from harness.fuzz.runner import FuzzSettings
 from harness.pytest_plugin import CONFORMANCE
 from harness.report.rate import JUDGED, PassRate, judge
 from harness.report.results import crashed_record, run_record, scenario_record
@@ -72,7 +73,8 @@ def conformances(config: pytest.Config) -> dict[str, Conformance]:
     transcripts = opt("transcripts") or (report / "transcripts" if report else None)
     options = RunOptions(seed=int(seed) if seed.isdigit() else seed,
                          strict=bool(config.getini("strict")), transcripts=transcripts,
-                         baseline=opt("baseline"), save_baseline=opt("save_baseline"))
+                         baseline=opt("baseline"), save_baseline=opt("save_baseline"),
+                         fuzz=FuzzSettings(opt("fuzz_cases"), config.rootpath / "reports" / "fuzz"))
     def own(name: str) -> RunOptions:  # a fleet node's transcripts apart from the others'
         if len(targets) < 2 or transcripts is None:
             return options

@@ -70,6 +70,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "transcript) to DIR; without DIR to reports/<UTC time>/")
     group.addoption("--coverage", action="store_true",
                     help="print the requirement-coverage table of the scenarios run")
+    group.addoption("--fuzz-cases", metavar="N", type=int, default=None,
+                    help="cases of every fuzz step, instead of the scenario's (pytest "
+                         "scenarios/ -m fuzz --fuzz-cases 2000)")
     group.addoption("--repeat", metavar="N", type=int, default=1,
                     help="run each scenario N times and judge it by its pass rate (the "
                          "scenario's pass_rate, else every run must pass)")

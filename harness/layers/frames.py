@@ -12,10 +12,9 @@ from scapy.fields import (
     StrFixedLenField,
     StrLenField,
 )
-from scapy.layers.quic import QuicVarIntField, QuicVarLenField
 from scapy.packet import Packet, Raw
 
-from harness.layers.fields import ZeroRunField
+from harness.layers.fields import VarIntField, VarLenField, ZeroRunField
 
 
 def _varint_at(data: bytes) -> int:
@@ -26,7 +25,7 @@ def _varint_at(data: bytes) -> int:
 
 
 def _vec(name: str) -> list[Any]:
-    return [QuicVarLenField(f"{name}_length", None, length_of=name),
+    return [VarLenField(f"{name}_length", None, length_of=name),
             StrLenField(name, b"", length_from=lambda p: getattr(p, f"{name}_length"))]
 
 
@@ -34,7 +33,7 @@ class VFrame(Packet):
     """Base layer: dispatches on the frame type, and chains the next frame as payload."""
 
     name = "Velocity frame"
-    fields_desc = [QuicVarIntField("type", 0x01)]
+    fields_desc = [VarIntField("type", 0x01)]
 
     @classmethod
     def dispatch_hook(cls, _pkt: bytes | None = None, *args: Any, **kwargs: Any) -> type:
@@ -52,14 +51,14 @@ class VFrame(Packet):
 def _frame(cls_name: str, frame_type: int, fields: list[Any]) -> type[VFrame]:
     layer: type[VFrame] = type(cls_name, (VFrame,), {
         "name": cls_name,
-        "fields_desc": [QuicVarIntField("type", frame_type), *fields],
+        "fields_desc": [VarIntField("type", frame_type), *fields],
     })
     return layer
 
 
 class VAckRange(Packet):
     name = "ACK range"
-    fields_desc = [QuicVarIntField("gap", 0), QuicVarIntField("length", 0)]
+    fields_desc = [VarIntField("gap", 0), VarIntField("length", 0)]
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         return b"", s
@@ -76,50 +75,51 @@ def _stream_length(p: Packet) -> int:
 PADDING = _frame("PADDING", 0x00, [ZeroRunField("run", b"")])
 PING = _frame("PING", 0x01, [])
 ACK = _frame("ACK", 0x02, [
-    QuicVarIntField("largest", 0), QuicVarIntField("delay", 0),
-    QuicVarLenField("range_count", None, count_of="ranges"),
-    QuicVarIntField("first_range", 0),
+    VarIntField("largest", 0), VarIntField("delay", 0),
+    VarLenField("range_count", None, count_of="ranges"),
+    VarIntField("first_range", 0),
     PacketListField("ranges", [], VAckRange, count_from=lambda p: p.range_count),
-    ConditionalField(QuicVarIntField("ect0", 0), _has_ecn),
-    ConditionalField(QuicVarIntField("ect1", 0), _has_ecn),
-    ConditionalField(QuicVarIntField("ce", 0), _has_ecn),
+    ConditionalField(VarIntField("ect0", 0), _has_ecn),
+    ConditionalField(VarIntField("ect1", 0), _has_ecn),
+    ConditionalField(VarIntField("ce", 0), _has_ecn),
 ])
-RESET_STREAM = _frame("RESET_STREAM", 0x04, [QuicVarIntField("stream_id", 0),
-                                             QuicVarIntField("error_code", 0),
-                                             QuicVarIntField("final_size", 0)])
-STOP_SENDING = _frame("STOP_SENDING", 0x05, [QuicVarIntField("stream_id", 0),
-                                             QuicVarIntField("error_code", 0)])
-CRYPTO = _frame("CRYPTO", 0x06, [QuicVarIntField("offset", 0), *_vec("data")])
+RESET_STREAM = _frame("RESET_STREAM", 0x04, [VarIntField("stream_id", 0),
+                                             VarIntField("error_code", 0),
+                                             VarIntField("final_size", 0)])
+STOP_SENDING = _frame("STOP_SENDING", 0x05, [VarIntField("stream_id", 0),
+                                             VarIntField("error_code", 0)])
+CRYPTO = _frame("CRYPTO", 0x06, [VarIntField("offset", 0), *_vec("data")])
 NEW_TOKEN = _frame("NEW_TOKEN", 0x07, _vec("token"))
 STREAM = _frame("STREAM", 0x0A, [
-    QuicVarIntField("stream_id", 0),
-    ConditionalField(QuicVarIntField("offset", 0), lambda p: p.type & 0x04),
-    ConditionalField(QuicVarLenField("length", None, length_of="data"),
+    VarIntField("stream_id", 0),
+    ConditionalField(VarIntField("offset", 0), lambda p: p.type & 0x04),
+    ConditionalField(VarLenField("length", None, length_of="data"),
                      lambda p: p.type & 0x02),
     StrLenField("data", b"", length_from=_stream_length),
 ])
-MAX_DATA = _frame("MAX_DATA", 0x10, [QuicVarIntField("maximum", 0)])
-MAX_STREAM_DATA = _frame("MAX_STREAM_DATA", 0x11, [QuicVarIntField("stream_id", 0),
-                                                   QuicVarIntField("maximum", 0)])
-MAX_STREAMS_BIDI = _frame("MAX_STREAMS_BIDI", 0x12, [QuicVarIntField("maximum", 0)])
-MAX_STREAMS_UNI = _frame("MAX_STREAMS_UNI", 0x13, [QuicVarIntField("maximum", 0)])
-DATA_BLOCKED = _frame("DATA_BLOCKED", 0x14, [QuicVarIntField("limit", 0)])
-STREAM_DATA_BLOCKED = _frame("STREAM_DATA_BLOCKED", 0x15, [QuicVarIntField("stream_id", 0),
-                                                           QuicVarIntField("limit", 0)])
-STREAMS_BLOCKED_BIDI = _frame("STREAMS_BLOCKED_BIDI", 0x16, [QuicVarIntField("limit", 0)])
-STREAMS_BLOCKED_UNI = _frame("STREAMS_BLOCKED_UNI", 0x17, [QuicVarIntField("limit", 0)])
+MAX_DATA = _frame("MAX_DATA", 0x10, [VarIntField("maximum", 0)])
+MAX_STREAM_DATA = _frame("MAX_STREAM_DATA", 0x11, [VarIntField("stream_id", 0),
+                                                   VarIntField("maximum", 0)])
+MAX_STREAMS_BIDI = _frame("MAX_STREAMS_BIDI", 0x12, [VarIntField("maximum", 0)])
+MAX_STREAMS_UNI = _frame("MAX_STREAMS_UNI", 0x13, [VarIntField("maximum", 0)])
+DATA_BLOCKED = _frame("DATA_BLOCKED", 0x14, [VarIntField("limit", 0)])
+STREAM_DATA_BLOCKED = _frame("STREAM_DATA_BLOCKED", 0x15, [VarIntField("stream_id", 0),
+                                                           VarIntField("limit", 0)])
+STREAMS_BLOCKED_BIDI = _frame("STREAMS_BLOCKED_BIDI", 0x16, [VarIntField("limit", 0)])
+STREAMS_BLOCKED_UNI = _frame("STREAMS_BLOCKED_UNI", 0x17, [VarIntField("limit", 0)])
 NEW_CONNECTION_ID = _frame("NEW_CONNECTION_ID", 0x18, [
-    QuicVarIntField("sequence", 0), QuicVarIntField("retire_prior_to", 0),
+    VarIntField("sequence", 0), VarIntField("retire_prior_to", 0),
     FieldLenField("connection_id_length", None, length_of="connection_id", fmt="B"),
-    StrLenField("connection_id", b"", length_from=lambda p: p.connection_id_length),
+    StrLenField("connection_id", b"", length_from=lambda p: p.connection_id_length,
+                max_length=255),
     StrFixedLenField("stateless_reset_token", b"\x00" * 16, 16),
 ])
-RETIRE_CONNECTION_ID = _frame("RETIRE_CONNECTION_ID", 0x19, [QuicVarIntField("sequence", 0)])
+RETIRE_CONNECTION_ID = _frame("RETIRE_CONNECTION_ID", 0x19, [VarIntField("sequence", 0)])
 PATH_CHALLENGE = _frame("PATH_CHALLENGE", 0x1A, [StrFixedLenField("data", b"\x00" * 8, 8)])
 PATH_RESPONSE = _frame("PATH_RESPONSE", 0x1B, [StrFixedLenField("data", b"\x00" * 8, 8)])
 CONNECTION_CLOSE = _frame("CONNECTION_CLOSE", 0x1C, [
-    QuicVarIntField("error_code", 0), QuicVarIntField("frame_type", 0), *_vec("reason")])
-APPLICATION_CLOSE = _frame("APPLICATION_CLOSE", 0x1D, [QuicVarIntField("error_code", 0),
+    VarIntField("error_code", 0), VarIntField("frame_type", 0), *_vec("reason")])
+APPLICATION_CLOSE = _frame("APPLICATION_CLOSE", 0x1D, [VarIntField("error_code", 0),
                                                        *_vec("reason")])
 HANDSHAKE_DONE = _frame("HANDSHAKE_DONE", 0x1E, [])
 

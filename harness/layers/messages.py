@@ -21,8 +21,9 @@ from scapy.fields import (
     StrLenField,
     ThreeBytesField,
 )
-from scapy.layers.quic import QuicVarIntField, QuicVarLenField
 from scapy.packet import Packet
+
+from harness.layers.fields import VarIntField, VarLenField
 
 # extension types (spec section 13)
 SERVER_NAME, TRANSPORT_PARAMETERS, SERVER_KEY, EARLY_DATA, PRE_SHARED_KEY = range(5)
@@ -31,19 +32,20 @@ _AUTO: Any = None  # a length that post_build fills in
 
 def _vec(name: str) -> list[Any]:
     """``vec<varint>`` of bytes."""
-    return [QuicVarLenField(f"{name}_length", None, length_of=name),
+    return [VarLenField(f"{name}_length", None, length_of=name),
             StrLenField(name, b"", length_from=lambda p: getattr(p, f"{name}_length"))]
 
 
 def _vec8(name: str) -> list[Any]:
     """``vec<u8>`` of bytes."""
     return [FieldLenField(f"{name}_length", None, length_of=name, fmt="B"),
-            StrLenField(name, b"", length_from=lambda p: getattr(p, f"{name}_length"))]
+            StrLenField(name, b"", length_from=lambda p: getattr(p, f"{name}_length"),
+                        max_length=255)]
 
 
 def _list(name: str, item: Any) -> list[Any]:
     """``vec<varint>`` of ``item`` (a layer class, or a field for fixed-width integers)."""
-    length = QuicVarLenField(f"{name}_length", None, length_of=name)
+    length = VarLenField(f"{name}_length", None, length_of=name)
     if isinstance(item, type):
         return [length, PacketListField(name, [], item,
                                         length_from=lambda p: getattr(p, f"{name}_length"))]
@@ -70,7 +72,7 @@ class VCertificateEntry(_Item):
 
 class VExtension(_Item):
     name = "extension"
-    fields_desc = [QuicVarIntField("type", 0), *_vec("value")]
+    fields_desc = [VarIntField("type", 0), *_vec("value")]
 
 
 def _extensions() -> list[Any]:
@@ -169,8 +171,8 @@ class VFallback(VMessage):
     name = "FALLBACK"
     MSG_TYPE = 0x30
     fields_desc = [*_header(MSG_TYPE), *_vec8("alpn"), *_vec8("host"), ShortField("port", 443),
-                   QuicVarIntField("reason", 0), *_vec("reason_text"),
-                   QuicVarIntField("retry_after", 0), *_vec8("mac")]
+                   VarIntField("reason", 0), *_vec("reason_text"),
+                   VarIntField("retry_after", 0), *_vec8("mac")]
 
 
 MESSAGE_LAYERS: dict[int, type[VMessage]] = {

@@ -16,10 +16,14 @@ from scapy.fields import (
     StrFixedLenField,
     StrLenField,
 )
-from scapy.layers.quic import QuicVarLenField
 from scapy.packet import Packet, Raw
 
-from harness.layers.fields import PacketNumberField, SizedVarIntField, TrailingTagField
+from harness.layers.fields import (
+    PacketNumberField,
+    SizedVarIntField,
+    TrailingTagField,
+    VarLenField,
+)
 
 VELOCITY_VERSION = 0x56553100
 
@@ -27,9 +31,9 @@ VELOCITY_VERSION = 0x56553100
 def _cids() -> list[Any]:
     return [
         FieldLenField("dcid_length", None, length_of="dcid", fmt="B"),
-        StrLenField("dcid", b"", length_from=lambda p: p.dcid_length),
+        StrLenField("dcid", b"", length_from=lambda p: p.dcid_length, max_length=255),
         FieldLenField("scid_length", None, length_of="scid", fmt="B"),
-        StrLenField("scid", b"", length_from=lambda p: p.scid_length),
+        StrLenField("scid", b"", length_from=lambda p: p.scid_length, max_length=255),
     ]
 
 
@@ -42,7 +46,7 @@ class VLongHeader(Packet):
         BitField("reserved", 0, 2), BitField("pn_length_bits", 0, 2),
         IntField("version", VELOCITY_VERSION),
         *_cids(),
-        ConditionalField(QuicVarLenField("token_length", None, length_of="token"),
+        ConditionalField(VarLenField("token_length", None, length_of="token"),
                          lambda p: p.packet_type == 0),
         ConditionalField(StrLenField("token", b"", length_from=lambda p: p.token_length),
                          lambda p: p.packet_type == 0),

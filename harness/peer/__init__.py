@@ -4,8 +4,8 @@ it can send what a normal peer never would, and a recorder of the harness's view
 wire. ``ClientPeer`` tests servers; ``ServerPeer`` tests clients. ``hostile`` holds the
 ready-made hostile inputs (key shares, CRYPTO policies, packet mutators, message edits)."""
 
-from harness.peer.client import ClientPeer
+from harness.peer.client import ClientPeer, RawPeer
 from harness.peer.server import ServerPeer
 from harness.peer.view import View
 
-__all__ = ["ClientPeer", "ServerPeer", "View"]
+__all__ = ["ClientPeer", "RawPeer", "ServerPeer", "View"]

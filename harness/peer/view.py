@@ -10,10 +10,28 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from velocity.core.trace import Transcript
+from velocity.core.errors import ProtocolError
+from velocity.core.packet import parse_header
+from velocity.core.trace import QLOG_PACKET_TYPES, Transcript
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
+
+
+def packet_types(datagram: bytes) -> list[str]:
+    """The packet types a datagram carries, as its unprotected header bits and long headers'
+    Length fields tell them (a short header runs to the end); ``unparsed`` for what
+    cannot be read."""
+    types: list[str] = []
+    offset = 0
+    while offset < len(datagram):
+        try:
+            header = parse_header(datagram, offset, short_dcid_length=0)
+        except ProtocolError:
+            return [*types, "unparsed"]
+        types.append(QLOG_PACKET_TYPES[header.packet_type])
+        offset = header.end
+    return types
 
 
 class View:
@@ -26,6 +44,7 @@ class View:
         self.datagrams_sent = self.datagrams_received = 0
         self.bytes_sent = self.bytes_received = 0
         self.inbox: list[tuple[int, bytes]] = []  # (event index, datagram) as received
+        self.outbox: list[tuple[int, bytes]] = []  # (event index, datagram) as sent
 
     @property
     def events(self) -> list[Event]:
@@ -36,14 +55,18 @@ class View:
         self.transcript.event(self._loop.time(), name, data)
         self._changed.set()
 
-    def sent(self, sizes: list[int], *, raw: bool = False) -> None:
-        if not sizes:
+    def sent(self, datagrams: list[bytes], *, origin: str | None = None) -> None:
+        """Datagrams sent (kept, for ``replay``); ``origin``: ``harness`` for one written by
+        hand, ``replay`` for one sent again, None for the connection's own."""
+        if not datagrams:
             return
+        sizes = [len(d) for d in datagrams]
         self.datagrams_sent += len(sizes)
         self.bytes_sent += sum(sizes)
+        self.outbox.extend((len(self.transcript.events), d) for d in datagrams)
         data: dict[str, Any] = {"count": len(sizes), "raw": [{"length": n} for n in sizes]}
-        if raw:
-            data["origin"] = "harness"  # written by hand, not by the connection
+        if origin is not None:
+            data["origin"] = origin
         self.note("quic:datagrams_sent", data)
 
     def received(self, datagram: bytes, source: str) -> None:
@@ -51,7 +74,8 @@ class View:
         self.bytes_received += len(datagram)
         self.inbox.append((len(self.transcript.events), datagram))
         self.note("quic:datagrams_received", {"count": 1, "raw": [{"length": len(datagram)}],
-                                              "from": source})
+                                              "from": source,
+                                              "packet_types": packet_types(datagram)})
 
     def received_since(self, start: int) -> list[bytes]:
         """The datagrams received from event index ``start`` on (raw bytes)."""

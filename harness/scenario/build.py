@@ -90,7 +90,7 @@ def _field_value(annotation: str, value: Any) -> Any:
     raise ValueError(f"a field of type {annotation} cannot be set from a scenario")
 
 
-def _convert(cls: type[Any], values: dict[str, Any], what: str) -> dict[str, Any]:
+def fields_of(cls: type[Any], values: dict[str, Any], what: str) -> dict[str, Any]:
     """``values`` as the fields of dataclass ``cls`` take them; unknown names refused."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
@@ -117,7 +117,7 @@ def frame(spec: dict[str, Any]) -> Frame:
                and f.default is dataclasses.MISSING]
     if missing:
         raise ValueError(f"a {name} frame needs {', '.join(missing)}")
-    built = cls(**_convert(cls, values, f"a {name} frame"))
+    built = cls(**fields_of(cls, values, f"a {name} frame"))
     try:
         encode_frames([built])  # any value may be wrong, but it must be encodable
     except (UsageError, ValueError, OverflowError) as exc:
@@ -147,7 +147,7 @@ def message_hook(edits: dict[str, dict[str, Any]]) -> Callable[[Message], Messag
     """The handshake-message seam: ``{CLIENT_HELLO: {set: {alpn: [h3]}}}`` changes fields
     of that message before it is encoded and hashed; ``{drop: true}`` sends nothing."""
     changes: dict[type[Message], dict[str, Any] | None] = {
-        MESSAGES[name]: None if edit.get("drop") else _convert(
+        MESSAGES[name]: None if edit.get("drop") else fields_of(
             MESSAGES[name], edit.get("set", {}), name)
         for name, edit in edits.items()}
 
@@ -214,7 +214,8 @@ def datagram(spec: dict[str, Any], rng: random.Random) -> bytes:
 
 
 def mutate(data: bytes, operations: list[dict[str, Any]]) -> bytes:
-    """A datagram's bytes after ``truncate``, ``pad`` and ``xor`` operations, in order."""
+    """Bytes (a datagram, a template's payload) after ``truncate``, ``pad`` and ``xor``
+    operations, in order."""
     for operation in operations:
         if "truncate" in operation:
             data = data[: operation["truncate"]]
@@ -223,15 +224,14 @@ def mutate(data: bytes, operations: list[dict[str, Any]]) -> bytes:
         elif "xor" in operation:
             data = _xor(data, operation["xor"]["offset"], bytes.fromhex(operation["xor"]["mask"]))
         else:
-            raise ValueError(f"{next(iter(operation))} applies to packet templates, which "
-                             "this harness does not build yet; datagrams take truncate, pad "
-                             "and xor")
+            raise ValueError(f"{next(iter(operation))} applies to packet templates (send: "
+                             "{template: ...}); a datagram takes truncate, pad and xor")
     return data
 
 
 def _xor(data: bytes, offset: int, mask: bytes) -> bytes:
     if not 0 <= offset <= len(data) - len(mask):
-        raise ValueError(f"xor at {offset} runs past the {len(data)}-byte datagram")
+        raise ValueError(f"xor at {offset} runs past the {len(data)} bytes it changes")
     end = offset + len(mask)
     return data[:offset] + bytes(a ^ b for a, b in zip(data[offset:end], mask, strict=True)
                                  ) + data[end:]

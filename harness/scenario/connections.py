@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import replace
 from typing import Any
 
-from harness.netsim import Impairment, UdpRelay
+from harness.netsim import Impairment, UdpRelay, changed
 from harness.peer import ClientPeer, View
 from harness.scenario.build import install_hooks
 from harness.scenario.context import Conn, Run, StepFailed, StepUnsupported
@@ -149,7 +149,8 @@ async def connect(run: Run, step: Step, address: Address) -> Conn:
     relay = None
     if run.scenario.network is not None:
         relay, address = await _relay(run, name, address, run.scenario.network)
-    peer = await ClientPeer.start(connection, address, view=view)
+    peer = await ClientPeer.start(connection, address, view=view,
+                                  hold=options.get("wait") == "held")
     conn = run.connections[name] = Conn(name, view, address, peer, relay)
     run.note("connect", {"conn": name, "to": f"{address[0]}:{address[1]}",
                          "mode": "pdk" if handshake.server_key else "discovery",
@@ -159,10 +160,6 @@ async def connect(run: Run, step: Step, address: Address) -> Conn:
     return conn
 
 
-def impairment(network: Network) -> Impairment:
-    return Impairment(network.loss, network.delay, network.jitter, network.duplicate)
-
-
 async def _relay(run: Run, name: str, target: Address,
                  network: Network) -> tuple[UdpRelay, Address]:
     """A seeded impairment relay on 127.0.0.1 in front of ``target``, one per connection
@@ -170,7 +167,9 @@ async def _relay(run: Run, name: str, target: Address,
     if not target[0].startswith("127."):
         raise StepUnsupported("network impairment relays through 127.0.0.1: the target "
                               "must listen on this machine's loopback")
-    relay = UdpRelay(target, impairment(network), seed=f"{run.seed}/{name}")
+    both = Impairment(**dict(network.both))
+    c2s, s2c = (changed(both, dict(d)) if d else None for d in (network.c2s, network.s2c))
+    relay = UdpRelay(target, both, seed=f"{run.seed}/{name}", c2s=c2s, s2c=s2c)
     return relay, await relay.start()
 
 

@@ -11,8 +11,9 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from harness.fuzz.runner import FuzzSettings
 from harness.netsim import UdpRelay
-from harness.peer import ClientPeer, View
+from harness.peer import ClientPeer, RawPeer, View
 from harness.scenario.budget import BudgetMeter
 from harness.scenario.model import Scenario, Step
 from harness.scenario.verdict import ScenarioError
@@ -58,6 +59,8 @@ class Conn:
     address: Address  # the other end as the harness sees it (its own server, in role server)
     peer: ClientPeer | None = None  # the harness's client (role: client scenarios)
     relay: UdpRelay | None = None  # the impairment between the harness and the target
+    raw: RawPeer | None = None  # a bare socket (a replay from a new port)
+    last_send: list[bytes] = field(default_factory=list)  # what the last send step sent
     cursor: int = 0  # the event index the next expect starts from
 
     def client(self, step: Step) -> ClientPeer:
@@ -85,6 +88,7 @@ class Run:
     served: dict[str, Served] = field(default_factory=dict)  # role server: by connection
     harness: Transcript = field(default_factory=Transcript)  # the harness: events
     warnings: list[str] = field(default_factory=list)  # checks relaxed without --strict
+    fuzz: FuzzSettings = field(default_factory=FuzzSettings)  # --fuzz-cases, reports/fuzz
     steps_taken: int = 0
 
     def now(self) -> float:
@@ -158,6 +162,8 @@ class Run:
                     await conn.peer.close()
             if conn.relay is not None:
                 conn.relay.close()
+            if conn.raw is not None:
+                conn.raw.close()
         for served in self.served.values():
             await served.close()
 
@@ -167,7 +173,7 @@ def aggregates(view: View | None) -> dict[str, Any]:
     events = view.events if view is not None else []
     flights: list[int] = []
     direction = None
-    sent = received = 0
+    sent = received = dropped = 0
     validated = False
     per_space: dict[str, int] = {}
     close_code = handshake_ms = None
@@ -187,6 +193,8 @@ def aggregates(view: View | None) -> dict[str, Any]:
         elif name == "quic:packet_received":
             space = data["header"]["packet_type"]
             per_space[space] = per_space.get(space, 0) + 1
+        elif name == "quic:packet_dropped":
+            dropped += 1
         elif name == "quic:connection_closed" and close_code is None:
             close_code = data.get("error_code", 0)
         elif name == "velocity:handshake_completed" and handshake_ms is None:
@@ -196,4 +204,4 @@ def aggregates(view: View | None) -> dict[str, Any]:
             "packets_per_space": per_space,
             "datagrams_sent": view.datagrams_sent if view else 0,
             "datagrams_received": view.datagrams_received if view else 0,
-            "handshake_ms": handshake_ms, "close_code": close_code}
+            "handshake_ms": handshake_ms, "close_code": close_code, "packets_dropped": dropped}

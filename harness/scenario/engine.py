@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 
+from harness.fuzz.runner import FuzzSettings
 from harness.scenario.budget import BudgetExceeded, BudgetMeter
 from harness.scenario.context import Document, Run, StepFailed, StepUnsupported
 from harness.scenario.model import Scenario, Step
@@ -26,10 +27,11 @@ class RunResult:
 
 
 async def run_scenario(scenario: Scenario, target: Target, *, seed: int | str,
-                       strict: bool) -> RunResult:
+                       strict: bool, fuzz: FuzzSettings | None = None) -> RunResult:
     """Run ``scenario`` against ``target``: its outcome and transcripts."""
     loop = asyncio.get_running_loop()
-    run = Run(scenario, target, seed, strict, BudgetMeter(scenario.budget, loop.time()), loop)
+    run = Run(scenario, target, seed, strict, BudgetMeter(scenario.budget, loop.time()), loop,
+              fuzz=fuzz or FuzzSettings())
     run.harness.start = loop.time()
     body = [s for s in scenario.steps if s.kind != "finally"]
     final = [s for f in scenario.steps if f.kind == "finally" for s in f.options]

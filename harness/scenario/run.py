@@ -11,10 +11,11 @@ import datetime as dt
 import json
 import re
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.fuzz.runner import FuzzSettings
 from harness.scenario.engine import RunResult, run_scenario
 from harness.scenario.model import Scenario
 from harness.scenario.spec import Requirement
@@ -35,6 +36,7 @@ class RunOptions:
     transcripts: Path | None = None  # every run's transcripts; None: failures only, to a temp dir
     baseline: Path | None = None
     save_baseline: Path | None = None
+    fuzz: FuzzSettings = field(default_factory=FuzzSettings)
 
 
 class Conformance:
@@ -89,7 +91,7 @@ class Conformance:
             return Outcome(Verdict.INCONCLUSIVE, f"the sanity handshake before the run "
                            f"failed: {reason}", seed=seed)
         result = asyncio.run(run_scenario(scenario, target, seed=seed,
-                                          strict=self.options.strict))
+                                          strict=self.options.strict, fuzz=self.options.fuzz))
         outcome = self._record(scenario, result)
         if not target.owned and not self.targets.replaced(target):
             reason = self._sane(target)

@@ -11,7 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from harness.scenario import build
+from harness.fuzz.case import option_problems as fuzz_problems
+from harness.scenario import build, templates
 from harness.scenario.connections import TRANSPORT_PARAMETERS
 from harness.scenario.expr import ExpressionError, compile_expression
 from harness.scenario.model import AGGREGATES, BRANCH_STEPS, Path, Step
@@ -20,23 +21,15 @@ from velocity.core.errors import ErrorCode
 Report = Callable[[Path, str], None]
 Where = Callable[[Path], str]
 
-SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact"})
+SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "run_client"})
 CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder",
                             "token"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
-                            "kem_key_required", "certificate", "hello_retry", "client_key"})
-TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
-NETSIM_LATER = ("reorder", "corrupt", "mtu", "rate")
+                            "kem_key_required", "certificate", "hello_retry", "client_key",
+                            "trust", "retry", "version_negotiation", "replaces"})
+TICKETS = {"client": ("none", "last"),
+           "server": ("valid", "garbage", "wrong_aad", "expired", "future", "stale_age")}
 REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")
-
-
-def network_problems(options: dict[str, Any], path: Path, report: Report) -> None:
-    """``network`` / ``impair`` keys harness/netsim does not do yet (reorder comes from
-    jitter)."""
-    for key in NETSIM_LATER:
-        if options.get(key):
-            report((*path, key), f"{key} is not supported by harness/netsim yet (it does loss, "
-                                 "delay, jitter, duplicate)")
 
 
 class StepChecker:
@@ -49,13 +42,15 @@ class StepChecker:
         self.sound = sound  # whether a path is free of schema errors (else left unchecked)
         self.network = network  # the scenario has a network: header (so a relay)
         self.connections: set[str] = set()
+        self.held: set[str] = set()  # connections whose connect holds the first flight
         self.saved: set[str] = set()
         self.responses: list[str] = []
         self._rules: dict[str, Callable[[Any, Path], None]] = {
             "connect": self._connect, "expect": self._expect, "expect_any": self._expect_any,
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
-            "send": self._send, "hook": self._hooks, "impair": self._impair}
+            "send": self._send, "hook": self._hooks, "impair": self._impair,
+            "replay": self._replay, "run_client": self._run_client, "fuzz": self._fuzz}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -112,12 +107,14 @@ class StepChecker:
 
     def _connect(self, options: dict[str, Any] | None, path: Path) -> None:
         options = options or {}
+        replaces = options.get("replaces")
+        if replaces is not None and replaces not in self.connections:
+            self.report((*path, "replaces"), f"no connection {replaces!r} is opened before "
+                                             "this step")
         name = options.get("name", "main")
-        if name in self.connections:
-            self.report((*path, "name") if "name" in options else path,
-                        f"a connection {name!r} is already opened: give this one another "
-                        "name (name: second)")
-        self.connections.add(name)
+        self._open(name, (*path, "name") if "name" in options else path)
+        if options.get("wait") == "held":
+            self.held.add(name)
         self._hooks(options.get("hooks", {}), (*path, "hooks"))
         for key in options.get("transport_parameters", {}):
             if key not in TRANSPORT_PARAMETERS:
@@ -139,13 +136,20 @@ class StepChecker:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
                                            f"here: {' or '.join(TICKETS[self.role])}")
 
+    def _run_client(self, options: dict[str, Any], path: Path) -> None:
+        """A client run again opens a connection of its own, to a connect's server."""
+        self._open(options["name"], (*path, "name"))
+
+    def _open(self, name: str, path: Path) -> None:
+        if name in self.connections:
+            self.report(path, f"a connection {name!r} is already opened: give this one another "
+                              "name (name: second)")
+        self.connections.add(name)
+
     def _impair(self, options: dict[str, Any], path: Path) -> None:
         if not self.network:
             self.report(path, "impair needs a network: header (its relay is set up by "
                               "connect; network: {} is a perfect one)")
-        if "rebind" in options:
-            self.report((*path, "rebind"), "rebind is not supported by harness/netsim yet")
-        network_problems(options, path, self.report)
 
     def _hooks(self, hooks: dict[str, Any], path: Path) -> None:
         try:
@@ -155,8 +159,18 @@ class StepChecker:
 
     def _send(self, options: dict[str, Any], path: Path) -> None:
         if "template" in options:
-            self.report((*path, "template"), "packet templates are not built by this harness "
-                        "yet: send frames, or a datagram")
+            try:
+                for found in templates.problems(options):
+                    self.report((*path, "template"), found)
+            except ValueError as exc:
+                self.report((*path, "frames"), str(exc))
+            conn = options.get("conn", "main")
+            if options["template"] == "client_initial" and conn not in self.held:
+                self.report((*path, "template"), "client_initial is the first flight a "
+                            f"connect with wait: held kept: connect {conn} so, and send it "
+                            "once")
+            self.held.discard(conn)
+            return
         built = []
         for i, spec in enumerate(options.get("frames", ())):
             try:
@@ -173,17 +187,33 @@ class StepChecker:
             except ValueError as exc:
                 self.report((*path, "datagram"), str(exc))
         elif "mutate" in options:
-            self.report((*path, "mutate"), "mutate applies to a datagram (send: {datagram: ...})")
+            self.report((*path, "mutate"), "mutate applies to a datagram or a template")
         if "raw" in options and "frames" not in options:
             self.report((*path, "raw"), "raw bytes follow the frames of a packet: give frames "
                                         "too (send: {frames: [...], raw: ...})")
-        if sum(k in options for k in ("frames", "datagram", "template")) != 1:
+        if sum(k in options for k in ("frames", "datagram")) != 1:
             self.report(path, "send takes one of frames, datagram or template")
+
+    def _replay(self, options: dict[str, Any], path: Path) -> None:
+        if options.get("from") == "new_port":
+            name = options.get("name", "replay")
+            if name in self.connections:
+                self.report((*path, "name"), f"a connection {name!r} is already opened: the "
+                            "replay from a new port records its answers under another name")
+            self.connections.add(name)
+        elif "name" in options:
+            self.report((*path, "name"), "name is the connection of a replay from: new_port")
+
+    def _fuzz(self, options: dict[str, Any], path: Path) -> None:
+        for key, message in fuzz_problems(options):
+            self.report((*path, key) if key else path, message)
 
     def _expect(self, options: dict[str, Any], path: Path) -> None:
         for key, matcher in options.get("where", {}).items():
             if isinstance(matcher, dict) and isinstance(matcher.get("regex"), str):
                 self._regex(matcher["regex"], (*path, "where", key, "regex"))
+        if options.get("count") == 0 and "save" in options:
+            self.report((*path, "save"), "count: 0 matches no event: there is nothing to save")
         self.saved.update(options.get("save", {}))
 
     def _expect_any(self, options: dict[str, Any], path: Path) -> None:

@@ -8,7 +8,6 @@ moves the cursor past what it matched; ``expect_close`` looks at the whole conne
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import random
 import re
@@ -17,7 +16,9 @@ from typing import Any
 
 import h11
 
-from harness.scenario import build, server_role
+from harness.fuzz.step import fuzz_step
+from harness.netsim import DIRECTIONS, KEYS
+from harness.scenario import build, replay, server_role, templates
 from harness.scenario.connections import connect as open_connection
 from harness.scenario.connections import settle
 from harness.scenario.context import Conn, Event, Run, StepFailed, StepUnsupported
@@ -31,7 +32,7 @@ from velocity.core.packet import Epoch
 from velocity.http.h1 import Response
 
 StepRunner = Callable[[Run, Step], Coroutine[Any, Any, None]]
-IMPAIRMENTS = ("loss", "delay", "jitter", "duplicate")  # what harness.netsim does
+IMPAIRMENTS = tuple(k for k in KEYS if k != "blackhole")  # the settings impair changes
 OWNERS = {"peer": ("remote",), "local": ("local",), "either": ("remote", "local")}
 HOLES_PER_PACKET = 150  # one-byte CRYPTO or STREAM frames of a holes step per packet
 
@@ -68,6 +69,16 @@ async def expect(run: Run, step: Step) -> None:
     within, cut = run.within(step, 2.0)
     deadline = run.now() + within
     index, matched = conn.cursor, None
+    if count == 0:  # none may come
+        found = await conn.view.wait_for(lambda e: matches(e, name, where), start=index,
+                                         timeout=within)
+        if found is not None:
+            raise StepFailed(f"a {describe(name, where)} came on connection {conn.name}, "
+                             "where none may", expected="none", actual="one",
+                             event=found[1])
+        run.note("check", {"check": "expect", "passed": True,
+                           "message": f"{conn.name}: no {describe(name, where)}"})
+        return
     for got in range(count):
         found = await conn.view.wait_for(lambda e: matches(e, name, where), start=index,
                                          timeout=max(0.0, deadline - run.now()))
@@ -254,10 +265,18 @@ async def send(run: Run, step: Step) -> None:
     peer = conn.client(step)
     options = step.options
     await run.sleep(run.budget.pace(1, run.now()))
-    if "datagram" in options:
+    if "template" in options:
+        try:
+            noted, conn.last_send = await templates.send(peer, options,
+                                                         run.within(step, 2.0)[0])
+        except ValueError as exc:
+            raise ScenarioError(f"send {options['template']}: {exc}") from None
+        run.note("send", {"conn": conn.name, **noted})
+    elif "datagram" in options:
         rng = random.Random(f"{run.seed}/{run.scenario.name}/{step.where}")
         data = build.mutate(build.datagram(options["datagram"], rng), options.get("mutate", []))
         peer.send_datagram(data)
+        conn.last_send = [data]
         run.note("send", {"conn": conn.name, "datagram_length": len(data)})
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
@@ -276,26 +295,24 @@ async def hook(run: Run, step: Step) -> None:
 
 
 async def impair(run: Run, step: Step) -> None:
-    """Change the connection's impairment now; ``blackhole: S`` drops everything for S
-    seconds, then the impairment before it is back."""
+    """Change the connection's relay now, in both directions or in ``c2s`` / ``s2c`` only;
+    ``blackhole: S`` drops everything for S seconds, ``rebind: true`` gives the harness a
+    new source port towards the target (NAT rebinding)."""
     conn = run.conn(step)
     relay = conn.relay
     if relay is None:
         raise ScenarioError("impair needs the scenario's network: header (the relay is set "
                             "up by connect)")
-    before = relay.impairment
-    if "blackhole" in step.options:
-        relay.impairment = dataclasses.replace(before, loss=1.0)
-        blackholed = relay.impairment
-
-        def restore() -> None:
-            if relay.impairment is blackholed:
-                relay.impairment = before
-
-        run.loop.call_later(float(step.options["blackhole"]), restore)
-    else:
-        relay.impairment = dataclasses.replace(before, **{
-            k: v for k, v in step.options.items() if k in IMPAIRMENTS})
+    for direction in (None, *DIRECTIONS):
+        options = step.options if direction is None else step.options.get(direction, {})
+        changes = {k: v for k, v in options.items() if k in IMPAIRMENTS}
+        if changes:
+            relay.change(changes, direction)
+        if "blackhole" in options:
+            relay.blackhole(float(options["blackhole"]), direction)
+    if step.options.get("rebind"):
+        port = (await relay.rebind())[1]
+        run.note("rebind", {"conn": conn.name, "port": port})
     run.note("impair", {"conn": conn.name, **step.options})
 
 
@@ -398,15 +415,11 @@ async def check(run: Run, step: Step) -> None:
                              actual=shown or repr(value))
 
 
-async def not_yet(run: Run, step: Step) -> None:
-    raise StepUnsupported(f"the {step.kind} step is not implemented by this harness yet")
-
-
 STEPS: dict[str, StepRunner] = {
     "connect": connect, "send": send, "hook": hook, "expect": expect,
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
     "key_update": key_update, "shutdown": shutdown, "holes": holes, "fill": fill,
     "impair": impair, "expect_client": server_role.expect_client,
-    "expect_no_contact": server_role.expect_no_contact,
-    **dict.fromkeys(("replay", "fuzz"), not_yet)}
+    "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
+    "replay": replay.replay, "fuzz": fuzz_step}

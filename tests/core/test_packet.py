@@ -103,6 +103,17 @@ def test_unknown_versions_are_parsed_only_to_the_invariants() -> None:
     assert header.dcid == b"\x02" * 40
 
 
+@pytest.mark.spec("VEL-PKT-002")
+def test_an_unknown_version_has_no_long_header_to_pull() -> None:
+    """Found by the guided fuzzer: a foreign version's bytes after the SCID were read as a
+    Velocity/1 packet number (no Length field), a header that did not re-encode to itself."""
+    packet = bytes.fromhex("d1565531c000000008007a")  # the input it found
+    assert parse_header(packet, short_dcid_length=8).version == 0x565531C0
+    with pytest.raises(ProtocolViolation) as info:
+        pull_long_header(packet)
+    assert info.value.field == "long.version"
+
+
 @pytest.mark.spec("VEL-PKT-003", "VEL-PKT-004")
 def test_fixed_bit_zero_is_dropped_and_reserved_bits_are_violations() -> None:
     packet = bytearray(_initial())

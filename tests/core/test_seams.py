@@ -23,7 +23,7 @@ from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import ClientKeyShare, HybridSecret, Profile, server_key_share
 from velocity.core.kem import KemBackend
 from velocity.core.packet import Epoch
-from velocity.core.seams import KeyShare, PlannedPacket
+from velocity.core.seams import HeaderEdits, KeyShare, PlannedPacket
 
 
 def _server_closes(pair: Pair) -> list[int]:
@@ -109,6 +109,73 @@ def test_the_packet_mutator_drops_repeats_and_rewrites() -> None:
     rewritten.connect()
     assert rewritten.run(lambda: bool(_server_closes(rewritten)))
     assert _server_closes(rewritten) == [ErrorCode.FRAME_ENCODING_ERROR]
+
+
+def _edit_next(connection: Connection, epoch: Epoch, edits: HeaderEdits) -> None:
+    """The packet mutator writes ``edits`` into the next packet of ``epoch``, once."""
+    def mutator(packets: list[PlannedPacket]) -> list[PlannedPacket]:
+        out = [replace(p, header=edits) if p.epoch == epoch else p for p in packets]
+        if out != packets:
+            connection.seams.packet_mutator = None
+        return out
+    connection.seams.packet_mutator = mutator
+
+
+@pytest.mark.parametrize("pn_length", [1, 2, 3, 4])
+def test_header_edits_set_the_packet_number_length(pn_length: int) -> None:
+    """A 1-RTT PING whose packet number takes ``pn_length`` bytes: the server opens it (the
+    number decoded against its largest) and acknowledges it."""
+    pair = make(trace=True)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    number = pair.client.spaces[Epoch.APPLICATION].next_packet_number
+    _edit_next(pair.client, Epoch.APPLICATION, HeaderEdits(pn_length=pn_length))
+    pair.client.send_frames(Epoch.APPLICATION, [Ping()])
+    assert pair.run(lambda: any(d["header"]["packet_number"] == number
+                                for d in _received_packets(pair.server, "1RTT")))
+    acked = pair.client.recovery.spaces[Epoch.APPLICATION]
+    assert pair.run(lambda: acked.largest_acked is not None and acked.largest_acked >= number)
+    assert not terminated(pair.server_events)
+
+
+@pytest.mark.parametrize(("epoch", "edits"), [
+    (Epoch.APPLICATION, HeaderEdits(dcid=b"\x00" * 8)),
+    (Epoch.INITIAL, HeaderEdits(version=0x1A2A3A4A)),
+    (Epoch.INITIAL, HeaderEdits(length=5000))])
+def test_header_edits_of_connection_ids_versions_and_lengths_are_dropped(
+        epoch: Epoch, edits: HeaderEdits) -> None:
+    """A 1-RTT packet for another connection ID, an Initial of another version or with a
+    Length past the datagram: the server drops it and the connection goes on."""
+    pair = make(trace=True)
+    if epoch == Epoch.INITIAL:
+        _edit_next(pair.client, epoch, edits)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))  # a dropped Initial is resent
+    if epoch == Epoch.APPLICATION:
+        _edit_next(pair.client, epoch, edits)
+        pair.client.send_frames(epoch, [Ping()])
+        dropped = pair.client.spaces[epoch].next_packet_number - 1
+        pair.client.send_frames(epoch, [Ping()])
+        assert pair.run(lambda: any(d["header"]["packet_number"] > dropped for d in
+                                    _received_packets(pair.server, "1RTT")))
+        assert not any(d["header"]["packet_number"] == dropped
+                       for d in _received_packets(pair.server, "1RTT"))
+    assert not terminated(pair.server_events)
+
+
+@pytest.mark.parametrize("epoch", [Epoch.INITIAL, Epoch.APPLICATION])
+def test_header_edits_of_reserved_bits_are_a_protocol_violation(epoch: Epoch) -> None:
+    """Reserved bits set under header protection (VEL-PKT-004)."""
+    pair = make()
+    if epoch == Epoch.INITIAL:
+        _edit_next(pair.client, epoch, HeaderEdits(reserved_bits=1))
+    pair.connect()
+    if epoch == Epoch.APPLICATION:
+        assert pair.run(lambda: both_completed(pair))
+        _edit_next(pair.client, epoch, HeaderEdits(reserved_bits=2))
+        pair.client.send_frames(epoch, [Ping()])
+    assert pair.run(lambda: bool(_server_closes(pair)))
+    assert _server_closes(pair) == [ErrorCode.PROTOCOL_VIOLATION]
 
 
 @pytest.mark.spec("VEL-HS-003")

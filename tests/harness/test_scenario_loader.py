@@ -55,6 +55,16 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
      "s.yaml:6: $.steps[0].connect.ticket: ticket: garbage is for role: server scenarios"),
     (HEAD + "steps:\n  - expect_client: {exit_code: 0}\n",
      "s.yaml:6: $.steps[0].expect_client: expect_client is a step of role: server scenarios"),
+    (HEAD + "steps:\n  - run_client: {name: again}\n",
+     "s.yaml:6: $.steps[0].run_client: run_client is a step of role: server scenarios"),
+    (HEAD.replace("client", "server") + "steps:\n  - connect: {}\n  - connect: {name: b, "
+     "replaces: other}\n", "s.yaml:7: $.steps[1].connect.replaces: no connection 'other' is "
+     "opened before this step"),
+    (HEAD.replace("client", "server") + "steps:\n  - connect: {}\n  - run_client: {name: "
+     "main}\n", "s.yaml:7: $.steps[1].run_client.name: a connection 'main' is already opened"),
+    (HEAD.replace("client", "server") + "steps:\n  - connect: {ticket: last}\n",
+     "s.yaml:6: $.steps[0].connect.ticket: ticket: last is for role: client scenarios; here: "
+     "valid or garbage or wrong_aad or expired or future or stale_age"),
     (HEAD + "steps:\n  - expect: {conn: other, event: quic:x}\n",
      "s.yaml:6: $.steps[0].expect.conn: no connection 'other' is opened before this step"),
     (HEAD + "steps:\n  - connect: {}\n  - connect: {}\n",
@@ -82,13 +92,42 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
     (HEAD + "steps:\n  - connect: {}\n  - send: {datagram: {hex: '00'}, mutate: [{xor: "
      "{offset: 3, mask: ff}}]}\n", "s.yaml:7: $.steps[1].send.datagram: xor at 3 runs past"),
     (HEAD + "steps:\n  - connect: {}\n  - send: {template: client_hello}\n",
-     "s.yaml:7: $.steps[1].send.template: packet templates are not built by this harness yet"),
+     "s.yaml:7: $.steps[1].send.template: 'client_hello' is not a known packet template"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: client_initial}\n",
+     "s.yaml:7: $.steps[1].send.template: client_initial is the first flight a connect with "
+     "wait: held kept"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt}\n",
+     "s.yaml:7: $.steps[1].send.template: the one_rtt template carries the step's frames"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt, frames: [{type: ping}], "
+     "mutate: [{set: header.dcidd, value: 1}]}\n",
+     "s.yaml:7: $.steps[1].send.template: no header field 'dcidd'"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt, frames: [{type: ping}], "
+     "mutate: [{set: header.pn_length, value: 5}]}\n",
+     "s.yaml:7: $.steps[1].send.template: header.pn_length is at most 4"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: one_rtt, frames: [{type: ping}], "
+     "mutate: [{set: 'frames[0].offset', value: 1}]}\n",
+     "s.yaml:7: $.steps[1].send.template: frames[0] (ping) has no field offset"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {template: handshake_finished, mutate: "
+     "[{drop: 0}]}\n", "s.yaml:7: $.steps[1].send.template: the FINISHED leaves with the "
+     "target's flight"),
+    (HEAD + "steps:\n  - connect: {}\n  - send: {datagram: {hex: '00'}, mutate: [{drop: 0}]}"
+     "\n", "s.yaml:7: $.steps[1].send.datagram: drop applies to packet templates"),
+    (HEAD + "steps:\n  - connect: {}\n  - replay: {name: again}\n",
+     "s.yaml:7: $.steps[1].replay.name: name is the connection of a replay from: new_port"),
+    (HEAD + "steps:\n  - connect: {}\n  - replay: {from: new_port}\n  - expect: {conn: "
+     "replay2, event: a:b}\n", "s.yaml:8: $.steps[2].expect.conn: no connection 'replay2'"),
     (HEAD.replace("VEL-HS-001", "VEL-CERT-004") + "steps:\n  - wait: 0\n",
      "s.yaml:3: $.spec[0]: VEL-CERT-004 is not observable on the wire"),
     (HEAD + "parametrize: {a: [1, 2, 3, 4], b: [1, 2, 3, 4], c: [1, 2, 3, 4], d: [1, 2, 3, 4, "
      "5]}\nsteps:\n  - wait: 0\n", "s.yaml:5: $.parametrize: 320 combinations; at most 256"),
-    (HEAD + "network: {mtu: 1300}\nsteps:\n  - wait: 0\n",
-     "s.yaml:5: $.network.mtu: mtu is not supported by harness/netsim yet"),
+    (HEAD + "network: {los: 0.1}\nsteps:\n  - wait: 0\n",
+     "s.yaml:5: $.network.los: unknown key 'los'; allowed here: loss, burst_loss"),
+    (HEAD + "network:\n  s2c: {loss: 0.1, rebind: true}\nsteps:\n  - wait: 0\n",
+     "s.yaml:6: $.network.s2c.rebind: unknown key 'rebind'; allowed here: loss"),
+    (HEAD + "network: {}\nsteps:\n  - connect: {}\n  - impair:\n      c2s: {burst: 1}\n",
+     "s.yaml:9: $.steps[1].impair.c2s.burst: unknown key 'burst'; allowed here: loss"),
+    (HEAD + "network: {}\nsteps:\n  - connect: {}\n  - impair: {rebind: false}\n",
+     "s.yaml:8: $.steps[1].impair.rebind: True was expected"),
     (HEAD + "steps:\n  - connect: {}\n  - impair: {loss: 0.1}\n",
      "s.yaml:7: $.steps[1].impair: impair needs a network: header"),
     (HEAD + "steps:\n  - connect: {client_key: pinned}\n",

@@ -280,8 +280,8 @@ class DatagramDriver:
     def _after_transmit(self) -> None:
         """Wake writers whose streams drained."""
 
-    def _on_sent(self, sizes: list[int]) -> None:
-        """Account sent datagrams (the server's metrics)."""
+    def _on_sent(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        """Account sent datagrams (the server's metrics, the harness's transcripts)."""
 
     def schedule_transmit(self) -> None:
         if not self._transmit_scheduled:
@@ -294,7 +294,7 @@ class DatagramDriver:
             return
         datagrams = self._machine.datagrams_to_send(now=self._loop.time())
         self._sender.send(datagrams)
-        self._on_sent([len(d) for d, _ in datagrams])
+        self._on_sent(datagrams)
         if len(datagrams) >= MAX_DATAGRAMS_PER_CALL:
             self.schedule_transmit()  # more is ready; let the loop breathe first
         self._after_transmit()

@@ -17,6 +17,7 @@ from typing import Protocol
 from velocity import __version__
 from velocity.aio.base import DatagramDriver, StreamRouter, udp_socket
 from velocity.aio.entropy import OsEntropy
+from velocity.aio.heap import HeapReturn
 from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
@@ -102,6 +103,7 @@ class VelocityServer(DatagramDriver):
         self._routers: dict[Connection, StreamRouter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.datagrams_received = 0
+        self.heap = HeapReturn()
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
         self.datagrams_received += 1
@@ -150,9 +152,9 @@ class VelocityServer(DatagramDriver):
             with contextlib.suppress(ConnectionError, UsageError):  # the connection is gone
                 stream.close(code)
 
-    def _on_sent(self, sizes: list[int]) -> None:
+    def _on_sent(self, datagrams: list[tuple[bytes, Address]]) -> None:
         if self.metrics is not None:
-            self.metrics.datagrams("out", sizes)
+            self.metrics.datagrams("out", [len(d) for d, _ in datagrams])
 
     def _wake(self, connection: Connection) -> None:
         """An application write on ``connection``: send it with the next transmission."""
@@ -162,6 +164,7 @@ class VelocityServer(DatagramDriver):
     def _after_transmit(self) -> None:
         for router in self._routers.values():
             router.update_writable()
+        self.heap.table(len(self.endpoint.connections))
         if self.transcripts is not None:
             while self.endpoint.finished:
                 self.transcripts.write(self.endpoint.finished.popleft(), self.address,

@@ -384,10 +384,12 @@ class Connection:
             self.bytes_received += len(data)
         if self.state == State.CLOSING:
             # answer the peer's datagrams (no one else's) with the close, at a falling rate:
-            # after the 1st, 2nd, 4th, 8th... (RFC 9000 section 10.2.1)
+            # after the 1st, 2nd, 4th, 8th... (RFC 9000 section 10.2.1); a close not sent
+            # yet (the datagrams came in one read) still leaves
             if from_peer:
                 self._closing_heard += 1
-                self.close_pending = not self._closing_heard & (self._closing_heard - 1)
+                self.close_pending = self.close_pending or not (
+                    self._closing_heard & (self._closing_heard - 1))
                 if self.close_pending and self.handshake.state is ServerState.FALLBACK:
                     # a FALLBACK rides with each close it sends (VEL-HS-090): a client
                     # whose first copy was lost asks again with its CLIENT_HELLO

@@ -198,6 +198,9 @@ def push_short_header(writer: Writer, header: ShortHeader) -> None:
 def pull_long_header(data: bytes) -> LongHeader:
     """Parse an unprotected long header (header protection already removed)."""
     hdr = parse_header(data, short_dcid_length=0)
+    if hdr.version != VELOCITY_VERSION:  # parse_header read only its invariant fields
+        raise ProtocolViolation(f"version 0x{hdr.version:08x} has no Velocity/1 long header",
+                                field="long.version")
     if hdr.packet_type not in (PacketType.INITIAL, PacketType.ZERO_RTT, PacketType.HANDSHAKE):
         raise ProtocolViolation(f"{hdr.packet_type.name} is not a protected long header",
                                 field="first_byte")

@@ -20,20 +20,42 @@ from velocity.core.packet import Epoch, PacketType
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """Header fields a packet mutator writes instead of the sender's (None: the sender's),
+    under header protection like the real ones: the two reserved bits, the packet-number
+    length (1..4 bytes, the number truncated to it), the connection IDs, the version, the
+    Initial token and the long header's Length value."""
+
+    reserved_bits: int = 0
+    pn_length: int | None = None
+    dcid: bytes | None = None
+    scid: bytes | None = None
+    version: int | None = None
+    token: bytes | None = None
+    length: int | None = None
+
+
+NO_EDITS = HeaderEdits()
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedPacket:
-    """A packet as planned, before padding and protection: its frames, encoded."""
+    """A packet as planned, before padding and protection: its frames, encoded, and the
+    header edits a packet mutator asks for (none by default)."""
 
     epoch: Epoch
     packet_type: PacketType
     packet_number: int
     payload: bytes
+    header: HeaderEdits = NO_EDITS
 
 
 PacketMutator = Callable[[list[PlannedPacket]], list[PlannedPacket]]
 """Called with the packets planned for one datagram; returns the packets to seal into it, in
-order: rewrite a payload, drop a packet (it stays recorded as sent, so loss recovery resends
-its frames), repeat one (the same packet number twice), reorder them. A returned packet must
-carry the epoch and packet number of a planned one."""
+order: rewrite a payload or header fields (``HeaderEdits``), drop a packet (it stays
+recorded as sent, so loss recovery resends its frames), repeat one (the same packet number
+twice), reorder them. A returned packet must carry the epoch and packet number of a planned
+one."""
 
 CryptoPolicy = Callable[[Epoch, int, bytes], list[list[tuple[int, bytes]]]]
 """The first transmission of handshake bytes: ``(epoch, offset, data)`` as the handshake

@@ -43,7 +43,7 @@ from velocity.core.packet import (
 )
 from velocity.core.protection import TAG_LENGTH, PacketKeys
 from velocity.core.recovery import SentPacket
-from velocity.core.seams import PlannedPacket
+from velocity.core.seams import NO_EDITS, HeaderEdits, PlannedPacket
 from velocity.core.trace import packet_data
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class _Plan:
     sent: SentPacket
     header_size: int = 0
     repeat: bool = False
+    header: HeaderEdits = NO_EDITS  # what the packet mutator changed in the header
 
 
 @dataclass(frozen=True)
@@ -109,19 +110,26 @@ def _header_size(conn: Connection, packet_type: PacketType, pn_length: int) -> i
 
 def _push_header(conn: Connection, plan: _Plan, payload_length: int) -> bytes:
     writer = Writer()
+    edits = plan.header
     pn_bits = plan.pn_length - 1
     truncated = plan.packet_number & ((1 << (8 * plan.pn_length)) - 1)
+    dcid = conn.peer_cid if edits.dcid is None else edits.dcid
     if plan.packet_type == PacketType.ONE_RTT:
-        writer.push_uint8(FIXED_BIT | (conn._send_phase << 2) | pn_bits)
-        writer.push_bytes(conn.peer_cid)
+        writer.push_uint8(FIXED_BIT | (edits.reserved_bits << 3) | (conn._send_phase << 2)
+                          | pn_bits)
+        writer.push_bytes(dcid)
     else:
-        writer.push_uint8(FORM_LONG | FIXED_BIT | (plan.packet_type << 4) | pn_bits)
-        writer.push_uint32(VELOCITY_VERSION)
-        writer.push_vec8(conn.peer_cid)
-        writer.push_vec8(conn.host_cid)
+        writer.push_uint8(FORM_LONG | FIXED_BIT | (plan.packet_type << 4)
+                          | (edits.reserved_bits << 2) | pn_bits)
+        writer.push_uint32(VELOCITY_VERSION if edits.version is None else edits.version)
+        writer.push_vec8(dcid)
+        writer.push_vec8(conn.host_cid if edits.scid is None else edits.scid)
         if plan.packet_type == PacketType.INITIAL:
-            writer.push_vec_varint(conn._retry_token if conn.is_client else b"")
-        writer.push_varint(plan.pn_length + payload_length + TAG_LENGTH, 2)
+            token = conn._retry_token if conn.is_client else b""
+            writer.push_vec_varint(token if edits.token is None else edits.token)
+        length = plan.pn_length + payload_length + TAG_LENGTH
+        length = length if edits.length is None else edits.length
+        writer.push_varint(length, 2 if length < 1 << 14 else 4)
     writer.push_uint(truncated, plan.pn_length)
     return writer.data()
 
@@ -387,12 +395,25 @@ def _mutate(conn: Connection, plans: list[_Plan], now: float) -> list[_Plan]:
             raise UsageError("the packet mutator returned a packet it was not given")
         repeat = any(p.epoch == plan.epoch and p.packet_number == plan.packet_number
                      for p in out)
-        out.append(replace(plan, payload=bytearray(view.payload), repeat=repeat))
+        mutated = replace(plan, payload=bytearray(view.payload), repeat=repeat)
+        if view.header is not NO_EDITS:
+            mutated = _edited(conn, mutated, view.header)
+        out.append(mutated)
     for plan in plans:
         if not any(p.sent is plan.sent for p in out):  # dropped: lost to the network
             plan.sent.size = plan.header_size + len(plan.payload) + TAG_LENGTH
             conn.recovery.on_sent(plan.sent, now)
     return out
+
+
+def _edited(conn: Connection, plan: _Plan, edits: HeaderEdits) -> _Plan:
+    """``plan`` with the header the packet mutator asked for (its size recomputed)."""
+    pn_length = plan.pn_length if edits.pn_length is None else edits.pn_length
+    if not (0 <= edits.reserved_bits <= 3 and 1 <= pn_length <= 4):
+        raise UsageError("reserved bits are 0..3 and packet numbers 1..4 bytes long")
+    edited = replace(plan, pn_length=pn_length, header=edits)
+    edited.header_size = len(_push_header(conn, edited, len(plan.payload)))
+    return edited
 
 
 def _traced_frames(payload: bytes, packet_type: PacketType) -> list[object]:

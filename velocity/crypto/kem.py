@@ -85,11 +85,13 @@ class CryptographyKem:
         return ciphertext, shared
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=4)
 def _openssl_public_key(public_class: Any, encapsulation_key: bytes) -> Any:
     """A checked (FIPS 203 section 7.2) OpenSSL public key. Loading costs as much as an
-    encapsulation, and a client encapsulates to the same pinned server key on every
-    connection; a key that fails the check raises and is not kept."""
+    encapsulation, and a client encapsulates to the same few pinned server keys on every
+    connection; a key that fails the check raises and is not kept. A server encapsulates
+    to each client's fresh key once: those pass through, and the few kept pin little of the
+    heap (entries made during a flood would hold freed memory in place long after it)."""
     return public_class.from_public_bytes(encapsulation_key)
 
 

@@ -1,0 +1,237 @@
+"""The in-memory fuzz target: one reference ``ServerEndpoint`` and the fuzzer's client
+``Connection`` objects, moving datagrams by function calls on a virtual clock (no sockets,
+no event loop waits), so every oracle reads the server directly: each exception that
+leaves the endpoint, each InternalErrorRaised it reports, its connection table, the bytes
+it sends each address, the wall time it spends on each case."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.fuzz.case import Case
+from harness.fuzz.runner import Finding, Oracles, arm, needs_connection_of_its_own
+from harness.pair import PairSpec, make_configs
+from velocity.core.connection import Address, Connection, ConnectionConfig
+from velocity.core.endpoint import EndpointConfig, ServerEndpoint
+from velocity.core.entropy import SeededEntropy
+from velocity.core.errors import ErrorCode, ProtocolError
+from velocity.core.events import ConnectionTerminated, InternalErrorRaised
+from velocity.core.state import State
+
+SERVER: Address = ("127.0.0.1", 4433)
+ATTACKER = "10.0.0.1"  # the source of datagram cases (one address per batch)
+SETTLE = 120.0  # virtual seconds after the attack in which the table must empty
+STEP = 0.001  # virtual seconds between cases
+USE = 0.1  # virtual seconds a connection a case opened is used for
+
+
+def rss_mb() -> float:
+    """This process's resident memory (Linux), 0 where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+@dataclass
+class MemoryTarget:
+    """The reference server; ``weaken`` may change its endpoint (tests plant defects)."""
+
+    seed: str = "fuzz"
+    oracles: Oracles = field(default_factory=Oracles)
+    endpoint_config: Callable[[ConnectionConfig], EndpointConfig] = (
+        lambda config: EndpointConfig(config, max_half_open_per_address=1024))
+
+    def __post_init__(self) -> None:
+        client, server = make_configs(PairSpec(seed=self.seed))
+        self.client_config = ConnectionConfig(client)
+        self.endpoint = ServerEndpoint(self.endpoint_config(ConnectionConfig(server)),
+                                       entropy=SeededEntropy(f"{self.seed}/server"))
+        self.now = 0.0
+        self.clients: dict[Address, Connection] = {}
+        self.main: Connection | None = None
+        self._ports = itertools.count(20000)
+        self._batches = itertools.count(1)
+        self.attacker: Address = (ATTACKER, next(self._ports))
+        self.received: Counter[Address] = Counter()  # bytes the server got from each address
+        self.sent: Counter[Address] = Counter()  # and sent to it
+        self.validated: set[Address] = set()  # addresses that completed a handshake
+        self.faults: list[Finding] = []
+        self.spent = 0.0  # CPU seconds the server spent on the current case
+        self.baseline = len(self.endpoint.connections)
+        self.memory = rss_mb()
+
+    # --- moving datagrams --------------------------------------------------------------------
+
+    def _call(self, what: str, call: Callable[[], list[tuple[bytes, Address]] | None]
+              ) -> list[tuple[bytes, Address]]:
+        """Call into the endpoint; what leaves it (other than a ProtocolError), and what it
+        reports as InternalErrorRaised, is a fault."""
+        out: list[tuple[bytes, Address]] = []
+        began = time.thread_time()
+        try:
+            out = call() or []
+        except ProtocolError:
+            pass  # the protocol's own error type
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self.faults.append(Finding("exception", f"{type(exc).__name__}: {exc} left the "
+                                       f"endpoint's {what} (at {where.filename}:{where.lineno})"))
+        finally:
+            self.spent += time.thread_time() - began
+        while (item := self.endpoint.next_event()) is not None:
+            if isinstance(item[1], InternalErrorRaised):
+                fault = item[1].exception
+                at = traceback.extract_tb(fault.__traceback__)[-1]
+                self.faults.append(Finding("internal_error", f"the server closed with "
+                                           f"INTERNAL_ERROR on {type(fault).__name__}: {fault} "
+                                           f"(at {at.filename}:{at.lineno})"))
+        return out
+
+    def to_server(self, data: bytes, address: Address) -> None:
+        self.received[address] += len(data)
+        self._call("receive_datagram", lambda: self.endpoint.receive_datagram(
+            data, address, now=self.now))
+
+    def pump(self, rounds: int = 64) -> None:
+        """Deliver until nobody has anything to send (or ``rounds`` exchanges)."""
+        for _ in range(rounds):
+            moved = False
+            for address, client in list(self.clients.items()):
+                for data, _ in client.datagrams_to_send(now=self.now):
+                    moved = True
+                    self.to_server(data, address)
+            for data, address in self._call(
+                    "datagrams_to_send", lambda: self.endpoint.datagrams_to_send(now=self.now)):
+                moved = True
+                self.sent[address] += len(data)
+                if (receiver := self.clients.get(address)) is not None:
+                    receiver.receive_datagram(data, SERVER, now=self.now)
+            if not moved:
+                return
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on, running every timer on the way."""
+        end = self.now + seconds
+        while True:
+            timers = [t for t in (self.endpoint.get_timer(),
+                                  *(c.get_timer() for c in self.clients.values()))
+                      if t is not None and t <= end]
+            if not timers:
+                break
+            self.now = max(self.now, min(timers))
+            self._call("handle_timer", lambda: self.endpoint.handle_timer(
+                now=self.now))
+            for client in list(self.clients.values()):
+                if (timer := client.get_timer()) is not None and timer <= self.now:
+                    client.handle_timer(now=self.now)
+            self.pump()
+        self.now = end
+        self.clients = {a: c for a, c in self.clients.items() if c.state != State.TERMINATED}
+
+    # --- clients -----------------------------------------------------------------------------
+
+    def client(self, case: Case | None = None) -> Connection:
+        """A new client connection (armed with ``case`` before it starts), handshaking."""
+        address = ("127.0.0.1", next(self._ports))
+        client = Connection(self.client_config,
+                            entropy=SeededEntropy(f"{self.seed}/client/{address[1]}"))
+        if case is not None:
+            arm(client, case)
+        client.connect(SERVER, now=self.now)
+        self.clients[address] = client
+        self.pump()
+        if client.handshake_complete:
+            self.validated.add(address)
+        return client
+
+    def established(self) -> Connection | None:
+        """The connection 1-RTT cases go on: the last one, or a new one."""
+        if self.main is None or self.main.state != State.CONNECTED:
+            self.main = self.client()
+        return self.main if self.main.handshake_complete else None
+
+    # --- the driver --------------------------------------------------------------------------
+
+    async def run(self, case: Case) -> Finding | None:
+        self.now += STEP
+        self.spent = 0.0
+        if case.kind == "datagram":
+            self.to_server(case.data, self.attacker)
+            self.pump()
+        elif needs_connection_of_its_own(case):
+            own = self.client(case)
+            if own.handshake_complete:  # what the case let through is used a while
+                own.send_stream_data(0, b"GET / HTTP/1.1\r\n\r\n", end_stream=True)
+                self.pump()
+                self.advance(USE)
+            self._closed_with_internal_error(own)
+        else:
+            client = self.established()
+            if client is None:
+                return Finding("stopped_serving", "a new connection for the 1-RTT cases did "
+                               "not complete its handshake")
+            arm(client, case)
+            self.pump()
+            self._closed_with_internal_error(client)
+        if self.faults:
+            return self.faults[0]
+        if self.spent > self.oracles.within:
+            return Finding("slow", f"the server spent {self.spent:.3f} s of CPU on the case "
+                           f"(the budget is {self.oracles.within:g} s)")
+        if len(self.endpoint.connections) > self.oracles.max_connections:
+            return Finding("table", f"{len(self.endpoint.connections)} connections in the "
+                           f"table (the bound is {self.oracles.max_connections})")
+        return None
+
+    def _closed_with_internal_error(self, client: Connection) -> None:
+        while (event := client.next_event()) is not None:
+            if (isinstance(event, ConnectionTerminated) and event.by_peer
+                    and event.error_code == ErrorCode.INTERNAL_ERROR):
+                self.faults.append(Finding("internal_error", "the server closed the "
+                                           f"connection with INTERNAL_ERROR: {event.reason!r}"))
+
+    async def check(self) -> Finding | None:
+        sane = self.client()
+        if self.faults:
+            return self.faults[0]
+        if not sane.handshake_complete:
+            return Finding("stopped_serving", "the sanity handshake after the batch did not "
+                           f"complete (client state {sane.state.name})")
+        sane.close()
+        self.pump()
+        for address, received in self.received.items():
+            if address not in self.validated and self.sent[address] > (
+                    self.oracles.amplification * received):
+                return Finding("amplification", f"the server sent {self.sent[address]} bytes "
+                               f"to {address[0]}:{address[1]}, which sent {received} and never "
+                               f"validated (the limit is {self.oracles.amplification:g}x)")
+        self.attacker = (ATTACKER, next(self._ports))
+        return None
+
+    async def settle(self) -> Finding | None:
+        for client in self.clients.values():
+            client.close()
+        self.pump()
+        self.advance(SETTLE)
+        if self.faults:
+            return self.faults[0]
+        left = len(self.endpoint.connections)
+        if left > self.baseline:
+            return Finding("table", f"{left} connections are still in the table "
+                           f"{SETTLE:g} s after the attack stopped (baseline {self.baseline})")
+        grown = rss_mb() - self.memory
+        if grown > self.oracles.memory_mb:
+            return Finding("memory", f"memory grew by {grown:.0f} MiB over the run (the bound "
+                           f"is {self.oracles.memory_mb:g} MiB)")
+        return None
+
+    async def close(self) -> None:
+        """Nothing to release: the target is garbage once dropped."""
