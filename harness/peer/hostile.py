@@ -13,7 +13,7 @@ from velocity.core.buffer import Reader, Writer
 from velocity.core.entropy import Entropy
 from velocity.core.errors import UsageError
 from velocity.core.handshake.messages import ClientHello, Message
-from velocity.core.hybrid import ClientKeyShare, HybridSecret, Profile
+from velocity.core.hybrid import BALANCED, ClientKeyShare, HybridSecret, Profile
 from velocity.core.kem import KemBackend
 from velocity.core.packet import Epoch
 from velocity.core.seams import (
@@ -60,7 +60,7 @@ _EDITS: dict[str, Callable[[Profile, bytes], bytes]] = {
     "p384_off_curve": lambda profile, share: _join(
         profile, _parts(profile, share)[0], _off_curve(_parts(profile, share)[1])),
 }
-KEY_SHARES = tuple(_EDITS)
+KEY_SHARES = (*_EDITS, "balanced_first")
 
 
 class _EditedShare:
@@ -76,10 +76,26 @@ class _EditedShare:
         return self._real.finish(server_share)
 
 
+def _balanced_first() -> ClientShareFactory:
+    """The first share is a real balanced one whatever profile the client wanted it for
+    (the CLIENT_HELLO names the share's profile), the later ones as asked: a client whose
+    first share the server asks again for its first profile (HELLO_RETRY) even when it
+    resumes with a ticket of that profile."""
+    made = [0]
+
+    def factory(profile: Profile, kem: KemBackend, entropy: Entropy) -> ClientKeyShare:
+        made[0] += 1
+        return ClientKeyShare(BALANCED if made[0] == 1 else profile, kem, entropy)
+
+    return factory
+
+
 def key_share(name: str) -> ClientShareFactory:
     """A client share factory by name (see KEY_SHARES). ``zero_ecdh`` sends the all-zero
     X25519 public value (the server's shared secret is all zero, VEL-PROF-006) or an all-zero
-    P-384 point (not a point, VEL-PROF-005)."""
+    P-384 point (not a point, VEL-PROF-005); ``balanced_first`` see _balanced_first."""
+    if name == "balanced_first":
+        return _balanced_first()
     if name not in _EDITS:
         raise UsageError(f"key share {name!r} is not one of {', '.join(KEY_SHARES)}")
     edit = _EDITS[name]

@@ -96,6 +96,8 @@ def client_config(run: Run, options: dict[str, Any]) -> tuple[ClientConfig, Conn
         received, token = last_ticket(run)
         handshake = replace(handshake, ticket=edited_ticket(received.ticket, options))
         remembered = received.transport_parameters
+    if options.get("token") == "from_retry":
+        token = retry_token(run)
     config = ConnectionConfig(handshake, remembered_transport_parameters=remembered,
                               token=token)
     return handshake, replace(config, **options.get("transport_parameters", {}))
@@ -110,6 +112,16 @@ def edited_ticket(ticket: SessionTicket, options: dict[str, Any]) -> SessionTick
     if options.get("binder", "valid") == "wrong":
         psk = bytes(b ^ 0xFF for b in psk)
     return replace(ticket, issued_ms=ticket.issued_ms - shift, psk=psk)
+
+
+def retry_token(run: Run) -> bytes:
+    """The token of the last Retry an earlier connection of the run followed."""
+    tokens = [c.peer.connection.token for c in run.connections.values()
+              if c.peer is not None and c.peer.connection.token]
+    if not tokens:
+        raise StepFailed("token: from_retry, but no earlier connection of this run followed "
+                         "a Retry", expected="a Retry on an earlier connection", actual="none")
+    return tokens[-1]
 
 
 def last_ticket(run: Run) -> tuple[TicketReceived, bytes]:

@@ -22,7 +22,8 @@ Report = Callable[[Path, str], None]
 Where = Callable[[Path], str]
 
 SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "run_client"})
-CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder"})
+CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder",
+                            "token"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
                             "kem_key_required", "certificate", "hello_retry", "client_key",
                             "trust", "retry", "version_negotiation", "replaces"})

@@ -1,7 +1,8 @@
 """Scenarios that need more than a handshake of their target, against `velocity serve`
 started by the harness (--target-cmd): a graceful shutdown (SIGTERM closes every connection
 with NO_ERROR, and the harness starts the command again for the scenarios after it), and
-a key rotation (`velocity keys rotate`, the previous key given with --kem-previous-file)."""
+a key rotation (`velocity keys rotate`, the previous key given with --kem-previous-file),
+a key kept private (no --publish-kem), a Retry token reused by another connection."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ def test_a_rotated_server_accepts_its_previous_key(pytester: pytest.Pytester) ->
     result = pytester.runpytest("-rs", "scenarios", *options)
     result.assert_outcomes(skipped=1)
 
+
+@pytest.mark.spec("VEL-AUTH-020")
+def test_a_server_that_keeps_its_key_private_requires_it(pytester: pytest.Pytester) -> None:
+    copy(pytester, "scenarios/auth/private-key.yaml")
+    options = serve_options(pytester)  # no --publish-kem
+    (pytester.path / "caps.yaml").write_text("[profile-balanced, private-kem]\n")
+    result = pytester.runpytest("scenarios", *options)
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.spec("VEL-RTY-005")
+def test_a_retry_token_from_another_connection_is_invalid(pytester: pytest.Pytester) -> None:
+    copy(pytester, "scenarios/retry/tokens.yaml")
+    options = serve_options(pytester, "--publish-kem", "--retry", "always")
+    result = pytester.runpytest("scenarios", *options)
+    result.assert_outcomes(passed=1)

@@ -16,7 +16,7 @@ from harness import targets
 from harness.scenario.verdict import Verdict
 from harness.targets import InProcessServer, Target
 from tests.harness.test_catalogue_transport_weakened import NOT_CLOSED, Weakening, _serve, outcome
-from velocity.core import receiver
+from velocity.core import receiver, streams
 from velocity.core.buffer import Reader
 from velocity.core.connection import Connection
 from velocity.core.endpoint import ServerEndpoint
@@ -97,8 +97,8 @@ def sends_no_500(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def holds_any_number_of_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No bound on the ranges of stream data waiting (VEL-STR-005)."""
-    monkeypatch.setattr(receiver, "MAX_STREAM_RANGES", 1 << 40)
+    """No bound on the ranges of CRYPTO data waiting (VEL-STR-005)."""
+    monkeypatch.setattr(streams, "MAX_CRYPTO_RANGES", 1 << 40)
 
 
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
@@ -117,7 +117,7 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      forgets_the_previous_key, "VEL-CERT-005", "no velocity:handshake_completed"),
     ("http/failures.yaml", "http/failure-before-the-response-is-500[where=answer]",
      sends_no_500, "VEL-HTTP-014", "failed"),
-    ("streams/holes.yaml", "streams/stream-holes-beyond-the-bound",
+    ("streams/holes.yaml", "streams/crypto-holes-beyond-the-bound",
      holds_any_number_of_ranges, "VEL-STR-005", NOT_CLOSED),
 ]
 

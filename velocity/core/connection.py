@@ -281,6 +281,12 @@ class Connection:
         """A 1-RTT control frame (NEW_TOKEN) to send once 1-RTT keys exist."""
         self._control.append(frame)
 
+    @property
+    def token(self) -> bytes:
+        """Client: the token its Initial packets carry (a Retry's, or a NEW_TOKEN given in
+        the configuration)."""
+        return self._retry_token
+
     def sent_early(self, stream_id: int) -> bool:
         """Client: whether data of ``stream_id`` left in 0-RTT packets that the server
         accepted (rejected early data is resent in 1-RTT, VEL-RES-008)."""

@@ -212,8 +212,8 @@ class ClientHandshake(HandshakeBase):
             identity.push_vec8(bytes(hash_length))
             ext.append((ExtensionType.PRE_SHARED_KEY, identity.data()))
         hello: Message = ClientHello(self._random, config.alpn, tuple(p.code for p in profiles),
-                                     tuple(int(a) for a in config.aeads), share_profile.code,
-                                     self._share.share, tuple(ext))
+                                     tuple(int(a) for a in config.aeads),
+                                     self._share.profile.code, self._share.share, tuple(ext))
         if self.message_hook is not None:
             hooked = self.message_hook(hello)
             if hooked is None:
