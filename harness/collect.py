@@ -59,6 +59,7 @@ def conformances(config: pytest.Config) -> dict[str, Conformance]:
         targets = {name: Targets(TargetOptions.from_values(
             target=name or None, command=opt("target_cmd"), caps=opt("target_caps"),
             sni=opt("sni"), ca=opt("ca"), kem_b64=opt("kem_b64"), kem_file=opt("kem_file"),
+            kem_previous_file=opt("kem_previous_file"),
             concurrency=opt("target_concurrency"))) for name in given or [""]}
         spec = requirements(SPEC_FILE)
     except UsageError as exc:

@@ -1,36 +1,72 @@
-"""A seeded UDP impairment relay on 127.0.0.1: datagrams between a client and a server are
-dropped, delayed, reordered or duplicated by a ``random.Random(seed)``, so a failing run can
-be replayed. Bounded: it forwards at most ``max_datagrams`` datagrams."""
+"""A seeded UDP impairment relay (on 127.0.0.1 unless told otherwise). Datagrams between a
+client and a server pass a ``Link``, which drops them (random loss, Gilbert-Elliott bursts,
+a path MTU, a full rate-limiter queue, a blackhole), and delays, rate-limits, reorders,
+duplicates or corrupts the rest, every choice drawn from one ``random.Random(seed)`` as
+each datagram arrives, so the same datagrams in the same order meet the same fate and a
+failing run replays. The ``Link`` takes the time as an argument (unit tests drive it on a
+fake clock; the relay on the event loop's). ``UdpRelay`` can also change its upstream
+source port (NAT rebinding). Bounded: it takes at most ``max_datagrams`` datagrams."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 Address = tuple[str, int]
+DIRECTIONS = ("c2s", "s2c")
+REORDER_HOLD = 0.05  # seconds a held-back datagram waits at most for the later ones
+RATE_BURST = 3000  # bytes the rate limiter's token bucket holds (two full datagrams)
+AFTER = 1e-4  # seconds a released datagram follows the one that released it
 
 
 @dataclass
 class Impairment:
-    loss: float = 0.0
-    delay: float = 0.0
-    jitter: float = 0.0  # extra random delay; reorders datagrams
-    duplicate: float = 0.0
+    """What a path does to the datagrams of one direction (both, unless overridden)."""
+
+    loss: float = 0.0  # probability a datagram is lost on its own
+    burst_loss: float = 0.0  # Gilbert-Elliott: probability a datagram starts a loss burst
+    burst_length: float = 1.0  # mean datagrams a burst loses (geometric)
+    delay: float = 0.0  # seconds
+    jitter: float = 0.0  # extra random delay up to this; reorders datagrams close together
+    duplicate: float = 0.0  # probability a datagram is sent twice
+    reorder: float = 0.0  # probability a datagram is held back behind the next ones
+    reorder_depth: int = 3  # how many later datagrams overtake a held-back one
+    corrupt: float = 0.0  # probability one random bit of a datagram is flipped
+    rate: float = 0.0  # bytes per second through a token bucket; 0: unlimited
+    queue: int = 65536  # bytes waiting for the rate limiter; a datagram beyond is dropped
+    mtu: int | None = None  # datagrams (UDP payloads) longer than this are dropped
+    blackhole: bool = False  # everything is dropped
 
 
 @dataclass
 class RelayStats:
-    forwarded: int = 0
+    """What the relay did. Bytes and flights count what each endpoint sent (before any
+    impairment); ``received + duplicated == forwarded + dropped + cancelled + waiting``,
+    where ``waiting`` is what the relay holds now (delayed or held back)."""
+
+    received: int = 0
+    forwarded: int = 0  # datagrams sent on (duplicates included)
     dropped: int = 0
+    drops: dict[str, int] = field(default_factory=dict)  # reason -> datagrams
     duplicated: int = 0
+    corrupted: int = 0
+    reordered: int = 0
+    cancelled: int = 0  # waiting when the relay closed, never sent
+    rebinds: int = 0
     bytes_c2s: int = 0
     bytes_s2c: int = 0
     # flights: runs of datagrams in one direction, in order ("c2s"/"s2c", bytes, datagrams)
     flights: list[tuple[str, int, int]] = field(default_factory=list)
 
     def count(self, direction: str, size: int) -> None:
+        self.received += 1
         if direction == "c2s":
             self.bytes_c2s += size
         else:
@@ -40,6 +76,120 @@ class RelayStats:
             self.flights[-1] = (direction, total + size, datagrams + 1)
         else:
             self.flights.append((direction, size, 1))
+
+    def drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def line(self) -> str:
+        """One line for a person: the counts, and the drops by reason."""
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(self.drops.items()))
+        return (f"received {self.received} datagrams ({self.bytes_c2s} bytes client to server, "
+                f"{self.bytes_s2c} server to client), forwarded {self.forwarded}, dropped "
+                f"{self.dropped}{f' ({drops})' if drops else ''}, duplicated "
+                f"{self.duplicated}, corrupted {self.corrupted}, reordered {self.reordered}, "
+                f"rebinds {self.rebinds}")
+
+
+@dataclass
+class _Held:
+    data: bytes
+    overtaking: int  # later datagrams still to pass it
+    until: float  # when it goes anyway
+
+
+@dataclass
+class _Lane:
+    """The state of one direction: the burst state, the token bucket and its queue, and
+    the datagrams held back."""
+
+    bursting: bool = False
+    bucket_time: float = float("-inf")  # when the last queued datagram leaves
+    tokens: float = RATE_BURST  # in the bucket at bucket_time
+    queued: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+    held: list[_Held] = field(default_factory=list)
+
+
+class Link:
+    """The fate of each datagram, drawn from ``random.Random(seed)`` when it arrives: a
+    list of (seconds from now, bytes) to send, possibly with datagrams held back earlier."""
+
+    def __init__(self, seed: int | str, stats: RelayStats) -> None:
+        self.rng = random.Random(str(seed))
+        self.stats = stats
+        self.lanes = {d: _Lane() for d in DIRECTIONS}
+
+    def route(self, direction: str, data: bytes, now: float, imp: Impairment
+              ) -> list[tuple[float, bytes]]:
+        lane, rng = self.lanes[direction], self.rng
+        lane.bursting = (rng.random() >= 1 / max(imp.burst_length, 1.0) if lane.bursting
+                         else rng.random() < imp.burst_loss)
+        lost = rng.random() < imp.loss
+        reason = ("blackhole" if imp.blackhole else "mtu" if imp.mtu is not None
+                  and len(data) > imp.mtu else "burst" if lane.bursting else "loss" if lost
+                  else None)
+        wait = self._queue(lane, len(data), now, imp) if reason is None else 0.0
+        if reason is not None or wait is None:
+            self.stats.drop(reason or "queue")
+            return []
+        copies = 2 if rng.random() < imp.duplicate else 1
+        self.stats.duplicated += copies - 1
+        out = []
+        for _ in range(copies):
+            copy = self._corrupt(data) if rng.random() < imp.corrupt and data else data
+            out.append((wait + imp.delay + rng.random() * imp.jitter, copy))
+        if rng.random() < imp.reorder:
+            self.stats.reordered += 1
+            lane.held.extend(_Held(d, imp.reorder_depth, now + REORDER_HOLD) for _, d in out)
+            return []
+        released = [h for h in lane.held if h.overtaking <= 1]
+        for h in lane.held:
+            h.overtaking -= 1
+        lane.held = [h for h in lane.held if h.overtaking > 0]
+        last = max(delay for delay, _ in out)
+        return out + [(last + AFTER * (i + 1), h.data) for i, h in enumerate(released)]
+
+    def _queue(self, lane: _Lane, size: int, now: float, imp: Impairment) -> float | None:
+        """Seconds the token bucket keeps a datagram of ``size`` bytes (0 when not rate
+        limited), or None when its queue is full."""
+        if imp.rate <= 0:
+            return 0.0
+        while lane.queued and lane.queued[0][0] <= now:
+            lane.queued.popleft()
+        if sum(s for _, s in lane.queued) + size > imp.queue:
+            return None
+        start = max(now, lane.bucket_time)
+        tokens = min(RATE_BURST, lane.tokens + (start - lane.bucket_time) * imp.rate)
+        leaves = start + max(0.0, size - tokens) / imp.rate
+        lane.bucket_time, lane.tokens = leaves, max(0.0, tokens - size)
+        if leaves > now:
+            lane.queued.append((leaves, size))
+        return leaves - now
+
+    def _corrupt(self, data: bytes) -> bytes:
+        self.stats.corrupted += 1
+        bit = self.rng.randrange(len(data) * 8)
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 0x80 >> (bit % 8)
+        return bytes(flipped)
+
+    def expired(self, direction: str, now: float) -> list[bytes]:
+        """The held-back datagrams of ``direction`` whose wait is over, taken out."""
+        lane = self.lanes[direction]
+        gone = [h.data for h in lane.held if h.until <= now]
+        lane.held = [h for h in lane.held if h.until > now]
+        return gone
+
+    def held(self) -> int:
+        return sum(len(lane.held) for lane in self.lanes.values())
+
+
+KEYS = tuple(f.name for f in dataclasses.fields(Impairment))
+"""The parameters of an impairment, as the scenario language and the CLI name them."""
+
+
+def changed(imp: Impairment, changes: Mapping[str, Any]) -> Impairment:
+    return dataclasses.replace(imp, **changes)
 
 
 class _Side(asyncio.DatagramProtocol):
@@ -51,59 +201,169 @@ class _Side(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.relay.forward(data, (str(addr[0]), int(addr[1])), from_server=self.upstream)
+        if self.relay.current(self.upstream) is self:  # not a socket a rebinding left
+            self.relay.forward(data, (str(addr[0]), int(addr[1])), from_server=self.upstream)
 
 
 @dataclass
 class UdpRelay:
-    """Listens on ``address``; forwards client datagrams to ``server`` and answers back."""
+    """Listens on ``address``; forwards client datagrams to ``server`` and answers back.
+    ``impairment`` applies to both directions but where ``c2s`` or ``s2c`` overrides it."""
 
     server: Address
     impairment: Impairment
     seed: int | str = 0
     max_datagrams: int = 200_000
+    c2s: Impairment | None = None
+    s2c: Impairment | None = None
+    rebind_every: float | None = None  # seconds between NAT rebindings (None: only on demand)
+    listen: Address = ("127.0.0.1", 0)
     stats: RelayStats = field(default_factory=RelayStats)
 
     def __post_init__(self) -> None:
-        self._rng = random.Random(str(self.seed))
+        self.link = Link(self.seed, self.stats)
         self._client: Address | None = None
         self._front: _Side | None = None
         self._back: _Side | None = None
+        self._pending: dict[int, asyncio.TimerHandle] = {}
+        self._ids = itertools.count()
+        self._rebinding: asyncio.Task[None] | None = None
+        self._blackholes: dict[str | None, asyncio.TimerHandle] = {}
+        self._closed = False
+        self.full = asyncio.Event()  # set when max_datagrams have come
 
     async def start(self) -> Address:
-        loop = asyncio.get_running_loop()
-        _, front = await loop.create_datagram_endpoint(lambda: _Side(self, False),
-                                                       local_addr=("127.0.0.1", 0))
-        _, back = await loop.create_datagram_endpoint(lambda: _Side(self, True),
-                                                      local_addr=("127.0.0.1", 0))
-        self._front, self._back = front, back
-        assert front.transport is not None
-        host, port = front.transport.get_extra_info("sockname")[:2]
+        """Bind both sockets; the address clients send to."""
+        self._front = await self._bind(False, self.listen)
+        try:
+            self._back = await self._bind(True, self._upstream_side())
+        except OSError:
+            self.close()
+            raise
+        if self.rebind_every is not None:
+            self._rebinding = asyncio.get_running_loop().create_task(self._rebind_often())
+        assert self._front.transport is not None
+        host, port = self._front.transport.get_extra_info("sockname")[:2]
         return host, port
 
+    async def _bind(self, upstream: bool, address: Address) -> _Side:
+        _, side = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Side(self, upstream), local_addr=address)
+        return side
+
+    def _upstream_side(self) -> Address:
+        """Where the upstream socket binds: loopback towards a loopback server."""
+        host = self.server[0]
+        if ":" in host:
+            return ("::1" if host == "::1" else "::"), 0
+        return ("127.0.0.1" if host.startswith("127.") else "0.0.0.0"), 0
+
+    def current(self, upstream: bool) -> _Side | None:
+        return self._back if upstream else self._front
+
+    def toward(self, direction: str) -> Impairment:
+        """The impairment of ``direction`` ("c2s" or "s2c")."""
+        override: Impairment | None = getattr(self, direction)
+        return override if override is not None else self.impairment
+
+    def change(self, changes: Mapping[str, Any], direction: str | None = None) -> None:
+        """Set ``changes`` in one direction, or in both (the overrides too)."""
+        if direction is not None:
+            setattr(self, direction, changed(self.toward(direction), changes))
+            return
+        self.impairment = changed(self.impairment, changes)
+        for name in DIRECTIONS:
+            if getattr(self, name) is not None:
+                setattr(self, name, changed(getattr(self, name), changes))
+
+    def blackhole(self, seconds: float, direction: str | None = None) -> None:
+        """Drop everything (of ``direction``, or both) for ``seconds``; then what passed
+        before passes again."""
+        self.change({"blackhole": True}, direction)
+        earlier = self._blackholes.pop(direction, None)
+        if earlier is not None:
+            earlier.cancel()
+        self._blackholes[direction] = asyncio.get_running_loop().call_later(
+            seconds, self.change, {"blackhole": False}, direction)
+
     def forward(self, data: bytes, source: Address, *, from_server: bool) -> None:
-        if self.stats.forwarded + self.stats.dropped >= self.max_datagrams:
+        direction = "s2c" if from_server else "c2s"
+        self.stats.count(direction, len(data))
+        if self.stats.received >= self.max_datagrams:
+            self.full.set()
+        if self.stats.received > self.max_datagrams:
+            self.stats.drop("limit")
             return
         if not from_server:
             self._client = source
-        self.stats.count("s2c" if from_server else "c2s", len(data))
-        side = self._front if from_server else self._back
-        target = self._client if from_server else self.server
-        if side is None or side.transport is None or target is None:
+        if self._client is None:  # the server speaks first: no one to answer
+            self.stats.drop("no client")
             return
-        imp = self.impairment
-        if self._rng.random() < imp.loss:
-            self.stats.dropped += 1
-            return
-        copies = 2 if self._rng.random() < imp.duplicate else 1
-        self.stats.duplicated += copies - 1
         loop = asyncio.get_running_loop()
-        for _ in range(copies):
-            delay = imp.delay + self._rng.random() * imp.jitter
-            loop.call_later(delay, side.transport.sendto, data, target)
-            self.stats.forwarded += 1
+        held = self.link.held()
+        for delay, copy in self.link.route(direction, data, loop.time(), self.toward(direction)):
+            self._later(delay, direction, copy)
+        if self.link.held() > held:  # held back: it goes after REORDER_HOLD at the latest
+            loop.call_later(REORDER_HOLD + 0.001, self._release, direction)
+
+    def _later(self, delay: float, direction: str, data: bytes) -> None:
+        key = next(self._ids)
+        self._pending[key] = asyncio.get_running_loop().call_later(
+            delay, self._send, key, direction, data)
+
+    def _send(self, key: int, direction: str, data: bytes) -> None:
+        del self._pending[key]
+        side = self._back if direction == "c2s" else self._front
+        target = self.server if direction == "c2s" else self._client
+        if side is None or side.transport is None or target is None:
+            self.stats.cancelled += 1
+            return
+        side.transport.sendto(data, target)
+        self.stats.forwarded += 1
+
+    def _release(self, direction: str) -> None:
+        if self._closed:
+            return
+        for data in self.link.expired(direction, asyncio.get_running_loop().time()):
+            self._later(self.toward(direction).delay, direction, data)
+
+    def waiting(self) -> int:
+        """Datagrams delayed or held back, not sent yet."""
+        return len(self._pending) + self.link.held()
+
+    async def rebind(self) -> Address:
+        """A new upstream socket, so the server sees the client come from a new port (a NAT
+        that lost its mapping); what the server sends to the old port is lost. The new
+        upstream address."""
+        old = self._back
+        self._back = await self._bind(True, self._upstream_side())
+        if old is not None and old.transport is not None:
+            old.transport.close()
+        self.stats.rebinds += 1
+        assert self._back.transport is not None
+        host, port = self._back.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    async def _rebind_often(self) -> None:
+        assert self.rebind_every is not None
+        while True:
+            await asyncio.sleep(self.rebind_every)
+            await self.rebind()
 
     def close(self) -> None:
+        """Stop: what still waits (delayed or held back) is never sent."""
+        self._closed = True
+        if self._rebinding is not None:
+            self._rebinding.cancel()
+        for handle in self._blackholes.values():
+            handle.cancel()
+        for handle in self._pending.values():
+            handle.cancel()
+        self.stats.cancelled += self.waiting()
+        self._pending.clear()
+        for lane in self.link.lanes.values():
+            lane.held.clear()
         for side in (self._front, self._back):
             if side is not None and side.transport is not None:
-                side.transport.close()
+                with contextlib.suppress(RuntimeError):  # its loop already closed
+                    side.transport.close()

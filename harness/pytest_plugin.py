@@ -51,6 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kem-b64", metavar="KEY", help="the target's ML-KEM key, base64 (PDK)")
     group.addoption("--kem-file", metavar="FILE", type=Path,
                     help="the target's leaf certificate or base64 key file (PDK)")
+    group.addoption("--kem-previous-file", metavar="FILE", type=Path,
+                    help="the ML-KEM key the target replaced in its last rotation, still "
+                         "accepted (leaf certificate or key file; VEL-CERT-005)")
     group.addoption("--seed", default=None,
                     help="seed of scenarios that give none (entropy, impairment, fuzzing); "
                          "default: a fresh one per session, printed in every failure "
@@ -89,7 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
         session.configure(config)  # before the targets: a report keeps every transcript
     if any(config.getoption(name) is not None for name in (
-            "target", "target_cmd", "target_caps", "ca", "kem_b64", "kem_file", "baseline",
+            "target", "target_cmd", "target_caps", "ca", "kem_b64", "kem_file",
+            "kem_previous_file", "baseline",
             "save_baseline")):
         from harness.collect import conformance  # noqa: PLC0415  (only when asked)
 

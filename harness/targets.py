@@ -22,8 +22,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from velocity.aio.client import FallbackError, connect, split_address
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import VelocityServer, serve
 from velocity.cli.fetch import key_from_option
-from velocity.core.connection import Address, ConnectionConfig
+from velocity.core.connection import Address, Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import UsageError
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
@@ -48,7 +48,7 @@ from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, load_ca_file
 from velocity.crypto.sealing import ticket_sealer
 from velocity.http.app import Application
-from velocity.http.h1 import request
+from velocity.http.h1 import BODY_CHUNK, SMALL_BODY, Request, Response, Route, request
 from velocity.http.static import StaticFiles
 
 CAPABILITIES: tuple[str, ...] = tuple(json.loads(
@@ -57,13 +57,10 @@ CAPABILITIES: tuple[str, ...] = tuple(json.loads(
 CONSERVATIVE = frozenset({"server", "profile-balanced"})
 """What any Velocity/1 server is assumed to do without a capability file."""
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
-                        "profile-secure", "publish-kem", "resumption", "early-data", "api"})
+                        "profile-secure", "publish-kem", "resumption", "early-data", "api",
+                        "key-rotation", "failing-routes"})
 SANITY_TIMEOUT = 5.0
 START_TIMEOUT = 20.0
-IN_PROCESS_HALF_OPEN = 1024
-"""The in-process target's bound on handshakes from one address (VEL-CONN-010; a deployment's
-is 32): every scenario connects from 127.0.0.1, and a connection the server closed during its
-handshake counts for three PTOs (about 3 s), so a run of error scenarios would be refused."""
 LOOPBACK = "127.0.0.1"
 IN_PROCESS_HALF_OPEN = 1024
 """The in-process target's bound on half-open connections per address (VEL-CONN-010; the
@@ -85,7 +82,9 @@ class Target:
     server_name: str | None = None
     ca_file: Path | None = None
     keys: tuple[PinnedServerKey, ...] = ()  # the server's static keys the harness knows
+    previous_keys: tuple[PinnedServerKey, ...] = ()  # keys it replaced, still accepted
     client_command: str | None = None  # for role: server scenarios against a command
+    shutdown: Callable[[], None] | None = None  # a graceful stop, for a target the harness runs
 
     @property
     def owned(self) -> bool:
@@ -156,10 +155,52 @@ async def sanity_check(target: Target, timeout: float = SANITY_TIMEOUT) -> str |
     return None
 
 
+FAILING = "/.velocity-harness/fail/"
+"""The in-process target's test-only routes (capability ``failing-routes``, VEL-HTTP-014):
+``route`` fails while routing, ``answer`` while making the response, ``body`` once the
+response has begun."""
+
+
+class _Breaking:
+    """A response body whose second chunk fails (a disk failing while a file is sent)."""
+
+    def __len__(self) -> int:
+        return 2 * BODY_CHUNK
+
+    def chunks(self) -> Iterator[bytes]:
+        yield bytes(BODY_CHUNK)
+        raise OSError("the harness's failing body")
+
+    def close(self) -> None:
+        pass
+
+
+def _fail(request: Request) -> Response:
+    raise RuntimeError(f"the harness's failing route {request.target}")
+
+
+class HarnessApplication(Application):
+    """The reference application with the harness's failing routes under FAILING: never in
+    a production build (only the in-process target runs it)."""
+
+    def route(self, request: Request, connection: Connection | None = None
+              ) -> Route | Response:
+        where = request.target.removeprefix(FAILING)
+        if where == request.target:
+            return super().route(request, connection)
+        if where == "route":
+            return _fail(request)
+        if where == "body":
+            return Response(200, content=_Breaking())
+        return Route(SMALL_BODY, _fail)
+
+
 class InProcessServer:
-    """The reference server (the application ``velocity serve --api`` runs) on
-    127.0.0.1:0, with a fresh identity per profile (their CAs in one CA file, their KEM keys
-    known to the harness), in a daemon thread running its own event loop."""
+    """The reference server (the application ``velocity serve --api`` runs, with the
+    harness's failing routes) on 127.0.0.1:0, with a fresh identity per profile (their CAs
+    in one CA file, their KEM keys known to the harness) and for each the key it replaced in
+    a rotation (VEL-CERT-005: still accepted, never published), in a daemon thread running
+    its own event loop."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -173,6 +214,9 @@ class InProcessServer:
         identities = [ServerIdentity.create(p, entropy=OsEntropy(), now=now,
                                             names=("localhost", LOOPBACK))
                       for p in PROFILES_BY_NAME.values()]
+        previous = [ServerIdentity.create(i.profile, entropy=OsEntropy(), now=now,
+                                          names=("localhost", LOOPBACK),
+                                          ca=(i.ca_key, i.ca_certificate)) for i in identities]
         ca_file = self.directory / "ca.pem"
         ca_file.write_bytes(b"".join(i.ca_certificate.public_bytes(serialization.Encoding.PEM)
                                      for i in identities))
@@ -180,36 +224,43 @@ class InProcessServer:
         public.mkdir()
         (public / "index.html").write_text("<p>Velocity/1 harness target</p>\n")
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._serve(identities, public), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._serve(identities + previous, public),
+                                                  self._loop)
         try:
             self._server = future.result(START_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise TargetError(f"cannot start the in-process target: {exc}") from None
         return Target("in-process", f"in-process reference server {_shown(self._server.address)}",
                       IN_PROCESS, address=self._server.address, server_name="localhost",
-                      ca_file=ca_file, keys=tuple(PinnedServerKey(i.profile, i.encapsulation_key)
-                                                  for i in identities))
+                      ca_file=ca_file, keys=_pinned(identities), previous_keys=_pinned(previous))
 
     async def _serve(self, identities: list[ServerIdentity], public: Path) -> VelocityServer:
+        """The server holding ``identities``' keys, the current ones first (the first of a
+        profile is the one its CERTIFICATE carries)."""
         entropy, kem = OsEntropy(), kem_backend()
         handshake = ServerConfig(kem=kem, static_keys=tuple(i.static_key(kem) for i in identities),
                                  ticket_sealer=ticket_sealer(entropy.random(32)),
                                  replay_filter=ReplayFilter())
-        app = Application(StaticFiles(public), api=True, clock=_now)
+        app = HarnessApplication(StaticFiles(public), api=True, clock=_now)
         config = EndpointConfig(ConnectionConfig(handshake),
                                 max_half_open_per_address=IN_PROCESS_HALF_OPEN)
         return await serve(LOOPBACK, 0, config, app, entropy=entropy)
 
     def stop(self) -> None:
-        if self._server is not None:
+        """Close every connection with NO_ERROR and stop (once: a second call does nothing)."""
+        server, self._server = self._server, None
+        if server is not None:
             with contextlib.suppress(TimeoutError, RuntimeError):
-                asyncio.run_coroutine_threadsafe(self._server.close(grace=0.2),
-                                                 self._loop).result(5)
+                asyncio.run_coroutine_threadsafe(server.close(grace=0.2), self._loop).result(5)
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def _pinned(identities: list[ServerIdentity]) -> tuple[PinnedServerKey, ...]:
+    return tuple(PinnedServerKey(i.profile, i.encapsulation_key) for i in identities)
 
 
 def _shown(address: Address) -> str:
@@ -356,12 +407,14 @@ class TargetOptions:
     server_name: str | None = None  # --sni
     ca_file: Path | None = None  # --ca
     keys: tuple[PinnedServerKey, ...] = ()  # --kem-b64 / --kem-file
+    previous_keys: tuple[PinnedServerKey, ...] = ()  # --kem-previous-file
     concurrency: int = 4  # --target-concurrency
 
     @classmethod
     def from_values(cls, *, target: str | None, command: str | None, caps: Path | None,
                     sni: str | None, ca: Path | None, kem_b64: str | None,
-                    kem_file: Path | None, concurrency: int) -> TargetOptions:
+                    kem_file: Path | None, concurrency: int,
+                    kem_previous_file: Path | None = None) -> TargetOptions:
         if target is not None and command is not None:
             raise UsageError("give --target HOST:PORT or --target-cmd CMD, not both")
         if concurrency < 1:
@@ -371,9 +424,11 @@ class TargetOptions:
         if ca is not None:
             load_ca_file(ca)
         key = key_from_option(kem_b64, kem_file)
+        previous = key_from_option(None, kem_previous_file)
         return cls(address=None if target is None else split_address(target, what="--target"),
                    command=command, capabilities=None if caps is None else load_capabilities(caps),
                    server_name=sni, ca_file=ca, keys=() if key is None else (key,),
+                   previous_keys=() if previous is None else (previous,),
                    concurrency=concurrency)
 
 
@@ -391,12 +446,28 @@ class Targets:
     def get(self) -> Target:
         if self._target is None:
             try:
-                self._target = self._make()
+                made = self._make()
+                self._target = made if self._owned is None else replace(
+                    made, shutdown=self._shutdown)
             except TargetError as exc:
                 self._target = exc
         if isinstance(self._target, TargetError):
             raise self._target
         return self._target
+
+    def replaced(self, target: Target) -> bool:
+        """Whether ``target`` was shut down (a run's ``shutdown`` step) since it was made."""
+        return self._target is not target
+
+    def _shutdown(self) -> None:
+        """Stop the target the harness runs, gracefully (the in-process server closes every
+        connection with NO_ERROR; a command gets SIGTERM); the next run starts a new one."""
+        owned, self._owned, self._target = self._owned, None, None
+        if owned is not None:
+            owned.stop()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
 
     def _make(self) -> Target:
         o = self.options
@@ -405,7 +476,8 @@ class Targets:
             self._slots = ConnectionSlots(_shown(o.address), o.concurrency)
             return Target("remote", f"remote {_shown(o.address)}",
                           o.capabilities or CONSERVATIVE, address=o.address,
-                          server_name=o.server_name or host, ca_file=o.ca_file, keys=o.keys)
+                          server_name=o.server_name or host, ca_file=o.ca_file, keys=o.keys,
+                          previous_keys=o.previous_keys)
         self._directory = Path(tempfile.mkdtemp(prefix="velocity-target-"))
         if o.command is not None and "client" in (o.capabilities or ()):
             return Target("command", f"--target-cmd client {shlex.split(o.command)[0]}",
@@ -414,8 +486,8 @@ class Targets:
             self._owned = CommandServer(o.command, self._directory,
                                         capabilities=o.capabilities or CONSERVATIVE,
                                         ca_file=o.ca_file, keys=o.keys, server_name=o.server_name)
-        else:
-            self._owned = InProcessServer(self._directory)
+            return replace(self._owned.start(), previous_keys=o.previous_keys)
+        self._owned = InProcessServer(self._directory)
         return self._owned.start()
 
     @contextlib.contextmanager

@@ -1,19 +1,28 @@
 """Ready-made hostile inputs for the core's seams (velocity.core.seams), by the names
-scenarios use: malformed client key shares, CRYPTO policies and packet mutators. The share
-layouts are the spec's (section 9: ML-KEM first for the X25519 groups, the P-384 point first
-for SecP384r1MLKEM1024), written here from the spec, not taken from the core."""
+scenarios use: malformed client key shares and server_key blocks, CRYPTO policies and packet
+mutators. The layouts are the spec's (section 9: ML-KEM first for the X25519 groups, the
+P-384 point first for SecP384r1MLKEM1024; section 10.2: the server_key block), written here
+from the spec, not taken from the core."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
 
+from velocity.core.buffer import Reader, Writer
 from velocity.core.entropy import Entropy
 from velocity.core.errors import UsageError
+from velocity.core.handshake.messages import ClientHello, Message
 from velocity.core.hybrid import ClientKeyShare, HybridSecret, Profile
 from velocity.core.kem import KemBackend
 from velocity.core.packet import Epoch
-from velocity.core.seams import ClientShareFactory, CryptoPolicy, PacketMutator, PlannedPacket
+from velocity.core.seams import (
+    ClientShareFactory,
+    CryptoPolicy,
+    MessageHook,
+    PacketMutator,
+    PlannedPacket,
+)
 
 ECDH_SIZES = {"x25519": 32, "p384": 97}
 
@@ -82,6 +91,39 @@ def key_share(name: str) -> ClientShareFactory:
         return _EditedShare(real, edit(profile, real.share))
 
     return factory
+
+
+SERVER_KEY_EXTENSION = 0x02  # spec section 13
+SERVER_KEY_EDITS: dict[str, Callable[[bytes], bytes]] = {
+    "short": lambda ciphertext: ciphertext[:-1],
+    "long": lambda ciphertext: ciphertext + b"\x00",
+}
+
+
+def server_key_block(name: str) -> MessageHook:
+    """A CLIENT_HELLO hook that rewrites the ciphertext of its server_key block
+    (``vec<u8>(key_id) || vec<varint>(ciphertext)``, spec 10.2) one byte ``short`` or
+    ``long``, the key id kept; other messages pass unchanged."""
+    if name not in SERVER_KEY_EDITS:
+        raise UsageError(f"server_key {name!r} is not one of {', '.join(SERVER_KEY_EDITS)}")
+    edit = SERVER_KEY_EDITS[name]
+
+    def hook(message: Message) -> Message:
+        if not isinstance(message, ClientHello):
+            return message
+        block = message.extension(SERVER_KEY_EXTENSION)
+        if block is None:
+            return message
+        reader = Reader(block)
+        key_id, ciphertext = reader.pull_vec8(), reader.pull_vec_varint()
+        writer = Writer()
+        writer.push_vec8(key_id)
+        writer.push_vec_varint(edit(ciphertext))
+        extensions = tuple((t, writer.data() if t == SERVER_KEY_EXTENSION else v)
+                           for t, v in message.extensions)
+        return replace(message, extensions=extensions)
+
+    return hook
 
 
 def crypto_chunks(sizes: list[int], *, epochs: tuple[Epoch, ...] = (Epoch.INITIAL,),

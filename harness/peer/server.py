@@ -1,7 +1,8 @@
 """The scripted peer as a server: the reference server's asyncio driver around a
 ServerEndpoint whose new connections the engine may set seams on (``configure``), serving
-the reference application, with one ``View`` per connection and one of the whole wire.
-Tests clients."""
+the reference application, with one ``View`` per connection and one of the whole wire, and
+an ``answer`` hook that sees each datagram before the endpoint (to send hand-written packets
+first, or to keep the datagram from it). Tests clients."""
 
 from __future__ import annotations
 
@@ -23,18 +24,21 @@ class ServerPeer(VelocityServer):
     and ``wire`` sees every datagram."""
 
     def __init__(self, endpoint: ServerEndpoint, handler: StreamHandler, host: str,
-                 views: list[View]) -> None:
-        super().__init__(endpoint, handler, udp_socket(host, 0))
+                 views: list[View], port: int = 0) -> None:
+        super().__init__(endpoint, handler, udp_socket(host, port))
         self.views = views
         loop = asyncio.get_running_loop()
         self.wire = View(loop)
         self.configure: Callable[[Connection], None] | None = None
+        # sees each datagram first; False keeps it from the endpoint
+        self.answer: Callable[[bytes, Address], bool] | None = None
         self._connected = asyncio.Event()
         endpoint.on_connection = self._on_connection
 
     @classmethod
     def listen(cls, config: EndpointConfig, handler: StreamHandler, *, host: str = "127.0.0.1",
-               entropy: Entropy | None = None, tokens: TokenSealer | None = None) -> ServerPeer:
+               port: int = 0, entropy: Entropy | None = None,
+               tokens: TokenSealer | None = None) -> ServerPeer:
         loop = asyncio.get_running_loop()
         views: list[View] = []
 
@@ -44,7 +48,7 @@ class ServerPeer(VelocityServer):
 
         endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens,
                                   tracers=tracer)
-        return cls(endpoint, handler, host, views)
+        return cls(endpoint, handler, host, views, port)
 
     def _on_connection(self, connection: Connection) -> None:
         if self.configure is not None:
@@ -53,7 +57,14 @@ class ServerPeer(VelocityServer):
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
         self.wire.received(data, f"{address[0]}:{address[1]}")
-        super().datagram_received(data, address, now)
+        if self.answer is None or self.answer(data, address):
+            super().datagram_received(data, address, now)
+
+    def send_raw(self, data: bytes, address: Address) -> None:
+        """A hand-written datagram from the server's socket."""
+        if self._sender is not None:
+            self._sender.send([(data, address)])
+            self.wire.sent([data], origin="harness")
 
     def _on_sent(self, datagrams: list[tuple[bytes, Address]]) -> None:
         super()._on_sent(datagrams)

@@ -12,7 +12,14 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from harness.peer.hostile import KEY_SHARES, crypto_chunks, key_share, packet_mutator
+from harness.peer.hostile import (
+    KEY_SHARES,
+    SERVER_KEY_EDITS,
+    crypto_chunks,
+    key_share,
+    packet_mutator,
+    server_key_block,
+)
 from velocity.core.connection import Connection
 from velocity.core.errors import UsageError
 from velocity.core.frames import FRAME_CLASSES, Frame, encode_frames
@@ -157,6 +164,8 @@ def install_hooks(connection: Connection, hooks: dict[str, Any]) -> None:
     """Set the core's seams on ``connection`` as a connect (or hook) step's ``hooks`` say."""
     if "message" in hooks:
         connection.handshake.message_hook = message_hook(hooks["message"])
+    if "server_key" in hooks:
+        connection.handshake.message_hook = server_key_block(hooks["server_key"])
     if "crypto" in hooks:
         crypto = hooks["crypto"]
         connection.seams.crypto_policy = crypto_chunks(
@@ -176,6 +185,12 @@ def install_hooks(connection: Connection, hooks: dict[str, Any]) -> None:
 def check_hooks(hooks: dict[str, Any]) -> None:
     """Raise ValueError if ``hooks`` cannot be installed (checked at collection)."""
     message_hook(hooks.get("message", {}))
+    if "message" in hooks and "server_key" in hooks:
+        raise ValueError("server_key edits the CLIENT_HELLO as the message hook does: give "
+                         "one of them")
+    if "server_key" in hooks and hooks["server_key"] not in SERVER_KEY_EDITS:
+        raise ValueError(f"server_key {hooks['server_key']!r} is not one of "
+                         f"{', '.join(SERVER_KEY_EDITS)}")
     if "key_share" in hooks and hooks["key_share"] not in KEY_SHARES:
         raise ValueError(f"key_share {hooks['key_share']!r} is not one of "
                          f"{', '.join(KEY_SHARES)}")

@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import replace
 from typing import Any
 
-from harness.netsim import Impairment, UdpRelay
+from harness.netsim import Impairment, UdpRelay, changed
 from harness.peer import ClientPeer, View
 from harness.scenario.build import install_hooks
 from harness.scenario.context import Conn, Run, StepFailed, StepUnsupported
@@ -20,6 +20,7 @@ from velocity.aio.client import FallbackError, HandshakeError
 from velocity.core.connection import Address, ConnectionConfig
 from velocity.core.events import TicketReceived
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
+from velocity.core.handshake.common import SessionTicket
 from velocity.core.hybrid import PROFILES, PROFILES_BY_NAME, Profile
 from velocity.core.protection import Aead
 from velocity.crypto.kem import kem_backend
@@ -47,6 +48,8 @@ def server_key(run: Run, mode: str, profiles: tuple[Profile, ...]) -> PinnedServ
     holds (VEL-AUTH-011)."""
     if mode == "discovery":
         return None
+    if mode == "previous":
+        return _previous_key(run, profiles)
     if mode == "stale":
         generated = kem_backend().generate(profiles[0].kem, run.entropy("stale-key").random(64))
         return PinnedServerKey(profiles[0], generated.encapsulation_key)
@@ -59,6 +62,17 @@ def server_key(run: Run, mode: str, profiles: tuple[Profile, ...]) -> PinnedServ
                               "give --kem-b64 or --kem-file, or discover it in an earlier "
                               "connection of the scenario")
     return None
+
+
+def _previous_key(run: Run, profiles: tuple[Profile, ...]) -> PinnedServerKey:
+    """The key the target replaced in its last rotation, for the first offered profile the
+    run knows one of (VEL-CERT-005)."""
+    for profile in profiles:
+        for key in run.target.previous_keys:
+            if key.profile == profile:
+                return key
+    raise StepUnsupported(f"no previous ML-KEM key of the target for {profiles[0].name} is "
+                          "known: give --kem-previous-file")
 
 
 def _now() -> dt.datetime:
@@ -80,11 +94,22 @@ def client_config(run: Run, options: dict[str, Any]) -> tuple[ClientConfig, Conn
     remembered, token = None, b""
     if options.get("ticket", "none") == "last":
         received, token = last_ticket(run)
-        handshake = replace(handshake, ticket=received.ticket)
+        handshake = replace(handshake, ticket=edited_ticket(received.ticket, options))
         remembered = received.transport_parameters
     config = ConnectionConfig(handshake, remembered_transport_parameters=remembered,
                               token=token)
     return handshake, replace(config, **options.get("transport_parameters", {}))
+
+
+def edited_ticket(ticket: SessionTicket, options: dict[str, Any]) -> SessionTicket:
+    """The ticket as the connect step says to use it: ``ticket_age`` seconds added to the
+    age the client reports (its obfuscated_ticket_age), ``binder: wrong`` a PSK that is not
+    the ticket's, so the binder cannot verify."""
+    shift = round(float(options.get("ticket_age", 0)) * 1000)
+    psk = ticket.psk
+    if options.get("binder", "valid") == "wrong":
+        psk = bytes(b ^ 0xFF for b in psk)
+    return replace(ticket, issued_ms=ticket.issued_ms - shift, psk=psk)
 
 
 def last_ticket(run: Run) -> tuple[TicketReceived, bytes]:
@@ -123,10 +148,6 @@ async def connect(run: Run, step: Step, address: Address) -> Conn:
     return conn
 
 
-def impairment(network: Network) -> Impairment:
-    return Impairment(network.loss, network.delay, network.jitter, network.duplicate)
-
-
 async def _relay(run: Run, name: str, target: Address,
                  network: Network) -> tuple[UdpRelay, Address]:
     """A seeded impairment relay on 127.0.0.1 in front of ``target``, one per connection
@@ -134,7 +155,9 @@ async def _relay(run: Run, name: str, target: Address,
     if not target[0].startswith("127."):
         raise StepUnsupported("network impairment relays through 127.0.0.1: the target "
                               "must listen on this machine's loopback")
-    relay = UdpRelay(target, impairment(network), seed=f"{run.seed}/{name}")
+    both = Impairment(**dict(network.both))
+    c2s, s2c = (changed(both, dict(d)) if d else None for d in (network.c2s, network.s2c))
+    relay = UdpRelay(target, both, seed=f"{run.seed}/{name}", c2s=c2s, s2c=s2c)
     return relay, await relay.start()
 
 

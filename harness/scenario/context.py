@@ -171,7 +171,7 @@ def aggregates(view: View | None) -> dict[str, Any]:
     events = view.events if view is not None else []
     flights: list[int] = []
     direction = None
-    sent = received = 0
+    sent = received = dropped = 0
     validated = False
     per_space: dict[str, int] = {}
     close_code = handshake_ms = None
@@ -191,6 +191,8 @@ def aggregates(view: View | None) -> dict[str, Any]:
         elif name == "quic:packet_received":
             space = data["header"]["packet_type"]
             per_space[space] = per_space.get(space, 0) + 1
+        elif name == "quic:packet_dropped":
+            dropped += 1
         elif name == "quic:connection_closed" and close_code is None:
             close_code = data.get("error_code", 0)
         elif name == "velocity:handshake_completed" and handshake_ms is None:
@@ -200,4 +202,4 @@ def aggregates(view: View | None) -> dict[str, Any]:
             "packets_per_space": per_space,
             "datagrams_sent": view.datagrams_sent if view else 0,
             "datagrams_received": view.datagrams_received if view else 0,
-            "handshake_ms": handshake_ms, "close_code": close_code}
+            "handshake_ms": handshake_ms, "close_code": close_code, "packets_dropped": dropped}

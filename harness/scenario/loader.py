@@ -28,7 +28,7 @@ from harness.scenario.model import (
     count_combinations,
     substitute,
 )
-from harness.scenario.semantics import StepChecker, network_problems
+from harness.scenario.semantics import StepChecker
 from harness.scenario.spec import Requirement
 from harness.schemas import validator
 
@@ -272,8 +272,6 @@ def _build(data: dict[str, Any], params: dict[str, Any], document: Document,
     def report(path: Path, message: str) -> None:
         problems.add(document.line_of(path), path, message)
 
-    if isinstance(data.get("network"), dict) and sound(("network",)):
-        network_problems(data["network"], ("network",), report)
     checker = StepChecker(role, report, sound, network="network" in data)
     if not isinstance(data.get("steps"), list):
         return None
@@ -287,7 +285,7 @@ def _build(data: dict[str, Any], params: dict[str, Any], document: Document,
         steps=steps, file=problems.display, line=document.line,
         tags=tuple(data.get("tags", ())), requires=tuple(data.get("requires", ())),
         budget=Budget(**data.get("budget", {})), seed=data.get("seed"),
-        network=Network(**data["network"]) if "network" in data else None,
+        network=Network.of(data["network"]) if "network" in data else None,
         expect_failure=None if failure is None else ExpectFailure(
             failure["reason"], dt.date.fromisoformat(failure["until"])),
         pass_rate=data.get("pass_rate"), params=tuple(params.items()))

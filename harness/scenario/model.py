@@ -17,7 +17,8 @@ MAX_COMBINATIONS = 256
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 Path = tuple[str | int, ...]  # a JSON path into a document: keys and list indexes
 AGGREGATES = ("amplification_ratio", "bytes_per_flight", "flights", "packets_per_space",
-              "datagrams_sent", "datagrams_received", "handshake_ms", "close_code")
+              "datagrams_sent", "datagrams_received", "handshake_ms", "close_code",
+              "packets_dropped")
 """The transcript aggregates an ``assert`` may read, besides the values earlier steps saved."""
 BRANCH_STEPS = {"expect": "expect", "close": "expect_close", "silence": "expect_silence",
                 "response": "expect_response"}
@@ -31,18 +32,25 @@ class Budget:
     rate: float | None = None  # datagrams per second the harness may send (None: no cap)
 
 
+Settings = tuple[tuple[str, Any], ...]  # keys of harness.netsim.Impairment and their values
+
+
 @dataclass(frozen=True)
 class Network:
-    """Impairment between the harness and the target (``network`` and ``impair``)."""
+    """Impairment between the harness and the target (the ``network`` header): the
+    settings of both directions, and those ``c2s`` and ``s2c`` change for one."""
 
-    loss: float = 0.0
-    delay: float = 0.0
-    jitter: float = 0.0
-    duplicate: float = 0.0
-    reorder: float = 0.0
-    corrupt: float = 0.0
-    mtu: int | None = None
-    rate: float = 0.0  # datagrams per second, 0: unlimited
+    both: Settings = ()
+    c2s: Settings = ()
+    s2c: Settings = ()
+
+    @classmethod
+    def of(cls, header: Mapping[str, Any]) -> Network:
+        def settings(values: Mapping[str, Any]) -> Settings:
+            return tuple(sorted((k, v) for k, v in values.items() if k not in ("c2s", "s2c")))
+
+        return cls(settings(header), settings(header.get("c2s", {})),
+                   settings(header.get("s2c", {})))
 
 
 @dataclass(frozen=True)

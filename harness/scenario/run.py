@@ -91,7 +91,7 @@ class Conformance:
         result = asyncio.run(run_scenario(scenario, target, seed=seed,
                                           strict=self.options.strict))
         outcome = self._record(scenario, result)
-        if not target.owned:
+        if not target.owned and not self.targets.replaced(target):
             reason = self._sane(target)
             if reason is not None:
                 return replace(outcome, verdict=Verdict.INCONCLUSIVE, reason=(

@@ -20,22 +20,14 @@ from velocity.core.errors import ErrorCode
 Report = Callable[[Path, str], None]
 Where = Callable[[Path], str]
 
-SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact"})
-CLIENT_CONNECT = frozenset({"key", "server_name", "early_data"})
+SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "run_client"})
+CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
-                            "kem_key_required", "certificate", "hello_retry", "client_key"})
-TICKETS = {"client": ("none", "last"), "server": ("valid", "garbage")}
-NETSIM_LATER = ("reorder", "corrupt", "mtu", "rate")
+                            "kem_key_required", "certificate", "hello_retry", "client_key",
+                            "trust", "retry", "version_negotiation", "replaces"})
+TICKETS = {"client": ("none", "last"),
+           "server": ("valid", "garbage", "wrong_aad", "expired", "future", "stale_age")}
 REGEX_KEYS = ("reason_regex", "body_regex", "stdout_regex", "stderr_regex")
-
-
-def network_problems(options: dict[str, Any], path: Path, report: Report) -> None:
-    """``network`` / ``impair`` keys harness/netsim does not do yet (reorder comes from
-    jitter)."""
-    for key in NETSIM_LATER:
-        if options.get(key):
-            report((*path, key), f"{key} is not supported by harness/netsim yet (it does loss, "
-                                 "delay, jitter, duplicate)")
 
 
 class StepChecker:
@@ -56,7 +48,7 @@ class StepChecker:
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
             "send": self._send, "hook": self._hooks, "impair": self._impair,
-            "replay": self._replay}
+            "replay": self._replay, "run_client": self._run_client}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -99,6 +91,8 @@ class StepChecker:
             for key in REGEX_KEYS:
                 if isinstance(options.get(key), str):
                     self._regex(options[key], (*path, key))
+            for header, pattern in (options.get("headers_regex") or {}).items():
+                self._regex(pattern, (*path, "headers_regex", header))
         rule = self._rules.get(kind)
         if rule is not None:
             rule(options, path)
@@ -111,12 +105,12 @@ class StepChecker:
 
     def _connect(self, options: dict[str, Any] | None, path: Path) -> None:
         options = options or {}
+        replaces = options.get("replaces")
+        if replaces is not None and replaces not in self.connections:
+            self.report((*path, "replaces"), f"no connection {replaces!r} is opened before "
+                                             "this step")
         name = options.get("name", "main")
-        if name in self.connections:
-            self.report((*path, "name") if "name" in options else path,
-                        f"a connection {name!r} is already opened: give this one another "
-                        "name (name: second)")
-        self.connections.add(name)
+        self._open(name, (*path, "name") if "name" in options else path)
         if options.get("wait") == "held":
             self.held.add(name)
         self._hooks(options.get("hooks", {}), (*path, "hooks"))
@@ -132,17 +126,28 @@ class StepChecker:
         for key in sorted(wrong & options.keys()):
             self.report((*path, key), f"{key} is a connect option of role: {other} scenarios")
         ticket = options.get("ticket")
+        for key in sorted({"ticket_age", "binder"} & options.keys()):
+            if ticket != "last":
+                self.report((*path, key), f"{key} changes the ticket a connection resumes "
+                                          "with: give ticket: last too")
         if ticket is not None and ticket not in TICKETS[self.role]:
             self.report((*path, "ticket"), f"ticket: {ticket} is for role: {other} scenarios; "
                                            f"here: {' or '.join(TICKETS[self.role])}")
+
+    def _run_client(self, options: dict[str, Any], path: Path) -> None:
+        """A client run again opens a connection of its own, to a connect's server."""
+        self._open(options["name"], (*path, "name"))
+
+    def _open(self, name: str, path: Path) -> None:
+        if name in self.connections:
+            self.report(path, f"a connection {name!r} is already opened: give this one another "
+                              "name (name: second)")
+        self.connections.add(name)
 
     def _impair(self, options: dict[str, Any], path: Path) -> None:
         if not self.network:
             self.report(path, "impair needs a network: header (its relay is set up by "
                               "connect; network: {} is a perfect one)")
-        if "rebind" in options:
-            self.report((*path, "rebind"), "rebind is not supported by harness/netsim yet")
-        network_problems(options, path, self.report)
 
     def _hooks(self, hooks: dict[str, Any], path: Path) -> None:
         try:
@@ -181,6 +186,9 @@ class StepChecker:
                 self.report((*path, "datagram"), str(exc))
         elif "mutate" in options:
             self.report((*path, "mutate"), "mutate applies to a datagram or a template")
+        if "raw" in options and "frames" not in options:
+            self.report((*path, "raw"), "raw bytes follow the frames of a packet: give frames "
+                                        "too (send: {frames: [...], raw: ...})")
         if sum(k in options for k in ("frames", "datagram")) != 1:
             self.report(path, "send takes one of frames, datagram or template")
 

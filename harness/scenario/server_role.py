@@ -5,7 +5,11 @@ publication, FALLBACK and its MAC, a stale key or a certificate the client must 
 then the target client against it: the reference AsyncEasyClient as a task of the run's
 loop (the in-process target), or ``--target-cmd`` with ``{port}``, ``{host}``, ``{ca}``,
 ``{kem_b64}``, ``{kem_file}`` and ``{cache}`` filled in. The fallback port of the
-directive is a decoy listener that must hear nothing (``expect_no_contact``)."""
+directive is a decoy listener that must hear nothing (``expect_no_contact``). The server
+may misbehave (harness.peer.misbehaving: HELLO_RETRY, tickets, Retry, Version
+Negotiation); ``run_client`` runs the client again against a connect's server with the
+same private cache (resumption, 0-RTT, trust on first use), and a connect that
+``replaces`` another takes its port and the client's cache (a key rotated or changed)."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Any, cast
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from harness.peer import ServerPeer
+from harness.peer.misbehaving import StatelessAnswers, chain, hello_retry_hook, sealer_for
 from harness.scenario.build import install_hooks
 from harness.scenario.context import Conn, Run, StepFailed, StepUnsupported
 from harness.scenario.model import Step
@@ -33,19 +38,21 @@ from harness.targets import LOOPBACK, command_argv
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.handshake.client import PinnedServerKey
-from velocity.core.handshake.common import ReplayFilter
+from velocity.core.handshake.common import ReplayFilter, TicketSealer
 from velocity.core.handshake.messages import Fallback, Message
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import PROFILES_BY_NAME, Profile
+from velocity.core.protection import Aead
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
-from velocity.crypto.sealing import ticket_sealer
+from velocity.crypto.sealing import RetryTokens, ticket_sealer
 from velocity.easy import AsyncEasyClient, EasyClientConfig
 from velocity.http.app import Application
 from velocity.http.static import StaticFiles
 
 CONNECT_WAIT = 5.0  # seconds connect waits for the client's first connection (timeout)
 CLIENT_RUN = 10.0  # seconds a client run may take
+TICKET_LIFETIME = 43200  # seconds, the reference server's (ServerConfig.ticket_lifetime)
 ClientResult = tuple[int, str, str]  # exit code, stdout, stderr
 
 
@@ -65,32 +72,48 @@ class Decoy(asyncio.DatagramProtocol):
 
 @dataclass
 class Served:
-    """One connect step's server, the client run against it, and the fallback decoy."""
+    """One connect step's server, a client run against it (the connect's, or a
+    ``run_client``'s: ``owner`` False, the server is the connect's), and the fallback decoy."""
 
     server: ServerPeer
     client: asyncio.Task[ClientResult]
     decoy: Decoy
     fallback_port: int
     directory: Path
+    files: dict[str, str]
+    identity: ServerIdentity
+    pinned: PinnedServerKey | None
+    trust: str
+    owner: bool = True
+    closed: bool = False
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Stop the client run and the server; the files stay (a replacement uses them)."""
         self.client.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.client
-        await self.server.close(grace=0.2)
-        if self.decoy.transport is not None:
-            self.decoy.transport.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.owner and not self.closed:
+            self.closed = True
+            await self.server.close(grace=0.2)
+
+    async def close(self) -> None:
+        await self.stop()
+        if self.owner:
+            if self.decoy.transport is not None:
+                self.decoy.transport.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _identity(run: Run, profile: Profile, name: str, certificate: str) -> ServerIdentity:
+def _identity(run: Run, profile: Profile, name: str, certificate: str,
+              ca: ServerIdentity | None = None) -> ServerIdentity:
+    """A new key and leaf, under a new CA or ``ca``'s."""
     now = dt.datetime.now(dt.UTC)
     if certificate == "expired":
         now -= dt.timedelta(days=30)
     names = ("wrong-name.invalid",) if certificate == "wrong_name" else ("localhost", LOOPBACK)
     return ServerIdentity.create(profile, entropy=run.entropy(f"{name}/{certificate}"),
                                  names=names, now=now, leaf_days=1 if certificate == "expired"
-                                 else 90)
+                                 else 90, ca=(ca.ca_key, ca.ca_certificate) if ca else None)
 
 
 def _files(directory: Path, identity: ServerIdentity, trusted: ServerIdentity,
@@ -130,11 +153,11 @@ async def _decoy(port: int | None) -> tuple[Decoy, int]:
 async def connect(run: Run, step: Step) -> Conn:
     options: dict[str, Any] = step.options or {}
     name = options.get("name", "main")
-    if options.get("ticket") or options.get("hello_retry"):
-        raise StepUnsupported("ticket and hello_retry are not served by this harness yet")
     profiles = tuple(PROFILES_BY_NAME[p] for p in options.get("profiles", ["balanced"]))
     certificate = options.get("certificate", "valid")
-    identity = _identity(run, profiles[0], name, certificate)
+    replaced = run.served[options["replaces"]] if "replaces" in options else None
+    identity = _identity(run, profiles[0], name, certificate, replaced.identity if replaced
+                         and certificate != "other_ca" else None)
     stale = bool(options.get("stale_key"))
     other = (_identity(run, profiles[0], name, "other") if stale or certificate == "other_ca"
              else identity)
@@ -143,32 +166,92 @@ async def connect(run: Run, step: Step) -> Conn:
     directory = Path(tempfile.mkdtemp(prefix="velocity-served-"))
     files = _files(directory, identity, other if certificate == "other_ca" else identity,
                    other if stale else identity)
-    config = _server_config(run, name, options, identity, port)
+    if replaced is not None:  # the new server takes its port, the client keeps its cache
+        files["cache"] = replaced.files["cache"]
+        await replaced.stop()
+    server = _listen(run, name, options, identity, port, directory,
+                     int(replaced.files["port"]) if replaced else 0)
+    files["port"] = str(server.address[1])
+    pinned = (PinnedServerKey(profiles[0], (other if stale else identity).encapsulation_key)
+              if options.get("client_key") == "pinned" or stale else None)
+    trust = _trust(run, options.get("trust", "ca"))
+    client = run.loop.create_task(_client(run, files, profiles[0], pinned, trust))
+    served = Served(server, client, decoy, port, directory, files, identity, pinned, trust)
+    run.served[name] = served
+    if options.get("wait") == "none":  # nothing may reach the endpoint: read the wire
+        server.wire.transcript.start = run.harness.start
+        conn = run.connections[name] = Conn(name, server.wire, server.address)
+    else:
+        conn = await _first_connection(run, name, served, float(options.get("timeout",
+                                                                            CONNECT_WAIT)))
+    run.note("serve", {"conn": name, "at": f"{LOOPBACK}:{server.address[1]}",
+                       "fallback_port": port, "certificate": certificate})
+    return conn
+
+
+def _trust(run: Run, trust: str) -> str:
+    if trust != "ca" and run.target.client_command is not None:
+        raise StepUnsupported(f"trust: {trust} is the in-process client's; a command "
+                              "client's trust mode is the command's own")
+    return trust
+
+
+def _listen(run: Run, name: str, options: dict[str, Any], identity: ServerIdentity,
+            fallback_port: int, directory: Path, port: int) -> ServerPeer:
+    config = _server_config(run, name, options, identity, fallback_port)
     public = directory / "public"
     public.mkdir()
     (public / "index.html").write_text("velocity harness server\n")
     app = Application(StaticFiles(public), api=True, clock=lambda: dt.datetime.now(dt.UTC))
-    server = ServerPeer.listen(EndpointConfig(ConnectionConfig(config)), app, host=LOOPBACK,
-                               entropy=run.entropy(name))
-    server.configure = _configure(options.get("hooks", {}), fallback.get("mac", "valid"))
-    files["port"] = str(server.address[1])
-    pinned = (PinnedServerKey(profiles[0], (other if stale else identity).encapsulation_key)
-              if options.get("client_key") == "pinned" or stale else None)
-    client = run.loop.create_task(_client(run, files, profiles[0], pinned))
-    served = Served(server, client, decoy, port, directory)
-    run.served[name] = served
-    allowed, _ = run.budget.wait(float(options.get("timeout", CONNECT_WAIT)), run.now())
-    view = await server.wait_connection(allowed)
+    retry = options.get("retry")
+    always = retry in ("valid", "twice")
+    server = ServerPeer.listen(
+        EndpointConfig(ConnectionConfig(config), retry="always" if always else "never"), app,
+        host=LOOPBACK, port=port, entropy=run.entropy(name),
+        tokens=RetryTokens(run.entropy(f"{name}/retry").random(16)) if always else None)
+    hello_retry = options.get("hello_retry")
+    server.configure = _configure(options.get("hooks", {}), options.get("fallback", {}).get(
+        "mac", "valid"), hello_retry_hook(
+            PROFILES_BY_NAME[hello_retry.get("profile", identity.profile.name)].code,
+            hello_retry.get("count", 1)) if hello_retry else None)
+    if (retry not in (None, "valid")) or "version_negotiation" in options:
+        server.answer = StatelessAnswers(
+            server.send_raw, run.entropy(f"{name}/answers"), retry=retry,
+            version_negotiation=options.get("version_negotiation"))
+    return server
+
+
+async def _first_connection(run: Run, name: str, served: Served, timeout: float, *,
+                            index: int = 0) -> Conn:
+    """The connection the client opened to ``served``'s server (its ``index``-th)."""
+    allowed, _ = run.budget.wait(timeout, run.now())
+    view = await served.server.wait_connection(allowed, index=index)
     if view is None:
         result = await _result(served, 0.1)
         raise StepFailed(f"the target client did not connect within {allowed:g} s",
                          expected="a connection to the harness's server",
                          actual=_describe(result) if result else "no connection")
     view.transcript.start = run.harness.start
-    conn = run.connections[name] = Conn(name, view, server.address)
-    run.note("serve", {"conn": name, "at": f"{LOOPBACK}:{server.address[1]}",
-                       "fallback_port": port, "certificate": certificate})
+    conn = run.connections[name] = Conn(name, view, served.server.address)
     return conn
+
+
+async def run_client(run: Run, step: Step) -> None:
+    """Run the target client again against the server of connect ``conn``, with the same
+    cache; its first new connection is ``name``."""
+    first = served(run, step)
+    name = step.options["name"]
+    method = step.get("method", "GET")
+    if method != "GET" and run.target.client_command is not None:
+        raise StepUnsupported(f"a command client fetches with GET, not {method}")
+    index = len(first.server.views)
+    client = run.loop.create_task(_client(run, first.files, first.identity.profile, first.pinned,
+                                          first.trust, early_data=step.get("early_data", False),
+                                          method=method))
+    again = run.served[name] = dataclasses.replace(first, client=client, owner=False)
+    await _first_connection(run, name, again, float(step.get("timeout", CONNECT_WAIT)),
+                            index=index)
+    run.note("run_client", {"conn": name, "of": step.get("conn", "main"), "method": method})
 
 
 def _server_config(run: Run, name: str, options: dict[str, Any], identity: ServerIdentity,
@@ -177,35 +260,48 @@ def _server_config(run: Run, name: str, options: dict[str, Any], identity: Serve
     fallback = options.get("fallback", {})
     return ServerConfig(
         kem=kem, static_keys=(identity.static_key(kem),), profiles=(identity.profile,),
+        aeads=tuple(Aead[a] for a in options.get("aeads", [a.name for a in Aead])),
         publish_key=options.get("publish_key", True) and not options.get("kem_key_required"),
         fallback=FallbackPolicy(fallback.get("alpn", "h3").encode(), fallback.get("host", ""),
                                 fallback_port, fallback.get("mode", "off")),
-        ticket_sealer=ticket_sealer(run.entropy(f"{name}/tickets").random(32)),
-        replay_filter=ReplayFilter(),
+        ticket_sealer=_tickets(run, name, options.get("ticket", "valid")),
+        replay_filter=ReplayFilter(), ticket_lifetime=TICKET_LIFETIME,
         alpn=tuple(a.encode() for a in options.get("alpn", ["velocity/1"])))
 
 
-def _configure(hooks: dict[str, Any], mac: str) -> Callable[[Connection], None]:
+def _tickets(run: Run, name: str, kind: str) -> TicketSealer:
+    key = run.entropy(f"{name}/tickets").random(32)
+    return sealer_for(kind, ticket_sealer(key), key=key, lifetime_s=TICKET_LIFETIME,
+                      entropy=run.entropy(f"{name}/bad-tickets"))
+
+
+def _configure(hooks: dict[str, Any], mac: str,
+               hello_retry: Callable[[Message], Message | None] | None,
+               ) -> Callable[[Connection], None]:
     def configure(connection: Connection) -> None:
         install_hooks(connection, hooks)
-        if mac != "valid":
-            connection.handshake.message_hook = _fallback_hook(mac)
+        handshake = connection.handshake
+        handshake.message_hook = chain(handshake.message_hook, hello_retry,
+                                       _fallback_hook(mac) if mac != "valid" else None)
     return configure
 
 
 async def _client(run: Run, files: dict[str, str], profile: Profile,
-                  pinned: PinnedServerKey | None) -> ClientResult:
-    """Run the target client once against the served port: (exit code, stdout, stderr)."""
+                  pinned: PinnedServerKey | None, trust: str, *, early_data: bool = False,
+                  method: str = "GET") -> ClientResult:
+    """Run the target client once against the served port: (exit code, stdout, stderr).
+    The in-process client keeps its tickets in the cache, for a later run's 0-RTT."""
     command = run.target.client_command
     if command is not None:
         return await _command(command_argv(command, files))
     config = EasyClientConfig(
         f"{LOOPBACK}:{files['port']}", hostname="localhost", key_cache_dir=Path(files["cache"]),
-        ca_file=Path(files["ca"]), profile=profile.name, early_data=False, timeout=CLIENT_RUN,
+        ca_file=Path(files["ca"]) if trust == "ca" else None, insecure=trust == "insecure",
+        profile=profile.name, early_data=early_data, keep_tickets=True, timeout=CLIENT_RUN,
         pinned_key=pinned)
     try:
         async with AsyncEasyClient(config) as client:
-            fetched = await client.fetch("/")
+            fetched = await client.fetch("/", method=method)
     except Exception as exc:  # what the client reports, as a CLI would on stderr
         return 1, "", f"{type(exc).__name__}: {exc}"
     return 0, fetched.text(), ""

@@ -8,7 +8,6 @@ moves the cursor past what it matched; ``expect_close`` looks at the whole conne
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import random
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 import h11
 
+from harness.netsim import DIRECTIONS, KEYS
 from harness.scenario import build, replay, server_role, templates
 from harness.scenario.connections import connect as open_connection
 from harness.scenario.connections import settle
@@ -25,11 +25,11 @@ from harness.scenario.expr import ExpressionError, compile_expression
 from harness.scenario.matching import describe, matches, value_at
 from harness.scenario.model import BRANCH_STEPS, Step
 from harness.scenario.verdict import ScenarioError
-from velocity.core.errors import ErrorCode
+from velocity.core.errors import ErrorCode, UsageError
 from velocity.http.h1 import Response
 
 StepRunner = Callable[[Run, Step], Coroutine[Any, Any, None]]
-IMPAIRMENTS = ("loss", "delay", "jitter", "duplicate")  # what harness.netsim does
+IMPAIRMENTS = tuple(k for k in KEYS if k != "blackhole")  # the settings impair changes
 OWNERS = {"peer": ("remote",), "local": ("local",), "either": ("remote", "local")}
 
 
@@ -205,6 +205,11 @@ def _check_response(step: Step, response: Response) -> None:
             raise StepFailed(f"the response header {header} is {response.header(header)!r}",
                              expected=f"{header}: {value}",
                              actual=f"{header}: {response.header(header)}")
+    for header, pattern in step.get("headers_regex", {}).items():
+        if re.search(pattern, response.header(header) or "") is None:
+            raise StepFailed(f"the response header {header} is {response.header(header)!r}",
+                             expected=f"{header} matching {pattern}",
+                             actual=f"{header}: {response.header(header)}")
     pattern = step.get("body_regex")
     body = response.body.decode(errors="replace")
     if pattern is not None and re.search(pattern, body) is None:
@@ -272,7 +277,8 @@ async def send(run: Run, step: Step) -> None:
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
         frames = build.frames(options["frames"])
-        peer.connection.send_frames(epoch, frames, packet_type=packet_type)
+        peer.connection.send_frames(epoch, frames, packet_type=packet_type,
+                                    trailer=build.to_bytes(options.get("raw", "")))
         peer.flush()
         run.note("send", {"conn": conn.name, "space": options.get("space", "1rtt"),
                           "frames": [f["type"] for f in options["frames"]]})
@@ -285,31 +291,53 @@ async def hook(run: Run, step: Step) -> None:
 
 
 async def impair(run: Run, step: Step) -> None:
-    """Change the connection's impairment now; ``blackhole: S`` drops everything for S
-    seconds, then the impairment before it is back."""
+    """Change the connection's relay now, in both directions or in ``c2s`` / ``s2c`` only;
+    ``blackhole: S`` drops everything for S seconds, ``rebind: true`` gives the harness a
+    new source port towards the target (NAT rebinding)."""
     conn = run.conn(step)
     relay = conn.relay
     if relay is None:
         raise ScenarioError("impair needs the scenario's network: header (the relay is set "
                             "up by connect)")
-    before = relay.impairment
-    if "blackhole" in step.options:
-        relay.impairment = dataclasses.replace(before, loss=1.0)
-        blackholed = relay.impairment
-
-        def restore() -> None:
-            if relay.impairment is blackholed:
-                relay.impairment = before
-
-        run.loop.call_later(float(step.options["blackhole"]), restore)
-    else:
-        relay.impairment = dataclasses.replace(before, **{
-            k: v for k, v in step.options.items() if k in IMPAIRMENTS})
+    for direction in (None, *DIRECTIONS):
+        options = step.options if direction is None else step.options.get(direction, {})
+        changes = {k: v for k, v in options.items() if k in IMPAIRMENTS}
+        if changes:
+            relay.change(changes, direction)
+        if "blackhole" in options:
+            relay.blackhole(float(options["blackhole"]), direction)
+    if step.options.get("rebind"):
+        port = (await relay.rebind())[1]
+        run.note("rebind", {"conn": conn.name, "port": port})
     run.note("impair", {"conn": conn.name, **step.options})
 
 
 async def wait(run: Run, step: Step) -> None:
     await run.sleep(float(step.options))
+
+
+async def key_update(run: Run, step: Step) -> None:
+    """Update the connection's 1-RTT send keys (the packets of later steps carry the new
+    key phase); ``force`` even when RFC 9001 6.1 forbids it, to test the receiver."""
+    conn = run.conn(step)
+    options = step.options or {}
+    try:
+        conn.client(step).connection.request_key_update(force=options.get("force", False))
+    except UsageError as exc:
+        raise ScenarioError(f"key_update on connection {conn.name}: {exc} (or give force: "
+                            "true)") from None
+    run.note("key_update", {"conn": conn.name, "force": options.get("force", False)})
+
+
+async def shutdown(run: Run, step: Step) -> None:
+    """Shut the target down gracefully (a target the harness runs: the in-process server
+    is stopped, a --target-cmd process gets SIGTERM); it is started again for the next
+    run."""
+    if run.target.shutdown is None:
+        raise StepUnsupported(f"{run.target.label} is not run by the harness, which cannot "
+                              "shut it down")
+    await asyncio.get_running_loop().run_in_executor(None, run.target.shutdown)
+    run.note("shutdown", {"target": run.target.label})
 
 
 async def check(run: Run, step: Step) -> None:
@@ -338,6 +366,7 @@ STEPS: dict[str, StepRunner] = {
     "connect": connect, "send": send, "hook": hook, "expect": expect,
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
+    "key_update": key_update, "shutdown": shutdown,
     "impair": impair, "expect_client": server_role.expect_client,
-    "expect_no_contact": server_role.expect_no_contact, "replay": replay.replay,
-    "fuzz": not_yet}
+    "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
+    "replay": replay.replay, "fuzz": not_yet}

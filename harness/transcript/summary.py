@@ -16,6 +16,7 @@ from velocity.core.rangeset import RangeSet
 
 PACKETS = {"quic:packet_sent": "sent", "quic:packet_received": "received"}
 NOT_ACK_ELICITING = frozenset({"ack", "padding", "connection_close", "application_close"})
+NOT_FRESH = NOT_ACK_ELICITING | {"ping"}  # a PING carries nothing: a probe, sent on a timer
 CODES = {int(code): code.name for code in ErrorCode}
 ECDH_NAMES = {"x25519": "X25519", "p384": "P-384"}
 FALLBACK_FIELDS = ("alpn", "host", "port", "reason", "reason_text", "retry_after",
@@ -54,8 +55,8 @@ class _Seen:
         """Whether ``packet`` is ack-eliciting and carries something new; remembers what it
         carries."""
         space = packet["header"]["packet_type"]
-        eliciting = [f for f in packet["frames"] if f["frame_type"] not in NOT_ACK_ELICITING]
-        return bool([f for f in eliciting if self._new(direction, space, f)])
+        carried = [f for f in packet["frames"] if f["frame_type"] not in NOT_FRESH]
+        return bool([f for f in carried if self._new(direction, space, f)])
 
     def _new(self, direction: str, space: str, frame: dict[str, Any]) -> bool:
         """Whether ``frame`` carries anything not carried before; remembers it."""
@@ -77,8 +78,8 @@ class _Seen:
 
 def fresh_packets(events: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Ack-eliciting packets that carry something new: not ACK-only packets (they follow
-    timing, not the protocol: how many a peer sends depends on how datagrams were read)
-    nor pure retransmissions (they follow loss and timers)."""
+    timing, not the protocol: how many a peer sends depends on how datagrams were read),
+    nor pure retransmissions or PING probes (they follow loss and timers)."""
     seen = _Seen()
     for direction, packet in _packets(events):
         if seen.fresh(direction, packet):

@@ -59,6 +59,19 @@ def test_frames_go_in_any_space_with_real_packet_numbers() -> None:
                and any(f["frame_type"] == "stream" for f in d["frames"]) for d in sent)
 
 
+def test_a_trailer_no_frame_encodes_follows_the_frames() -> None:
+    """Bytes after the frames go unparsed into the packet: an unknown frame type (0x1f)
+    after a PING closes the connection with FRAME_ENCODING_ERROR naming that type."""
+    pair = make(trace=True)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair))
+    pair.client.send_frames(Epoch.APPLICATION, [Ping()], trailer=bytes([0x1F]))
+    assert pair.run(lambda: bool(_server_closes(pair)))
+    assert _server_closes(pair) == [ErrorCode.FRAME_ENCODING_ERROR]
+    (closed,) = terminated(pair.server_events)
+    assert closed.frame_type == 0x1F
+
+
 def test_a_ping_in_every_space_is_acknowledged_consistently() -> None:
     """Injected packets are recorded as sent: the server's ACKs of them are no violation."""
     pair = make()

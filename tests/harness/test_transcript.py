@@ -236,6 +236,33 @@ def test_a_retransmission_is_not_drift() -> None:
         assert diff(clean[side], lossy[side]) == []
 
 
+def _delay_the_servers_last_flight() -> Network:
+    """The server's datagrams from the seventh on (its last flight) arrive 2 s late: the
+    client's probe timer fires first and it sends a PING."""
+    sent = {"s2c": 0}
+
+    def network(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        if direction == "s2c":
+            sent["s2c"] += 1
+            if sent["s2c"] >= 7:
+                return [(ONE_WAY + 2.0, datagram)]
+        return [(ONE_WAY, datagram)]
+
+    return network
+
+
+def test_a_probe_is_not_drift() -> None:
+    clean = run_documents(mode="discovery")
+    late = run_documents(mode="discovery", network=_delay_the_servers_last_flight(),
+                         seed="late")
+    pings = [sum(f["frame_type"] == "ping" for e in run["client"]["events"]
+                 if e["name"] == "quic:packet_sent" for f in e["data"]["frames"])
+             for run in (clean, late)]
+    assert pings[1] > pings[0]  # the client probed
+    for side in SIDES:
+        assert diff(clean[side], late[side]) == []
+
+
 def _edit(document: dict[str, Any], name: str, part: str,
           change: dict[str, Any]) -> dict[str, Any]:
     """``document`` with ``change`` applied to every ``name`` event's ``part``: its data,

@@ -62,6 +62,7 @@ from velocity.core.state import FlowState, KeyUpdates, SpaceState, State
 from velocity.core.streams import StreamState, is_unidirectional
 from velocity.core.trace import (
     Tracer,
+    digest,
 )
 from velocity.core.transport_params import (
     TransportParameters,
@@ -266,13 +267,14 @@ class Connection:
         self._control.append(StopSending(stream_id, error_code))
 
     def send_frames(self, epoch: Epoch, frames: Sequence[Frame], *,
-                    packet_type: PacketType | None = None) -> None:
+                    packet_type: PacketType | None = None, trailer: bytes = b"") -> None:
         """Seam (velocity.core.seams): send ``frames`` exactly as given, unchecked, in one
         packet of ``epoch``'s packet-number space (its next number; frames a space does not
-        allow go too), protected with that space's keys, or the 0-RTT keys for
+        allow go too), then ``trailer``, bytes no frame encodes (an unknown or non-minimal
+        frame type), protected with that space's keys, or the 0-RTT keys for
         ``packet_type=ZERO_RTT``. The packet is recorded as sent, so the peer's ACKs stay
         consistent; its frames are never retransmitted. It waits until those keys exist."""
-        self.spaces[epoch].injected.append((tuple(frames), packet_type))
+        self.spaces[epoch].injected.append((tuple(frames), packet_type, trailer))
         self.seams.injecting = True
 
     def queue_after_handshake(self, frame: Frame) -> None:
@@ -376,10 +378,12 @@ class Connection:
             self.bytes_received += len(data)
         if self.state == State.CLOSING:
             # answer the peer's datagrams (no one else's) with the close, at a falling rate:
-            # after the 1st, 2nd, 4th, 8th... (RFC 9000 section 10.2.1)
+            # after the 1st, 2nd, 4th, 8th... (RFC 9000 section 10.2.1); a close not sent
+            # yet (the datagrams came in one read) still leaves
             if from_peer:
                 self._closing_heard += 1
-                self.close_pending = not self._closing_heard & (self._closing_heard - 1)
+                self.close_pending = self.close_pending or not (
+                    self._closing_heard & (self._closing_heard - 1))
                 if self.close_pending and self.handshake.state is ServerState.FALLBACK:
                     # a FALLBACK rides with each close it sends (VEL-HS-090): a client
                     # whose first copy was lost asks again with its CLIENT_HELLO
@@ -399,12 +403,23 @@ class Connection:
                 # (the peer's transport parameters, applied once more) finds us closing
                 handshaking.pump(self, now)
 
-    def _rotate_send_keys(self) -> None:
+    def _rotate_send_keys(self, trigger: str) -> None:
         space = self.spaces[Epoch.APPLICATION]
         assert space.send_keys is not None
         space.send_keys = space.send_keys.next_generation()
         self._send_phase ^= 1
         self.key_updates.unacked_from = space.next_packet_number
+        self.trace_key_update(space.send_keys, send=True, trigger=trigger)
+
+    def trace_key_update(self, keys: PacketKeys, *, send: bool, trigger: str) -> None:
+        """The 1-RTT keys of one direction changed: ``local_update`` when this endpoint
+        started the update, ``remote_update`` when the peer did."""
+        if self.tracer is None:
+            return
+        owner = "client" if send == self.is_client else "server"
+        self._trace("quic:key_updated", {"key_type": f"{owner}_1rtt_secret",
+                                         "trigger": trigger, "aead": keys.aead.name,
+                                         "secret": digest(keys.secret)})
 
     def _may_update_keys(self) -> bool:
         """RFC 9001 section 6.1: with a confirmed handshake (a server: once the client has
@@ -427,17 +442,19 @@ class Connection:
         if keys is None or keys.encrypted < CONFIDENTIALITY_LIMIT[keys.aead] - 1024:
             return
         if self._may_update_keys():
-            self._rotate_send_keys()
+            self._rotate_send_keys("local_update")
         elif keys.encrypted >= CONFIDENTIALITY_LIMIT[keys.aead]:
             self.close(ErrorCode.AEAD_LIMIT_REACHED, "key update impossible at the AEAD limit",
                        application=False)
 
-    def request_key_update(self) -> None:
-        """Start a key update; the peer follows when it sees the new key phase."""
-        if not self._may_update_keys():
+    def request_key_update(self, *, force: bool = False) -> None:
+        """Start a key update; the peer follows when it sees the new key phase. ``force``
+        is a seam (velocity.core.seams): update even when RFC 9001 section 6.1 forbids it
+        (before confirmation, during an update), as the scripted peer tests a receiver."""
+        if not force and not self._may_update_keys():
             raise UsageError("a key update needs a confirmed handshake, no update in "
                              "progress, and an acknowledged packet under the current keys")
-        self._rotate_send_keys()
+        self._rotate_send_keys("local_update")
 
     # --- failure, closing, timers ----------------------------------------------------------
 

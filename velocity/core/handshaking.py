@@ -88,7 +88,8 @@ def write_crypto(conn: Connection, epoch: Epoch, data: bytes) -> None:
         conn.seams.injecting = True
         space.crypto_send.mark_sent(offset, offset + len(data))
         for pieces in policy(epoch, offset, data):
-            space.injected.append((tuple(Crypto(at, piece) for at, piece in pieces), None))
+            space.injected.append((tuple(Crypto(at, piece) for at, piece in pieces), None,
+                                   b""))
 
 
 def _trace_event(conn: Connection, event: HandshakeEvent) -> None:

@@ -306,9 +306,12 @@ def _open_other_phase(conn: Connection, packet: bytes, header: bytes, packet_num
     updates.peer_update = packet_number  # until we acknowledge it (sender._add_ack)
     updates.previous_recv_keys = keys
     conn.spaces[Epoch.APPLICATION].recv_keys = following
+    answer = conn._send_phase != conn._recv_phase  # the peer follows our update
+    conn.trace_key_update(following, send=False,
+                          trigger="local_update" if answer else "remote_update")
     conn._recv_phase ^= 1
-    if conn._send_phase != conn._recv_phase:
-        conn._rotate_send_keys()
+    if not answer:
+        conn._rotate_send_keys("remote_update")
     return payload
 
 

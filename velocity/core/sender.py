@@ -355,7 +355,7 @@ def _injected_plan(conn: Connection, epoch: Epoch, room: int, now: float, *,
     exist and it fits (a datagram's first packet always does): its frames unchecked, never
     retransmitted."""
     space = conn.spaces[epoch]
-    frames, packet_type = space.injected[0]
+    frames, packet_type, trailer = space.injected[0]
     keys, default_type = _keys_for(conn, epoch)
     if packet_type == PacketType.ZERO_RTT:
         keys = conn._zero_rtt_send
@@ -366,7 +366,7 @@ def _injected_plan(conn: Connection, epoch: Epoch, room: int, now: float, *,
     pn = space.next_packet_number
     pn_length = max(packet_number_length(pn, largest_acked), 2)
     header_size = _header_size(conn, packet_type, pn_length)
-    payload = encode_frames(frames)
+    payload = encode_frames(frames) + trailer
     if not first and header_size + len(payload) + TAG_LENGTH > room:
         return None
     space.injected.popleft()

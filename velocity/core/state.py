@@ -43,8 +43,10 @@ class SpaceState:
     ack_deadline: float | None = None
     probes: int = 0
     discarded: bool = False
-    # frames sent as they are (the seam Connection.send_frames): (frames, packet type)
-    injected: deque[tuple[tuple[Frame, ...], PacketType | None]] = field(default_factory=deque)
+    # frames sent as they are (the seam Connection.send_frames): (frames, packet type,
+    # raw bytes after them)
+    injected: deque[tuple[tuple[Frame, ...], PacketType | None, bytes]] = field(
+        default_factory=deque)
 
 
 @dataclass

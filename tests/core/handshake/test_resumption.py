@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import pytest
@@ -199,3 +200,26 @@ def test_a_resumed_handshake_forgets_the_old_psk() -> None:
     completed(run)
     assert client._ticket is None and server._ticket_state is None
     assert server._psk_offer is None
+
+
+@pytest.mark.spec("VEL-RES-011")
+@pytest.mark.parametrize("profile", PROFILES.values(), ids=lambda p: p.name)
+def test_age_add_is_derived_from_the_psk(profile: Profile) -> None:
+    """The client only adds age_add; the reference server recovers it from the PSK:
+    u32(SHA-256("age_add" || PSK)[0..4]), computed here with hashlib."""
+    ticket = first_ticket(profile)
+    digest = hashlib.sha256(b"age_add" + ticket.psk).digest()
+    assert ticket.age_add == int.from_bytes(digest[:4], "big")
+
+
+@pytest.mark.spec("VEL-RES-010")
+def test_a_server_without_an_anti_replay_filter_accepts_no_early_data() -> None:
+    """Instances that share ticket keys but no filter must refuse 0-RTT: the reference
+    server accepts early data only through its (one, shared) replay filter."""
+    ticket = first_ticket()
+    client, server = make_pair(PairSpec(mode="discovery", seed="no-filter", client={
+        "ticket": ticket, "early_data": True}, server={"ticket_sealer": SEALER,
+                                                       "replay_filter": None}))
+    client_done, server_done = completed(run_handshake(client, server, now_ms=3_000))
+    assert server_done.mode == AuthMode.RESUMPTION
+    assert not client_done.early_data_accepted and not server_done.early_data_accepted

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from harness.loopback import ONE_WAY, lossy, perfect
+from harness.loopback import CLIENT_ADDR, ONE_WAY, SERVER_ADDR, lossy, perfect
 from harness.pair import PairSpec
 from tests.core.transport.helpers import both_completed, completed, make, terminated
 from velocity.core.connection import StreamsExhausted
@@ -191,6 +191,30 @@ def test_close_drains_the_peer() -> None:
     assert end.by_peer and end.error_code == 0x0100 and end.reason == "bye"
     assert pair.run(lambda: pair.client.state == State.TERMINATED and not
                     pair.endpoint.connections, max_time=10)
+
+
+@pytest.mark.spec("VEL-ERR-002")
+def test_a_close_not_yet_sent_leaves_after_the_datagrams_read_with_it() -> None:
+    """A client that closes while it reads the server's first flight (a HELLO_RETRY it
+    refuses, say) and reads the rest of that flight before it sends still sends its
+    CONNECTION_CLOSE: the falling answer rate of a closing endpoint counts only closes it
+    sent."""
+    pair = make("discovery", trace=True)
+    pair.connect()
+    for datagram, _ in pair.client.datagrams_to_send(now=0.0):
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=0.0)
+    flight = [datagram for datagram, _ in pair.endpoint.datagrams_to_send(now=0.0)]
+    assert len(flight) >= 3
+    pair.client.close(ErrorCode.PROTOCOL_VIOLATION, "refused", application=False)
+    for datagram in flight:
+        pair.client.receive_datagram(datagram, SERVER_ADDR, now=0.0)
+    closes = pair.client.datagrams_to_send(now=0.0)
+    assert closes
+    for datagram, _ in closes:
+        pair.endpoint.receive_datagram(datagram, CLIENT_ADDR, now=0.0)
+    pair.run(lambda: bool(terminated(pair.server_events)), max_time=0.001)
+    (end,) = terminated(pair.server_events)
+    assert end.by_peer and end.error_code == ErrorCode.PROTOCOL_VIOLATION
 
 
 @pytest.mark.spec("VEL-ERR-005", "VEL-PROT-010")

@@ -147,6 +147,29 @@ def test_key_updates_mid_transfer() -> None:
     assert pair.client._recv_phase == 0 and pair.client._send_phase == 0
 
 
+def _key_updates(connection: object) -> list[tuple[str, str]]:
+    tracer = getattr(connection, "tracer", None)
+    assert tracer is not None
+    return [(e["data"]["key_type"], e["data"]["trigger"]) for e in tracer.events
+            if e["name"] == "quic:key_updated" and e["data"]["trigger"] != "tls"]
+
+
+def test_key_updates_are_traced_with_who_started_them() -> None:
+    pair = make(trace=True)
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, b"before")
+    assert pair.run(lambda: pair.client.key_updates.unacked_from is None)
+    pair.client.request_key_update()
+    pair.client.send_stream_data(sid, b" after", end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", sid) and pair.client._recv_phase)
+    assert _key_updates(pair.client) == [("client_1rtt_secret", "local_update"),
+                                         ("server_1rtt_secret", "local_update")]
+    assert _key_updates(pair.server) == [("client_1rtt_secret", "remote_update"),
+                                         ("server_1rtt_secret", "remote_update")]
+
+
 @pytest.mark.spec("VEL-PROT-011")
 def test_no_key_update_before_an_acknowledged_1rtt_packet_and_a_confirmed_peer() -> None:
     """A server is confirmed at completion but its client only on HANDSHAKE_DONE: the server
@@ -175,15 +198,15 @@ def test_no_key_update_before_an_acknowledged_1rtt_packet_and_a_confirmed_peer()
 @pytest.mark.spec("VEL-PROT-011")
 def test_a_second_key_update_before_the_first_is_acknowledged_is_key_update_error() -> None:
     """A hostile client updates its keys twice in a row, before the server acknowledged any
-    packet of the first update (RFC 9001 section 6.5). It rotates through the connection's
-    own key rotation, bypassing request_key_update's guard."""
+    packet of the first update (RFC 9001 section 6.5), forcing the updates past
+    request_key_update's guard (the seam)."""
     pair = make()
     pair.connect()
     assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
     sid = pair.client.get_next_available_stream_id()
     datagrams = []
     for chunk in (b"first update", b"second update"):
-        pair.client._rotate_send_keys()
+        pair.client.request_key_update(force=True)
         pair.client.send_stream_data(sid, chunk)
         datagrams += pair.client.datagrams_to_send(now=pair.now)
     for datagram, _ in datagrams:

@@ -1,0 +1,64 @@
+"""Scenarios that need more than a handshake of their target, against `velocity serve`
+started by the harness (--target-cmd): a graceful shutdown (SIGTERM closes every connection
+with NO_ERROR, and the harness starts the command again for the scenarios after it), and
+a key rotation (`velocity keys rotate`, the previous key given with --kem-previous-file)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.targets import InProcessServer
+from tests.harness.sessions import quiet_inner_sessions
+from tests.harness.test_catalogue_handshake_serve import VELOCITY, copy, serve_options
+
+pytest_plugins = ["pytester"]
+__all__ = ["quiet_inner_sessions"]  # an autouse fixture
+
+
+@pytest.mark.spec("VEL-CONN-007")
+def test_sigterm_closes_every_connection_and_the_next_run_has_a_new_server(
+        pytester: pytest.Pytester) -> None:
+    copy(pytester, "scenarios/connection/shutdown.yaml")
+    copy(pytester, "scenarios/recovery/impaired.yaml")
+    result = pytester.runpytest("scenarios/connection", "scenarios/recovery", "-k",
+                                "shutdown or ping-is-acknowledged",
+                                *serve_options(pytester, "--publish-kem"))
+    result.assert_outcomes(passed=2)
+
+
+def test_a_remote_target_cannot_be_shut_down(pytester: pytest.Pytester,
+                                             tmp_path: Path) -> None:
+    copy(pytester, "scenarios/connection/shutdown.yaml")
+    server = InProcessServer(tmp_path)
+    target = server.start()
+    try:
+        assert target.address is not None and target.ca_file is not None
+        host, port = target.address
+        result = pytester.runpytest("-rs", "scenarios", "--target", f"{host}:{port}", "--sni",
+                                    "localhost", "--ca", str(target.ca_file))
+    finally:
+        server.stop()
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*UNSUPPORTED*is not run by the harness, which cannot shut "
+                                 "it down*"])
+
+
+@pytest.mark.spec("VEL-CERT-005")
+def test_a_rotated_server_accepts_its_previous_key(pytester: pytest.Pytester) -> None:
+    copy(pytester, "scenarios/certificates/rotation.yaml")
+    options = serve_options(pytester, "--publish-kem")
+    certs = pytester.path / "www" / ".velocity" / "certs"
+    previous = pytester.path / "previous-leaf.pem"
+    previous.write_bytes((certs / "balanced-leaf.pem").read_bytes())
+    subprocess.run([str(VELOCITY), "keys", "rotate", "--root", "www"], cwd=pytester.path,
+                   check=True, capture_output=True, timeout=60)
+    (pytester.path / "caps.yaml").write_text("[profile-balanced, publish-kem, key-rotation]\n")
+    result = pytester.runpytest("scenarios", *options, "--kem-previous-file", str(previous))
+    result.assert_outcomes(passed=1)
+    claims = pytester.path / "caps.yaml"
+    claims.write_text("[profile-balanced, publish-kem]\n")
+    result = pytester.runpytest("-rs", "scenarios", *options)
+    result.assert_outcomes(skipped=1)

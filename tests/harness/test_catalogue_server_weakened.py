@@ -1,0 +1,147 @@
+"""The harness measured, for the server-side scenarios of frame encodings, key updates and
+graceful shutdown: each PASSes against the in-process reference server and FAILs against
+the same server weakened, for that one run, to break the requirement it names (see
+test_catalogue_transport_weakened, whose helpers this reuses)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.scenario.verdict import Verdict
+from harness.targets import InProcessServer, Target
+from tests.harness.test_catalogue_transport_weakened import NOT_CLOSED, Weakening, _serve, outcome
+from velocity.core import receiver
+from velocity.core.buffer import Reader
+from velocity.core.connection import Connection
+from velocity.core.endpoint import ServerEndpoint
+from velocity.core.handshake import server as handshake_server
+from velocity.core.handshake.server import ServerConfig, StaticKey
+from velocity.http import h1
+
+reference = pytest.fixture(_serve, scope="module", name="reference")
+weakened = pytest.fixture(_serve, scope="module", name="weakened")
+
+
+def reads_non_minimal_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frame (and extension) types in any varint encoding are read (VEL-FRM-003)."""
+    monkeypatch.setattr(Reader, "pull_varint_minimal", Reader.pull_varint)
+
+
+def takes_any_key_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new key phase is followed even before the last update was acknowledged
+    (VEL-PROT-011)."""
+    follow = receiver._open_other_phase
+
+    def lenient(conn: Connection, *args: Any) -> bytes:
+        conn.key_updates.peer_update = None
+        return follow(conn, *args)
+
+    monkeypatch.setattr(receiver, "_open_other_phase", lenient)
+
+
+def does_not_follow_key_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer's key update is read but the sending keys stay (VEL-PROT-011)."""
+    rotate = Connection._rotate_send_keys
+
+    def own_only(self: Connection, trigger: str) -> None:
+        if trigger != "remote_update":
+            rotate(self, trigger)
+
+    monkeypatch.setattr(Connection, "_rotate_send_keys", own_only)
+
+
+def ignores_ticket_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early data is taken whatever age the client reports (VEL-RES-005)."""
+    monkeypatch.setattr(handshake_server, "EARLY_DATA_AGE_TOLERANCE_MS", 1 << 40)
+
+
+def takes_any_ciphertext_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server_key ciphertext is cut or padded to its parameter set's length before
+    decapsulation (VEL-AUTH-013): the handshake then fails later, not with
+    ILLEGAL_PARAMETER."""
+    pull = handshake_server._pull_server_key
+
+    def lenient(value: bytes) -> tuple[bytes, bytes]:
+        key_id, ciphertext = pull(value)
+        size = next(n for n in (768, 1088, 1568) if abs(len(ciphertext) - n) <= 1)
+        return key_id, (ciphertext + bytes(size))[:size]
+
+    monkeypatch.setattr(handshake_server, "_pull_server_key", lenient)
+
+
+def forgets_the_previous_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the current key of each profile opens PDK ciphertexts (VEL-CERT-005)."""
+    def current_only(self: ServerConfig, key_id: bytes) -> StaticKey | None:
+        return next((k for k in self.static_keys if k.key_id == key_id
+                     and self.current_key(k.profile) is k), None)
+
+    monkeypatch.setattr(ServerConfig, "key_by_id", current_only)
+
+
+def sends_no_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing application's request is reset instead of answered 500 (VEL-HTTP-014)."""
+    text = h1._text
+
+    def no_500(status: int, message: str) -> h1.Response:
+        if status == 500:
+            raise ConnectionError("weakened: no 500")
+        return text(status, message)
+
+    monkeypatch.setattr(h1, "_text", no_500)
+
+
+CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
+    ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
+     reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
+    ("protection/key-update.yaml", "protection/second-key-update-before-an-ack-is-refused",
+     takes_any_key_update, "VEL-PROT-011", NOT_CLOSED),
+    ("protection/key-update.yaml", "protection/key-update-is-answered",
+     does_not_follow_key_updates, "VEL-PROT-011", "no quic:key_updated"),
+    ("resumption/ticket-age.yaml", "resumption/early-data-with-a-wrong-age-is-rejected[shift=11]",
+     ignores_ticket_age, "VEL-RES-005", "data.early_data_accepted = false"),
+    ("auth/server-key-length.yaml",
+     "auth/server-key-ciphertext-of-the-wrong-length[profile=balanced-edit=long]",
+     takes_any_ciphertext_length, "VEL-AUTH-013", "no quic:packet_received"),
+    ("certificates/rotation.yaml", "certificates/previous-key-is-accepted-after-rotation",
+     forgets_the_previous_key, "VEL-CERT-005", "no velocity:handshake_completed"),
+    ("http/failures.yaml", "http/failure-before-the-response-is-500[where=answer]",
+     sends_no_500, "VEL-HTTP-014", "failed"),
+]
+
+
+@pytest.mark.parametrize(("file", "name", "weaken", "says"), [
+    pytest.param(file, name, weaken, says, marks=pytest.mark.spec(spec), id=weaken.__name__)
+    for file, name, weaken, spec, says in CASES])
+async def test_the_scenario_fails_the_weakened_server_and_passes_the_reference(
+        file: str, name: str, weaken: Weakening, says: str, reference: Target,
+        weakened: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    passed = await outcome(file, name, reference)
+    assert passed.verdict is Verdict.PASS, passed
+    weaken(monkeypatch)
+    failed = await outcome(file, name, weakened)
+    assert failed.verdict is Verdict.FAIL, failed
+    assert says in failed.reason, failed
+
+
+@pytest.mark.spec("VEL-CONN-007")
+@pytest.mark.parametrize("weakened", [False, True], ids=["reference", "silent-shutdown"])
+async def test_the_shutdown_scenario_fails_a_server_that_stops_without_closing(
+        weakened: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose shutdown sends no CONNECTION_CLOSE: its clients wait for the idle
+    timeout."""
+    if weakened:
+        monkeypatch.setattr(ServerEndpoint, "close_all", lambda self, *, now: None)
+    server = InProcessServer(tmp_path)
+    target = replace(server.start(), shutdown=server.stop)
+    try:
+        result = await outcome("connection/shutdown.yaml",
+                               "connection/graceful-shutdown-closes-every-connection", target)
+    finally:
+        server.stop()
+    assert result.verdict is (Verdict.FAIL if weakened else Verdict.PASS), result
+    if weakened:
+        assert NOT_CLOSED in result.reason, result
