@@ -147,6 +147,9 @@ def problems(options: dict[str, Any]) -> list[str]:
                      if name in FRAME_TEMPLATES else "takes no frames (it has its own)"))
     if "space" in options:
         found.append("a template has its own space: leave space out")
+    if "raw" in options:
+        found.append("raw follows the frames of a send of frames; a template's payload "
+                     "changes with mutate (pad, xor)")
     frames = [build.frame(f) for f in options.get("frames", [])] if "frames" in options else []
     for operation in operations:
         try:
