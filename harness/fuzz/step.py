@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from pathlib import Path
 
@@ -270,18 +271,16 @@ def write_scenario(run: Run, step: Step, seed: str, cases: list[Case],
                    finding: Finding) -> Path:
     """A scenario that replays ``cases`` with the oracles of ``step``: it FAILs while the
     defect is there and PASSes once it is fixed."""
-    options = {k: step.options[k] for k in ("within", "amplification", "space")
-               if k in step.options}
+    oracles = {k: step.options[k] for k in ("within", "amplification") if k in step.options}
     name = report_name(run, seed)
     document = {
-        "id": f"regressions/{name.lower()}",
+        "id": "regressions/" + re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-"),
         "title": f"fuzz finding ({finding.oracle}): {finding.message[:120]}",
         "spec": list(run.scenario.spec),
         "tags": ["regression"],
         "role": "client",
         "budget": {"timeout": 30},
-        "steps": [{"fuzz": {"replay": [to_replay(c) for c in cases],
-                            **{k: v for k, v in options.items() if k != "space"}}}],
+        "steps": [{"fuzz": {"replay": [to_replay(c) for c in cases], **oracles}}],
     }
     folder = run.fuzz.reports
     folder.mkdir(parents=True, exist_ok=True)
