@@ -238,9 +238,10 @@ async def fuzz_step(run: Run, step: Step) -> None:
     async def make() -> Driver:
         return PeerDriver(run, oracles)
 
-    # stop with a quarter of the time left: shrinking and the last checks need it
-    deadline = run.now() + run.budget.wait(run.scenario.budget.timeout, run.now())[0] * 0.75
-    result = await fuzz(make, cases, oracles, stop=lambda: run.now() > deadline,
+    # fuzz until three quarters of the time left, shrink until 90%: the rest is the checks'
+    left, began = run.budget.wait(run.scenario.budget.timeout, run.now())[0], run.now()
+    result = await fuzz(make, cases, oracles, stop=lambda: run.now() > began + 0.75 * left,
+                        give_up=lambda: run.now() > began + 0.9 * left,
                         shrink_attempts=0 if "replay" in step.options else 60)
     run.note("fuzz", {"cases": result.cases, "of": len(cases), "seconds": round(result.seconds, 3),
                       "finding": result.finding.oracle if result.finding else None})
