@@ -147,9 +147,10 @@ async def attempt(driver: Driver, cases: Sequence[Case]) -> Finding | None:
 
 
 async def fuzz(make: Callable[[], Awaitable[Driver]], cases: Sequence[Case], oracles: Oracles,
-               *, shrink_attempts: int = 200, stop: Callable[[], bool] | None = None) -> Result:
+               *, shrink_attempts: int = 200, stop: Callable[[], bool] | None = None,
+               give_up: Callable[[], bool] | None = None) -> Result:
     """Run ``cases`` in batches on one driver (until ``stop()`` holds, checked between
-    batches); on a finding, shrink what failed."""
+    batches); on a finding, shrink what failed (until ``give_up()`` holds)."""
     driver = await make()
     started = time.perf_counter()
     done = 0
@@ -169,7 +170,8 @@ async def fuzz(make: Callable[[], Awaitable[Driver]], cases: Sequence[Case], ora
             if finding is not None:
                 seconds = time.perf_counter() - started
                 await driver.close()
-                failing = await shrink(make, list(cases[first:done]), finding, shrink_attempts)
+                failing = await shrink(make, list(cases[first:done]), finding, shrink_attempts,
+                                       give_up)
                 return Result(done, seconds, finding, failing, done - 1)
         finding = await driver.settle()
         seconds = time.perf_counter() - started
@@ -181,15 +183,16 @@ async def fuzz(make: Callable[[], Awaitable[Driver]], cases: Sequence[Case], ora
 
 
 async def shrink(make: Callable[[], Awaitable[Driver]], cases: list[Case], finding: Finding,
-                 budget: int) -> list[Case]:
+                 budget: int, give_up: Callable[[], bool] | None = None) -> list[Case]:
     """The fewest of ``cases``, each with the fewest parts, that fail ``finding``'s oracle
-    again on a fresh driver (``budget`` attempts at most). A finding over UDP may show
+    again on a fresh driver (``budget`` attempts at most, none once ``give_up()`` holds).
+    A finding over UDP may show
     after a later case was sent, so any case may be the one. Cases that no longer fail at
     all are returned as they were: the failure needed the run before them."""
     tries = [budget]
 
     async def fails(candidate: list[Case]) -> bool:
-        if tries[0] <= 0 or not candidate:
+        if tries[0] <= 0 or not candidate or (give_up is not None and give_up()):
             return False
         tries[0] -= 1
         again = await attempt(await make(), candidate)

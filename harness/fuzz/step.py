@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from pathlib import Path
 
@@ -237,9 +238,10 @@ async def fuzz_step(run: Run, step: Step) -> None:
     async def make() -> Driver:
         return PeerDriver(run, oracles)
 
-    # stop with a quarter of the time left: shrinking and the last checks need it
-    deadline = run.now() + run.budget.wait(run.scenario.budget.timeout, run.now())[0] * 0.75
-    result = await fuzz(make, cases, oracles, stop=lambda: run.now() > deadline,
+    # fuzz until three quarters of the time left, shrink until 90%: the rest is the checks'
+    left, began = run.budget.wait(run.scenario.budget.timeout, run.now())[0], run.now()
+    result = await fuzz(make, cases, oracles, stop=lambda: run.now() > began + 0.75 * left,
+                        give_up=lambda: run.now() > began + 0.9 * left,
                         shrink_attempts=0 if "replay" in step.options else 60)
     run.note("fuzz", {"cases": result.cases, "of": len(cases), "seconds": round(result.seconds, 3),
                       "finding": result.finding.oracle if result.finding else None})
@@ -270,18 +272,16 @@ def write_scenario(run: Run, step: Step, seed: str, cases: list[Case],
                    finding: Finding) -> Path:
     """A scenario that replays ``cases`` with the oracles of ``step``: it FAILs while the
     defect is there and PASSes once it is fixed."""
-    options = {k: step.options[k] for k in ("within", "amplification", "space")
-               if k in step.options}
+    oracles = {k: step.options[k] for k in ("within", "amplification") if k in step.options}
     name = report_name(run, seed)
     document = {
-        "id": f"regressions/{name.lower()}",
+        "id": "regressions/" + re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-"),
         "title": f"fuzz finding ({finding.oracle}): {finding.message[:120]}",
         "spec": list(run.scenario.spec),
         "tags": ["regression"],
         "role": "client",
         "budget": {"timeout": 30},
-        "steps": [{"fuzz": {"replay": [to_replay(c) for c in cases],
-                            **{k: v for k, v in options.items() if k != "space"}}}],
+        "steps": [{"fuzz": {"replay": [to_replay(c) for c in cases], **oracles}}],
     }
     folder = run.fuzz.reports
     folder.mkdir(parents=True, exist_ok=True)

@@ -168,8 +168,9 @@ spec: [VEL-ERR-005]
 tags: [fuzz]
 role: client
 budget: {timeout: 30}
+parametrize: {n: [40]}
 steps:
-  - fuzz: {layers: [max_stream_data, ping], cases: 40, batch: 10, seed: planted}
+  - fuzz: {layers: [max_stream_data, ping], cases: "{n}", batch: 10, seed: planted}
 """
 
 
@@ -188,7 +189,8 @@ def test_the_fuzz_step_writes_a_scenario_that_fails_weakened_and_passes_fixed(
     plant(monkeypatch)
     found = outcome(source, server, reports)
     assert found.verdict is Verdict.FAIL, found.reason
-    (written,) = reports.glob("*.yaml")
+    (written,) = reports.glob("*.yaml")  # named after the scenario, parameters and seed
+    assert written.name == "fuzz-planted_n=40_-planted.yaml"
     assert str(written) in found.reason and "seed planted" in found.reason
     assert "internal_error" in found.reason
     replay = yaml.safe_load(written.read_text())["steps"][0]["fuzz"]["replay"]
@@ -206,7 +208,7 @@ def test_a_fuzz_step_with_an_unknown_layer_is_a_collection_error(tmp_path: Path)
     path.write_text(SCENARIO.replace("max_stream_data", "nonsense"))
     with pytest.raises(ScenarioFileError) as refused:
         load_file(path, "bad.yaml", requirements())
-    assert any("no layer 'nonsense'" in line and line.startswith("bad.yaml:8")
+    assert any("no layer 'nonsense'" in line and line.startswith("bad.yaml:9")
                for line in refused.value.errors)
 
 
