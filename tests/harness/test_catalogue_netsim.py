@@ -4,17 +4,22 @@ in-process reference server and FAILs against it weakened to break its requireme
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
 from harness.scenario.verdict import Verdict
 from harness.targets import Target
 from tests.harness.test_catalogue_transport_weakened import (
     SCENARIOS,
+    Weakening,
     _serve,
     outcome,
     server_connections,
 )
-from velocity.core.connection import Address, Connection
+from velocity.core.connection import Address, Connection, ConnectionConfig
+from velocity.core.transport_params import TransportParameters
 
 reference = pytest.fixture(_serve, scope="module", name="reference")
 weakened = pytest.fixture(_serve, scope="module", name="weakened")
@@ -32,15 +37,40 @@ def migrates(monkeypatch: pytest.MonkeyPatch) -> None:
     server_connections(monkeypatch, receive_datagram=receive_datagram)
 
 
-@pytest.mark.spec("VEL-CONN-014")
-async def test_rebinding_fails_a_server_that_migrates(
-        reference: Target, weakened: Target, monkeypatch: pytest.MonkeyPatch) -> None:
-    file, name = "connection/rebinding.yaml", "connection/rebinding-is-not-migration"
+def sends_large_datagrams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the handshake is done the server sends datagrams of up to 1600 bytes, whatever
+    the client's max_udp_payload_size (VEL-PKT-013)."""
+    def init(self: Connection, config: ConnectionConfig, **kwargs: Any) -> None:
+        Connection.__init__(self, replace(config, max_datagram_size=1600), **kwargs)
+
+    def get(self: Connection) -> TransportParameters | None:
+        return self.__dict__.get("_weakened_peer_params")
+
+    def put(self: Connection, params: TransportParameters | None) -> None:
+        self.__dict__["_weakened_peer_params"] = (
+            None if params is None else replace(params, max_udp_payload_size=65527))
+
+    server_connections(monkeypatch, __init__=init, peer_params=property(get, put))
+
+
+CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
+    ("connection/rebinding.yaml", "connection/rebinding-is-not-migration", migrates,
+     "VEL-CONN-014", "during the 2.5 s of expected silence"),
+    ("connection/rebinding.yaml", "connection/a-1452-byte-path-is-enough",
+     sends_large_datagrams, "VEL-PKT-013", "no response"),
+]
+
+
+@pytest.mark.parametrize(("file", "name", "weaken", "says"), [
+    pytest.param(file, name, weaken, says, marks=pytest.mark.spec(spec), id=weaken.__name__)
+    for file, name, weaken, spec, says in CASES])
+async def test_the_scenario_fails_the_weakened_server_and_passes_the_reference(
+        file: str, name: str, weaken: Weakening, says: str, reference: Target,
+        weakened: Target, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (SCENARIOS / file).exists()
     passed = await outcome(file, name, reference)
     assert passed.verdict is Verdict.PASS, passed
-    migrates(monkeypatch)
+    weaken(monkeypatch)
     failed = await outcome(file, name, weakened)
     assert failed.verdict is Verdict.FAIL, failed
-    assert "during the 2.5 s of expected silence" in failed.reason, failed
-
+    assert says in failed.reason, failed
