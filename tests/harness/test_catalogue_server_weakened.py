@@ -101,6 +101,11 @@ def holds_any_number_of_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streams, "MAX_CRYPTO_RANGES", 1 << 40)
 
 
+def holds_any_number_of_stream_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bound on the ranges of STREAM data waiting (VEL-STR-005)."""
+    monkeypatch.setattr(receiver, "MAX_STREAM_RANGES", 1 << 40)
+
+
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
      reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
@@ -119,6 +124,8 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      sends_no_500, "VEL-HTTP-014", "failed"),
     ("streams/holes.yaml", "streams/crypto-holes-beyond-the-bound",
      holds_any_number_of_ranges, "VEL-STR-005", NOT_CLOSED),
+    ("streams/holes.yaml", "streams/stream-holes-beyond-the-bound",
+     holds_any_number_of_stream_ranges, "VEL-STR-005", NOT_CLOSED),
 ]
 
 
