@@ -313,6 +313,21 @@ def test_hundred_concurrent_fetches(site: Path, env: dict[str, str], tmp_path: P
     assert all(len({id(got.handshake) for got in per_client}) == 1 for per_client in results)
 
 
+@pytest.mark.spec("VEL-CERT-003")
+def test_an_insecure_fetch_says_so_in_every_output(site: Path, env: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    body = tmp_path / "body"
+    with server(site, env, "--publish-kem") as target:
+        plain = fetch(target, env, "/small.txt", "--insecure", "-o", str(body))
+        assert plain.returncode == 0 and body.read_bytes() == (site / "small.txt").read_bytes()
+        assert "--insecure: the server's certificate was not validated" in plain.stderr
+        shown = fetch_json(target, env, "/small.txt", "--insecure")["velocity"]
+        assert shown["trust"] == "insecure"  # type: ignore[index]
+        ca = site / ".velocity" / "certs" / "balanced-ca.pem"
+        verified = fetch(target, env, "/small.txt", "--ca", str(ca), "-o", str(body))
+        assert verified.returncode == 0 and "not validated" not in verified.stderr
+
+
 def test_structured_logs_from_velocity_log(site: Path, env: dict[str, str]) -> None:
     with started(["serve", "--root", str(site), "--self-signed", "--publish-kem", "--listen",
                   "127.0.0.1:0", "--log-format", "json"],

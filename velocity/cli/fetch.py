@@ -216,6 +216,9 @@ def fetch(target: str, path: str, kem_b64: str | None, kem_file: Path | None, ca
                               early_data=early_data, keep_tickets=early_data, timeout=timeout)
     result = run(_fetch(config, request_path))
     body: bytes = result.pop("body")
+    if insecure and not as_json:  # --json says so in its "trust" field (VEL-CERT-003)
+        click.echo("velocity fetch: --insecure: the server's certificate was not validated; "
+                   "anyone on the path could have answered", err=True)
     if output is not None:
         with option_errors("-o", output, "give a file in an existing directory this user "
                            "can write to"):
