@@ -5,7 +5,9 @@ duplicates or corrupts the rest, every choice drawn from one ``random.Random(see
 each datagram arrives, so the same datagrams in the same order meet the same fate and a
 failing run replays. The ``Link`` takes the time as an argument (unit tests drive it on a
 fake clock; the relay on the event loop's). ``UdpRelay`` can also change its upstream
-source port (NAT rebinding). Bounded: it takes at most ``max_datagrams`` datagrams."""
+source port (NAT rebinding). Like a NAT it gives each client address its own upstream port
+(at most ``MAX_CLIENTS``). Bounded: it takes at most ``max_datagrams`` datagrams and keeps
+at most ``max_waiting`` bytes delayed."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import contextlib
 import dataclasses
 import itertools
 import random
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,6 +27,7 @@ DIRECTIONS = ("c2s", "s2c")
 REORDER_HOLD = 0.05  # seconds a held-back datagram waits at most for the later ones
 RATE_BURST = 3000  # bytes the rate limiter's token bucket holds (two full datagrams)
 AFTER = 1e-4  # seconds a released datagram follows the one that released it
+MAX_CLIENTS = 64  # client addresses with an upstream port; datagrams of more are dropped
 
 
 @dataclass
@@ -193,16 +197,27 @@ def changed(imp: Impairment, changes: Mapping[str, Any]) -> Impairment:
 
 
 class _Side(asyncio.DatagramProtocol):
-    def __init__(self, relay: UdpRelay, upstream: bool) -> None:
-        self.relay, self.upstream = relay, upstream
+    """The listening socket (``client`` None) or the upstream socket of one client; what
+    is sent before its transport is made waits in ``backlog``."""
+
+    def __init__(self, relay: UdpRelay, client: Address | None) -> None:
+        self.relay, self.client = relay, client
         self.transport: asyncio.DatagramTransport | None = None
+        self.backlog: list[bytes] = []
+        self.sock: socket.socket | None = None  # an upstream socket, until its transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        for data in self.backlog:
+            self.transport.sendto(data, self.relay.server)
+        self.relay.stats.forwarded += len(self.backlog)
+        self.backlog.clear()
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if self.relay.current(self.upstream) is self:  # not a socket a rebinding left
-            self.relay.forward(data, (str(addr[0]), int(addr[1])), from_server=self.upstream)
+        if self.client is None:
+            self.relay.forward(data, (str(addr[0]), int(addr[1])), from_server=False)
+        elif self.relay.upstream_of(self.client) is self:  # not a socket a rebinding left
+            self.relay.forward(data, self.client, from_server=True)
 
 
 @dataclass
@@ -214,6 +229,7 @@ class UdpRelay:
     impairment: Impairment
     seed: int | str = 0
     max_datagrams: int = 200_000
+    max_waiting: int = 32 * 2**20  # bytes delayed at most; a datagram beyond is dropped
     c2s: Impairment | None = None
     s2c: Impairment | None = None
     rebind_every: float | None = None  # seconds between NAT rebindings (None: only on demand)
@@ -221,11 +237,12 @@ class UdpRelay:
     stats: RelayStats = field(default_factory=RelayStats)
 
     def __post_init__(self) -> None:
-        self.link = Link(self.seed, self.stats)
-        self._client: Address | None = None
+        self._links: dict[Address, Link] = {}  # client -> its path (the first: the seed's)
         self._front: _Side | None = None
-        self._back: _Side | None = None
-        self._pending: dict[int, asyncio.TimerHandle] = {}
+        self._backs: dict[Address, _Side] = {}  # client address -> its upstream socket
+        self._binding: set[asyncio.Task[Any]] = set()
+        self._pending: dict[int, tuple[asyncio.TimerHandle, int]] = {}  # -> (timer, bytes)
+        self._waiting_bytes = 0
         self._ids = itertools.count()
         self._rebinding: asyncio.Task[None] | None = None
         self._blackholes: dict[str | None, asyncio.TimerHandle] = {}
@@ -234,21 +251,39 @@ class UdpRelay:
 
     async def start(self) -> Address:
         """Bind both sockets; the address clients send to."""
-        self._front = await self._bind(False, self.listen)
-        try:
-            self._back = await self._bind(True, self._upstream_side())
-        except OSError:
-            self.close()
-            raise
+        _, front = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Side(self, None), local_addr=self.listen)
+        self._front = front
+        with socket.socket(self._family(), socket.SOCK_DGRAM) as trial:  # fail now, not later
+            try:
+                trial.bind(self._upstream_side())
+            except OSError:
+                self.close()
+                raise
         if self.rebind_every is not None:
             self._rebinding = asyncio.get_running_loop().create_task(self._rebind_often())
         assert self._front.transport is not None
         host, port = self._front.transport.get_extra_info("sockname")[:2]
         return host, port
 
-    async def _bind(self, upstream: bool, address: Address) -> _Side:
-        _, side = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _Side(self, upstream), local_addr=address)
+    def _family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.server[0] else socket.AF_INET
+
+    def _bind(self, client: Address) -> _Side:
+        """A new upstream socket for ``client``, bound now (its transport follows)."""
+        sock = socket.socket(self._family(), socket.SOCK_DGRAM)
+        try:
+            sock.bind(self._upstream_side())
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        side = _Side(self, client)
+        task = asyncio.get_running_loop().create_task(
+            asyncio.get_running_loop().create_datagram_endpoint(lambda: side, sock=sock))
+        self._binding.add(task)
+        task.add_done_callback(self._binding.discard)
+        side.sock = sock
         return side
 
     def _upstream_side(self) -> Address:
@@ -258,8 +293,8 @@ class UdpRelay:
             return ("::1" if host == "::1" else "::"), 0
         return ("127.0.0.1" if host.startswith("127.") else "0.0.0.0"), 0
 
-    def current(self, upstream: bool) -> _Side | None:
-        return self._back if upstream else self._front
+    def upstream_of(self, client: Address) -> _Side | None:
+        return self._backs.get(client)
 
     def toward(self, direction: str) -> Impairment:
         """The impairment of ``direction`` ("c2s" or "s2c")."""
@@ -294,55 +329,67 @@ class UdpRelay:
         if self.stats.received > self.max_datagrams:
             self.stats.drop("limit")
             return
-        if not from_server:
-            self._client = source
-        if self._client is None:  # the server speaks first: no one to answer
-            self.stats.drop("no client")
+        if not from_server and source not in self._backs:
+            if len(self._backs) >= MAX_CLIENTS:
+                self.stats.drop("clients")
+                return
+            try:
+                self._backs[source] = self._bind(source)
+            except OSError:
+                self.stats.drop("bind")
+                return
+            seed = f"{self.seed}/{len(self._links)}" if self._links else self.seed
+            self._links[source] = Link(seed, self.stats)
+        if self._waiting_bytes + len(data) > self.max_waiting:
+            self.stats.drop("backlog")
             return
-        loop = asyncio.get_running_loop()
-        held = self.link.held()
-        for delay, copy in self.link.route(direction, data, loop.time(), self.toward(direction)):
-            self._later(delay, direction, copy)
-        if self.link.held() > held:  # held back: it goes after REORDER_HOLD at the latest
-            loop.call_later(REORDER_HOLD + 0.001, self._release, direction)
+        loop, link = asyncio.get_running_loop(), self._links[source]
+        held = link.held()
+        for delay, copy in link.route(direction, data, loop.time(), self.toward(direction)):
+            self._later(delay, direction, copy, source)
+        if link.held() > held:  # held back: it goes after REORDER_HOLD at the latest
+            loop.call_later(REORDER_HOLD + 0.001, self._release, direction, source)
 
-    def _later(self, delay: float, direction: str, data: bytes) -> None:
+    def _later(self, delay: float, direction: str, data: bytes, client: Address) -> None:
         key = next(self._ids)
-        self._pending[key] = asyncio.get_running_loop().call_later(
-            delay, self._send, key, direction, data)
+        self._waiting_bytes += len(data)
+        self._pending[key] = (asyncio.get_running_loop().call_later(
+            delay, self._send, key, direction, data, client), len(data))
 
-    def _send(self, key: int, direction: str, data: bytes) -> None:
-        del self._pending[key]
-        side = self._back if direction == "c2s" else self._front
-        target = self.server if direction == "c2s" else self._client
-        if side is None or side.transport is None or target is None:
+    def _send(self, key: int, direction: str, data: bytes, client: Address) -> None:
+        self._waiting_bytes -= self._pending.pop(key)[1]
+        side = self._backs.get(client) if direction == "c2s" else self._front
+        if side is None:
             self.stats.cancelled += 1
-            return
-        side.transport.sendto(data, target)
-        self.stats.forwarded += 1
+        elif side.transport is None:
+            side.backlog.append(data)  # its transport is being made
+        else:
+            side.transport.sendto(data, self.server if direction == "c2s" else client)
+            self.stats.forwarded += 1
 
-    def _release(self, direction: str) -> None:
+    def _release(self, direction: str, client: Address) -> None:
         if self._closed:
             return
-        for data in self.link.expired(direction, asyncio.get_running_loop().time()):
-            self._later(self.toward(direction).delay, direction, data)
+        for data in self._links[client].expired(direction, asyncio.get_running_loop().time()):
+            self._later(self.toward(direction).delay, direction, data, client)
 
     def waiting(self) -> int:
         """Datagrams delayed or held back, not sent yet."""
-        return len(self._pending) + self.link.held()
+        return len(self._pending) + sum(link.held() for link in self._links.values())
 
-    async def rebind(self) -> Address:
-        """A new upstream socket, so the server sees the client come from a new port (a NAT
-        that lost its mapping); what the server sends to the old port is lost. The new
-        upstream address."""
-        old = self._back
-        self._back = await self._bind(True, self._upstream_side())
-        if old is not None and old.transport is not None:
-            old.transport.close()
+    async def rebind(self) -> Address | None:
+        """New upstream sockets, so the server sees every client come from a new port (a
+        NAT that lost its mappings); what the server sends to the old ports is lost. The
+        new upstream address of the latest client (None before any)."""
+        new = None
+        for client, old in list(self._backs.items()):
+            self._backs[client] = side = self._bind(client)
+            self._close(old)
+            assert side.sock is not None
+            host, port = side.sock.getsockname()[:2]
+            new = (host, port)
         self.stats.rebinds += 1
-        assert self._back.transport is not None
-        host, port = self._back.transport.get_extra_info("sockname")[:2]
-        return host, port
+        return new
 
     async def _rebind_often(self) -> None:
         assert self.rebind_every is not None
@@ -357,13 +404,26 @@ class UdpRelay:
             self._rebinding.cancel()
         for handle in self._blackholes.values():
             handle.cancel()
-        for handle in self._pending.values():
+        for handle, _ in self._pending.values():
             handle.cancel()
         self.stats.cancelled += self.waiting()
         self._pending.clear()
-        for lane in self.link.lanes.values():
-            lane.held.clear()
-        for side in (self._front, self._back):
-            if side is not None and side.transport is not None:
-                with contextlib.suppress(RuntimeError):  # its loop already closed
-                    side.transport.close()
+        self._waiting_bytes = 0
+        for link in self._links.values():
+            for lane in link.lanes.values():
+                lane.held.clear()
+        for task in self._binding:
+            task.cancel()
+        for side in (self._front, *self._backs.values()):
+            if side is not None:
+                self._close(side)
+
+    def _close(self, side: _Side) -> None:
+        """Close a socket; what waits for its transport is never sent."""
+        if side.transport is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already closed
+                side.transport.close()
+        elif side.sock is not None:  # its transport was never made
+            side.sock.close()
+        self.stats.cancelled += len(side.backlog)
+        side.backlog.clear()

@@ -311,8 +311,8 @@ async def impair(run: Run, step: Step) -> None:
         if "blackhole" in options:
             relay.blackhole(float(options["blackhole"]), direction)
     if step.options.get("rebind"):
-        port = (await relay.rebind())[1]
-        run.note("rebind", {"conn": conn.name, "port": port})
+        new = await relay.rebind()
+        run.note("rebind", {"conn": conn.name, "port": new and new[1]})
     run.note("impair", {"conn": conn.name, **step.options})
 
 

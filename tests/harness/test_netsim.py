@@ -301,3 +301,38 @@ async def test_a_blackhole_of_one_direction_ends_by_itself() -> None:
     await asyncio.sleep(0.06)
     assert relay.toward("s2c") == Impairment(loss=0.1)
     relay.close()
+
+
+async def test_two_clients_at_once_each_get_their_own_answers() -> None:
+    """Like a NAT, the relay gives each client address its own upstream port: the server
+    sees two peers, and each client gets only what the server sent to it."""
+    async with sink(echo=True) as (server, address), sink() as (a, _), sink() as (b, _):
+        relay = UdpRelay(address, Impairment())
+        front = await relay.start()
+        assert a.transport is not None and b.transport is not None
+        for i in range(20):
+            a.transport.sendto(b"a%d" % i, front)
+            b.transport.sendto(b"b%d" % i, front)
+            await asyncio.sleep(0)
+        await until(lambda: len(a.got) + len(b.got) == 40)
+        relay.close()
+    assert sorted(data for data, _ in a.got) == sorted(b"a%d" % i for i in range(20))
+    assert sorted(data for data, _ in b.got) == sorted(b"b%d" % i for i in range(20))
+    assert len({peer for _, peer in server.got}) == 2
+
+
+async def test_delayed_datagrams_are_bounded_in_bytes() -> None:
+    """A flood into a long delay keeps at most ``max_waiting`` bytes; the rest is dropped
+    (reason "backlog") and the accounting still adds up."""
+    async with sink() as (server, address), sink() as (client, _):
+        relay = UdpRelay(address, Impairment(delay=30.0), max_waiting=10_000)
+        front = await relay.start()
+        assert client.transport is not None
+        for i in range(30):
+            client.transport.sendto(datagram(i, 1000), front)
+            await asyncio.sleep(0)
+        await until(lambda: relay.stats.received == 30)
+        assert relay.waiting() == 10 and relay.stats.drops == {"backlog": 20}
+        relay.close()
+    stats = relay.stats
+    assert server.got == [] and stats.received == stats.dropped + stats.cancelled
