@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from harness.loopback import Pair
+from harness.loopback import ONE_WAY, Pair
 from harness.pair import PairSpec
 from tests.core.transport.helpers import both_completed, make, terminated
 from velocity.core.connection import Connection
@@ -124,8 +124,16 @@ def _edit_next(connection: Connection, epoch: Epoch, edits: HeaderEdits) -> None
 @pytest.mark.parametrize("pn_length", [1, 2, 3, 4])
 def test_header_edits_set_the_packet_number_length(pn_length: int) -> None:
     """A 1-RTT PING whose packet number takes ``pn_length`` bytes: the server opens it (the
-    number decoded against its largest) and acknowledges it."""
-    pair = make(trace=True)
+    number decoded against its largest) and acknowledges it; on the wire, under header
+    protection, its first byte says ``pn_length`` and the number takes that many bytes."""
+    c2s: list[bytes] = []
+
+    def recording(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        if direction == "c2s":
+            c2s.append(datagram)
+        return [(ONE_WAY, datagram)]
+
+    pair = make(network=recording, trace=True)
     pair.connect()
     assert pair.run(lambda: both_completed(pair))
     number = pair.client.spaces[Epoch.APPLICATION].next_packet_number
@@ -133,6 +141,13 @@ def test_header_edits_set_the_packet_number_length(pn_length: int) -> None:
     pair.client.send_frames(Epoch.APPLICATION, [Ping()])
     assert pair.run(lambda: any(d["header"]["packet_number"] == number
                                 for d in _received_packets(pair.server, "1RTT")))
+    keys = pair.server.spaces[Epoch.APPLICATION].recv_keys
+    assert keys is not None
+    pn_offset = 1 + len(pair.client.peer_cid)
+    headers = [keys.remove_header_protection(d, pn_offset, number) for d in c2s
+               if not d[0] & 0x80]
+    (header,) = [h for h, pn in headers if pn == number]
+    assert (header[0] & 0x03) + 1 == pn_length and len(header) == pn_offset + pn_length
     acked = pair.client.recovery.spaces[Epoch.APPLICATION]
     assert pair.run(lambda: acked.largest_acked is not None and acked.largest_acked >= number)
     assert not terminated(pair.server_events)
@@ -151,10 +166,13 @@ def test_header_edits_of_connection_ids_versions_and_lengths_are_dropped(
         _edit_next(pair.client, epoch, edits)
     pair.connect()
     assert pair.run(lambda: both_completed(pair))  # a dropped Initial is resent
+    if epoch == Epoch.INITIAL:  # the server's connection began with the resent Initial
+        assert 0 not in [d["header"]["packet_number"]
+                         for d in _received_packets(pair.server, "initial")]
     if epoch == Epoch.APPLICATION:
+        dropped = pair.client.spaces[epoch].next_packet_number  # the edited packet's
         _edit_next(pair.client, epoch, edits)
         pair.client.send_frames(epoch, [Ping()])
-        dropped = pair.client.spaces[epoch].next_packet_number - 1
         pair.client.send_frames(epoch, [Ping()])
         assert pair.run(lambda: any(d["header"]["packet_number"] > dropped for d in
                                     _received_packets(pair.server, "1RTT")))

@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 
-from harness.scenario.verdict import Verdict
 from harness.targets import Target
 from tests.harness.test_catalogue_transport_weakened import (
-    SCENARIOS,
     Weakening,
     _serve,
-    outcome,
+    fails_only_weakened,
     server_connections,
 )
 from velocity.core.connection import Address, Connection, ConnectionConfig
@@ -67,10 +65,4 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
 async def test_the_scenario_fails_the_weakened_server_and_passes_the_reference(
         file: str, name: str, weaken: Weakening, says: str, reference: Target,
         weakened: Target, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (SCENARIOS / file).exists()
-    passed = await outcome(file, name, reference)
-    assert passed.verdict is Verdict.PASS, passed
-    weaken(monkeypatch)
-    failed = await outcome(file, name, weakened)
-    assert failed.verdict is Verdict.FAIL, failed
-    assert says in failed.reason, failed
+    await fails_only_weakened(file, name, weaken, says, reference, weakened, monkeypatch)

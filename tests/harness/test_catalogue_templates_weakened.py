@@ -6,17 +6,16 @@ scenarios' own, bounded by their budgets; nothing counts datagrams exactly."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.scenario.engine import run_scenario
-from harness.scenario.loader import load_file
-from harness.scenario.spec import requirements
-from harness.scenario.verdict import Outcome, Verdict
-from harness.targets import InProcessServer, Target
+from harness.targets import Target
+from tests.harness.test_catalogue_transport_weakened import (
+    Weakening,
+    _serve,
+    fails_only_weakened,
+)
 from velocity.core import receiver
 from velocity.core.connection import Connection
 from velocity.core.errors import FrameEncodingError
@@ -25,28 +24,10 @@ from velocity.core.handshake.common import ReplayFilter
 from velocity.core.packet import PacketType
 from velocity.core.state import SpaceState
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-Weakening = Callable[[pytest.MonkeyPatch], None]
-
-
-def _serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    server = InProcessServer(tmp_path_factory.mktemp("target"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
 # Two servers: both runs take seed 0, so the same connection IDs, which a server remembers
 # while it drains.
 reference = pytest.fixture(_serve, scope="module", name="reference")
 weakened = pytest.fixture(_serve, scope="module", name="weakened")
-
-
-async def outcome(file: str, name: str, target: Target) -> Outcome:
-    found = [s for s in load_file(SCENARIOS / file, file, requirements()) if s.name == name]
-    assert found, f"no scenario {name} in {file}"
-    return (await run_scenario(found[0], target, seed=0, strict=False)).outcome
 
 
 def _lenient_is_new(monkeypatch: pytest.MonkeyPatch, *, reserved: bool,
@@ -133,9 +114,4 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
 async def test_the_scenario_fails_the_weakened_server_and_passes_the_reference(
         file: str, name: str, weaken: Weakening, says: str, reference: Target,
         weakened: Target, monkeypatch: pytest.MonkeyPatch) -> None:
-    passed = await outcome(file, name, reference)
-    assert passed.verdict is Verdict.PASS, passed
-    weaken(monkeypatch)  # the weakened server's connections (the patch is process-wide)
-    failed = await outcome(file, name, weakened)
-    assert failed.verdict is Verdict.FAIL, failed
-    assert says in failed.reason, failed
+    await fails_only_weakened(file, name, weaken, says, reference, weakened, monkeypatch)

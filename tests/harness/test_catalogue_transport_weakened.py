@@ -56,6 +56,19 @@ async def outcome(file: str, name: str, target: Target) -> Outcome:
     return (await run_scenario(scenario(file, name), target, seed=0, strict=False)).outcome
 
 
+async def fails_only_weakened(file: str, name: str, weaken: Weakening, says: str,
+                              reference: Target, weakened: Target,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scenario PASSes against ``reference``; with ``weaken`` applied (process-wide,
+    so to the ``weakened`` server's new connections) it FAILs, saying ``says``."""
+    passed = await outcome(file, name, reference)
+    assert passed.verdict is Verdict.PASS, passed
+    weaken(monkeypatch)
+    failed = await outcome(file, name, weakened)
+    assert failed.verdict is Verdict.FAIL, failed
+    assert says in failed.reason, failed
+
+
 def server_connections(monkeypatch: pytest.MonkeyPatch, **methods: Any) -> None:
     """The server's new connections get ``methods`` (the endpoint builds them; the
     scripted peer builds its own)."""
@@ -248,9 +261,4 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
 async def test_the_scenario_fails_the_weakened_server_and_passes_the_reference(
         file: str, name: str, weaken: Weakening, says: str, reference: Target,
         weakened: Target, monkeypatch: pytest.MonkeyPatch) -> None:
-    passed = await outcome(file, name, reference)
-    assert passed.verdict is Verdict.PASS, passed
-    weaken(monkeypatch)  # the weakened server's new connections (the patch is process-wide)
-    failed = await outcome(file, name, weakened)
-    assert failed.verdict is Verdict.FAIL, failed
-    assert says in failed.reason, failed
+    await fails_only_weakened(file, name, weaken, says, reference, weakened, monkeypatch)
