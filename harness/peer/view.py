@@ -106,9 +106,12 @@ class View:
             except TimeoutError:
                 continue  # one last look at what came meanwhile
 
-    async def quiet(self, seconds: float, *, start: int) -> Event | None:
-        """Wait ``seconds``; the first datagram received after ``start`` meanwhile, if any
-        (for expect_silence)."""
-        found = await self.wait_for(lambda e: e["name"] == "quic:datagrams_received",
-                                    start=start, timeout=seconds)
+    async def quiet(self, seconds: float, *, start: int,
+                    packet_types: list[str] | None = None) -> Event | None:
+        """Wait ``seconds``; the first datagram received after ``start`` meanwhile, if any,
+        or the first carrying a packet of one of ``packet_types`` (for expect_silence)."""
+        found = await self.wait_for(
+            lambda e: e["name"] == "quic:datagrams_received" and (
+                packet_types is None or bool(set(packet_types) & set(e["data"]["packet_types"]))),
+            start=start, timeout=seconds)
         return found[1] if found is not None else None

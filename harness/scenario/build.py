@@ -20,13 +20,21 @@ from harness.peer.hostile import (
     packet_mutator,
     server_key_block,
 )
+from velocity.core.buffer import Writer
 from velocity.core.connection import Connection
 from velocity.core.errors import UsageError
 from velocity.core.frames import FRAME_CLASSES, Frame, encode_frames
 from velocity.core.handshake.messages import MESSAGE_CLASSES, Message, MessageType
 from velocity.core.hybrid import PROFILES_BY_NAME
-from velocity.core.packet import Epoch, PacketType
-from velocity.core.protection import Aead
+from velocity.core.packet import (
+    MIN_INITIAL_DATAGRAM,
+    VELOCITY_VERSION,
+    Epoch,
+    LongHeader,
+    PacketType,
+    push_long_header,
+)
+from velocity.core.protection import TAG_LENGTH, Aead, initial_keys
 
 FRAMES: dict[str, type[Frame]] = {cls.NAME.lower(): cls for cls in FRAME_CLASSES}
 MESSAGES: dict[str, type[Message]] = {MessageType(t).name: cls
@@ -175,7 +183,8 @@ def install_hooks(connection: Connection, hooks: dict[str, Any]) -> None:
         packets = hooks["packets"]
         connection.seams.packet_mutator = packet_mutator(
             drop=tuple(packets.get("drop", ())), duplicate=tuple(packets.get("duplicate", ())),
-            reorder=packets.get("reorder", False))
+            reorder=packets.get("reorder", False),
+            epochs=tuple(SPACES[n][0] for n in packets["spaces"]) if "spaces" in packets else None)
     if "key_share" in hooks:
         if not hasattr(connection.handshake, "key_share_factory"):
             raise ValueError("key_share hooks make a client's share: role client only")
@@ -211,6 +220,32 @@ def datagram(spec: dict[str, Any], rng: random.Random) -> bytes:
                 + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid)
         return head + bytes(max(0, size - len(head)))
     raise ValueError(f"no datagram template {name!r} (one of {', '.join(DATAGRAM_TEMPLATES)})")
+
+
+def late_initial(connection: Connection, frames: list[Frame], trailer: bytes = b"") -> bytes:
+    """One Initial packet of ``connection`` after it discarded its Initial keys (VEL-PROT-013),
+    as an endpoint that kept them would send it: sealed under the keys anyone derives from
+    the DCID they came from (the first Initial's, or the Retry's SCID), numbered on from the
+    connection's last Initial packet, padded to a whole 1200-byte datagram so that no size
+    rule drops it."""
+    space = connection.spaces[Epoch.INITIAL]
+    number, space.next_packet_number = space.next_packet_number, space.next_packet_number + 1
+    send, _ = initial_keys(connection.retry_scid or connection.original_dcid,
+                           is_client=connection.is_client)
+    payload = encode_frames(frames) + trailer
+    token = connection.token if connection.is_client else b""
+    header = LongHeader(PacketType.INITIAL, VELOCITY_VERSION, connection.peer_cid,
+                        connection.host_cid, number, 4, 0, token)
+    size = len(_long_header(header)) + len(payload) + TAG_LENGTH
+    payload += bytes(max(0, MIN_INITIAL_DATAGRAM - size))  # PADDING frames
+    header = dataclasses.replace(header, length=4 + len(payload) + TAG_LENGTH)
+    return send.encrypt_packet(_long_header(header), payload, number)
+
+
+def _long_header(header: LongHeader) -> bytes:
+    writer = Writer()
+    push_long_header(writer, header)
+    return writer.data()
 
 
 def mutate(data: bytes, operations: list[dict[str, Any]]) -> bytes:

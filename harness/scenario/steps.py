@@ -152,11 +152,14 @@ def _check_close(step: Step, event: Event, codes: list[int], wanted: str) -> Non
 async def expect_silence(run: Run, step: Step) -> None:
     conn = run.conn(step)
     seconds, _ = run.budget.wait(float(step.get("for", 1.0)), run.now())
-    came = await conn.view.quiet(seconds, start=len(conn.view.events))
+    types = step.get("packet_types")
+    came = await conn.view.quiet(seconds, start=len(conn.view.events), packet_types=types)
     if came is not None:
-        raise StepFailed(f"the target sent a datagram on connection {conn.name} during the "
-                         f"{seconds:g} s of expected silence", expected="no datagram",
-                         actual=f"{came['data']['raw'][0]['length']} bytes", event=came)
+        what = "a datagram" if types is None else f"a {' or '.join(types)} packet"
+        raise StepFailed(f"the target sent {what} on connection {conn.name} during the "
+                         f"{seconds:g} s of expected silence", expected=f"no {what[2:]}",
+                         actual=f"{came['data']['raw'][0]['length']} bytes carrying "
+                         f"{', '.join(came['data']['packet_types'])}", event=came)
 
 
 async def request(run: Run, step: Step) -> None:
@@ -280,10 +283,12 @@ async def send(run: Run, step: Step) -> None:
         run.note("send", {"conn": conn.name, "datagram_length": len(data)})
     else:
         epoch, packet_type = build.SPACES[options.get("space", "1rtt")]
-        frames = build.frames(options["frames"])
-        peer.connection.send_frames(epoch, frames, packet_type=packet_type,
-                                    trailer=build.to_bytes(options.get("raw", "")))
-        peer.flush()
+        frames, trailer = build.frames(options["frames"]), build.to_bytes(options.get("raw", ""))
+        if epoch is Epoch.INITIAL and peer.connection.spaces[epoch].discarded:
+            peer.send_datagram(build.late_initial(peer.connection, frames, trailer))
+        else:
+            peer.connection.send_frames(epoch, frames, packet_type=packet_type, trailer=trailer)
+            peer.flush()
         run.note("send", {"conn": conn.name, "space": options.get("space", "1rtt"),
                           "frames": [f["type"] for f in options["frames"]]})
     run.check_budget()

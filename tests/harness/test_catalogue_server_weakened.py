@@ -22,12 +22,13 @@ from tests.harness.test_catalogue_transport_weakened import (
     fails_only_weakened,
     outcome,
 )
-from velocity.core import receiver, streams
+from velocity.core import handshaking, receiver, streams
 from velocity.core.buffer import Reader
 from velocity.core.connection import Connection
 from velocity.core.endpoint import ServerEndpoint
 from velocity.core.handshake import server as handshake_server
 from velocity.core.handshake.server import ServerConfig, StaticKey
+from velocity.core.packet import Epoch
 from velocity.http import h1
 
 reference = pytest.fixture(_serve, scope="module", name="reference")
@@ -112,6 +113,17 @@ def holds_any_number_of_stream_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(receiver, "MAX_STREAM_RANGES", 1 << 40)
 
 
+def keeps_initial_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server reads Initial packets for as long as the connection lives (VEL-PROT-013)."""
+    discard = handshaking.discard_space
+
+    def keep_initial(conn: Connection, epoch: Epoch) -> None:
+        if conn.is_client or epoch is not Epoch.INITIAL:
+            discard(conn, epoch)
+
+    monkeypatch.setattr(handshaking, "discard_space", keep_initial)
+
+
 CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
     ("frames/encoding.yaml", "frames/non-minimal-frame-type[type=4001]",
      reads_non_minimal_types, "VEL-FRM-003", NOT_CLOSED),
@@ -132,6 +144,9 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      holds_any_number_of_ranges, "VEL-STR-005", NOT_CLOSED),
     ("streams/holes.yaml", "streams/stream-holes-beyond-the-bound",
      holds_any_number_of_stream_ranges, "VEL-STR-005", NOT_CLOSED),
+    ("protection/discarded-keys.yaml",
+     "protection/initial-packets-after-the-handshake-are-not-read",
+     keeps_initial_keys, "VEL-PROT-013", "initial packet"),
 ]
 
 
