@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tests.crypto.test_pki import NOW
 from velocity.core.entropy import SeededEntropy
@@ -30,7 +33,7 @@ def test_ticket_keys_rotate_keeping_one_previous_key() -> None:
     assert sealer.open(b"short") is None
 
 
-@pytest.mark.spec("VEL-RTY-005", "VEL-RTY-006")
+@pytest.mark.spec("VEL-RTY-005")
 def test_retry_tokens_bind_address_port_dcid_and_lifetime() -> None:
     tokens = RetryTokens(bytes(16), lifetime_ms=10_000)
     token = tokens.issue("127.0.0.1", 5000, b"odcid", now_ms=1_000, nonce=bytes(12))
@@ -42,6 +45,22 @@ def test_retry_tokens_bind_address_port_dcid_and_lifetime() -> None:
     tokens.rotate(b"\x01" * 16)
     assert tokens.validate(token, "127.0.0.1", 5000, now_ms=2_000) == b"odcid"
     assert tokens.validate(b"\x07" + token[1:], "127.0.0.1", 5000, now_ms=2_000) is None
+
+
+@pytest.mark.spec("VEL-RTY-006")
+def test_a_retry_token_is_laid_out_as_the_spec_says() -> None:
+    """Read and written with AES-128-GCM directly: key id, nonce, then the sealed
+    issue time, ODCID, address text and port."""
+    key, nonce = bytes(range(16)), bytes(range(100, 112))
+    token = RetryTokens(key).issue("192.0.2.7", 4433, b"\xaa" * 8, now_ms=123_456, nonce=nonce)
+    assert token[0] == 0 and token[1:13] == nonce
+    plain = AESGCM(key).decrypt(nonce, token[13:], b"velocity1 retry")
+    assert plain == (struct.pack(">Q", 123_456) + b"\x08" + b"\xaa" * 8 + b"\x09192.0.2.7"
+                     + struct.pack(">H", 4433))
+    made = AESGCM(key).encrypt(nonce, struct.pack(">Q", 1_000) + b"\x02od\x09192.0.2.7"
+                               + struct.pack(">H", 9), b"velocity1 retry")
+    assert RetryTokens(key).validate(b"\x00" + nonce + made, "192.0.2.7", 9,
+                                     now_ms=2_000) == b"od"
 
 
 @pytest.mark.spec("VEL-RTY-008")
