@@ -47,7 +47,7 @@ from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, load_ca_file
-from velocity.crypto.sealing import ticket_sealer
+from velocity.crypto.sealing import RetryTokens, ticket_sealer
 from velocity.http.app import Application
 from velocity.http.h1 import BODY_CHUNK, SMALL_BODY, Request, Response, Route, request
 from velocity.http.static import StaticFiles
@@ -55,12 +55,17 @@ from velocity.http.static import StaticFiles
 CAPABILITIES: tuple[str, ...] = tuple(json.loads(
     (SCHEMAS_DIR / "scenario.schema.json").read_text())["$defs"]["capability"]["enum"])
 """The vocabulary of ``requires`` and ``--target-caps``, as the scenario schema has it."""
-LIMITS = ("crypto-holes", "stream-holes", "half-open-per-address")
+LIMITS = ("crypto-holes", "stream-holes", "half-open-per-address", "sessions",
+          "integrity-limit")
 """The capabilities that carry a value, a bound of the target (``{crypto-holes: 64}`` in
 --target-caps): the disjoint ranges of CRYPTO it holds per packet-number space, of STREAM
 data per connection (VEL-STR-005), its handshakes in progress from one address
-(VEL-CONN-010). The in-process target claims the first two (the reference's); its bound on
-handshakes is raised for the catalogue (IN_PROCESS_HALF_OPEN), too high to fill."""
+(VEL-CONN-010), its connections (VEL-CONN-005, VEL-CONN-009), the packets failing
+authentication it reads before it closes with AEAD_LIMIT_REACHED (VEL-PROT-012: a test
+build's lowered limit, the spec's being beyond any run). The in-process target claims the
+first two (the reference's); its bound on handshakes is raised for the catalogue
+(IN_PROCESS_HALF_OPEN), too high to fill, and it keeps the reference's session and
+integrity limits, too high to reach."""
 CONSERVATIVE = frozenset({"server", "profile-balanced"})
 """What any Velocity/1 server is assumed to do without a capability file."""
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
@@ -220,8 +225,11 @@ class InProcessServer:
     a rotation (VEL-CERT-005: still accepted, never published), in a daemon thread running
     its own event loop."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, max_sessions: int | None = None,
+                 retry: str = "never") -> None:
         self.directory = directory
+        self._endpoint: dict[str, Any] = {"retry": retry, **(
+            {} if max_sessions is None else {"max_sessions": max_sessions})}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="velocity-in-process-target")
@@ -262,8 +270,10 @@ class InProcessServer:
                                  replay_filter=ReplayFilter())
         app = HarnessApplication(StaticFiles(public), api=True, clock=_now)
         config = EndpointConfig(ConnectionConfig(handshake),
-                                max_half_open_per_address=IN_PROCESS_HALF_OPEN)
-        return await serve(LOOPBACK, 0, config, app, entropy=entropy)
+                                max_half_open_per_address=IN_PROCESS_HALF_OPEN,
+                                **self._endpoint)
+        tokens = None if config.retry == "never" else RetryTokens(entropy.random(16))
+        return await serve(LOOPBACK, 0, config, app, entropy=entropy, tokens=tokens)
 
     def stop(self) -> None:
         """Close every connection with NO_ERROR and stop (once: a second call does nothing)."""

@@ -29,11 +29,18 @@ from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 from velocity.core.errors import ErrorCode
 from velocity.core.handshake.client import PinnedServerKey
+from velocity.core.handshake.common import FallbackDirected
 from velocity.core.handshake.messages import Finished
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED
 from velocity.crypto.sealing import ticket_sealer
-from velocity.easy import AsyncEasyClient, EasyClient, EasyClientConfig, KeyChanged
+from velocity.easy import (
+    MAX_DIRECTIVE_LIFETIME,
+    AsyncEasyClient,
+    EasyClient,
+    EasyClientConfig,
+    KeyChanged,
+)
 from velocity.http.app import Application
 from velocity.http.h1 import request
 from velocity.http.h3 import ensure_tls_certificate, serve_h3
@@ -293,6 +300,28 @@ async def test_an_authenticated_directive_is_kept_and_an_advisory_one_is_not(
         assert again.via == "h3" and running.datagrams_received > heard, (
             "an unauthenticated directive served one request only")
         assert origin.accepted == 2
+
+
+@pytest.mark.spec("VEL-FB-012")
+@pytest.mark.parametrize(("retry_after", "kept"), [
+    (30, 30.0), (0, MAX_DIRECTIVE_LIFETIME), (10 * 24 * 3600, MAX_DIRECTIVE_LIFETIME)])
+async def test_an_authenticated_directive_lasts_its_retry_after_and_at_most_a_day(
+        retry_after: int, kept: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the loop's clock: kept until retry_after has passed (0: the client's life, which
+    is at most a day, as any longer value); an unauthenticated one is never kept."""
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    client = AsyncEasyClient(EasyClientConfig("127.0.0.1:9", insecure=True))
+    directive = FallbackDirected("h3", "127.0.0.1", 443, 1, "", retry_after, True)
+    client._keep_directive(directive)
+    start = now[0]
+    now[0] = start + kept - 0.001
+    assert client._kept_directive() is directive
+    now[0] = start + kept
+    assert client._kept_directive() is None
+    client._keep_directive(replace(directive, authenticated=False))
+    assert client._kept_directive() is None
 
 
 @pytest.mark.spec("VEL-RES-006")

@@ -50,7 +50,8 @@ class StepChecker:
             "expect_close": self._expect_close, "request": self._request,
             "expect_response": self._expect_response, "assert": self._assert,
             "send": self._send, "hook": self._hooks, "impair": self._impair,
-            "replay": self._replay, "run_client": self._run_client, "fuzz": self._fuzz}
+            "replay": self._replay, "run_client": self._run_client, "fuzz": self._fuzz,
+            "fill": self._fill}
 
     def steps(self, values: list[dict[str, Any]], path: Path, *, top: bool,
               where: Where) -> tuple[Step, ...]:
@@ -139,6 +140,11 @@ class StepChecker:
     def _run_client(self, options: dict[str, Any], path: Path) -> None:
         """A client run again opens a connection of its own, to a connect's server."""
         self._open(options["name"], (*path, "name"))
+
+    def _fill(self, options: dict[str, Any], path: Path) -> None:
+        """A fill opens fill1 and on (a claimed bound is at least 1): later steps may name
+        fill1; how many more there are is the target's."""
+        self._open("fill1", path)
 
     def _open(self, name: str, path: Path) -> None:
         if name in self.connections:

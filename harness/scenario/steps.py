@@ -27,7 +27,7 @@ from harness.scenario.matching import describe, matches, value_at
 from harness.scenario.model import BRANCH_STEPS, Step
 from harness.scenario.verdict import ScenarioError
 from velocity.core.errors import ErrorCode, UsageError
-from velocity.core.frames import Crypto, Frame, Stream
+from velocity.core.frames import Crypto, Frame, Ping, Stream
 from velocity.core.packet import Epoch
 from velocity.http.h1 import Response
 
@@ -341,17 +341,19 @@ async def key_update(run: Run, step: Step) -> None:
 async def fill(run: Run, step: Step) -> None:
     """Open as many connections as the target's claimed bound ``limit``, named fill1...,
     each left half-open (its FINISHED is never sent) once the target answered its first
-    flight."""
+    flight, or with ``complete`` each with its handshake complete, left open."""
     if run.target.address is None:
         raise StepUnsupported(f"{run.target.label} is not a server")
     bound = _claimed(run, step.options["limit"])
+    complete = step.get("complete", False)
     for index in range(1, bound + 1):
-        options = {"name": f"fill{index}", "wait": "none",
-                   "hooks": {"message": {"FINISHED": {"drop": True}}}}
+        options: dict[str, Any] = {"name": f"fill{index}"} if complete else {
+            "name": f"fill{index}", "wait": "none",
+            "hooks": {"message": {"FINISHED": {"drop": True}}}}
         conn = await open_connection(run, Step("connect", options, step.where, step.path),
                                      run.target.address)
         within, _ = run.within(step, 3.0)
-        answered = await conn.view.wait_for(lambda e: e["name"] == "quic:datagrams_received",
+        answered = await conn.view.wait_for(_confirmed if complete else _answered,
                                             timeout=within)
         closed = _first(conn, "quic:connection_closed")
         if answered is None or closed is not None:
@@ -361,6 +363,16 @@ async def fill(run: Run, step: Step) -> None:
                              expected=f"{bound} connections", actual=f"{index - 1}",
                              event=closed)
         run.check_budget()
+
+
+def _answered(event: Event) -> bool:
+    return bool(event["name"] == "quic:datagrams_received")
+
+
+def _confirmed(event: Event) -> bool:
+    """HANDSHAKE_DONE came: the target has the client's FINISHED, its handshake is over."""
+    return event["name"] == "quic:packet_received" and any(
+        f["frame_type"] == "handshake_done" for f in event["data"].get("frames", []))
 
 
 def _claimed(run: Run, limit: str) -> int:
@@ -389,6 +401,25 @@ async def holes(run: Run, step: Step) -> None:
         peer.flush()
         run.check_budget()
     run.note("send", {"conn": conn.name, "space": "1rtt", "holes": len(frames), "limit": limit})
+
+
+async def forge(run: Run, step: Step) -> None:
+    """One more 1-RTT packet failing authentication than the target's claimed
+    integrity limit (VEL-PROT-012), or with ``over: false`` as many as the limit: a PING
+    each, its last byte (the AEAD tag's) flipped after sealing, paced within the budget."""
+    conn = run.conn(step)
+    peer = conn.client(step)
+    bound = _claimed(run, step.options["limit"])
+    count = bound + 1 if step.get("over", True) else bound
+    forged = 0
+    while forged < count:
+        await run.sleep(run.budget.pace(1, run.now()))
+        peer.connection.send_frames(Epoch.APPLICATION, [Ping()])
+        _, sent = peer.transmit(lambda datagrams: [d[:-1] + bytes([d[-1] ^ 1])
+                                                   for d in datagrams])
+        forged += len(sent)
+        run.check_budget()
+    run.note("send", {"conn": conn.name, "space": "1rtt", "forged": forged, "limit": bound})
 
 
 async def shutdown(run: Run, step: Step) -> None:
@@ -425,6 +456,7 @@ STEPS: dict[str, StepRunner] = {
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
     "key_update": key_update, "shutdown": shutdown, "holes": holes, "fill": fill,
+    "forge": forge,
     "impair": impair, "expect_client": server_role.expect_client,
     "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
     "replay": replay.replay, "fuzz": fuzz_step}

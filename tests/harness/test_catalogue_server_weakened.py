@@ -29,6 +29,7 @@ from velocity.core.endpoint import ServerEndpoint
 from velocity.core.handshake import server as handshake_server
 from velocity.core.handshake.server import ServerConfig, StaticKey
 from velocity.core.packet import Epoch
+from velocity.core.protection import INTEGRITY_LIMIT
 from velocity.http import h1
 
 reference = pytest.fixture(_serve, scope="module", name="reference")
@@ -199,3 +200,58 @@ async def test_the_half_open_bound_scenario_fails_a_server_looser_than_it_claims
     finally:
         server.stop()
     assert result.verdict is verdict, result
+
+
+@pytest.mark.spec("VEL-CONN-005", "VEL-CONN-009")
+@pytest.mark.parametrize(("name", "retry", "says"), [
+    ("connection/full-table-evicts-the-oldest-handshake", "never", "during the 1 s"),
+    ("connection/full-table-of-complete-connections-refuses", "never", "data.frames"),
+    ("connection/full-table-asks-for-a-retry-first", "under-load", "retry"),
+], ids=["evicts", "refuses", "retry-first"])
+@pytest.mark.parametrize("bound", [4, 8], ids=["claimed-bound", "looser-bound"])
+async def test_the_session_limit_scenarios_fail_a_server_looser_than_it_claims(
+        name: str, retry: str, says: str, bound: int, tmp_path: Path) -> None:
+    """The in-process server with a table of ``bound`` connections, claiming 4: a full
+    table evicts its oldest handshake, refuses when only complete connections fill it, and
+    asks for a Retry first; with room to spare it does none of these."""
+    server = InProcessServer(tmp_path, max_sessions=bound, retry=retry)
+    started = server.start()
+    claims = {"sessions"} | ({"retry"} if retry != "never" else set())
+    target = replace(started, capabilities=started.capabilities | claims,
+                     limits={"sessions": 4})
+    try:
+        result = await outcome("connection/limits.yaml", name, target)
+    finally:
+        server.stop()
+    assert result.verdict is (Verdict.PASS if bound == 4 else Verdict.FAIL), result
+    if bound != 4:
+        assert says in result.reason, result
+
+
+@pytest.mark.spec("VEL-PROT-012")
+@pytest.mark.parametrize("limit", [8, None], ids=["claimed-limit", "no-limit"])
+async def test_the_integrity_limit_scenario_fails_a_server_that_does_not_count_forgeries(
+        limit: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process server with an integrity limit of 8 (or the spec's, out of reach),
+    claiming 8: the ninth forgery closes with AEAD_LIMIT_REACHED only where the limit holds;
+    up to 8 the connection goes on either way."""
+    if limit is not None:
+        for aead in list(INTEGRITY_LIMIT):
+            monkeypatch.setitem(INTEGRITY_LIMIT, aead, limit)
+    server = InProcessServer(tmp_path)
+    started = server.start()
+    target = replace(started, capabilities=started.capabilities | {"integrity-limit"},
+                     limits={"integrity-limit": 8})
+    try:
+        closes = await outcome("protection/integrity-limit.yaml",
+                               "protection/integrity-limit-closes-with-aead-limit-reached",
+                               target)
+        control = await outcome("protection/integrity-limit.yaml",
+                                "protection/forgeries-up-to-the-integrity-limit-are-dropped",
+                                target)
+    finally:
+        server.stop()
+    assert control.verdict is Verdict.PASS, control
+    assert closes.verdict is (Verdict.PASS if limit else Verdict.FAIL), closes
+    if limit is None:
+        assert NOT_CLOSED in closes.reason, closes

@@ -162,7 +162,7 @@ def test_a_capability_file_claims_bounds_with_their_values(tmp_path: Path) -> No
     for text, says in [("[crypto-holes]", "crypto-holes takes a positive count"),
                        ("[{stream-holes: 0}]", "stream-holes takes a positive count"),
                        ("[{crypto-holes: 1, stream-holes: 2}]", "give a list"),
-                       ("[{sessions: 3}]", "unknown capabilities sessions"),
+                       ("[{tables: 3}]", "unknown capabilities tables"),
                        ("crypto-holes", "give a list")]:
         caps.write_text(text)
         with pytest.raises(UsageError, match=says):
