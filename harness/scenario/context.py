@@ -90,6 +90,7 @@ class Run:
     warnings: list[str] = field(default_factory=list)  # checks relaxed without --strict
     fuzz: FuzzSettings = field(default_factory=FuzzSettings)  # --fuzz-cases, reports/fuzz
     steps_taken: int = 0
+    linger: float = 0.0  # seconds the run waits after its closes (a fill's draining slots)
 
     def now(self) -> float:
         return self.loop.time()
@@ -166,6 +167,8 @@ class Run:
                 conn.raw.close()
         for served in self.served.values():
             await served.close()
+        if self.linger and not self.target.owned:
+            await asyncio.sleep(self.linger)  # the target lets go of what the run filled
 
 
 def aggregates(view: View | None) -> dict[str, Any]:

@@ -346,6 +346,7 @@ async def fill(run: Run, step: Step) -> None:
         raise StepUnsupported(f"{run.target.label} is not a server")
     bound = _claimed(run, step.options["limit"])
     complete = step.get("complete", False)
+    run.linger = FILL_LINGER
     for index in range(1, bound + 1):
         options: dict[str, Any] = {"name": f"fill{index}"} if complete else {
             "name": f"fill{index}", "wait": "none",
@@ -363,6 +364,12 @@ async def fill(run: Run, step: Step) -> None:
                              expected=f"{bound} connections", actual=f"{index - 1}",
                              event=closed)
         run.check_budget()
+
+
+FILL_LINGER = 3.5
+"""Seconds a run that filled a bound waits after closing its connections (three PTOs of
+draining at the target, longer on a loaded machine), so the sanity handshake after it, and
+the next run, find room."""
 
 
 def _answered(event: Event) -> bool:
