@@ -43,6 +43,7 @@ from velocity.core.handshake.client import ClientConfig, PinnedServerKey
 from velocity.core.handshake.common import ReplayFilter
 from velocity.core.handshake.server import ServerConfig
 from velocity.core.hybrid import BALANCED, LIGHT, PROFILES_BY_NAME, SECURE
+from velocity.core.seams import PlannedPacket
 from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
@@ -181,7 +182,8 @@ async def sanity_check(target: Target, timeout: float = SANITY_TIMEOUT) -> str |
 FAILING = "/.velocity-harness/fail/"
 """The in-process target's test-only routes (capability ``failing-routes``, VEL-HTTP-014):
 ``route`` fails while routing, ``answer`` while making the response, ``body`` once the
-response has begun."""
+response has begun; ``connection`` makes the transport fail inside the request's
+connection (VEL-ERR-006) as it sends the answer."""
 
 
 class _Breaking:
@@ -196,6 +198,18 @@ class _Breaking:
 
     def close(self) -> None:
         pass
+
+
+class _Fault:
+    """A packet mutator that raises once, a defect of the transport inside one connection
+    (the seam's only use outside the scripted peer: a test build's), then takes itself off."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def __call__(self, packets: list[PlannedPacket]) -> list[PlannedPacket]:
+        self.connection.seams.packet_mutator = None
+        raise RuntimeError("the harness's failing connection")
 
 
 def _fail(request: Request) -> Response:
@@ -215,6 +229,9 @@ class HarnessApplication(Application):
             return _fail(request)
         if where == "body":
             return Response(200, content=_Breaking())
+        if where == "connection" and connection is not None:
+            connection.seams.packet_mutator = _Fault(connection)
+            return Response(200, body=b"the next packet fails\n")
         return Route(SMALL_BODY, _fail)
 
 
