@@ -7,11 +7,12 @@ what to wait for."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from velocity.core.errors import ProtocolError
-from velocity.core.packet import parse_header
+from velocity.core.packet import decode_version_negotiation, parse_header
 from velocity.core.trace import QLOG_PACKET_TYPES, Transcript
 
 Event = dict[str, Any]
@@ -73,9 +74,13 @@ class View:
         self.datagrams_received += 1
         self.bytes_received += len(datagram)
         self.inbox.append((len(self.transcript.events), datagram))
-        self.note("quic:datagrams_received", {"count": 1, "raw": [{"length": len(datagram)}],
-                                              "from": source,
-                                              "packet_types": packet_types(datagram)})
+        data: dict[str, Any] = {"count": 1, "raw": [{"length": len(datagram)}],
+                                "from": source, "packet_types": packet_types(datagram)}
+        if data["packet_types"] == ["version_negotiation"]:
+            with contextlib.suppress(ProtocolError):  # a malformed list: no versions noted
+                data["versions"] = [f"0x{v:08x}"
+                                    for v in decode_version_negotiation(datagram).versions]
+        self.note("quic:datagrams_received", data)
 
     def received_since(self, start: int) -> list[bytes]:
         """The datagrams received from event index ``start`` on (raw bytes)."""
