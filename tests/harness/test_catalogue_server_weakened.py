@@ -6,6 +6,8 @@ whose helpers this reuses)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,20 @@ async def test_the_shutdown_scenario_fails_a_server_that_stops_without_closing(
         assert NOT_CLOSED in result.reason, result
 
 
+@contextlib.contextmanager
+def claiming(directory: Path, limits: dict[str, int], also: set[str] | None = None,
+             **server: Any) -> Iterator[Target]:
+    """The in-process server (``server``: its session table and Retry policy) claiming the
+    bounds ``limits`` and the capabilities ``also``, stopped afterwards."""
+    running = InProcessServer(directory, **server)
+    started = running.start()
+    try:
+        yield replace(started, limits=limits,
+                      capabilities=started.capabilities | set(limits) | (also or set()))
+    finally:
+        running.stop()
+
+
 @pytest.mark.spec("VEL-CONN-010")
 @pytest.mark.parametrize(("bound", "verdict"), [(3, Verdict.PASS), (4, Verdict.FAIL)],
                          ids=["claimed-bound", "looser-bound"])
@@ -189,16 +205,10 @@ async def test_the_half_open_bound_scenario_fails_a_server_looser_than_it_claims
     """The in-process server with a bound of ``bound`` handshakes per address, claiming 3:
     the fourth handshake from the address is refused only where the bound holds."""
     monkeypatch.setattr(targets, "IN_PROCESS_HALF_OPEN", bound)
-    server = InProcessServer(tmp_path)
-    started = server.start()
-    target = replace(started, capabilities=started.capabilities | {"half-open-per-address"},
-                     limits={"half-open-per-address": 3})
-    try:
+    with claiming(tmp_path, {"half-open-per-address": 3}) as target:
         result = await outcome("connection/limits.yaml",
                                "connection/half-open-beyond-the-address-bound-is-refused",
                                target)
-    finally:
-        server.stop()
     assert result.verdict is verdict, result
 
 
@@ -214,15 +224,9 @@ async def test_the_session_limit_scenarios_fail_a_server_looser_than_it_claims(
     """The in-process server with a table of ``bound`` connections, claiming 4: a full
     table evicts its oldest handshake, refuses when only complete connections fill it, and
     asks for a Retry first; with room to spare it does none of these."""
-    server = InProcessServer(tmp_path, max_sessions=bound, retry=retry)
-    started = server.start()
-    claims = {"sessions"} | ({"retry"} if retry != "never" else set())
-    target = replace(started, capabilities=started.capabilities | claims,
-                     limits={"sessions": 4})
-    try:
+    also = {"retry"} if retry != "never" else set()
+    with claiming(tmp_path, {"sessions": 4}, also, max_sessions=bound, retry=retry) as target:
         result = await outcome("connection/limits.yaml", name, target)
-    finally:
-        server.stop()
     assert result.verdict is (Verdict.PASS if bound == 4 else Verdict.FAIL), result
     if bound != 4:
         assert says in result.reason, result
@@ -238,19 +242,13 @@ async def test_the_integrity_limit_scenario_fails_a_server_that_does_not_count_f
     if limit is not None:
         for aead in list(INTEGRITY_LIMIT):
             monkeypatch.setitem(INTEGRITY_LIMIT, aead, limit)
-    server = InProcessServer(tmp_path)
-    started = server.start()
-    target = replace(started, capabilities=started.capabilities | {"integrity-limit"},
-                     limits={"integrity-limit": 8})
-    try:
+    with claiming(tmp_path, {"integrity-limit": 8}) as target:
         closes = await outcome("protection/integrity-limit.yaml",
                                "protection/integrity-limit-closes-with-aead-limit-reached",
                                target)
         control = await outcome("protection/integrity-limit.yaml",
                                 "protection/forgeries-up-to-the-integrity-limit-are-dropped",
                                 target)
-    finally:
-        server.stop()
     assert control.verdict is Verdict.PASS, control
     assert closes.verdict is (Verdict.PASS if limit else Verdict.FAIL), closes
     if limit is None:
