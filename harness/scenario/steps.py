@@ -413,13 +413,14 @@ async def holes(run: Run, step: Step) -> None:
 async def forge(run: Run, step: Step) -> None:
     """One more 1-RTT packet failing authentication than the target's claimed
     integrity limit (VEL-PROT-012), or with ``over: false`` as many as the limit: a PING
-    each, its last byte (the AEAD tag's) flipped after sealing, paced within the budget."""
+    each, its last byte (the AEAD tag's) flipped after sealing, paced within the budget;
+    it stops early when the connection closes (a target stricter than it claims)."""
     conn = run.conn(step)
     peer = conn.client(step)
     bound = _claimed(run, step.options["limit"])
     count = bound + 1 if step.get("over", True) else bound
     forged = 0
-    while forged < count:
+    while forged < count and _first(conn, "quic:connection_closed") is None:
         await run.sleep(run.budget.pace(1, run.now()))
         peer.connection.send_frames(Epoch.APPLICATION, [Ping()])
         _, sent = peer.transmit(lambda datagrams: [d[:-1] + bytes([d[-1] ^ 1])
