@@ -10,12 +10,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, Protocol
 
 from velocity.core.buffer import Reader, Writer
 from velocity.core.entropy import Entropy
 from velocity.core.errors import BufferReadError, InternalError, UnexpectedMessage
 from velocity.core.handshake.messages import (
+    Certificate,
     Message,
     MessageReader,
     MessageType,
@@ -174,6 +176,13 @@ class StaticKey:
     key_id: bytes
     certificate_chain: tuple[bytes, ...] = ()
 
+    @cached_property
+    def certificate_message(self) -> bytes:
+        """The encoded CERTIFICATE message of this key's chain: encoded once and shared by
+        every connection sent it (a half-open discovery connection holds it until its
+        handshake ends). A rotated key is a new ``StaticKey``, with a cache of its own."""
+        return encode_message(Certificate(self.certificate_chain))
+
 
 def key_id_for(profile_code: int, encapsulation_key: bytes) -> bytes:
     """VEL-AUTH-002: SHA-256(u16 profile || encapsulation key)[0..8]."""
@@ -320,13 +329,17 @@ class HandshakeBase:
         """Enter the master secret and install the 1-RTT keys over the transcript so far."""
         self._install_keys(Epoch.APPLICATION, *self._application_secrets())
 
-    def _send(self, epoch: Epoch, message: Message, *, record: bool = True) -> bytes:
+    def _send(self, epoch: Epoch, message: Message, *, record: bool = True,
+              encoded: bytes | None = None) -> bytes:
+        """Queue ``message`` (``encoded``: its encoding, when already at hand) in ``epoch``;
+        its bytes, as recorded in the transcript."""
         if self.message_hook is not None:
             hooked = self.message_hook(message)
             if hooked is None:
                 return b""
-            message = hooked
-        raw = encode_message(message)
+            if hooked is not message:
+                message, encoded = hooked, None
+        raw = encode_message(message) if encoded is None else encoded
         self._trace_sent(epoch, message, raw)
         if record:
             self.transcript.add(raw)

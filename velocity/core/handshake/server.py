@@ -414,7 +414,8 @@ class ServerHandshake(HandshakeBase):
                                                         tuple(extensions)))
         if self.mode is AuthMode.DISCOVERY:
             assert self.static_key is not None
-            self._send(Epoch.HANDSHAKE, Certificate(self.static_key.certificate_chain))
+            self._send(Epoch.HANDSHAKE, Certificate(self.static_key.certificate_chain),
+                       encoded=self.static_key.certificate_message)
             self._transition(S.WAIT_KEM_CT)
             return
         self._send(Epoch.HANDSHAKE, Finished(finished_mac(profile.hash_name, server_hs,
