@@ -38,14 +38,17 @@ MESSAGE_HASH = 0xFE
 
 class Transcript:
     """The transcript of one handshake (spec VEL-HS-104): the messages, and a running hash
-    per hash function asked for, so each digest costs only the new bytes."""
+    per hash function asked for, so each digest costs only the new bytes. Once the
+    handshake's hash is settled (``settle``) only its running hash is kept, not the
+    messages: a half-open connection does not hold its ClientHello and ServerHello twice."""
 
     def __init__(self) -> None:
-        self._messages: list[bytes] = []
+        self._messages: list[bytes] | None = []
         self._running: dict[str, Any] = {}
 
     def add(self, raw: bytes) -> None:
-        self._messages.append(raw)
+        if self._messages is not None:
+            self._messages.append(raw)
         for running in self._running.values():
             running.update(raw)
 
@@ -53,19 +56,32 @@ class Transcript:
         running = self._running.get(hash_name)
         if running is None:
             running = self._running[hash_name] = hashlib.new(hash_name,
-                                                             b"".join(self._messages))
+                                                             b"".join(self._kept()))
         digest: bytes = running.copy().digest()
         return digest
 
+    def settle(self, hash_name: str) -> None:
+        """No other hash and no HELLO_RETRY rewrite can come: forget the messages."""
+        self.digest(hash_name)
+        self._running = {hash_name: self._running[hash_name]}
+        self._messages = None
+
+    def _kept(self) -> list[bytes]:
+        if self._messages is None:
+            raise InternalError("the transcript's messages were forgotten when its hash "
+                                "was settled")
+        return self._messages
+
     def replace_with_message_hash(self, hash_name: str) -> None:
         """After HELLO_RETRY: CLIENT_HELLO1 becomes 0xfe || u24 Hash.length || Hash(CH1)."""
-        first = hashlib.new(hash_name, self._messages[0]).digest()
-        self._messages[0] = bytes([MESSAGE_HASH]) + len(first).to_bytes(3, "big") + first
+        messages = self._kept()
+        first = hashlib.new(hash_name, messages[0]).digest()
+        messages[0] = bytes([MESSAGE_HASH]) + len(first).to_bytes(3, "big") + first
         self._running.clear()
 
     @property
     def messages(self) -> tuple[bytes, ...]:
-        return tuple(self._messages)
+        return tuple(self._kept())
 
 
 class AuthMode(Enum):

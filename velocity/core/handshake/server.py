@@ -397,6 +397,7 @@ class ServerHandshake(HandshakeBase):
         self._send(Epoch.INITIAL, ServerHello(
             self._entropy.random(32), profile.code, int(aead), share,
             int(self.mode is AuthMode.RESUMPTION), int(self.mode is AuthMode.PDK)))
+        self.transcript.settle(profile.hash_name)
         if self.schedule is None:
             self.schedule = KeySchedule(profile.hash_name)
         self.schedule.enter_handshake(hybrid.shared_secret + (ss_static or b""))
