@@ -8,6 +8,7 @@ moves the cursor past what it matched; ``expect_close`` looks at the whole conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -397,6 +398,16 @@ async def shutdown(run: Run, step: Step) -> None:
     run.note("shutdown", {"target": run.target.label})
 
 
+async def close(run: Run, step: Step) -> None:
+    """Close every connection the run has open now (CONNECTION_CLOSE with NO_ERROR), as the
+    end of the run would: a ``wait`` after it gives the target time to let go of them."""
+    for conn in run.connections.values():
+        if conn.peer is not None:
+            with contextlib.suppress(ConnectionError, OSError):
+                await conn.peer.close()
+    run.note("close", {"conns": sorted(run.connections)})
+
+
 async def check(run: Run, step: Step) -> None:
     """``assert``: every expression holds over the saved values and the aggregates."""
     sources = [step.options] if isinstance(step.options, str) else list(step.options)
@@ -420,6 +431,7 @@ STEPS: dict[str, StepRunner] = {
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
     "key_update": key_update, "shutdown": shutdown, "holes": holes, "fill": fill,
+    "close": close,
     "impair": impair, "expect_client": server_role.expect_client,
     "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
     "replay": replay.replay, "fuzz": fuzz_step}
