@@ -77,6 +77,11 @@ IN_PROCESS_HALF_OPEN = 1024
 reference's default is 32): the whole catalogue reaches it from one address, and every
 handshake a scenario fails on purpose holds its slot while it closes (three PTOs, about 3 s
 before the server has an RTT sample)."""
+IN_PROCESS_SHED_AFTER = 30.0
+"""The in-process target's load-shedding bound (VEL-CONN-015; the reference's default is
+0.25 s), out of reach: it shares its process, and the GIL, with the harness, so its reads
+wait on the harness's own work (a fuzz step's burst), and shedding would drop the
+catalogue's Initials as if the server were overloaded."""
 
 
 class TargetError(Exception):
@@ -279,7 +284,8 @@ class InProcessServer:
                                  replay_filter=ReplayFilter())
         app = HarnessApplication(StaticFiles(public), api=True, clock=_now)
         config = EndpointConfig(ConnectionConfig(handshake),
-                                max_half_open_per_address=IN_PROCESS_HALF_OPEN)
+                                max_half_open_per_address=IN_PROCESS_HALF_OPEN,
+                                shed_after=IN_PROCESS_SHED_AFTER)
         return await serve(LOOPBACK, 0, config, app, entropy=entropy)
 
     def stop(self) -> None:
