@@ -2,8 +2,7 @@
 answers to datagrams that belong to no connection (Version Negotiation, Retry, refusal),
 address-validation tokens, the session limit, the bounds on half-open connections and load
 shedding (spec VEL-CONN-004, VEL-CONN-005, VEL-CONN-009, VEL-CONN-010, VEL-CONN-015,
-VEL-VN-001, VEL-RTY-*). The asyncio
-server (``velocity.aio.server``) only moves bytes."""
+VEL-VN-001, VEL-RTY-*). The asyncio server (``velocity.aio.server``) only moves bytes."""
 
 from __future__ import annotations
 

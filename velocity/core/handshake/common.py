@@ -194,9 +194,9 @@ class StaticKey:
 
     @cached_property
     def certificate_message(self) -> bytes:
-        """The encoded CERTIFICATE message of this key's chain: encoded once and shared by
-        every connection sent it (a half-open discovery connection holds it until its
-        handshake ends). A rotated key is a new ``StaticKey``, with a cache of its own."""
+        """The encoded CERTIFICATE message of this key's chain, encoded once for every
+        connection it is sent to (a flood of discovery handshakes encoded it for each). A
+        rotated key is a new ``StaticKey``, with a cache of its own."""
         return encode_message(Certificate(self.certificate_chain))
 
 
