@@ -398,14 +398,14 @@ async def shutdown(run: Run, step: Step) -> None:
     run.note("shutdown", {"target": run.target.label})
 
 
-async def close(run: Run, step: Step) -> None:
+async def close_connections(run: Run, step: Step) -> None:
     """Close every connection the run has open now (CONNECTION_CLOSE with NO_ERROR), as the
     end of the run would: a ``wait`` after it gives the target time to let go of them."""
     for conn in run.connections.values():
         if conn.peer is not None:
             with contextlib.suppress(ConnectionError, OSError):
                 await conn.peer.close()
-    run.note("close", {"conns": sorted(run.connections)})
+    run.note("close_connections", {"conns": sorted(run.connections)})
 
 
 async def check(run: Run, step: Step) -> None:
@@ -431,7 +431,7 @@ STEPS: dict[str, StepRunner] = {
     "expect_any": expect_any, "expect_close": expect_close, "expect_silence": expect_silence,
     "request": request, "expect_response": expect_response, "wait": wait, "assert": check,
     "key_update": key_update, "shutdown": shutdown, "holes": holes, "fill": fill,
-    "close": close,
+    "close_connections": close_connections,
     "impair": impair, "expect_client": server_role.expect_client,
     "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
     "replay": replay.replay, "fuzz": fuzz_step}
