@@ -115,14 +115,18 @@ class Server:
                 return int(line.split()[1])
         raise click.ClickException("no VmRSS for the server")
 
-    def table(self) -> int:
-        """The connection table's size, from the velocity_active_connections gauge."""
+    def metric(self, name: str) -> int:
+        """A gauge's or counter's value from the server's metrics endpoint (0 if absent)."""
         with urllib.request.urlopen(self.metrics_url, timeout=10) as answer:
             text = answer.read().decode()
         for line in text.splitlines():
-            if line.startswith("velocity_active_connections "):
+            if line.startswith(f"{name} "):
                 return int(float(line.split()[1]))
         return 0
+
+    def table(self) -> int:
+        """The connection table's size, from the velocity_active_connections gauge."""
+        return self.metric("velocity_active_connections")
 
     def errors(self) -> list[str]:
         """Lines of the server's log that mean a bug (internal errors, tracebacks)."""
@@ -508,7 +512,7 @@ def attack_under_load(server: Server, work: Path, attack: ChildAttack, *, ops: l
     after = server.rss_kb()
     return {"baseline": baseline, "peak_rss": peak_rss, "peak_table": peak_table,
             "after": after, "left": left, "drained_in": drained_in, "during": during,
-            "outcomes": legit.outcomes}
+            "outcomes": legit.outcomes, "shed": server.metric("velocity_initials_shed_total")}
 
 
 @click.group()
@@ -532,10 +536,13 @@ def main() -> None:
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True)
 @click.option("--warm-up", "warm", type=click.IntRange(1), default=100, show_default=True,
               help="Legitimate fetches before the baseline RSS is read.")
+@click.option("--shed-after", type=float, default=None,
+              help="The server's --shed-after (default: its own default).")
 @click.option("--markdown", is_flag=True)
 def flood(short: bool, initials: int, policies: str, rate: float, sources: int,
           garbage: float, replays: float, workers: int, settle: float,
-          handshake_timeout: float, warm: int, markdown: bool) -> None:
+          handshake_timeout: float, warm: int, shed_after: float | None,
+          markdown: bool) -> None:
     """Initials (valid, garbage, replays) under each --retry policy while clients fetch."""
     if short:
         initials, settle, handshake_timeout, workers, rate, warm, policies = (
@@ -544,7 +551,7 @@ def flood(short: bool, initials: int, policies: str, rate: float, sources: int,
     for policy in policies.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             server = Server(Path(tmp), "--retry", policy, "--handshake-timeout",
-                            str(handshake_timeout))
+                            str(handshake_timeout), *_shed_option(shed_after))
             try:
                 attack = ChildAttack(_flood, server.address, initials, (garbage, replays),
                                      sources, rate)
@@ -561,9 +568,13 @@ def flood(short: bool, initials: int, policies: str, rate: float, sources: int,
     verdict.done()
 
 
+def _shed_option(shed_after: float | None) -> list[str]:
+    return [] if shed_after is None else ["--shed-after", str(shed_after)]
+
+
 ATTACK_HEADER = ("retry", "attack", "clients ok", "fetches", "p50 ms", "p99 ms",
                  "table peak", "drained in", "RSS base", "RSS peak", "RSS after",
-                 "after/base")
+                 "after/base", "shed")
 
 
 def _attack_row(policy: str, attack: str, got: dict[str, object], verdict: Verdict,
@@ -581,7 +592,7 @@ def _attack_row(policy: str, attack: str, got: dict[str, object], verdict: Verdi
     return [policy, attack, f"{outcomes.success:.2%}", str(outcomes.total),
             f"{outcomes.quantile(0.5) * 1000:.0f}", f"{outcomes.quantile(0.99) * 1000:.0f}",
             str(got["peak_table"]), f"{float(str(got['drained_in'])):.1f} s", kb(baseline),
-            kb(int(str(got["peak_rss"]))), kb(after), f"{ratio:.2f}"]
+            kb(int(str(got["peak_rss"]))), kb(after), f"{ratio:.2f}", str(got["shed"])]
 
 
 @main.command()
@@ -598,10 +609,12 @@ def _attack_row(policy: str, attack: str, got: dict[str, object], verdict: Verdi
               help="Legitimate fetches before the baseline RSS is read.")
 @click.option("--policies", default="never,under-load,always", show_default=True,
               help="The runs to make, by the server's --retry policy.")
+@click.option("--shed-after", type=float, default=None,
+              help="The server's --shed-after (default: its own default).")
 @click.option("--markdown", is_flag=True)
 def halfopen(short: bool, attackers: int, rate: float, sources: int, max_sessions: int,
              workers: int, settle: float, handshake_timeout: float, warm: int, policies: str,
-             markdown: bool) -> None:
+             shed_after: float | None, markdown: bool) -> None:
     """Half-open exhaustion: clients that never finish (--retry never, under-load), and
     clients that answer Retry and stop (--retry always, under-load)."""
     runs = [(policy, answer) for policy, answer in (
@@ -614,7 +627,8 @@ def halfopen(short: bool, attackers: int, rate: float, sources: int, max_session
     for policy, answer_retry in runs:
         with tempfile.TemporaryDirectory() as tmp:
             server = Server(Path(tmp), "--retry", policy, "--handshake-timeout",
-                            str(handshake_timeout), "--max-sessions", str(max_sessions))
+                            str(handshake_timeout), "--max-sessions", str(max_sessions),
+                            *_shed_option(shed_after))
             try:
                 attack = ChildAttack(_halfopen, server.address, attackers, sources, rate,
                                      answer_retry)

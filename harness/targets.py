@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import shlex
 import shutil
 import socket
@@ -31,6 +32,7 @@ import h11
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from harness.scenario.build import datagram
 from harness.schemas import SCHEMAS_DIR
 from velocity.aio.client import FallbackError, connect, split_address
 from velocity.aio.entropy import OsEntropy
@@ -81,6 +83,11 @@ IN_PROCESS_HALF_OPEN = 1024
 reference's default is 32): the whole catalogue reaches it from one address, and every
 handshake a scenario fails on purpose holds its slot while it closes (three PTOs, about 3 s
 before the server has an RTT sample)."""
+IN_PROCESS_SHED_AFTER = 30.0
+"""The in-process target's load-shedding bound (VEL-CONN-015; the reference's default is
+0.25 s), out of reach: it shares its process, and the GIL, with the harness, so its reads
+wait on the harness's own work (a fuzz step's burst), and shedding would drop the
+catalogue's Initials as if the server were overloaded."""
 
 
 class TargetError(Exception):
@@ -143,6 +150,21 @@ def _now() -> dt.datetime:
 
 
 ALL_PROFILES = (BALANCED, SECURE, LIGHT)
+
+
+def answers_version_negotiation(address: Address, timeout: float) -> bool:
+    """Whether the server at ``address`` answers an Initial of an unknown version within
+    ``timeout`` s: a liveness check that leaves no state on it (VEL-VN-001)."""
+    probe = datagram({"template": "version_negotiation_probe"}, random.Random())
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(probe, address)
+            sock.recv(65536)
+        except OSError:  # no answer in time, or nothing listening (ICMP)
+            return False
+    return True
 
 
 def sanity_config(target: Target) -> ClientConfig:
@@ -288,7 +310,7 @@ class InProcessServer:
         app = HarnessApplication(StaticFiles(public), api=True, clock=_now)
         config = EndpointConfig(ConnectionConfig(handshake),
                                 max_half_open_per_address=IN_PROCESS_HALF_OPEN,
-                                **self._endpoint)
+                                shed_after=IN_PROCESS_SHED_AFTER, **self._endpoint)
         tokens = None if config.retry == "never" else RetryTokens(entropy.random(16))
         return await serve(LOOPBACK, 0, config, app, entropy=entropy, tokens=tokens)
 
@@ -350,10 +372,11 @@ class CommandServer:
 
     def start(self, timeout: float = START_TIMEOUT) -> Target:
         port = free_udp_port()
+        address = (LOOPBACK, port)
         argv = command_argv(self.command, {"port": str(port), "host": LOOPBACK})
         capabilities, ca_file, keys, server_name = self._claims
         target = Target("command", f"--target-cmd {argv[0]} on {LOOPBACK}:{port}",
-                        capabilities, address=(LOOPBACK, port), server_name=server_name,
+                        capabilities, address=address, server_name=server_name,
                         ca_file=ca_file, keys=keys)
         with self.log.open("wb") as log:
             try:
@@ -369,7 +392,12 @@ class CommandServer:
             if code is not None:
                 raise TargetError(f"--target-cmd exited with status {code} before answering;"
                                   f" its output ends: {self.output_tail()}")
-            reason = asyncio.run(sanity_check(target, timeout=1.0))
+            # a handshake abandoned while the target starts would hold one of the address's
+            # half-open slots until the target's handshake timeout (VEL-CONN-010), and a
+            # scenario that fills them would find one fewer: a stateless probe first
+            reason = ("no Version Negotiation answer"
+                      if not answers_version_negotiation(address, 0.5)
+                      else asyncio.run(sanity_check(target)))
             if reason is None:
                 return target
             if time.monotonic() > deadline:

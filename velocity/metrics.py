@@ -41,6 +41,9 @@ class ServerMetrics:
         self.active = Gauge("velocity_active_connections", "Connections in the table",
                             registry=r)
         self.retries = Counter("velocity_retry_sent", "Retry packets sent", registry=r)
+        self.shed = Counter("velocity_initials_shed",
+                            "New connections' Initials dropped while the server was behind",
+                            registry=r)
         self.closes = Counter("velocity_connection_closes", "Connections closed by error",
                               ["error"], registry=r)
 

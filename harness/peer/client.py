@@ -54,9 +54,10 @@ class ClientPeer(VelocityClient):
 
     # --- what the driver does, seen ----------------------------------------------------
 
-    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+    def datagram_received(self, data: bytes, address: Address, now: float,
+                          arrived: float) -> None:
         self.view.received(data, f"{address[0]}:{address[1]}")
-        super().datagram_received(data, address, now)
+        super().datagram_received(data, address, now, arrived)
 
     def _on_sent(self, datagrams: list[tuple[bytes, Address]]) -> None:
         self.view.sent([d for d, _ in datagrams])

@@ -55,10 +55,11 @@ class ServerPeer(VelocityServer):
             self.configure(connection)
         self._connected.set()
 
-    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+    def datagram_received(self, data: bytes, address: Address, now: float,
+                          arrived: float) -> None:
         self.wire.received(data, f"{address[0]}:{address[1]}")
         if self.answer is None or self.answer(data, address):
-            super().datagram_received(data, address, now)
+            super().datagram_received(data, address, now, arrived)
 
     def send_raw(self, data: bytes, address: Address) -> None:
         """A hand-written datagram from the server's socket."""

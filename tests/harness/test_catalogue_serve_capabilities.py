@@ -80,3 +80,18 @@ def test_a_retry_token_from_another_connection_is_invalid(pytester: pytest.Pytes
     options = serve_options(pytester, "--publish-kem", "--retry", "always")
     result = pytester.runpytest("scenarios", *options)
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.spec("VEL-CONN-010")
+def test_the_half_open_bound_scenario_passes_against_serve_with_that_bound(
+        pytester: pytest.Pytester) -> None:
+    """`serve --max-half-open-per-address 3` claimed as such: the harness's start-up checks
+    leave no half-open handshake on the target (one did, so the fill step found the third
+    connection refused), and the scenario closes what it filled before the sanity
+    handshake after it."""
+    copy(pytester, "scenarios/connection/limits.yaml")
+    options = serve_options(pytester, "--publish-kem", "--max-half-open-per-address", "3")
+    (pytester.path / "caps.yaml").write_text(
+        "[profile-balanced, publish-kem, {half-open-per-address: 3}]\n")
+    result = pytester.runpytest("-rs", "scenarios", *options, "-k", "half-open-beyond")
+    result.assert_outcomes(passed=1)

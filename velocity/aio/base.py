@@ -9,6 +9,7 @@ import contextlib
 import socket
 import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -27,6 +28,9 @@ from velocity.core.sender import MAX_DATAGRAMS_PER_CALL
 UDP_SEGMENT = 103  # linux/udp.h: send several datagrams in one call (GSO)
 UDP_GRO = 104  # linux/udp.h: receive several datagrams of a flow in one call (GRO)
 GSO_MAX_SEGMENTS = 32
+# asm-generic/socket.h: the kernel's receive time (CLOCK_REALTIME, struct timespec) with
+# each datagram, so the server knows how long one waited before it was read
+SO_TIMESTAMPNS = 35
 SOCKET_BUFFER = 4 << 20  # bytes; bursts of a large window overflow the default buffers
 RECEIVE_BUFFER = 1 << 16  # one datagram, or one GRO batch of them
 READS_PER_WAKEUP = 64  # bounded, so one busy socket cannot starve the loop
@@ -37,9 +41,9 @@ TRANSMIT_EVERY = 64
 SEND_QUEUE_LIMIT = 1024  # datagrams kept while the socket is full; beyond that they are lost
 
 
-def udp_socket(host: str, port: int) -> socket.socket:
-    """A bound, non-blocking UDP socket with large buffers and, where the kernel has it,
-    GRO (several datagrams per read)."""
+def udp_socket(host: str, port: int, *, timestamps: bool = False) -> socket.socket:
+    """A bound, non-blocking UDP socket with large buffers and, where the kernel has them,
+    GRO (several datagrams per read) and, with ``timestamps``, receive timestamps."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -48,6 +52,9 @@ def udp_socket(host: str, port: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+        if timestamps:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -55,11 +62,17 @@ def udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _segment_size(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+def _control(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, float | None]:
+    """(GRO segment size, kernel receive time on the wall clock) from a read's ancillary
+    data, each None when absent."""
+    size = received = None
     for level, kind, value in ancdata:
         if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 2:
-            return int.from_bytes(value[:2], sys.byteorder)
-    return None
+            size = int.from_bytes(value[:2], sys.byteorder)
+        elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", value[:16])
+            received = seconds + nanoseconds * 1e-9
+    return size, received
 
 
 class Sender:
@@ -223,7 +236,7 @@ class DatagramDriver:
         self._let_application_write_first = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._space = socket.CMSG_SPACE(4)
+        self._space = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(16)  # GRO, timestamp
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
@@ -250,13 +263,16 @@ class DatagramDriver:
                 break
             now = self._loop.time()
             address = (str(peer[0]), int(peer[1]))
-            size = _segment_size(ancdata) or len(data)
+            segment, received = _control(ancdata)
+            size = segment or len(data)
+            # on the loop's clock: how long it waited is what the two clocks agree on
+            arrived = now if received is None else now - max(0.0, time.time() - received)
             if size >= len(data):
-                self.datagram_received(data, address, now)
+                self.datagram_received(data, address, now, arrived)
                 unanswered += 1
             else:
                 for start in range(0, len(data), size):
-                    self.datagram_received(data[start : start + size], address, now)
+                    self.datagram_received(data[start : start + size], address, now, arrived)
                 unanswered += -(-len(data) // size)
         self._route()
         if self._let_application_write_first:
@@ -265,9 +281,11 @@ class DatagramDriver:
         else:
             self._transmit()
 
-    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
-        """One datagram for the sans-I/O object, read at ``now`` (events and sending follow
-        per batch)."""
+    def datagram_received(self, data: bytes, address: Address, now: float,
+                          arrived: float) -> None:
+        """One datagram for the sans-I/O object, read at ``now``, that reached the host at
+        ``arrived`` (the same as ``now`` without receive timestamps; events and sending
+        follow per batch)."""
         raise NotImplementedError
 
     def error_received(self, exc: OSError) -> None:

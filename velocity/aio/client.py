@@ -90,7 +90,8 @@ class VelocityClient(DatagramDriver):
         self._progress = asyncio.Event()
         self._ticket = asyncio.Event()
 
-    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+    def datagram_received(self, data: bytes, address: Address, now: float,
+                          arrived: float) -> None:
         self.connection.receive_datagram(data, address, now=now)
 
     def error_received(self, exc: OSError) -> None:

@@ -98,18 +98,19 @@ class VelocityServer(DatagramDriver):
         self.endpoint = endpoint
         self.metrics = metrics
         self.transcripts = transcripts
-        self._retries_counted = 0
+        self._retries_counted = self._shed_counted = 0
         self._handler = handler
         self._routers: dict[Connection, StreamRouter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.datagrams_received = 0
         self.heap = HeapReturn()
 
-    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+    def datagram_received(self, data: bytes, address: Address, now: float,
+                          arrived: float) -> None:
         self.datagrams_received += 1
         if self.metrics is not None:
             self.metrics.datagrams("in", [len(data)])
-        self.endpoint.receive_datagram(data, address, now=now)
+        self.endpoint.receive_datagram(data, address, now=now, arrived=arrived)
 
     def _route(self) -> None:
         while (item := self.endpoint.next_event()) is not None:
@@ -173,6 +174,8 @@ class VelocityServer(DatagramDriver):
             self.metrics.active.set(len(self.endpoint.connections))
             self.metrics.retries.inc(self.endpoint.retries_sent - self._retries_counted)
             self._retries_counted = self.endpoint.retries_sent
+            self.metrics.shed.inc(self.endpoint.shed - self._shed_counted)
+            self._shed_counted = self.endpoint.shed
 
     async def close(self, *, grace: float = 1.0) -> None:
         """Close every connection with NO_ERROR, give the closes time to leave, stop."""
@@ -230,4 +233,5 @@ async def serve(host: str, port: int, config: EndpointConfig, handler: StreamHan
     writer = TranscriptWriter(transcripts) if transcripts is not None else None
     endpoint = ServerEndpoint(config, entropy=entropy or OsEntropy(), tokens=tokens,
                               tracers=Transcript if writer is not None else None)
-    return VelocityServer(endpoint, handler, udp_socket(host, port), metrics, writer)
+    return VelocityServer(endpoint, handler, udp_socket(host, port, timestamps=True), metrics,
+                          writer)

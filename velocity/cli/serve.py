@@ -66,7 +66,7 @@ def load_identity(root: Path, profile_name: str, *, self_signed: bool, cert: Pat
 
 async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
                  listing: bool, retry: str, max_sessions: int, max_half_open: int,
-                 handshake_timeout: float, metrics: ServerMetrics | None,
+                 shed_after: float, handshake_timeout: float, metrics: ServerMetrics | None,
                  h3_listen: str | None, transcripts: Path | None, timeouts: Timeouts) -> None:
     host, port = parse_address(listen, what="--listen")
     entropy = OsEntropy()
@@ -87,7 +87,7 @@ async def _serve(root: Path, listen: str, handshake: ServerConfig, *, api: bool,
     static_key = handshake.static_keys[0]
     config = EndpointConfig(ConnectionConfig(handshake, handshake_timeout=handshake_timeout),
                             retry=retry, max_sessions=max_sessions,
-                            max_half_open_per_address=max_half_open)
+                            max_half_open_per_address=max_half_open, shed_after=shed_after)
     tokens = RetryTokens(entropy.random(16))
     with listening("--listen", listen):
         server = await serve_udp(host, port, config, app, tokens=tokens, metrics=metrics,
@@ -138,6 +138,11 @@ def _finite(_: click.Context, __: click.Parameter, seconds: float) -> float:
 @click.option("--max-half-open-per-address", "max_half_open", type=click.IntRange(1),
               default=EndpointConfig.max_half_open_per_address, show_default=True,
               help="Handshakes in progress from one IP address; more are refused.")
+@click.option("--shed-after", type=click.FloatRange(0, min_open=True), callback=_finite,
+              default=EndpointConfig.shed_after, show_default=True,
+              help="Seconds a datagram may wait to be read; past that the server is behind "
+                   "and starts no new connection (Retry, if the policy allows, else the "
+                   "Initial is dropped) until it has caught up.")
 @click.option("--handshake-timeout", type=click.FloatRange(0, min_open=True),
               default=ConnectionConfig.handshake_timeout, show_default=True,
               help="Seconds a handshake may take; then the connection is dropped.")
@@ -167,8 +172,8 @@ def _finite(_: click.Context, __: click.Parameter, seconds: float) -> float:
               help="Seconds a request's body may take to arrive after its head; then 408.")
 def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Path | None,
           profile: str, publish_kem: bool, api: bool, listing: bool, retry: str,
-          max_sessions: int, max_half_open: int, handshake_timeout: float, backend: str,
-          alpn: str, fallback_only: bool, fallback_alpn: str,
+          max_sessions: int, max_half_open: int, shed_after: float, handshake_timeout: float,
+          backend: str, alpn: str, fallback_only: bool, fallback_alpn: str,
           fallback_host: str, fallback_port: int | None, h3_listen: str | None,
           metrics_listen: str | None, transcripts: Path | None, log_format: str,
           header_timeout: float, body_timeout: float) -> None:
@@ -207,6 +212,6 @@ def serve(root: Path, listen: str, self_signed: bool, cert: Path | None, key: Pa
                              ticket_sealer=ticket_sealer(OsEntropy().random(32)),
                              replay_filter=ReplayFilter(), fallback=fallback, alpn=served)
     run(_serve(root, listen, handshake, api=api, listing=listing, retry=retry,
-               max_sessions=max_sessions, max_half_open=max_half_open,
+               max_sessions=max_sessions, max_half_open=max_half_open, shed_after=shed_after,
                handshake_timeout=handshake_timeout, metrics=metrics, h3_listen=h3_listen,
                transcripts=transcripts, timeouts=Timeouts(header_timeout, body_timeout)))

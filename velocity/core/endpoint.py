@@ -1,8 +1,8 @@
 """The server side of many connections, sans-I/O: connection-ID demultiplexing, stateless
 answers to datagrams that belong to no connection (Version Negotiation, Retry, refusal),
-address-validation tokens, the session limit and the bounds on half-open connections (spec
-VEL-CONN-004, VEL-CONN-005, VEL-CONN-009, VEL-CONN-010, VEL-VN-001, VEL-RTY-*). The asyncio
-server (``velocity.aio.server``) only moves bytes."""
+address-validation tokens, the session limit, the bounds on half-open connections and load
+shedding (spec VEL-CONN-004, VEL-CONN-005, VEL-CONN-009, VEL-CONN-010, VEL-CONN-015,
+VEL-VN-001, VEL-RTY-*). The asyncio server (``velocity.aio.server``) only moves bytes."""
 
 from __future__ import annotations
 
@@ -64,6 +64,9 @@ class EndpointConfig:
     max_sessions: int = 10_000
     under_load: int = 64  # connections awaiting validation before Retry kicks in
     max_half_open_per_address: int = 32  # handshakes in progress from one IP (VEL-CONN-010)
+    # seconds a datagram may have waited to be read before the server counts as behind and
+    # starts no new connection (VEL-CONN-015)
+    shed_after: float = 0.25
 
     def __post_init__(self) -> None:
         if self.retry not in RETRY_POLICIES:
@@ -99,10 +102,15 @@ class ServerEndpoint:
         self._half_open_hosts: Counter[str] = Counter()
         self.retries_sent = 0
         self.refused = 0
+        self.shed = 0  # Initials that would have opened a connection, dropped while behind
 
     # --- receiving ---------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, address: Address, *, now: float) -> None:
+    def receive_datagram(self, data: bytes, address: Address, *, now: float,
+                         arrived: float | None = None) -> None:
+        """One datagram from ``address``, read at ``now``; ``arrived`` is when it reached the
+        host (same clock), where the driver knows it: the wait in between says whether the
+        server is behind (VEL-CONN-015)."""
         cid_length = self.config.connection.cid_length
         try:
             header = parse_header(data, short_dcid_length=cid_length)
@@ -124,7 +132,8 @@ class ServerEndpoint:
             self._version_negotiation(header, address)
             return
         if header.packet_type == PacketType.INITIAL:
-            self._accept(header, data, address, now)
+            behind = arrived is not None and now - arrived > self.config.shed_after
+            self._accept(header, data, address, now, behind)
 
     def _version_negotiation(self, header: ProtectedHeader, address: Address) -> None:
         packet = VersionNegotiation(header.scid, header.dcid,
@@ -133,7 +142,7 @@ class ServerEndpoint:
         self._stateless.append((encode_version_negotiation(packet), address))
 
     def _accept(self, header: ProtectedHeader, data: bytes, address: Address,
-                now: float) -> None:
+                now: float, behind: bool) -> None:
         if not self._opens(header, data):
             return  # not an Initial of ours: no state, no answer, no eviction (VEL-CONN-004)
         now_ms = int(now * 1000)
@@ -150,6 +159,12 @@ class ServerEndpoint:
                 original_dcid, retry_scid = odcid, header.dcid
         if retry_scid is None and len(header.dcid) < MIN_CLIENT_DCID:
             return  # VEL-PKT-014: only our own Retry SCID may be shorter
+        if behind:  # VEL-CONN-015: no new handshake until the server has caught up
+            if validated or self.config.retry == "never":
+                self.shed += 1  # the client's next Initial, a PTO later, may find room
+            else:
+                self._retry(header, address, now_ms)
+            return
         refusal = self._refusal(address)
         if refusal is not None:
             self.refused += 1

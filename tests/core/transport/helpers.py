@@ -91,11 +91,13 @@ class Crowd:
     """Clients, each at its own address, in front of one ``ServerEndpoint`` on one virtual
     clock: a datagram reaches the address it is sent to ONE_WAY later if ``route`` lets it
     through. Everything due at one instant is handed over before anyone answers, as one read
-    batch of a server. ``sent`` records what the server sent to each address, and when."""
+    batch of a server. ``sent`` records what the server sent to each address, and when.
+    ``lag``: how long each datagram to the server waited to be read (a server behind)."""
 
     endpoint: ServerEndpoint
     route: Route = everything
     now: float = 0.0
+    lag: float = 0.0
     clients: dict[Address, Connection] = field(default_factory=dict)
     client_events: dict[Address, list[Event]] = field(default_factory=dict)
     server_events: list[tuple[Connection, Event]] = field(default_factory=list)
@@ -141,7 +143,8 @@ class Crowd:
         while self._queue and self._queue[0][0] <= self.now:
             _, _, direction, address, datagram = heapq.heappop(self._queue)
             if direction == "c2s":
-                self.endpoint.receive_datagram(datagram, address, now=self.now)
+                self.endpoint.receive_datagram(datagram, address, now=self.now,
+                                               arrived=self.now - self.lag)
             elif address in self.clients:
                 self.clients[address].receive_datagram(datagram, SERVER_ADDR, now=self.now)
         for client in self.clients.values():

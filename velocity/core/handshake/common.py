@@ -10,12 +10,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, Protocol
 
 from velocity.core.buffer import Reader, Writer
 from velocity.core.entropy import Entropy
 from velocity.core.errors import BufferReadError, InternalError, UnexpectedMessage
 from velocity.core.handshake.messages import (
+    Certificate,
     Message,
     MessageReader,
     MessageType,
@@ -36,14 +38,17 @@ MESSAGE_HASH = 0xFE
 
 class Transcript:
     """The transcript of one handshake (spec VEL-HS-104): the messages, and a running hash
-    per hash function asked for, so each digest costs only the new bytes."""
+    per hash function asked for, so each digest costs only the new bytes. Once the
+    handshake's hash is settled (``settle``) only its running hash is kept, not the
+    messages: a half-open connection does not hold its ClientHello and ServerHello twice."""
 
     def __init__(self) -> None:
-        self._messages: list[bytes] = []
+        self._messages: list[bytes] | None = []
         self._running: dict[str, Any] = {}
 
     def add(self, raw: bytes) -> None:
-        self._messages.append(raw)
+        if self._messages is not None:
+            self._messages.append(raw)
         for running in self._running.values():
             running.update(raw)
 
@@ -51,19 +56,32 @@ class Transcript:
         running = self._running.get(hash_name)
         if running is None:
             running = self._running[hash_name] = hashlib.new(hash_name,
-                                                             b"".join(self._messages))
+                                                             b"".join(self._kept()))
         digest: bytes = running.copy().digest()
         return digest
 
+    def settle(self, hash_name: str) -> None:
+        """No other hash and no HELLO_RETRY rewrite can come: forget the messages."""
+        self.digest(hash_name)
+        self._running = {hash_name: self._running[hash_name]}
+        self._messages = None
+
+    def _kept(self) -> list[bytes]:
+        if self._messages is None:
+            raise InternalError("the transcript's messages were forgotten when its hash "
+                                "was settled")
+        return self._messages
+
     def replace_with_message_hash(self, hash_name: str) -> None:
         """After HELLO_RETRY: CLIENT_HELLO1 becomes 0xfe || u24 Hash.length || Hash(CH1)."""
-        first = hashlib.new(hash_name, self._messages[0]).digest()
-        self._messages[0] = bytes([MESSAGE_HASH]) + len(first).to_bytes(3, "big") + first
+        messages = self._kept()
+        first = hashlib.new(hash_name, messages[0]).digest()
+        messages[0] = bytes([MESSAGE_HASH]) + len(first).to_bytes(3, "big") + first
         self._running.clear()
 
     @property
     def messages(self) -> tuple[bytes, ...]:
-        return tuple(self._messages)
+        return tuple(self._kept())
 
 
 class AuthMode(Enum):
@@ -173,6 +191,13 @@ class StaticKey:
     key: KemKey
     key_id: bytes
     certificate_chain: tuple[bytes, ...] = ()
+
+    @cached_property
+    def certificate_message(self) -> bytes:
+        """The encoded CERTIFICATE message of this key's chain, encoded once for every
+        connection it is sent to (a flood of discovery handshakes encoded it for each). A
+        rotated key is a new ``StaticKey``, with a cache of its own."""
+        return encode_message(Certificate(self.certificate_chain))
 
 
 def key_id_for(profile_code: int, encapsulation_key: bytes) -> bytes:
@@ -320,13 +345,17 @@ class HandshakeBase:
         """Enter the master secret and install the 1-RTT keys over the transcript so far."""
         self._install_keys(Epoch.APPLICATION, *self._application_secrets())
 
-    def _send(self, epoch: Epoch, message: Message, *, record: bool = True) -> bytes:
+    def _send(self, epoch: Epoch, message: Message, *, record: bool = True,
+              encoded: bytes | None = None) -> bytes:
+        """Queue ``message`` (``encoded``: its encoding, when already at hand) in ``epoch``;
+        its bytes, as recorded in the transcript."""
         if self.message_hook is not None:
             hooked = self.message_hook(message)
             if hooked is None:
                 return b""
-            message = hooked
-        raw = encode_message(message)
+            if hooked is not message:
+                message, encoded = hooked, None
+        raw = encode_message(message) if encoded is None else encoded
         self._trace_sent(epoch, message, raw)
         if record:
             self.transcript.add(raw)

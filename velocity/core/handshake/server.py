@@ -397,6 +397,7 @@ class ServerHandshake(HandshakeBase):
         self._send(Epoch.INITIAL, ServerHello(
             self._entropy.random(32), profile.code, int(aead), share,
             int(self.mode is AuthMode.RESUMPTION), int(self.mode is AuthMode.PDK)))
+        self.transcript.settle(profile.hash_name)
         if self.schedule is None:
             self.schedule = KeySchedule(profile.hash_name)
         self.schedule.enter_handshake(hybrid.shared_secret + (ss_static or b""))
@@ -414,7 +415,8 @@ class ServerHandshake(HandshakeBase):
                                                         tuple(extensions)))
         if self.mode is AuthMode.DISCOVERY:
             assert self.static_key is not None
-            self._send(Epoch.HANDSHAKE, Certificate(self.static_key.certificate_chain))
+            self._send(Epoch.HANDSHAKE, Certificate(self.static_key.certificate_chain),
+                       encoded=self.static_key.certificate_message)
             self._transition(S.WAIT_KEM_CT)
             return
         self._send(Epoch.HANDSHAKE, Finished(finished_mac(profile.hash_name, server_hs,
