@@ -19,8 +19,8 @@ import itertools
 import os
 import pickle
 import time
-import types
 import traceback
+import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
