@@ -31,10 +31,12 @@ from harness.scenario.verdict import Verdict
 from harness.targets import InProcessServer, Target
 from velocity.core import receiver
 from velocity.core.connection import Connection
-from velocity.core.frames import MaxStreamData
+from velocity.core.frames import ConnectionClose, MaxStreamData, encode_frames
 from velocity.core.packet import Epoch
 
 PLANTED = 1 << 30
+CLOSE = Case("frames", encode_frames([ConnectionClose(0, 0, b"")]))  # the target drains
+DEFECT = Case("frames", encode_frames([MaxStreamData(PLANTED, 0)]))  # the planted one
 
 
 def plant(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,6 +138,14 @@ def test_in_memory_the_fuzzer_finds_the_planted_defect_and_shrinks_it(
     assert asyncio.run(replay(MemoryTarget(seed="again"))) is None
 
 
+def test_in_memory_a_case_after_a_close_reaches_a_connection_that_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plant(monkeypatch)
+    result = run_memory([CLOSE, CLOSE, DEFECT], batch=10)
+    assert result.finding is not None and result.finding.oracle == "internal_error"
+    assert result.index == 2
+
+
 @pytest.mark.parametrize("source", [
     Source(layers=("frames",)), Source(layers=("frames",), lengths=True),
     *(Source(strategy="frames", space=space) for space in ("initial", "handshake", "1rtt")),
@@ -199,6 +209,18 @@ def test_the_fuzz_step_writes_a_scenario_that_fails_weakened_and_passes_fixed(
     assert again.verdict is Verdict.FAIL and "internal_error" in again.reason
     monkeypatch.undo()
     assert outcome(written, server, tmp_path / "again").verdict is Verdict.PASS
+
+
+def test_over_udp_a_case_after_a_close_reaches_a_connection_that_reads_it(
+        server: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "after-close.yaml"
+    path.write_text(SCENARIO.replace("parametrize: {n: [40]}\n", "").replace(
+        "{layers: [max_stream_data, ping], cases: \"{n}\", batch: 10, seed: planted}",
+        yaml.safe_dump({"replay": [to_replay(c) for c in (CLOSE, CLOSE, DEFECT)]},
+                       default_flow_style=True, width=1000).strip()))
+    plant(monkeypatch)
+    found = outcome(path, server, tmp_path / "reports")
+    assert found.verdict is Verdict.FAIL and "internal_error" in found.reason, found.reason
 
 
 def test_a_fuzz_step_with_an_unknown_layer_is_a_collection_error(tmp_path: Path) -> None:
