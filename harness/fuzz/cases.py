@@ -248,7 +248,7 @@ _extension_edits = st.tuples(st.sampled_from(["set", "drop", "add"]), _extension
     st.just("add"), st.just(int(ExtensionType.PRE_SHARED_KEY)), _pre_shared_keys())
 _hello_fields = {
     "random": _odd_bytes,
-    "alpn": st.lists(st.binary(max_size=300), max_size=4).map(tuple),
+    "alpn": st.lists(st.binary(max_size=255), max_size=4).map(tuple),  # a vec8 each
     "profiles": st.lists(_codes, max_size=4).map(tuple),
     "aeads": st.lists(_codes, max_size=4).map(tuple),
     "key_share_profile": _codes,
