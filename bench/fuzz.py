@@ -11,7 +11,8 @@ thread shares it over UDP).
 cases of each, a tenth of that for the hello source, which takes a handshake a case), each
 round drawn under its own seed ``mixed/<round>`` on a fresh target, across ``--processes``
 processes; it prints cases/s (drawing excluded and included) and each oracle failure with
-its seed, and exits 1 on any. The 1,000,000-case run of docs/reliability.md:
+its seed (an exception the harness raises too, and that round is not counted), and exits
+1 on any. The 1,000,000-case run of docs/reliability.md:
 
     python -m bench.fuzz --mixed 1000000 --processes 2
 """
@@ -118,7 +119,12 @@ def mixed_share(total: int, size: int, share: int, shares: int) -> Mixed:
             started = time.perf_counter()
             cases = SOURCES[name][1].cases(count, seed)
             drawn_at = time.perf_counter()
-            result = run_in_memory(cases, seed)
+            try:
+                result = run_in_memory(cases, seed)
+            except Exception as exc:  # the harness's own fault: the run goes on without it
+                out.findings.append(f"{name}, seed {seed!r}: the harness raised "
+                                    f"{type(exc).__name__}: {exc}")
+                continue
             out.cases[name] = out.cases.get(name, 0) + result.cases
             out.drawing[name] = out.drawing.get(name, 0.0) + drawn_at - started
             out.running[name] = out.running.get(name, 0.0) + result.seconds
