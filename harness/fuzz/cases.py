@@ -24,7 +24,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from scapy.fields import FieldLenField, PacketListField
 from scapy.packet import Packet, fuzz
-from scapy.volatile import VolatileValue
+from scapy.volatile import RandBin, VolatileValue
 
 from harness.fuzz import strategies as valid
 from harness.fuzz.case import (
@@ -60,18 +60,31 @@ def seeded(seed: str) -> Iterator[None]:
 
 def freeze(packet: Packet) -> Packet:
     """Fix every random value of a fuzzed packet once, so a length field counts the value
-    that is then written (scapy draws a volatile value again each time it reads it)."""
+    that is then written (scapy draws a volatile value again each time it reads it), and
+    mark each layer explicit: it has no generator left for a build to expand."""
     layer: Packet | None = packet
     while layer is not None and layer.fields_desc:
         for fld in layer.fields_desc:
             value = layer.getfieldval(fld.name)
             if isinstance(value, VolatileValue):
-                layer.setfieldval(fld.name, value._fix())
+                layer.setfieldval(fld.name, _fix(value))
             elif isinstance(fld, PacketListField):
                 for item in value:
                     freeze(item)
+        layer.explicit = 1
         layer = layer.payload if layer.payload else None
     return packet
+
+
+EVERY_BYTE = bytes(range(256))
+
+
+def _fix(value: VolatileValue[Any]) -> Any:
+    """A volatile value's draw. A RandBin over every byte value is drawn in one call (its
+    own draw takes a ``random.choice`` a byte): the same size distribution, any bytes."""
+    if type(value) is RandBin and value.chars == EVERY_BYTE:
+        return random.randbytes(int(value.size))
+    return value._fix()
 
 
 def _mutate_lengths(packet: Packet) -> None:
@@ -235,7 +248,7 @@ _extension_edits = st.tuples(st.sampled_from(["set", "drop", "add"]), _extension
     st.just("add"), st.just(int(ExtensionType.PRE_SHARED_KEY)), _pre_shared_keys())
 _hello_fields = {
     "random": _odd_bytes,
-    "alpn": st.lists(st.binary(max_size=300), max_size=4).map(tuple),
+    "alpn": st.lists(st.binary(max_size=255), max_size=4).map(tuple),  # a vec8 each
     "profiles": st.lists(_codes, max_size=4).map(tuple),
     "aeads": st.lists(_codes, max_size=4).map(tuple),
     "key_share_profile": _codes,

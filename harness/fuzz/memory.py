@@ -2,17 +2,29 @@
 ``Connection`` objects, moving datagrams by function calls on a virtual clock (no sockets,
 no event loop waits), so every oracle reads the server directly: each exception that
 leaves the endpoint, each InternalErrorRaised it reports, its connection table, the bytes
-it sends each address, the wall time it spends on each case."""
+it sends each address, the wall time it spends on each case.
+
+1-RTT frames cases go to a second target of one connected client (the "pair"), which is
+restored from a snapshot taken once after its handshake whenever a case ended that
+connection on either side (most fuzzed frames do: a handshake per case would cost 50 times
+the case), and gets a sanity handshake of its own after every batch. Everything else (raw
+datagrams, hello, crypto and other spaces' frames, each on a connection of its own) goes
+to the first."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import os
+import pickle
 import time
 import traceback
+import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.fuzz.case import Case
 from harness.fuzz.runner import Finding, Oracles, arm, needs_connection_of_its_own
@@ -22,6 +34,8 @@ from velocity.core.endpoint import EndpointConfig, ServerEndpoint
 from velocity.core.entropy import SeededEntropy
 from velocity.core.errors import ErrorCode, ProtocolError
 from velocity.core.events import ConnectionTerminated, InternalErrorRaised
+from velocity.core.frames import Ping
+from velocity.core.packet import Epoch
 from velocity.core.state import State
 
 SERVER: Address = ("127.0.0.1", 4433)
@@ -29,6 +43,58 @@ ATTACKER = "10.0.0.1"  # the source of datagram cases (one address per batch)
 SETTLE = 120.0  # virtual seconds after the attack in which the table must empty
 STEP = 0.001  # virtual seconds between cases
 USE = 0.1  # virtual seconds a connection a case opened is used for
+
+
+class Snapshot:
+    """A target pickled once and unpickled as often as needed (a fifth of a millisecond, a
+    handshake's several): values (configs, frozen dataclasses, functions) and cipher
+    contexts (stateless once keyed) are shared with the original, hash objects copied,
+    everything else new."""
+
+    def __init__(self, target: MemoryTarget) -> None:
+        self.shared: dict[int, Any] = {}
+        self.copied: dict[int, Any] = {}
+        buffer = io.BytesIO()
+        _Pickler(buffer, self).dump(target)
+        self._data = buffer.getvalue()
+
+    def restore(self) -> MemoryTarget:
+        target = _Unpickler(io.BytesIO(self._data), self).load()
+        assert isinstance(target, MemoryTarget)
+        return target
+
+
+HASH = type(hashlib.sha256())
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.snapshot = snapshot
+
+    def persistent_id(self, obj: Any) -> tuple[str, int] | None:
+        kind = type(obj)
+        if isinstance(obj, (ConnectionConfig, EndpointConfig, types.FunctionType)) or (
+                kind.__module__.startswith("cryptography")) or getattr(
+                getattr(kind, "__dataclass_params__", None), "frozen", False):
+            self.snapshot.shared[id(obj)] = obj
+            return ("shared", id(obj))
+        if isinstance(obj, HASH):
+            self.snapshot.copied[id(obj)] = obj
+            return ("copied", id(obj))
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
+        super().__init__(file)
+        self.snapshot = snapshot
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, at = pid
+        if kind == "shared":
+            return self.snapshot.shared[at]
+        return self.snapshot.copied[at].copy()
 
 
 def rss_mb() -> float:
@@ -56,7 +122,7 @@ class MemoryTarget:
                                        entropy=SeededEntropy(f"{self.seed}/server"))
         self.now = 0.0
         self.clients: dict[Address, Connection] = {}
-        self.main: Connection | None = None
+        self.main: Connection | None = None  # the pair's connection
         self._ports = itertools.count(20000)
         self._batches = itertools.count(1)
         self.attacker: Address = (ATTACKER, next(self._ports))
@@ -67,6 +133,8 @@ class MemoryTarget:
         self.spent = 0.0  # CPU seconds the server spent on the current case
         self.baseline = len(self.endpoint.connections)
         self.memory = rss_mb()
+        self.pair: MemoryTarget | None = None  # where 1-RTT cases go
+        self._snapshot: Snapshot | None = None  # the pair just after its handshake
 
     # --- moving datagrams --------------------------------------------------------------------
 
@@ -152,12 +220,6 @@ class MemoryTarget:
             self.validated.add(address)
         return client
 
-    def established(self) -> Connection | None:
-        """The connection 1-RTT cases go on: the last one, or a new one."""
-        if self.main is None or self.main.state != State.CONNECTED:
-            self.main = self.client()
-        return self.main if self.main.handshake_complete else None
-
     # --- the driver --------------------------------------------------------------------------
 
     async def run(self, case: Case) -> Finding | None:
@@ -174,13 +236,18 @@ class MemoryTarget:
                 self.advance(USE)
             self._closed_with_internal_error(own)
         else:
-            client = self.established()
-            if client is None:
+            pair = self._connected()
+            if pair is None or pair.main is None:
                 return Finding("stopped_serving", "a new connection for the 1-RTT cases did "
                                "not complete its handshake")
-            arm(client, case)
-            self.pump()
-            self._closed_with_internal_error(client)
+            pair.now += STEP
+            pair.spent = 0.0
+            arm(pair.main, case)
+            pair.pump()
+            pair._closed_with_internal_error(pair.main)
+            self.faults += pair.faults
+            pair.faults.clear()
+            self.spent += pair.spent
         if self.faults:
             return self.faults[0]
         if self.spent > self.oracles.within:
@@ -190,6 +257,23 @@ class MemoryTarget:
             return Finding("table", f"{len(self.endpoint.connections)} connections in the "
                            f"table (the bound is {self.oracles.max_connections})")
         return None
+
+    def _connected(self) -> MemoryTarget | None:
+        """The pair with its connection open at both ends: as it is, or restored."""
+        pair = self.pair
+        if pair is not None and pair.main is not None and pair.main.state == State.CONNECTED \
+                and all(c.state == State.CONNECTED for c in pair.endpoint.connections):
+            return pair
+        if self._snapshot is None:
+            fresh = MemoryTarget(f"{self.seed}/1rtt", self.oracles, self.endpoint_config)
+            fresh.main = fresh.client()
+            if not fresh.main.handshake_complete:
+                return None
+            fresh.main.send_frames(Epoch.APPLICATION, [Ping()])  # both ends' 1-RTT keys
+            fresh.pump()  # are set up once, in the snapshot, not once a restore
+            self._snapshot = Snapshot(fresh)
+        self.pair = self._snapshot.restore()
+        return self.pair
 
     def _closed_with_internal_error(self, client: Connection) -> None:
         while (event := client.next_event()) is not None:
@@ -214,9 +298,11 @@ class MemoryTarget:
                                f"to {address[0]}:{address[1]}, which sent {received} and never "
                                f"validated (the limit is {self.oracles.amplification:g}x)")
         self.attacker = (ATTACKER, next(self._ports))
-        return None
+        return await self.pair.check() if self.pair is not None else None
 
     async def settle(self) -> Finding | None:
+        if self.pair is not None and (finding := await self.pair.settle()) is not None:
+            return finding
         for client in self.clients.values():
             client.close()
         self.pump()

@@ -23,7 +23,14 @@ from typing import Any, Protocol, TypeVar
 
 from harness.fuzz.case import Case, crypto_pieces, edit_hello
 from velocity.core.connection import Connection
-from velocity.core.frames import PathChallenge, encode_frames
+from velocity.core.errors import ProtocolError
+from velocity.core.frames import (
+    ApplicationClose,
+    ConnectionClose,
+    PathChallenge,
+    decode_frames,
+    encode_frames,
+)
 from velocity.core.handshake.messages import ClientHello, Message
 from velocity.core.packet import Epoch, PacketType
 from velocity.core.seams import PlannedPacket
@@ -130,6 +137,17 @@ def needs_connection_of_its_own(case: Case) -> bool:
     is gone once the handshake is done) rather than on the established one."""
     return case.kind in ("hello", "crypto") or (case.kind == "frames"
                                                  and case.space != "1rtt")
+
+
+def closes(case: Case) -> bool:
+    """Whether a 1-RTT frames case carries a CONNECTION_CLOSE or APPLICATION_CLOSE the
+    target reads (its payload decodes): the target then drains its end without a word, so
+    the cases after it need a connection of their own to reach anything."""
+    try:
+        frames = decode_frames(case.data, PacketType.ONE_RTT)
+    except ProtocolError:
+        return False  # the target closes with an error, which the client hears
+    return any(isinstance(f, (ConnectionClose, ApplicationClose)) for f in frames)
 
 
 # --- running, then shrinking -----------------------------------------------------------------

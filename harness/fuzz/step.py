@@ -29,6 +29,7 @@ from harness.fuzz.runner import (
     Finding,
     Oracles,
     arm,
+    closes,
     fuzz,
     needs_connection_of_its_own,
 )
@@ -107,6 +108,7 @@ class PeerDriver:
         self.context, self.oracles, self.address = run, oracles, run.target.address
         self.peers: list[ClientPeer] = []
         self.main: ClientPeer | None = None
+        self.drained = False  # the last case closed main: the target drains it silently
         self.raw: _RawSocket | None = None
         self.log: _InternalErrors | None = None
         if run.target.owned:  # the in-process reference: its log is ours to read
@@ -148,7 +150,8 @@ class PeerDriver:
             await self._wait(peer, self.oracles.within)
             return await self._retire(peer)
         else:
-            if self.main is not None and self.main.router.terminated is not None:
+            if self.main is not None and (self.main.router.terminated is not None
+                                          or self.drained):
                 finding = await self._retire(self.main)
                 self.main = None
                 if finding is not None:
@@ -162,6 +165,7 @@ class PeerDriver:
             arm(self.main.connection, case)
             self.main.flush()
             await asyncio.sleep(0)
+            self.drained = closes(case)
         return self._internal_error([self.main] if self.main else [])
 
     def _internal_error(self, peers: list[ClientPeer]) -> Finding | None:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scapy.packet import fuzz as scapy_fuzz
 
-from harness.fuzz.case import LAYERS, STRATEGIES, Case, from_replay, to_replay
+from harness.fuzz.case import LAYERS, STRATEGIES, Case, edit_hello, from_replay, to_replay
 from harness.fuzz.cases import Source, freeze, layer_cases, seeded, strategy_cases
 from harness.fuzz.memory import MemoryTarget
 from harness.fuzz.runner import Driver, FuzzSettings, Oracles, attempt, fuzz
@@ -31,10 +31,13 @@ from harness.scenario.verdict import Verdict
 from harness.targets import InProcessServer, Target
 from velocity.core import receiver
 from velocity.core.connection import Connection
-from velocity.core.frames import MaxStreamData
+from velocity.core.frames import ConnectionClose, MaxStreamData, encode_frames
+from velocity.core.handshake.messages import ClientHello, encode_message
 from velocity.core.packet import Epoch
 
 PLANTED = 1 << 30
+CLOSE = Case("frames", encode_frames([ConnectionClose(0, 0, b"")]))  # the target drains
+DEFECT = Case("frames", encode_frames([MaxStreamData(PLANTED, 0)]))  # the planted one
 
 
 def plant(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,6 +90,14 @@ def test_every_fuzzed_frame_layer_builds_and_reads_back_as_its_type(name: str) -
         assert type(parsed[0]) is layer
 
 
+def test_every_hello_case_is_a_client_hello_the_client_can_encode() -> None:
+    # seed and count of the 1,000,000-case run whose 71st draw had a 256-byte ALPN name,
+    # which a vec8 cannot carry: the client raised before anything reached the server
+    base = ClientHello(bytes(32), (b"h3",), (1,), (1,), 1, b"key", ())
+    for case in strategy_cases("hello", 200, "mixed/29/CLIENT_HELLO fields, hypothesis"):
+        encode_message(edit_hello(case, base))
+
+
 def test_a_seed_gives_the_same_cases_and_another_seed_others() -> None:
     for name in STRATEGIES:
         first = strategy_cases(name, 30, "seed-a")
@@ -134,6 +145,14 @@ def test_in_memory_the_fuzzer_finds_the_planted_defect_and_shrinks_it(
     assert asyncio.run(replay(MemoryTarget(seed="again"))) is not None
     monkeypatch.undo()
     assert asyncio.run(replay(MemoryTarget(seed="again"))) is None
+
+
+def test_in_memory_a_case_after_a_close_reaches_a_connection_that_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plant(monkeypatch)
+    result = run_memory([CLOSE, CLOSE, DEFECT], batch=10)
+    assert result.finding is not None and result.finding.oracle == "internal_error"
+    assert result.index == 2
 
 
 @pytest.mark.parametrize("source", [
@@ -199,6 +218,18 @@ def test_the_fuzz_step_writes_a_scenario_that_fails_weakened_and_passes_fixed(
     assert again.verdict is Verdict.FAIL and "internal_error" in again.reason
     monkeypatch.undo()
     assert outcome(written, server, tmp_path / "again").verdict is Verdict.PASS
+
+
+def test_over_udp_a_case_after_a_close_reaches_a_connection_that_reads_it(
+        server: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "after-close.yaml"
+    path.write_text(SCENARIO.replace("parametrize: {n: [40]}\n", "").replace(
+        "{layers: [max_stream_data, ping], cases: \"{n}\", batch: 10, seed: planted}",
+        yaml.safe_dump({"replay": [to_replay(c) for c in (CLOSE, CLOSE, DEFECT)]},
+                       default_flow_style=True, width=1000).strip()))
+    plant(monkeypatch)
+    found = outcome(path, server, tmp_path / "reports")
+    assert found.verdict is Verdict.FAIL and "internal_error" in found.reason, found.reason
 
 
 def test_a_fuzz_step_with_an_unknown_layer_is_a_collection_error(tmp_path: Path) -> None:
