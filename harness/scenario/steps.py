@@ -419,12 +419,18 @@ async def forge(run: Run, step: Step) -> None:
     peer = conn.client(step)
     bound = _claimed(run, step.options["limit"])
     count = bound + 1 if step.get("over", True) else bound
+    if not peer.connection.handshake_complete:
+        raise ScenarioError(f"forge sends 1-RTT packets: connection {conn.name} has no 1-RTT "
+                            "keys yet (a connect that waits until it is ready comes first)")
     forged = 0
     while forged < count and _first(conn, "quic:connection_closed") is None:
         await run.sleep(run.budget.pace(1, run.now()))
         peer.connection.send_frames(Epoch.APPLICATION, [Ping()])
         _, sent = peer.transmit(lambda datagrams: [d[:-1] + bytes([d[-1] ^ 1])
                                                    for d in datagrams])
+        if not sent:
+            raise ScenarioError(f"connection {conn.name} sent nothing to forge after "
+                                f"{forged} forgeries")
         forged += len(sent)
         run.check_budget()
     run.note("send", {"conn": conn.name, "space": "1rtt", "forged": forged, "limit": bound})
