@@ -113,6 +113,9 @@ class StepChecker:
             self.report((*path, "replaces"), f"no connection {replaces!r} is opened before "
                                              "this step")
         name = options.get("name", "main")
+        if isinstance(name, str) and re.fullmatch(r"fill\d+", name):
+            self.report((*path, "name"), f"{name} is a name of the fill step's connections: "
+                                         "give this one another name")
         self._open(name, (*path, "name") if "name" in options else path)
         if options.get("wait") == "held":
             self.held.add(name)

@@ -155,7 +155,7 @@ async def expect_silence(run: Run, step: Step) -> None:
     types = step.get("packet_types")
     came = await conn.view.quiet(seconds, start=len(conn.view.events), packet_types=types)
     if came is not None:
-        what = "a datagram" if types is None else f"a {' or '.join(types)} packet"
+        what = "a datagram" if types is None else f"a packet of type {' or '.join(types)}"
         raise StepFailed(f"the target sent {what} on connection {conn.name} during the "
                          f"{seconds:g} s of expected silence", expected=f"no {what[2:]}",
                          actual=f"{came['data']['raw'][0]['length']} bytes carrying "

@@ -149,7 +149,7 @@ CASES = [  # (file, scenario, weakening, requirement, what the FAIL says)
      holds_any_number_of_stream_ranges, "VEL-STR-005", NOT_CLOSED),
     ("protection/discarded-keys.yaml",
      "protection/initial-packets-after-the-handshake-are-not-read",
-     keeps_initial_keys, "VEL-PROT-013", "initial packet"),
+     keeps_initial_keys, "VEL-PROT-013", "packet of type initial"),
 ]
 
 
