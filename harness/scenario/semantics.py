@@ -147,6 +147,9 @@ class StepChecker:
     def _fill(self, options: dict[str, Any], path: Path) -> None:
         """A fill opens fill1 and on (a claimed bound is at least 1): later steps may name
         fill1; how many more there are is the target's."""
+        if options.get("complete") and options.get("limit") != "sessions":
+            self.report((*path, "complete"), "complete connections are not half-open: "
+                                             "complete: true fills the sessions bound only")
         self._open("fill1", path)
 
     def _open(self, name: str, path: Path) -> None:

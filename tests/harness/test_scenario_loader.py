@@ -69,6 +69,8 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
      "s.yaml:6: $.steps[0].expect.conn: no connection 'other' is opened before this step"),
     (HEAD + "steps:\n  - connect: {}\n  - connect: {}\n",
      "s.yaml:7: $.steps[1].connect: a connection 'main' is already opened"),
+    (HEAD + "steps:\n  - fill: {limit: half-open-per-address, complete: true}\n",
+     "s.yaml:6: $.steps[0].fill.complete: complete connections are not half-open"),
     (HEAD + "steps:\n  - connect: {name: fill2}\n",
      "s.yaml:6: $.steps[0].connect.name: fill2 is a name of the fill step's connections"),
     (HEAD + "steps:\n  - assert: 'saved_later > 1'\n  - expect: {event: a:b, save: {saved_later: "
