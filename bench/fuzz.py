@@ -171,7 +171,8 @@ def over_udp(target: Target, directory: Path, step: str, count: int) -> float:
                     f"role: client\nbudget: {{timeout: 600}}\nsteps:\n"
                     f"  - fuzz: {{{step}, cases: {count}, batch: 500}}\n")
     (scenario,) = load_file(path, path.name, requirements())
-    result = asyncio.run(run_scenario(scenario, target, seed="bench", strict=False))
+    # a seed of its own (so client connection IDs of its own) for each run on the server
+    result = asyncio.run(run_scenario(scenario, target, seed=step, strict=False))
     assert result.outcome.verdict is Verdict.PASS, result.outcome.reason
     (note,) = [e["data"] for e in result.documents[0][1]["events"]
                if e["name"] == "harness:fuzz"]

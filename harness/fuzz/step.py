@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import socket
@@ -102,7 +103,7 @@ class _InternalErrors(logging.Handler):
 class PeerDriver:
     """Cases over UDP to ``run.target`` through the scripted peer."""
 
-    def __init__(self, run: Run, oracles: Oracles) -> None:
+    def __init__(self, run: Run, oracles: Oracles, index: int) -> None:
         if run.target.address is None:
             raise StepUnsupported(f"{run.target.label} is not a server")
         self.context, self.oracles, self.address = run, oracles, run.target.address
@@ -114,14 +115,17 @@ class PeerDriver:
         if run.target.owned:  # the in-process reference: its log is ours to read
             self.log = _InternalErrors()
             logging.getLogger(SERVER_LOG).addHandler(self.log)
+        self.index = index  # this driver's among the run's (the first fuzzes, others shrink)
         self._count = 0
 
     async def _peer(self, case: Case | None = None) -> ClientPeer:
         self._count += 1
         _, config = client_config(self.context, {})
         view = View(self.context.loop)
-        connection = ClientPeer.make_connection(
-            config, entropy=self.context.entropy(f"fuzz/{self._count}"), view=view)
+        # no two connections of a run alike (shrinking drivers too): a live one would take
+        # the other's Initials, which the target routes by the DCID both chose
+        entropy = self.context.entropy(f"fuzz/{self.index}/{self._count}")
+        connection = ClientPeer.make_connection(config, entropy=entropy, view=view)
         if case is not None:
             arm(connection, case)
         peer = await ClientPeer.start(connection, self.address, view=view)
@@ -239,8 +243,10 @@ async def fuzz_step(run: Run, step: Step) -> None:
         count = run.fuzz.cases or int(step.get("cases", DEFAULT_CASES))
         cases = source_of(step).cases(count, f"{seed}/{run.scenario.name}/{step.where}")
 
+    drivers = itertools.count(1)
+
     async def make() -> Driver:
-        return PeerDriver(run, oracles)
+        return PeerDriver(run, oracles, next(drivers))
 
     # fuzz until three quarters of the time left, shrink until 90%: the rest is the checks'
     left, began = run.budget.wait(run.scenario.budget.timeout, run.now())[0], run.now()
