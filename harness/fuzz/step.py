@@ -103,7 +103,7 @@ class _InternalErrors(logging.Handler):
 class PeerDriver:
     """Cases over UDP to ``run.target`` through the scripted peer."""
 
-    def __init__(self, run: Run, oracles: Oracles, index: int) -> None:
+    def __init__(self, run: Run, oracles: Oracles, label: str) -> None:
         if run.target.address is None:
             raise StepUnsupported(f"{run.target.label} is not a server")
         self.context, self.oracles, self.address = run, oracles, run.target.address
@@ -115,16 +115,16 @@ class PeerDriver:
         if run.target.owned:  # the in-process reference: its log is ours to read
             self.log = _InternalErrors()
             logging.getLogger(SERVER_LOG).addHandler(self.log)
-        self.index = index  # this driver's among the run's (the first fuzzes, others shrink)
+        self.label = label  # the step's place and this driver's number among its own
         self._count = 0
 
     async def _peer(self, case: Case | None = None) -> ClientPeer:
         self._count += 1
         _, config = client_config(self.context, {})
         view = View(self.context.loop)
-        # no two connections of a run alike (shrinking drivers too): a live one would take
-        # the other's Initials, which the target routes by the DCID both chose
-        entropy = self.context.entropy(f"fuzz/{self.index}/{self._count}")
+        # no two connections of a run alike (other steps', shrinking drivers'): a live one
+        # would take the other's Initials, which the target routes by the DCID both chose
+        entropy = self.context.entropy(f"fuzz/{self.label}/{self._count}")
         connection = ClientPeer.make_connection(config, entropy=entropy, view=view)
         if case is not None:
             arm(connection, case)
@@ -246,7 +246,7 @@ async def fuzz_step(run: Run, step: Step) -> None:
     drivers = itertools.count(1)
 
     async def make() -> Driver:
-        return PeerDriver(run, oracles, next(drivers))
+        return PeerDriver(run, oracles, f"{step.where}/{next(drivers)}")
 
     # fuzz until three quarters of the time left, shrink until 90%: the rest is the checks'
     left, began = run.budget.wait(run.scenario.budget.timeout, run.now())[0], run.now()

@@ -21,9 +21,12 @@ from harness.fuzz.case import LAYERS, STRATEGIES, Case, edit_hello, from_replay,
 from harness.fuzz.cases import Source, freeze, layer_cases, seeded, strategy_cases
 from harness.fuzz.memory import MemoryTarget
 from harness.fuzz.runner import Driver, FuzzSettings, Oracles, attempt, fuzz
+from harness.fuzz.step import PeerDriver
 from harness.layers import frames as fl
 from harness.layers.fields import PacketNumberField, SizedVarIntField, VarIntField, ZeroRunField
 from harness.layers.packets import VLongHeader
+from harness.scenario.budget import BudgetMeter
+from harness.scenario.context import Run
 from harness.scenario.engine import run_scenario
 from harness.scenario.loader import load_file
 from harness.scenario.spec import requirements
@@ -230,6 +233,30 @@ def test_over_udp_a_case_after_a_close_reaches_a_connection_that_reads_it(
     plant(monkeypatch)
     found = outcome(path, server, tmp_path / "reports")
     assert found.verdict is Verdict.FAIL and "internal_error" in found.reason, found.reason
+
+
+def test_no_two_fuzz_connections_of_a_run_share_a_dcid(server: Target, tmp_path: Path) -> None:
+    # a connection still live on the target would take the Initials of another with its
+    # DCID: the fuzzing driver's and the shrinking drivers' connections must all differ
+    path = tmp_path / "planted.yaml"
+    path.write_text(SCENARIO)
+    (scenario,) = load_file(path, path.name, requirements())
+
+    async def dcids() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        run = Run(scenario, server, 0, False, BudgetMeter(scenario.budget, loop.time()), loop)
+        out = []
+        for label in ("a.yaml:9/1", "a.yaml:9/2", "a.yaml:12/1"):
+            driver = PeerDriver(run, Oracles(), label)
+            try:
+                for _ in range(2):
+                    out.append((await driver._peer()).connection.original_dcid)
+            finally:
+                await driver.close()
+        return out
+
+    seen = asyncio.run(dcids())
+    assert len(set(seen)) == len(seen) == 6
 
 
 def test_a_fuzz_step_with_an_unknown_layer_is_a_collection_error(tmp_path: Path) -> None:
