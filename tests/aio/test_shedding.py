@@ -10,33 +10,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
 
 from harness.pair import PairSpec, make_configs
+from tests.aio.test_faults import echo, until
 from velocity.aio.client import connect
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import serve
-from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Connection, ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
 
 CLIENT_HS, SERVER_HS = make_configs(PairSpec(mode="pdk"))
 SHED_AFTER = 0.5
 BLOCKED = 2 * SHED_AFTER
-
-
-async def echo(stream: VelocityStream, connection: Connection) -> None:
-    stream.write(await stream.read(), end_stream=True)
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return True
-        await asyncio.sleep(0.01)
-    return condition()
 
 
 def first_flight(target: tuple[str, int]) -> list[bytes]:
