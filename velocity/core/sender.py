@@ -264,9 +264,10 @@ def _collect(conn: Connection, epoch: Epoch, packet_type: PacketType, room: int,
     space = conn.spaces[epoch]
     frames = _Frames()
     if conn._close is not None:
-        # after the handshake the peer reads 1-RTT: close there only (RFC 9000 10.2.3)
-        late = conn.handshake_complete and epoch != Epoch.APPLICATION
-        if packet_type != PacketType.ZERO_RTT and not late:
+        # in every space whose keys are still held: the peer may not read 1-RTT yet (a
+        # discovery client before the server's FINISHED), and Handshake keys are dropped
+        # once it can (RFC 9000 10.2.3, VEL-PROT-013)
+        if packet_type != PacketType.ZERO_RTT:
             _add_crypto(space, frames, room - 64)  # a FALLBACK rides with its close (VEL-HS-090)
             frames.add(_close_frame(conn, epoch))
         return frames
