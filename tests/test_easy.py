@@ -302,7 +302,7 @@ async def test_an_authenticated_directive_is_kept_and_an_advisory_one_is_not(
         assert origin.accepted == 2
 
 
-@pytest.mark.spec("VEL-FB-012")
+@pytest.mark.spec("VEL-FB-012", "VEL-FB-013")
 @pytest.mark.parametrize(("retry_after", "kept"), [
     (30, 30.0), (0, MAX_DIRECTIVE_LIFETIME), (10 * 24 * 3600, MAX_DIRECTIVE_LIFETIME)])
 async def test_an_authenticated_directive_lasts_its_retry_after_and_at_most_a_day(

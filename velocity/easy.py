@@ -228,7 +228,8 @@ class AsyncEasyClient:
         self._session: _Session | None = None
         self._connecting = asyncio.Lock()  # concurrent first requests share one handshake
         # an authenticated directive this client follows until the loop time given
-        # (VEL-FB-012); an unauthenticated one is followed for one request, never kept
+        # (VEL-FB-012, at most a day: VEL-FB-013); an unauthenticated one is followed for one
+        # request, never kept
         self._directive: tuple[FallbackDirected, float] | None = None
         self._resumption: tuple[TicketReceived, bytes] | None = None  # ticket, token; used once
         self._h3: H3Client | None = None  # the fallback connection, reused across fetches

@@ -21,7 +21,8 @@ from velocity.core.errors import ErrorCode
 Report = Callable[[Path, str], None]
 Where = Callable[[Path], str]
 
-SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "run_client"})
+SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "expect_contact",
+                               "run_client"})
 CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder",
                             "token"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",

@@ -53,6 +53,7 @@ from velocity.http.static import StaticFiles
 CONNECT_WAIT = 5.0  # seconds connect waits for the client's first connection (timeout)
 COMMAND_START = 10.0  # seconds more for a command client, which starts a process first
 CLIENT_RUN = 10.0  # seconds a client run may take
+CONTACT_WAIT = 3.0  # seconds expect_contact waits for the decoy to hear the client
 TICKET_LIFETIME = 43200  # seconds, the reference server's (ServerConfig.ticket_lifetime)
 ClientResult = tuple[int, str, str]  # exit code, stdout, stderr
 
@@ -269,7 +270,8 @@ def _server_config(run: Run, name: str, options: dict[str, Any], identity: Serve
         aeads=tuple(Aead[a] for a in options.get("aeads", [a.name for a in Aead])),
         publish_key=options.get("publish_key", True) and not options.get("kem_key_required"),
         fallback=FallbackPolicy(fallback.get("alpn", "h3").encode(), fallback.get("host", ""),
-                                fallback_port, fallback.get("mode", "off")),
+                                fallback_port, fallback.get("mode", "off"),
+                                fallback.get("retry_after", 0)),
         ticket_sealer=_tickets(run, name, options.get("ticket", "valid")),
         replay_filter=ReplayFilter(), ticket_lifetime=TICKET_LIFETIME,
         alpn=tuple(a.encode() for a in options.get("alpn", ["velocity/1"])))
@@ -369,13 +371,36 @@ async def expect_client(run: Run, step: Step) -> None:
                              actual=_describe(result))
 
 
-async def expect_no_contact(run: Run, step: Step) -> None:
-    """Nothing reaches the decoy on the directive's fallback port for ``for`` seconds."""
+def _decoy_of(run: Run, step: Step) -> Served:
+    """The connect whose decoy a contact step reads (only its fallback port is watched)."""
     found = served(run, step)
     port = step.get("port", "fallback")
     if port not in ("fallback", found.fallback_port):
         raise StepUnsupported(f"the harness listens only on the fallback port "
                               f"{found.fallback_port}, not {port}")
+    return found
+
+
+async def expect_contact(run: Run, step: Step) -> None:
+    """Something reaches the decoy on the directive's fallback port within ``within``
+    seconds: the client followed the directive."""
+    found = _decoy_of(run, step)
+    within, cut = run.within(step, CONTACT_WAIT)
+    deadline = run.now() + within
+    while not found.decoy.received and run.now() < deadline:
+        await run.sleep(min(0.05, max(deadline - run.now(), 0.0)))
+    if not found.decoy.received:
+        raise StepFailed(f"the client did not contact the fallback port {found.fallback_port} "
+                         f"within {within:g} s"
+                         + (" (cut short by the run's time budget)" if cut else ""),
+                         expected="the directive followed", actual="no datagram")
+    run.note("check", {"check": "expect_contact", "passed": True,
+                       "message": f"{found.decoy.received} datagram(s) on the fallback port"})
+
+
+async def expect_no_contact(run: Run, step: Step) -> None:
+    """Nothing reaches the decoy on the directive's fallback port for ``for`` seconds."""
+    found = _decoy_of(run, step)
     await run.sleep(float(step.get("for", 1.0)))
     if found.decoy.received:
         raise StepFailed(f"the client contacted the fallback port {found.fallback_port} "

@@ -472,5 +472,6 @@ STEPS: dict[str, StepRunner] = {
     "key_update": key_update, "shutdown": shutdown, "holes": holes, "fill": fill,
     "forge": forge,
     "impair": impair, "expect_client": server_role.expect_client,
-    "expect_no_contact": server_role.expect_no_contact, "run_client": server_role.run_client,
+    "expect_no_contact": server_role.expect_no_contact,
+    "expect_contact": server_role.expect_contact, "run_client": server_role.run_client,
     "replay": replay.replay, "fuzz": fuzz_step}

@@ -178,3 +178,44 @@ async def test_a_client_without_grease_fails_the_should_level_grease_scenario(
     assert outcome.verdict is Verdict.FAIL
     assert outcome.reason == "assert 'max(types) % 31 == 27' does not hold"
     assert all(requirements()[i].strict_only for i in scenario(HELLO, name).spec)
+
+
+LIFETIME = "scenarios/clients/directive-lifetime.yaml"
+
+
+@pytest.mark.spec("VEL-FB-012")
+@pytest.mark.parametrize("name", [
+    "clients/an-unauthenticated-directive-is-not-kept-for-the-next-run",
+    "clients/an-authenticated-directive-is-kept-no-longer-than-its-retry-after",
+    "clients/a-directive-for-the-visit-ends-with-the-run"])
+async def test_a_client_that_keeps_every_directive_for_good_fails(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """VEL-FB-012 broken: every directive followed, authenticated or not, is kept for good and
+    for every later client (as if written to the key cache and read back by the next run):
+    the second run never contacts Velocity/1."""
+    assert (await verdict(LIFETIME, name)).verdict is Verdict.PASS
+    kept: list[FallbackDirected] = []
+    monkeypatch.setattr(easy.AsyncEasyClient, "_keep_directive",
+                        lambda self, directive: kept.append(directive))
+    monkeypatch.setattr(easy.AsyncEasyClient, "_kept_directive",
+                        lambda self: kept[-1] if kept else None)
+    outcome = await verdict(LIFETIME, name)
+    assert outcome.verdict is Verdict.FAIL
+    assert outcome.reason == "the target client did not connect within 3 s"
+    assert outcome.step == step_line(LIFETIME, scenario(LIFETIME, name).id, "run_client")
+
+
+async def test_a_client_that_never_follows_the_directive_fails_at_expect_contact(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lifetime scenarios first check that the client followed the directive: one that
+    stops at the directive fails there, not at the second run (which it would pass)."""
+    async def refuse(self: easy.AsyncEasyClient, directive: FallbackDirected,
+                     *args: Any) -> easy.Fetched:
+        raise easy.FallbackError(directive)
+
+    monkeypatch.setattr(easy.AsyncEasyClient, "_follow", refuse)
+    name = "clients/a-directive-for-the-visit-ends-with-the-run"
+    outcome = await verdict(LIFETIME, name)
+    assert outcome.verdict is Verdict.FAIL
+    assert outcome.reason.startswith("the client did not contact the fallback port")
+    assert outcome.step == step_line(LIFETIME, scenario(LIFETIME, name).id, "expect_contact")
