@@ -73,7 +73,8 @@ CONSERVATIVE = frozenset({"server", "profile-balanced"})
 """What any Velocity/1 server is assumed to do without a capability file."""
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
                         "profile-secure", "publish-kem", "resumption", "early-data", "api",
-                        "key-rotation", "failing-routes", "crypto-holes", "stream-holes"})
+                        "key-rotation", "failing-routes", "crypto-holes", "stream-holes",
+                        "follows-fallback"})
 IN_PROCESS_LIMITS = {"crypto-holes": MAX_CRYPTO_RANGES, "stream-holes": MAX_STREAM_RANGES}
 SANITY_TIMEOUT = 5.0
 START_TIMEOUT = 20.0

@@ -27,7 +27,7 @@ VELOCITY = Path(sys.executable).parent / "velocity"
 FETCH = f"env VELOCITY_CACHE_DIR={{cache}} {VELOCITY} fetch 127.0.0.1:{{port}} /"
 CATALOGUE = ("scenarios/clients/trust.yaml", "scenarios/clients/downgrade.yaml",
              "scenarios/certificates/validation.yaml", "scenarios/fallback/fallback-only.yaml",
-             "scenarios/fallback/legacy-client.yaml")
+             "scenarios/fallback/legacy-client.yaml", "scenarios/clients/directive-lifetime.yaml")
 
 
 @pytest.fixture
@@ -37,12 +37,14 @@ def catalogue(pytester: pytest.Pytester) -> pytest.Pytester:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text((ROOT / name).read_text())
     (pytester.path / "client.cap").write_text("[client]\n")
+    (pytester.path / "following.cap").write_text("[client, follows-fallback]\n")
     (pytester.path / "fallback-only.cap").write_text("[fallback-only, profile-balanced]\n")
     return pytester
 
 
-def fetch(catalogue: pytest.Pytester, options: str, *selection: str) -> pytest.RunResult:
-    return catalogue.runpytest("-p", "no:randomly", *selection, "--target-caps", "client.cap",
+def fetch(catalogue: pytest.Pytester, options: str, *selection: str,
+          caps: str = "client.cap") -> pytest.RunResult:
+    return catalogue.runpytest("-p", "no:randomly", *selection, "--target-caps", caps,
                                "--target-cmd", f"{FETCH} {options}")
 
 
@@ -93,6 +95,23 @@ def test_velocity_fetch_discovering_ends_the_attempts_it_must_not_follow(
 def test_velocity_fetch_escapes_a_forged_reason_text(catalogue: pytest.Pytester) -> None:
     result = fetch(catalogue, "--ca {ca}", "scenarios/clients", "-k", "forged-reason")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.spec("VEL-FB-012")
+@pytest.mark.parametrize("key", ["", "--kem-b64 {kem_b64}"], ids=["discovery", "pdk"])
+def test_velocity_fetch_following_directives_keeps_none_for_its_next_run(
+        catalogue: pytest.Pytester, key: str) -> None:
+    """Each run is a new process: whatever the directive's retry_after, the next run tries
+    Velocity/1 again. Without --follow-fallback the claim is false: the scenarios fail at
+    the directive they expected it to follow."""
+    lifetime = "scenarios/clients/directive-lifetime.yaml"
+    fetch(catalogue, f"--ca {{ca}} {key} --follow-fallback", lifetime,
+          caps="following.cap").assert_outcomes(passed=3)
+    if not key:
+        result = fetch(catalogue, "--ca {ca}", lifetime, caps="following.cap")
+        result.assert_outcomes(failed=3)
+        assert "the client did not contact the fallback port" in result.stdout.str()
+        fetch(catalogue, "--ca {ca}", lifetime).assert_outcomes(skipped=3)
 
 
 WEAK_SERVER = textwrap.dedent('''\
