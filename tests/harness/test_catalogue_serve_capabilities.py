@@ -7,6 +7,7 @@ a key kept private (no --publish-kem), a Retry token reused by another connectio
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,33 @@ def test_the_half_open_bound_scenario_passes_against_serve_with_that_bound(
         "[profile-balanced, publish-kem, {half-open-per-address: 3}]\n")
     result = pytester.runpytest("-rs", "scenarios", *options, "-k", "half-open-beyond")
     result.assert_outcomes(passed=1)
+
+
+NO_VN_SERVER = '''\
+"""`velocity serve` that never answers an unknown version (VEL-VN-001 broken)."""
+import sys
+from velocity.cli import main
+from velocity.core.endpoint import ServerEndpoint
+
+ServerEndpoint._version_negotiation = lambda self, header, address: None
+sys.argv[0] = "velocity"
+main()
+'''
+
+
+@pytest.mark.spec("VEL-VN-001")
+def test_a_server_that_never_answers_version_negotiation_fails_those_scenarios_only(
+        pytester: pytest.Pytester) -> None:
+    """The harness's start-up probe is Version Negotiation; a server silent to it is still
+    started and run: the negotiation scenario FAILs, a handshake scenario PASSes (the whole
+    run was INCONCLUSIVE before)."""
+    copy(pytester, "scenarios/version/negotiation.yaml")
+    copy(pytester, "scenarios/recovery/impaired.yaml")
+    (pytester.path / "no_vn.py").write_text(NO_VN_SERVER)
+    options = serve_options(pytester, "--publish-kem")
+    command = options.index("--target-cmd") + 1
+    options[command] = options[command].replace(str(VELOCITY), f"{sys.executable} no_vn.py", 1)
+    result = pytester.runpytest("-rs", "scenarios", *options, "-k",
+                                "probe-is-answered or ping-is-acknowledged")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*FAIL version/probe-is-answered*"])
