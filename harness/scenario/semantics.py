@@ -23,6 +23,11 @@ Where = Callable[[Path], str]
 
 SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "expect_contact",
                                "run_client"})
+CONNECTION_STEPS = frozenset({"expect", "expect_close", "expect_silence", "request", "send",
+                              "hook", "impair", "key_update", "holes", "forge", "replay",
+                              *SERVER_ROLE_STEPS})
+"""The steps that act on a connection: ``conn``, else ``main``, opened by an earlier connect
+(``expect_any`` through its branches)."""
 CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder",
                             "token"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
@@ -87,11 +92,13 @@ class StepChecker:
         if kind in SERVER_ROLE_STEPS and self.role == "client":
             self.report(path, f"{kind} is a step of role: server scenarios (the harness "
                               "plays the server to test a client)")
+        if kind in CONNECTION_STEPS:
+            self._connection(options, path)
+        elif kind == "expect_any" and isinstance(options, dict):
+            for name, branch in (options.get("branches") or {}).items():
+                for sub, sub_options in branch.items():
+                    self._connection(sub_options, (*path, "branches", name, sub))
         if isinstance(options, dict):
-            conn = options.get("conn")
-            if conn is not None and conn not in self.connections:
-                self.report((*path, "conn"), f"no connection {conn!r} is opened before this "
-                                             f"step (a connect step with name: {conn})")
             for key in REGEX_KEYS:
                 if isinstance(options.get(key), str):
                     self._regex(options[key], (*path, key))
@@ -100,6 +107,16 @@ class StepChecker:
         rule = self._rules.get(kind)
         if rule is not None:
             rule(options, path)
+
+    def _connection(self, options: Any, path: Path) -> None:
+        """The connection a step acts on is opened before it."""
+        conn = options.get("conn") if isinstance(options, dict) else None
+        if conn is not None and conn not in self.connections:
+            self.report((*path, "conn"), f"no connection {conn!r} is opened before this "
+                                         f"step (a connect step with name: {conn})")
+        elif conn is None and "main" not in self.connections:
+            self.report(path, f"{path[-1]} acts on connection 'main', which no connect step "
+                              "opens before it (add a connect step, or give conn: NAME)")
 
     def _regex(self, pattern: str, path: Path) -> None:
         try:

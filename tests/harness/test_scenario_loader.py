@@ -67,6 +67,11 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
      "valid or garbage or wrong_aad or expired or future or stale_age"),
     (HEAD + "steps:\n  - expect: {conn: other, event: quic:x}\n",
      "s.yaml:6: $.steps[0].expect.conn: no connection 'other' is opened before this step"),
+    (HEAD + "steps:\n  - forge: {limit: integrity-limit}\n",
+     "s.yaml:6: $.steps[0].forge: forge acts on connection 'main', which no connect step opens "
+     "before it"),
+    (HEAD + "steps:\n  - connect: {name: a}\n  - expect_any: {branches: {x: {close: {}}}}\n",
+     "s.yaml:7: $.steps[1].expect_any.branches.x.close: close acts on connection 'main'"),
     (HEAD + "steps:\n  - connect: {}\n  - connect: {}\n",
      "s.yaml:7: $.steps[1].connect: a connection 'main' is already opened"),
     (HEAD + "steps:\n  - fill: {limit: half-open-per-address, complete: true}\n",
