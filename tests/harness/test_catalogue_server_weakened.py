@@ -224,12 +224,25 @@ async def test_the_session_limit_scenarios_fail_a_server_looser_than_it_claims(
     """The in-process server with a table of ``bound`` connections, claiming 4: a full
     table evicts its oldest handshake, refuses when only complete connections fill it, and
     asks for a Retry first; with room to spare it does none of these."""
-    also = {"retry"} if retry != "never" else set()
+    also = {"retry", "retry-under-load"} if retry != "never" else set()
     with claiming(tmp_path, {"sessions": 4}, also, max_sessions=bound, retry=retry) as target:
         result = await outcome("connection/limits.yaml", name, target)
     assert result.verdict is (Verdict.PASS if bound == 4 else Verdict.FAIL), result
     if bound != 4:
         assert says in result.reason, result
+
+
+@pytest.mark.spec("VEL-CONN-005")
+async def test_a_server_that_claims_retry_under_load_but_sends_it_always_fails_the_control(
+        tmp_path: Path) -> None:
+    """The retry-first scenario's Retry at the full table must be the session limit's: a
+    server whose policy is always fails its first connection, to a table with room."""
+    with claiming(tmp_path, {"sessions": 4}, {"retry", "retry-under-load"}, max_sessions=4,
+                  retry="always") as target:
+        result = await outcome("connection/limits.yaml",
+                               "connection/full-table-asks-for-a-retry-first", target)
+    assert result.verdict is Verdict.FAIL, result
+    assert "where none may" in result.reason and "before" in result.reason, result
 
 
 @pytest.mark.spec("VEL-PROT-012")
