@@ -4,9 +4,12 @@ nothing checks. A requirement a peer can observe counts as covered only by a sce
 (one that can check it against any implementation); unit tests do not count for it. A
 requirement marked *(not observable on the wire)* needs a unit test naming it with
 ``@pytest.mark.spec``, found by reading the test sources with ``ast`` (nothing is
-imported). ``python -m harness.coverage [--check] [--json] [--markdown]`` prints the table;
-``--check`` exits 1 when a MUST has neither. The pytest plugin builds the same table from
-the scenarios a run collected."""
+imported). Each code of the spec's error registry is listed with the scenarios that provoke
+it: a step that names it (``expect_close`` codes, an ``error_code`` in a ``where``), or an
+``expect_client`` pattern that accepts its name in a client's report. ``python -m
+harness.coverage [--check] [--json] [--markdown]`` prints the tables; ``--check`` exits 1
+when a MUST has neither, or when no scenario provokes a code. The pytest plugin builds the
+requirement table from the scenarios a run collected."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Any
 import click
 
 from harness.scenario.loader import ScenarioFileError, load_file
+from harness.scenario.model import Scenario
 from harness.scenario.spec import SPEC_FILE, Requirement, requirements
 
 ROOT = SPEC_FILE.parents[2]
@@ -30,7 +34,10 @@ TESTS_DIR = ROOT / "tests"
 LEVELS = ("MUST", "SHOULD")
 STATUSES = ("wire", "unit", "uncovered")
 SHOWN = 3  # scenarios or tests named per line in the text table
+REPORT_PATTERNS = ("stdout_regex", "stderr_regex")  # expect_client's: what a client reports
 _AREAS = re.compile(r"Requirement areas:(.*?)\.\s*\n\s*\n", re.S)
+_REGISTRY = re.compile(r"^\| code \| name \|[^\n]*\n((?:\|[^\n]*\n)+)", re.M)
+_CODE_ROW = re.compile(r"^\| (0x[0-9a-fA-F]+) \| ([A-Z][A-Z0-9_]*) \|", re.M)
 
 
 class CoverageError(Exception):
@@ -116,19 +123,73 @@ def catalogue(directory: Path, spec: Mapping[str, Requirement],
     """Every scenario id under ``directory`` with its ``spec`` list, as the plugin collects
     them (``*.yaml`` below a ``scenarios`` folder). Raises CoverageError naming every
     problem of every bad file."""
-    found: dict[str, tuple[str, ...]] = {}
+    return {s.id: s.spec for s in scenario_documents(directory, spec, root)}
+
+
+def scenario_documents(directory: Path, spec: Mapping[str, Requirement],
+                       root: Path = ROOT) -> list[Scenario]:
+    """The scenarios under ``directory``, one per document (its first parametrisation)."""
+    found: dict[str, Scenario] = {}
     problems: list[str] = []
     for path in sorted(directory.rglob("*.yaml")):
         if "scenarios" not in path.resolve().parent.parts:
             continue
         try:
             for scenario in load_file(path, _shown(path, root), spec):
-                found.setdefault(scenario.id, scenario.spec)
+                found.setdefault(scenario.id, scenario)
         except ScenarioFileError as exc:
             problems.extend(exc.errors)
     if problems:
         raise CoverageError("\n".join(problems))
-    return found
+    return list(found.values())
+
+
+def error_registry(path: Path = SPEC_FILE) -> dict[str, int]:
+    """The spec's error codes, name -> value, in the registry's order (none when the spec
+    has no registry table)."""
+    text = path.read_text(encoding="utf-8")
+    table = _REGISTRY.search(text)
+    return {} if table is None else {
+        name: int(value, 16) for value, name in _CODE_ROW.findall(table[1])}
+
+
+def provoking(registry: Mapping[str, int],
+              scenarios: Sequence[Scenario]) -> dict[str, tuple[str, ...]]:
+    """Code name -> the ids of the scenarios that provoke it, for every code of
+    ``registry``."""
+    by_value = {value: name for name, value in registry.items()}
+    found: dict[str, list[str]] = {name: [] for name in registry}
+    for scenario in sorted(scenarios, key=lambda s: s.id):
+        named: set[str] = set()
+        for step in scenario.steps:
+            _codes_in(step.options, "", registry, by_value, named)
+        for name in sorted(named):
+            found[name].append(scenario.id)
+    return {name: tuple(ids) for name, ids in found.items()}
+
+
+def _codes_in(value: Any, key: str, registry: Mapping[str, int], by_value: Mapping[int, str],
+              named: set[str]) -> None:
+    """The codes a step's options name: a code's name, a number under ``codes`` or an
+    ``error_code`` key, or a pattern for the client's report that accepts a code's name
+    (and not every code's)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _codes_in(v, str(k), registry, by_value, named)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _codes_in(item, key, registry, by_value, named)
+    elif hasattr(value, "options"):  # a nested step (finally)
+        _codes_in(value.options, "", registry, by_value, named)
+    elif isinstance(value, str):
+        if key in REPORT_PATTERNS:  # one that accepts every code names none
+            accepted = {n for n in registry if re.search(value, n)}
+            named.update(accepted if len(accepted) < len(registry) else ())
+        elif value in registry:
+            named.add(value)
+    elif isinstance(value, int) and not isinstance(value, bool) and (
+            key == "codes" or key.endswith("error_code")) and value in by_value:
+        named.add(by_value[value])
 
 
 def unit_marks(directory: Path, root: Path = ROOT) -> dict[str, list[str]]:
@@ -216,13 +277,30 @@ def markdown(table: Coverage) -> str:
     return "\n".join([*lines, "", *(f"- {line}" for line in summary_lines(table))]) + "\n"
 
 
-def build(spec_file: Path, scenarios: Path, tests: Path) -> Coverage:
-    """The table from the files: raises CoverageError."""
+def code_lines(codes: Mapping[str, Sequence[str]]) -> Iterator[str]:
+    """The error-code table as text, then its count."""
+    for name, ids in codes.items():
+        yield f"{name:<26} {_listed(ids) if ids else 'NOT PROVOKED: needs a scenario'}"
+    provoked = sum(1 for ids in codes.values() if ids)
+    yield f"error codes: {len(codes)} in the registry, {provoked} provoked by a scenario"
+
+
+def code_markdown(codes: Mapping[str, Sequence[str]]) -> str:
+    lines = ["", "| error code | provoked by |", "|---|---|"]
+    lines += [f"| {name} | {', '.join(f'`{i}`' for i in ids) or 'not provoked'} |"
+              for name, ids in codes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def build(spec_file: Path, scenarios: Path, tests: Path) -> tuple[Coverage, list[Scenario]]:
+    """The table from the files, and the scenario documents it read: raises
+    CoverageError."""
     try:
         spec = requirements(spec_file)
     except OSError as exc:
         raise CoverageError(f"cannot read the spec {spec_file}: {exc.strerror}") from None
-    return coverage(spec, catalogue(scenarios, spec), unit_marks(tests))
+    documents = scenario_documents(scenarios, spec)
+    return coverage(spec, {s.id: s.spec for s in documents}, unit_marks(tests)), documents
 
 
 class Unreadable(click.ClickException):
@@ -252,22 +330,29 @@ def main(check: bool, as_json: bool, as_markdown: bool, spec_file: Path, scenari
     if as_json and as_markdown:
         raise click.UsageError("give --json or --markdown, not both")
     try:
-        table = build(spec_file, scenarios, tests)
+        table, documents = build(spec_file, scenarios, tests)
     except CoverageError as exc:
         raise Unreadable(str(exc)) from None
+    codes = provoking(error_registry(spec_file), documents)
     if as_json:
-        click.echo(json.dumps(table.as_json(), indent=1))
+        click.echo(json.dumps({**table.as_json(), "error_codes": [
+            {"code": name, "scenarios": list(ids)} for name, ids in codes.items()]}, indent=1))
     elif as_markdown:
-        click.echo(markdown(table), nl=False)
+        click.echo(markdown(table) + code_markdown(codes), nl=False)
     else:
-        for line in text_lines(table):
+        for line in (*text_lines(table), *code_lines(codes)):
             click.echo(line)
     missing = table.uncovered("MUST")
-    if check and missing:
-        click.echo(f"coverage check failed: {len(missing)} MUST requirements are uncovered",
-                   err=True)
+    unprovoked = [name for name, ids in codes.items() if not ids]
+    if check and (missing or unprovoked):
+        if missing:
+            click.echo(f"coverage check failed: {len(missing)} MUST requirements are "
+                       "uncovered", err=True)
         for row in missing:
             click.echo(f"  {row.requirement.id}: needs {row.need}", err=True)
+        if unprovoked:
+            click.echo(f"coverage check failed: no scenario provokes {', '.join(unprovoked)}",
+                       err=True)
         sys.exit(1)
 
 

@@ -24,10 +24,11 @@ from tests.harness.test_catalogue_transport_weakened import (
     fails_only_weakened,
     outcome,
 )
-from velocity.core import handshaking, receiver, streams
+from velocity.core import handshaking, receiver, sender, streams
 from velocity.core.buffer import Reader
 from velocity.core.connection import Connection
 from velocity.core.endpoint import ServerEndpoint
+from velocity.core.frames import ApplicationClose
 from velocity.core.handshake import server as handshake_server
 from velocity.core.handshake.server import ServerConfig, StaticKey
 from velocity.core.packet import Epoch
@@ -266,3 +267,38 @@ async def test_the_integrity_limit_scenario_fails_a_server_that_does_not_count_f
     assert closes.verdict is (Verdict.PASS if limit else Verdict.FAIL), closes
     if limit is None:
         assert NOT_CLOSED in closes.reason, closes
+
+
+def closes_with_application_close_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An application's close goes out as 0x1d in every space, Handshake included
+    (VEL-FRM-004 broken)."""
+    frame = sender._close_frame
+
+    def close_frame(conn: Connection, epoch: Epoch) -> Any:
+        assert conn._close is not None
+        code, _, reason, application = conn._close
+        return ApplicationClose(code, reason.encode()) if application else frame(conn, epoch)
+
+    monkeypatch.setattr(sender, "_close_frame", close_frame)
+
+
+@pytest.mark.spec("VEL-FRM-004", "VEL-CONN-007")
+@pytest.mark.parametrize("weaken", [False, True], ids=["reference", "application-close"])
+async def test_a_server_shut_down_mid_handshake_must_not_send_an_application_close_there(
+        weaken: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shut down while the harness holds back its FINISHED, the reference closes in the
+    Handshake space with APPLICATION_ERROR; one sending 0x1d there fails the scenario (the
+    harness's client refuses that frame in a Handshake packet)."""
+    if weaken:
+        closes_with_application_close_everywhere(monkeypatch)
+    running = InProcessServer(tmp_path)
+    target = replace(running.start(), shutdown=running.stop)
+    try:
+        result = await outcome(
+            "connection/shutdown.yaml",
+            "connection/shutdown-during-a-handshake-closes-with-application-error", target)
+    finally:
+        running.stop()
+    assert result.verdict is (Verdict.FAIL if weaken else Verdict.PASS), result
+    if weaken:
+        assert "was not closed by peer" in result.reason, result

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.coverage import catalogue, coverage, spec_areas, unit_marks
+from harness.coverage import (
+    catalogue,
+    coverage,
+    error_registry,
+    provoking,
+    scenario_documents,
+    spec_areas,
+    unit_marks,
+)
 from harness.scenario.spec import SPEC_FILE, requirements
 from tests.harness.sessions import quiet_inner_sessions, write
 
@@ -107,6 +115,67 @@ def test_the_areas_are_read_from_the_conventions(tree: Path) -> None:
     areas = spec_areas(SPEC_FILE)
     assert {requirement_id.split("-")[1] for requirement_id in requirements(SPEC_FILE)} <= set(
         areas)
+
+
+REGISTRY = """\
+
+## Errors
+
+| code | name | raised when |
+|---|---|---|
+| 0x00 | NO_ERROR | graceful close |
+| 0x0a | PROTOCOL_VIOLATION | any other violation |
+| 0x0109 | DOWNGRADE_DETECTED | a forged directive |
+| 0x0107 | BAD_FINISHED | FINISHED verification failed |
+
+| code | name | not errors |
+|---|---|---|
+| 0x01 | CLIENT_HELLO | another table |
+"""
+PROVOKING = """\
+id: demo/close
+title: t
+spec: [VEL-HS-001]
+role: client
+steps:
+  - connect: {}
+  - expect_close: {codes: [PROTOCOL_VIOLATION, 0x00]}
+---
+id: demo/client
+title: t
+spec: [VEL-HS-001]
+role: server
+steps:
+  - connect: {}
+  - expect_client: {exit_code: nonzero, stderr_regex: "(?i)downgrade", stdout_regex: "(?s).*"}
+"""
+
+
+def test_each_error_code_lists_the_scenarios_that_provoke_it(tree: Path) -> None:
+    """A code named by a step, given by its value, or accepted by a pattern for the client's
+    report; a pattern that accepts anything names nothing; only the registry's table."""
+    (tree / "spec.md").write_text(SPEC + REGISTRY)
+    (tree / "scenarios" / "demo" / "codes.yaml").write_text(PROVOKING)
+    registry = error_registry(tree / "spec.md")
+    assert registry == {"NO_ERROR": 0, "PROTOCOL_VIOLATION": 10, "DOWNGRADE_DETECTED": 0x109,
+                        "BAD_FINISHED": 0x107}
+    documents = scenario_documents(tree / "scenarios", requirements(tree / "spec.md"), tree)
+    assert provoking(registry, documents) == {
+        "NO_ERROR": ("demo/close",), "PROTOCOL_VIOLATION": ("demo/close",),
+        "DOWNGRADE_DETECTED": ("demo/client",), "BAD_FINISHED": ()}
+    done = coverage_command("--check", "--spec", tree / "spec.md", "--scenarios",
+                            tree / "scenarios", "--tests", tree / "tests")
+    assert done.returncode == 1
+    assert "coverage check failed: no scenario provokes BAD_FINISHED" in done.stderr
+    assert "error codes: 4 in the registry, 3 provoked by a scenario" in done.stdout
+    assert "BAD_FINISHED               NOT PROVOKED: needs a scenario" in done.stdout
+
+
+def test_every_code_of_the_spec_is_provoked_by_the_catalogue() -> None:
+    table = json.loads(coverage_command("--json").stdout)
+    codes = {row["code"]: row["scenarios"] for row in table["error_codes"]}
+    assert len(codes) == 29 and "APPLICATION_ERROR" in codes
+    assert [code for code, ids in codes.items() if not ids] == []
 
 
 def coverage_command(*args: str | Path) -> subprocess.CompletedProcess[str]:
