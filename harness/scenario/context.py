@@ -176,7 +176,7 @@ def aggregates(view: View | None) -> dict[str, Any]:
     events = view.events if view is not None else []
     flights: list[int] = []
     direction = None
-    sent = received = dropped = 0
+    sent = received = dropped = padding_not_last = 0
     validated = False
     per_space: dict[str, int] = {}
     close_code = handshake_ms = None
@@ -196,6 +196,8 @@ def aggregates(view: View | None) -> dict[str, Any]:
         elif name == "quic:packet_received":
             space = data["header"]["packet_type"]
             per_space[space] = per_space.get(space, 0) + 1
+            types = [f["frame_type"] for f in data["frames"]]
+            padding_not_last += "padding" in types[:-1]
         elif name == "quic:packet_dropped":
             dropped += 1
         elif name == "quic:connection_closed" and close_code is None:
@@ -207,4 +209,5 @@ def aggregates(view: View | None) -> dict[str, Any]:
             "packets_per_space": per_space,
             "datagrams_sent": view.datagrams_sent if view else 0,
             "datagrams_received": view.datagrams_received if view else 0,
-            "handshake_ms": handshake_ms, "close_code": close_code, "packets_dropped": dropped}
+            "handshake_ms": handshake_ms, "close_code": close_code, "packets_dropped": dropped,
+            "padding_not_last": padding_not_last}

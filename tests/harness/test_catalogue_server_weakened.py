@@ -302,3 +302,37 @@ async def test_a_server_shut_down_mid_handshake_must_not_send_an_application_clo
     assert result.verdict is (Verdict.FAIL if weaken else Verdict.PASS), result
     if weaken:
         assert "was not closed by peer" in result.reason, result
+
+
+class _Prepending(bytearray):
+    """A payload to which padding is added in front (VEL-FRM-014 broken)."""
+
+    def __iadd__(self, other: Any) -> _Prepending:
+        self[:0] = other
+        return self
+
+
+def pads_in_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every packet's PADDING goes before its frames instead of after them."""
+    seal = sender._seal
+
+    def front(conn: Connection, plans: list[Any], now: float, pad_to: int) -> bytes:
+        for plan in plans:
+            plan.payload = _Prepending(plan.payload)
+        return seal(conn, plans, now, pad_to)
+
+    monkeypatch.setattr(sender, "_seal", front)
+
+
+@pytest.mark.spec("VEL-FRM-014")
+@pytest.mark.parametrize("name", ["frames/server-padding-comes-last",
+                                  "frames/client-padding-comes-last"])
+async def test_an_endpoint_that_pads_in_front_of_its_frames_fails(
+        name: str, reference: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process endpoint (server and client) padding in front of its frames fails the
+    padding scenario of its role; the reference passes it."""
+    assert (await outcome("frames/padding.yaml", name, reference)).verdict is Verdict.PASS
+    pads_in_front(monkeypatch)
+    failed = await outcome("frames/padding.yaml", name, reference)
+    assert failed.verdict is Verdict.FAIL, failed
+    assert "padding_not_last == 0" in failed.reason, failed
