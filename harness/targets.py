@@ -47,6 +47,7 @@ from velocity.core.handshake.server import ServerConfig
 from velocity.core.hybrid import BALANCED, LIGHT, PROFILES_BY_NAME, SECURE
 from velocity.core.seams import PlannedPacket
 from velocity.core.streams import MAX_CRYPTO_RANGES, MAX_STREAM_RANGES
+from velocity.crypto.aead import cpu_accelerates_aes
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, load_ca_file
@@ -74,7 +75,8 @@ CONSERVATIVE = frozenset({"server", "profile-balanced"})
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
                         "profile-secure", "publish-kem", "resumption", "early-data", "api",
                         "key-rotation", "failing-routes", "crypto-holes", "stream-holes",
-                        "follows-fallback"})
+                        "follows-fallback",
+                        "aes-accelerated" if cpu_accelerates_aes() else "aes-in-software"})
 IN_PROCESS_LIMITS = {"crypto-holes": MAX_CRYPTO_RANGES, "stream-holes": MAX_STREAM_RANGES}
 SANITY_TIMEOUT = 5.0
 VN_PATIENCE = 3.0

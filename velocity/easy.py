@@ -37,6 +37,7 @@ from velocity.core.events import TicketReceived
 from velocity.core.handshake.client import ClientConfig, PinnedServerKey
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
 from velocity.core.hybrid import PROFILES_BY_NAME, profile_named
+from velocity.crypto.aead import client_aeads
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, fingerprint, load_ca_file
 from velocity.http.h1 import Progress, Response, request
@@ -411,7 +412,7 @@ class AsyncEasyClient:
         if pinned is None and not self.config.server_key_autodiscover:
             raise UsageError(f"no key for {self.host}:{self.port}; supply the server's key or "
                              "allow discovery")
-        return ClientConfig(kem=kem_backend(), profiles=(self.profile,),
+        return ClientConfig(kem=kem_backend(), profiles=(self.profile,), aeads=client_aeads(),
                             server_name=self._server_name, server_key=pinned,
                             verifier=self._verifier, known_origin=self._knows_origin(),
                             alpn=(b"velocity/1", *(a.encode() for a in FALLBACK_ALPNS)))

@@ -26,6 +26,7 @@ from velocity.core import sender
 from velocity.core.handshake import client as handshake_client
 from velocity.core.handshake.common import FallbackDirected
 from velocity.core.handshake.messages import Fallback, Message
+from velocity.crypto import aead
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = Target("in-process", "in-process reference client", IN_PROCESS)
@@ -219,3 +220,26 @@ async def test_a_client_that_never_follows_the_directive_fails_at_expect_contact
     assert outcome.verdict is Verdict.FAIL
     assert outcome.reason.startswith("the client did not contact the fallback port")
     assert outcome.step == step_line(LIFETIME, scenario(LIFETIME, name).id, "expect_contact")
+
+
+AEADS = ("clients/aes-gcm-first-where-the-cpu-accelerates-aes",
+         "clients/chacha20-first-where-aes-is-in-software")
+
+
+@pytest.mark.spec("VEL-PROF-010")
+@pytest.mark.parametrize("accelerated", [True, False], ids=["aes", "no-aes"])
+async def test_a_client_that_ignores_its_cpu_fails_the_aead_order_scenario(
+        monkeypatch: pytest.MonkeyPatch, accelerated: bool) -> None:
+    """On a CPU claimed with (without) AES instructions the reference client offers AES-GCM
+    (ChaCha20-Poly1305) first and passes; one with the other order fails."""
+    claim = "aes-accelerated" if accelerated else "aes-in-software"
+    other = "aes-in-software" if accelerated else "aes-accelerated"
+    target = dataclasses.replace(CLIENT, capabilities=CLIENT.capabilities - {other} | {claim})
+    name = AEADS[0] if accelerated else AEADS[1]
+    monkeypatch.setattr(aead, "cpu_accelerates_aes", lambda: accelerated)
+    result = await run_scenario(scenario(HELLO, name), target, seed=0, strict=False)
+    assert result.outcome.verdict is Verdict.PASS, result.outcome
+    monkeypatch.setattr(aead, "cpu_accelerates_aes", lambda: not accelerated)
+    result = await run_scenario(scenario(HELLO, name), target, seed=0, strict=False)
+    assert result.outcome.verdict is Verdict.FAIL, result.outcome
+    assert "first_aead" in result.outcome.reason

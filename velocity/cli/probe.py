@@ -29,6 +29,7 @@ from velocity.core.handshake.common import CertificateVerifier
 from velocity.core.handshake.server import FallbackPolicy, ServerConfig
 from velocity.core.hybrid import BALANCED, PROFILES_BY_NAME
 from velocity.core.trace import Transcript, flights
+from velocity.crypto.aead import client_aeads
 from velocity.crypto.identity import ServerIdentity
 from velocity.crypto.kem import kem_backend
 from velocity.crypto.pki import X509Verifier, fingerprint
@@ -47,6 +48,7 @@ async def probe_target(host: str, port: int, *, alpn: tuple[bytes, ...], profile
     server name defaults to ``host``, the verifier to accepting any certificate; the
     connection's events go to ``transcript`` when one is given."""
     config = ClientConfig(kem=kem_backend(), alpn=alpn, profiles=(PROFILES_BY_NAME[profile],),
+                          aeads=client_aeads(),
                           server_name=server_name or host, server_key=server_key,
                           verifier=verifier or X509Verifier(
                               insecure=True, clock=lambda: dt.datetime.now(dt.UTC)))
