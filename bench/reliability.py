@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import multiprocessing
 import os
 import random
@@ -45,6 +46,7 @@ from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 
 import click
+from matplotlib.figure import Figure
 
 from bench.report import print_table
 from harness.netsim import Impairment, RelayStats, UdpRelay
@@ -720,8 +722,10 @@ SOAK_OPS = ["discovery", "pdk", "resume", "resume", "several", "noise"]
 @click.option("--warm-up", "warm", type=click.IntRange(1), default=100, show_default=True,
               help="Legitimate fetches before the baseline RSS is read.")
 @click.option("--markdown", is_flag=True)
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write the RSS and table over time as an SVG plot to this file.")
 def soak(short: bool, minutes: float, workers: int, every: float, settle: float, warm: int,
-         markdown: bool) -> None:
+         markdown: bool, plot: Path | None) -> None:
     """Mixed handshakes, resumption with 0-RTT, several requests, API and garbage."""
     handshake_timeout = 5.0
     if short:
@@ -767,6 +771,9 @@ def soak(short: bool, minutes: float, workers: int, every: float, settle: float,
                f"{kb(samples.points[-1][1])} ({growth:.2f}x the quarter), {settle:g} s after "
                f"{kb(after)} ({ratio:.2f}x the baseline); table peak {peak_table}, drained "
                f"in {drained_in:.1f} s")
+    if plot is not None:
+        plot.write_text(soak_plot(samples.points, baseline, after, settle))
+        click.echo(f"plot: {plot}")
     verdict.check(outcomes.success >= SUCCESS_AIM,
                   f"soak: clients {outcomes.success:.2%} ({outcomes.why()})")
     verdict.check(left == 0, f"soak: {left} connections never left the table")
@@ -774,6 +781,33 @@ def soak(short: bool, minutes: float, workers: int, every: float, settle: float,
                                      "quarters of the run")
     verdict.check(not errors, f"soak: the server logged {errors[:2]}")
     verdict.done()
+
+
+def soak_plot(points: list[tuple[float, int, int]], baseline: int, after: int,
+              settle: float) -> str:
+    """RSS (MB) and the connection table over the soak's minutes, and RSS ``settle`` s after
+    the table drained, as SVG text."""
+    began = points[0][0]
+    minutes = [(t - began) / 60 for t, _, _ in points]
+    figure = Figure(figsize=(7.0, 3.2), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(minutes, [rss / 1024 for _, rss, _ in points], color="#1f77b4", label="RSS")
+    axes.scatter([minutes[-1] + settle / 60], [after / 1024], color="#1f77b4", marker="x",
+                 label=f"RSS {settle:g} s after")
+    axes.axhline(baseline / 1024, color="#7f7f7f", linestyle=":", label="baseline")
+    axes.set_xlabel("minute")
+    axes.set_ylabel("RSS (MB)")
+    axes.set_ylim(0, max(after, *(rss for _, rss, _ in points)) / 1024 * 1.2)
+    table = axes.twinx()
+    table.plot(minutes, [n for _, _, n in points], color="#d62728", alpha=0.5,
+               label="connections in the table")
+    table.set_ylabel("connections in the table")
+    table.set_ylim(0, max(n for _, _, n in points) * 1.2 + 1)
+    lines = [*axes.get_legend_handles_labels()[0], *table.get_legend_handles_labels()[0]]
+    axes.legend(handles=lines, loc="lower right", fontsize="small")
+    out = io.StringIO()
+    figure.savefig(out, format="svg", metadata={"Date": None})
+    return out.getvalue()
 
 
 class Soaker(Legit):
