@@ -172,6 +172,28 @@ def test_the_reference_passes_every_generator_in_memory(source: Source) -> None:
     assert result.cases == 25
 
 
+def test_in_memory_a_case_costs_the_same_however_many_clients_earlier_cases_left(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # each hello case leaves a client behind (most draining, never reaped on the virtual
+    # clock): the target visits only the clients something happened to
+    visits = [0]
+    real = Connection.datagrams_to_send
+
+    def counted(self: Connection, *, now: float) -> Any:
+        visits[0] += 1
+        return real(self, now=now)
+
+    monkeypatch.setattr(Connection, "datagrams_to_send", counted)
+    target = MemoryTarget(seed="visits")
+    per_case = []
+    for case in Source(strategy="hello").cases(60, "visits"):
+        before = visits[0]
+        assert asyncio.run(target.run(case)) is None
+        per_case.append(visits[0] - before)
+    assert len(target.clients) >= 40
+    assert max(per_case[-20:]) <= 2 * max(per_case[:20]), per_case
+
+
 # --- the fuzz step over UDP -----------------------------------------------------------------
 
 @pytest.fixture(name="server")
