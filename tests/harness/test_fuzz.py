@@ -174,8 +174,8 @@ def test_the_reference_passes_every_generator_in_memory(source: Source) -> None:
 
 def test_in_memory_a_case_costs_the_same_however_many_clients_earlier_cases_left(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # each hello case leaves a client behind (most draining, never reaped on the virtual
-    # clock): the target visits only the clients something happened to
+    # each hello case leaves a client behind (most draining, and the virtual clock hardly
+    # moves): later cases must not pay for them
     visits = [0]
     real = Connection.datagrams_to_send
 
@@ -190,7 +190,6 @@ def test_in_memory_a_case_costs_the_same_however_many_clients_earlier_cases_left
         before = visits[0]
         assert asyncio.run(target.run(case)) is None
         per_case.append(visits[0] - before)
-    assert len(target.clients) >= 40
     assert max(per_case[-20:]) <= 2 * max(per_case[:20]), per_case
 
 
