@@ -40,7 +40,7 @@ from harness.scenario.connections import client_config, settle
 from harness.scenario.context import Run, StepFailed, StepUnsupported
 from harness.scenario.model import Step
 from harness.targets import sanity_check
-from velocity.core.connection import Address
+from velocity.core.connection import Address, Connection
 from velocity.core.errors import ErrorCode
 
 DEFAULT_CASES = 50
@@ -117,15 +117,17 @@ class PeerDriver:
             logging.getLogger(SERVER_LOG).addHandler(self.log)
         self.label = label  # the step's place and this driver's number among its own
         self._count = 0
+        self.config = client_config(run, {})[1]  # every connection's (the CA file read once)
 
     async def _peer(self, case: Case | None = None) -> ClientPeer:
         self._count += 1
-        _, config = client_config(self.context, {})
         view = View(self.context.loop)
         # no two connections of a run alike (other steps', shrinking drivers'): a live one
         # would take the other's Initials, which the target routes by the DCID both chose
         entropy = self.context.entropy(f"fuzz/{self.label}/{self._count}")
-        connection = ClientPeer.make_connection(config, entropy=entropy, view=view)
+        # no tracer: a fuzz connection's transcript is written nowhere, and tracing decodes
+        # every packet it sends and receives
+        connection = Connection(self.config, entropy=entropy)
         if case is not None:
             arm(connection, case)
         peer = await ClientPeer.start(connection, self.address, view=view)

@@ -19,7 +19,7 @@ from scapy.packet import fuzz as scapy_fuzz
 
 from harness.fuzz.case import LAYERS, STRATEGIES, Case, edit_hello, from_replay, to_replay
 from harness.fuzz.cases import Source, freeze, layer_cases, seeded, strategy_cases
-from harness.fuzz.memory import MemoryTarget
+from harness.fuzz.memory import ATTACKER, MemoryTarget
 from harness.fuzz.runner import Driver, FuzzSettings, Oracles, attempt, fuzz
 from harness.fuzz.step import PeerDriver
 from harness.layers import frames as fl
@@ -34,6 +34,7 @@ from harness.scenario.verdict import Verdict
 from harness.targets import InProcessServer, Target
 from velocity.core import receiver
 from velocity.core.connection import Connection
+from velocity.core.endpoint import ServerEndpoint
 from velocity.core.frames import ConnectionClose, MaxStreamData, encode_frames
 from velocity.core.handshake.messages import ClientHello, encode_message
 from velocity.core.packet import Epoch
@@ -170,6 +171,46 @@ def test_the_reference_passes_every_generator_in_memory(source: Source) -> None:
     result = run_memory(source.cases(25, "reference"), batch=25)
     assert result.finding is None, (result.finding, [to_replay(c) for c in result.failing])
     assert result.cases == 25
+
+
+def test_in_memory_a_server_that_stops_serving_after_raw_datagrams_fails_the_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the planted defect: once a datagram from the attacker's address came, the endpoint
+    # reads nothing more; the sanity handshake after the batch finds it
+    real = ServerEndpoint.receive_datagram
+    deaf: set[int] = set()
+
+    def weakened(self: ServerEndpoint, data: bytes, address: Any, *, now: float,
+                 arrived: float | None = None) -> None:
+        if address[0] == ATTACKER:
+            deaf.add(id(self))
+        if id(self) not in deaf:
+            real(self, data, address, now=now, arrived=arrived)
+
+    monkeypatch.setattr(ServerEndpoint, "receive_datagram", weakened)
+    result = run_memory(Source(strategy="datagrams").cases(10, "deaf"), batch=10)
+    assert result.finding is not None and result.finding.oracle == "stopped_serving"
+
+
+def test_in_memory_a_case_costs_the_same_however_many_clients_earlier_cases_left(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # each hello case leaves a client behind (most draining, and the virtual clock hardly
+    # moves): later cases must not pay for them
+    visits = [0]
+    real = Connection.datagrams_to_send
+
+    def counted(self: Connection, *, now: float) -> Any:
+        visits[0] += 1
+        return real(self, now=now)
+
+    monkeypatch.setattr(Connection, "datagrams_to_send", counted)
+    target = MemoryTarget(seed="visits")
+    per_case = []
+    for case in Source(strategy="hello").cases(60, "visits"):
+        before = visits[0]
+        assert asyncio.run(target.run(case)) is None
+        per_case.append(visits[0] - before)
+    assert max(per_case[-20:]) <= 2 * max(per_case[:20]), per_case
 
 
 # --- the fuzz step over UDP -----------------------------------------------------------------
