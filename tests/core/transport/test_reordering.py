@@ -59,6 +59,18 @@ def declared_lost(server: Connection) -> int:
     return len(server.recovery.spaces[Epoch.APPLICATION].declared_lost)
 
 
+def until_declared_lost(pair: Pair, server: Connection) -> int:
+    """Run until the server declares a packet lost; the window it had the step before."""
+    windows: list[int] = []
+
+    def lost() -> bool:
+        windows.append(server.recovery.cc.window)
+        return declared_lost(server) > 0
+
+    assert pair.run(lost)
+    return windows[-2]
+
+
 @pytest.mark.spec("VEL-REC-002", "VEL-REC-003")
 def test_reordering_without_loss_ends_with_the_window_restored() -> None:
     """One datagram 15 ms late: three later ones are acknowledged first, so it is declared
@@ -66,15 +78,8 @@ def test_reordering_without_loss_ends_with_the_window_restored() -> None:
     reordering, and the window and slow-start threshold return to what they were."""
     pair, server, stream = downloading(Scripted(held={20: 0.015}))
     cc = server.recovery.cc
-    windows: list[int] = []
-
-    def cut() -> bool:
-        windows.append(cc.window)
-        return declared_lost(server) > 0
-
-    assert pair.run(cut)
-    assert cc.ssthresh == cc.window < windows[-2]  # halved
-    before = windows[-2]
+    before = until_declared_lost(pair, server)
+    assert cc.ssthresh == cc.window < before  # halved
     assert pair.run(lambda: declared_lost(server) == 0)  # its acknowledgement came
     assert cc.ssthresh == float("inf") and cc.window >= before
     assert cc.recovery_start is None
@@ -100,14 +105,7 @@ def test_a_real_loss_still_cuts_the_window_after_an_undone_one() -> None:
     its event halves the window from where the undo left it, and stays."""
     pair, server, stream = downloading(Scripted(held={20: 0.015}, dropped={120}))
     cc = server.recovery.cc
-    windows: list[int] = []
-
-    def first_cut() -> bool:
-        windows.append(cc.window)
-        return declared_lost(server) > 0
-
-    assert pair.run(first_cut)
-    before_reordering = windows[-2]
+    before_reordering = until_declared_lost(pair, server)
     assert pair.run(lambda: declared_lost(server) == 0 and cc.ssthresh == float("inf"))
     assert pair.run(lambda: cc.ssthresh < float("inf"))  # the drop
     assert cc.ssthresh == cc.window >= before_reordering // 2
