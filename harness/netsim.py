@@ -198,16 +198,23 @@ def changed(imp: Impairment, changes: Mapping[str, Any]) -> Impairment:
 
 class _Side(asyncio.DatagramProtocol):
     """The listening socket (``client`` None) or the upstream socket of one client; what
-    is sent before its transport is made waits in ``backlog``."""
+    is sent before its transport is made waits in ``backlog``. An upstream socket's
+    transport is made by the task ``binding``; a side closed before then closes it as it
+    comes."""
 
     def __init__(self, relay: UdpRelay, client: Address | None) -> None:
         self.relay, self.client = relay, client
         self.transport: asyncio.DatagramTransport | None = None
         self.backlog: list[bytes] = []
-        self.sock: socket.socket | None = None  # an upstream socket, until its transport
+        self.sock: socket.socket | None = None  # an upstream socket
+        self.binding: asyncio.Task[Any] | None = None
+        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        if self.closed:
+            self.transport.close()
+            return
         for data in self.backlog:
             self.transport.sendto(data, self.relay.server)
         self.relay.stats.forwarded += len(self.backlog)
@@ -240,7 +247,6 @@ class UdpRelay:
         self._links: dict[Address, Link] = {}  # client -> its path (the first: the seed's)
         self._front: _Side | None = None
         self._backs: dict[Address, _Side] = {}  # client address -> its upstream socket
-        self._binding: set[asyncio.Task[Any]] = set()
         self._pending: dict[int, tuple[asyncio.TimerHandle, int]] = {}  # -> (timer, bytes)
         self._waiting_bytes = 0
         self._ids = itertools.count()
@@ -279,11 +285,9 @@ class UdpRelay:
             sock.close()
             raise
         side = _Side(self, client)
-        task = asyncio.get_running_loop().create_task(
-            asyncio.get_running_loop().create_datagram_endpoint(lambda: side, sock=sock))
-        self._binding.add(task)
-        task.add_done_callback(self._binding.discard)
         side.sock = sock
+        side.binding = asyncio.get_running_loop().create_task(
+            asyncio.get_running_loop().create_datagram_endpoint(lambda: side, sock=sock))
         return side
 
     def _upstream_side(self) -> Address:
@@ -324,6 +328,9 @@ class UdpRelay:
     def forward(self, data: bytes, source: Address, *, from_server: bool) -> None:
         direction = "s2c" if from_server else "c2s"
         self.stats.count(direction, len(data))
+        if self._closed:  # read in the batch that closed the relay
+            self.stats.cancelled += 1
+            return
         if self.stats.received >= self.max_datagrams:
             self.full.set()
         if self.stats.received > self.max_datagrams:
@@ -402,9 +409,7 @@ class UdpRelay:
         self._closed = True
         if self._rebinding is not None:
             self._rebinding.cancel()
-        for handle in self._blackholes.values():
-            handle.cancel()
-        for handle, _ in self._pending.values():
+        for handle in (*self._blackholes.values(), *(t for t, _ in self._pending.values())):
             handle.cancel()
         self.stats.cancelled += self.waiting()
         self._pending.clear()
@@ -412,17 +417,28 @@ class UdpRelay:
         for link in self._links.values():
             for lane in link.lanes.values():
                 lane.held.clear()
-        for task in self._binding:
-            task.cancel()
         for side in (self._front, *self._backs.values()):
             if side is not None:
                 self._close(side)
 
+    @staticmethod
+    def _unmade(side: _Side) -> None:
+        """The task that was to make ``side``'s transport is over: if it made none, the
+        socket is still ours to close."""
+        if side.transport is None and side.sock is not None:
+            side.sock.close()
+
     def _close(self, side: _Side) -> None:
-        """Close a socket; what waits for its transport is never sent."""
+        """Close a socket; what waits for its transport is never sent. A transport still
+        being made owns its socket once made: the side closes it when it comes
+        (``connection_made``), and the socket is closed here only if it never comes."""
+        side.closed = True
         if side.transport is not None:
             with contextlib.suppress(RuntimeError):  # its loop already closed
                 side.transport.close()
+        elif side.binding is not None and not side.binding.done():
+            side.binding.cancel()
+            side.binding.add_done_callback(lambda _: self._unmade(side))
         elif side.sock is not None:  # its transport was never made
             side.sock.close()
         self.stats.cancelled += len(side.backlog)

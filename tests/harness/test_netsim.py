@@ -242,6 +242,53 @@ async def test_closing_with_delayed_datagrams_sends_nothing_more(
     assert complaints == [] and caplog.records == []
 
 
+@pytest.mark.parametrize("turns", range(6))
+async def test_a_jitter_relay_closed_while_its_upstream_socket_opens_leaves_nothing(
+        turns: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Closed ``turns`` turns of the loop after a new client's first datagram, while its
+    upstream transport is still being made and jittered sends are pending: the loop's
+    exception handler sees nothing, the upstream socket ends closed, and every datagram
+    was sent on or counted as cancelled."""
+    loop = asyncio.get_running_loop()
+    complaints: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: complaints.append(context))
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    async with sink(echo=True) as (_, address), sink() as (client, client_address):
+        relay = UdpRelay(address, Impairment(jitter=0.01), seed=3)
+        front = await relay.start()
+        assert client.transport is not None
+        for i in range(10):
+            client.transport.sendto(datagram(i, 100), front)
+        for _ in range(100_000):  # until the relay has read the first one
+            if relay.stats.received:
+                break
+            await asyncio.sleep(0)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        upstream = relay.upstream_of(client_address)
+        relay.close()
+        await asyncio.sleep(0.05)
+    assert upstream is not None and upstream.sock is not None
+    assert upstream.sock.fileno() == -1
+    stats = relay.stats
+    assert relay.waiting() == 0
+    assert (stats.received + stats.duplicated
+            == stats.forwarded + stats.dropped + stats.cancelled)
+    assert complaints == [] and caplog.records == []
+
+
+async def test_a_datagram_read_after_the_close_is_cancelled() -> None:
+    """A datagram the closing batch still hands over opens no upstream socket and is not
+    scheduled: it counts as cancelled."""
+    async with sink() as (_, address):
+        relay = UdpRelay(address, Impairment(jitter=0.01))
+        await relay.start()
+        relay.close()
+        relay.forward(b"late", ("127.0.0.1", 40001), from_server=False)
+    assert relay.upstream_of(("127.0.0.1", 40001)) is None
+    assert (relay.stats.received, relay.stats.cancelled, relay.waiting()) == (1, 1, 0)
+
+
 async def test_the_accounting_adds_up() -> None:
     """What came in (and the duplicates) was sent on, dropped, cancelled or still waits."""
     async with sink(echo=True) as (_, address), sink() as (client, _):

@@ -1,6 +1,7 @@
 """Loss detection and congestion control (spec VEL-REC-001..003, RFC 9002): RTT estimation,
-per-space sent-packet records, packet- and time-threshold loss detection, the probe timeout,
-NewReno and a pacer. Every method takes ``now`` (seconds) as an argument."""
+per-space sent-packet records, packet- and time-threshold loss detection that adapts to the
+reordering it sees, the probe timeout, NewReno with the undo of a spurious congestion event,
+and a pacer. Every method takes ``now`` (seconds) as an argument."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from velocity.core.packet import EPOCHS, Epoch
 K_PACKET_THRESHOLD = 3
 K_TIME_THRESHOLD = 9 / 8
 MAX_PACKET_THRESHOLD = 256  # how far reordering may adapt the thresholds (RFC 9002 §6.1)
-MAX_TIME_THRESHOLD = 2.0
-REMEMBERED_LOSSES = 64  # the latest packets declared lost, kept to recognise spurious ones
-K_GRANULARITY = 0.001
+MAX_TIME_THRESHOLD = 4.0  # RTTs
+REMEMBERED_LOSSES = 256  # the latest packets declared lost, kept to recognise spurious ones
+K_GRANULARITY = 0.001  # also the floor of the RTT that loss delays are reckoned from
 K_INITIAL_RTT = 0.333
 K_PERSISTENT_CONGESTION = 3
 K_LOSS_REDUCTION = 0.5
@@ -42,7 +43,17 @@ class PacketSpace:
     loss_time: float | None = None
     time_of_last_ack_eliciting: float | None = None
     ack_eliciting_in_flight: int = 0
-    declared_lost: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    declared_lost: OrderedDict[int, float] = field(default_factory=OrderedDict)  # -> sent
+
+
+@dataclass
+class CongestionEvent:
+    """The window and slow-start threshold before a congestion event, and the in-flight
+    packets ((epoch, packet number)) declared lost in it that are not acknowledged yet."""
+
+    window: int
+    ssthresh: float
+    lost: set[tuple[Epoch, int]] = field(default_factory=set)
 
 
 def _take_acked(sent: OrderedDict[int, SentPacket],
@@ -95,6 +106,7 @@ class NewReno:
         self.ssthresh = float("inf")
         self.bytes_in_flight = 0
         self.recovery_start: float | None = None
+        self.event: CongestionEvent | None = None  # the latest, while it may be undone
         self._next_send = 0.0
 
     @property
@@ -138,9 +150,12 @@ class NewReno:
             self.bytes_in_flight -= packet.size
         newest = max(p.sent_time for p in lost)
         if self.recovery_start is None or newest > self.recovery_start:
+            self.event = CongestionEvent(self.window, self.ssthresh)
             self.recovery_start = now
             self.window = max(int(self.window * K_LOSS_REDUCTION), self.minimum_window)
             self.ssthresh = self.window
+        if self.event is not None:
+            self.event.lost.update((p.epoch, p.packet_number) for p in lost)
         if rtt.has_sample and self._persistent(lost, rtt):
             self.window = self.minimum_window
             self.recovery_start = None
@@ -157,6 +172,21 @@ class NewReno:
             return False
         period = (rtt.smoothed + max(4 * rtt.variance, K_GRANULARITY)) * K_PERSISTENT_CONGESTION
         return eliciting[-1].sent_time - eliciting[0].sent_time > period
+
+    def on_spurious(self, epoch: Epoch, packet_number: int) -> None:
+        """A packet declared lost was acknowledged after all. Once every packet declared
+        lost in the latest congestion event is, the event was reordering, not loss: the
+        window and threshold go back to what they were before it (the undo of Linux's
+        TCP; RFC 9002 leaves this open), and recovery ends."""
+        event = self.event
+        if event is None:
+            return
+        event.lost.discard((epoch, packet_number))
+        if event.lost:
+            return
+        self.window = max(self.window, event.window)
+        self.ssthresh = max(self.ssthresh, event.ssthresh)
+        self.recovery_start = self.event = None
 
     def on_discarded(self, packet: SentPacket) -> None:
         self.bytes_in_flight -= packet.size
@@ -193,7 +223,7 @@ class Recovery:
         (RFC 9002 section 6.2.1), so its probes cannot turn into a flood."""
         space = self.spaces[epoch]
         if space.declared_lost:
-            self._adapt_to_reordering(space, ranges)
+            self._adapt_to_reordering(epoch, ranges, now)
         acked = _take_acked(space.sent, ranges)
         if not acked:
             return []
@@ -222,8 +252,7 @@ class Recovery:
         space.loss_time = None
         if space.largest_acked is None:
             return []
-        delay = self.time_threshold * max(self.rtt.latest, self.rtt.smoothed)
-        delay = max(delay, K_GRANULARITY)
+        delay = self.time_threshold * self._rtt_floor()
         lost = []
         for packet in space.sent.values():  # in packet-number order; acked ones are gone
             if packet.packet_number > space.largest_acked:
@@ -236,27 +265,39 @@ class Recovery:
                 space.loss_time = deadline
         for packet in lost:
             del space.sent[packet.packet_number]
-            space.declared_lost[packet.packet_number] = None
+            space.declared_lost[packet.packet_number] = packet.sent_time
         while len(space.declared_lost) > REMEMBERED_LOSSES:
             space.declared_lost.popitem(last=False)
         if lost:
             self._declare_lost(space, lost, now)
         return lost
 
-    def _adapt_to_reordering(self, space: PacketSpace, ranges: list[tuple[int, int]]) -> None:
-        """A packet declared lost is acknowledged after all: it was reordered, not lost.
-        Widen the packet threshold to the reordering seen and the time threshold by a step,
-        so the next such packet is not resent and the window not halved for it."""
-        spurious = [n for n in space.declared_lost
-                    if any(low <= n <= high for low, high in ranges)]
+    def _rtt_floor(self) -> float:
+        """The RTT loss delays are reckoned from (RFC 9002 section 6.1.2), at least the
+        granularity: an RTT of 0 (loopback) neither divides by zero nor makes every packet
+        late at once."""
+        return max(self.rtt.latest, self.rtt.smoothed, K_GRANULARITY)
+
+    def _adapt_to_reordering(self, epoch: Epoch, ranges: list[tuple[int, int]],
+                             now: float) -> None:
+        """Packets declared lost are acknowledged after all: they were reordered, not lost.
+        The packet threshold widens to how far below the largest acknowledged packet they
+        were (RFC 9002 section 6.1.1), the time threshold to how long after their sending
+        they were acknowledged, in RTTs (at most MAX_TIME_THRESHOLD), so the next such
+        packet is not declared lost; the congestion event they caused may be undone."""
+        space = self.spaces[epoch]
+        low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        spurious = [n for n in space.declared_lost if low <= n <= high
+                    and any(bottom <= n <= top for bottom, top in ranges)]
         if not spurious:
             return
-        largest = max(high for _, high in ranges)
-        for number in spurious:
-            del space.declared_lost[number]
+        largest = high if space.largest_acked is None else space.largest_acked
+        seen = max(now - space.declared_lost.pop(n) for n in spurious) / self._rtt_floor()
         self.packet_threshold = min(max(self.packet_threshold, largest - min(spurious) + 1),
                                     MAX_PACKET_THRESHOLD)
-        self.time_threshold = min(self.time_threshold * 1.25, MAX_TIME_THRESHOLD)
+        self.time_threshold = min(max(self.time_threshold, seen), MAX_TIME_THRESHOLD)
+        for number in spurious:
+            self.cc.on_spurious(epoch, number)
 
     def _declare_lost(self, space: PacketSpace, lost: list[SentPacket], now: float) -> None:
         for packet in lost:
