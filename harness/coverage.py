@@ -5,8 +5,9 @@ nothing checks. A requirement a peer can observe counts as covered only by a sce
 requirement marked *(not observable on the wire)* needs a unit test naming it with
 ``@pytest.mark.spec``, found by reading the test sources with ``ast`` (nothing is
 imported). Each code of the spec's error registry is listed with the scenarios that provoke
-it: a step that names it (``expect_close`` codes, an ``error_code`` in a ``where``), or an
-``expect_client`` pattern that accepts its name in a client's report. ``python -m
+it: a step that expects the target to send it (``expect_close`` codes, an ``error_code`` in
+the ``where`` of an ``expect`` of at least one event) or to report it (``expect_client``
+``reports``). ``python -m
 harness.coverage [--check] [--json] [--markdown]`` prints the tables; ``--check`` exits 1
 when a MUST has neither, or when no scenario provokes a code. The pytest plugin builds the
 requirement table from the scenarios a run collected."""
@@ -25,7 +26,7 @@ from typing import Any
 import click
 
 from harness.scenario.loader import ScenarioFileError, load_file
-from harness.scenario.model import Scenario
+from harness.scenario.model import BRANCH_STEPS, Scenario
 from harness.scenario.spec import SPEC_FILE, Requirement, requirements
 
 ROOT = SPEC_FILE.parents[2]
@@ -34,10 +35,10 @@ TESTS_DIR = ROOT / "tests"
 LEVELS = ("MUST", "SHOULD")
 STATUSES = ("wire", "unit", "uncovered")
 SHOWN = 3  # scenarios or tests named per line in the text table
-REPORT_PATTERNS = ("stdout_regex", "stderr_regex")  # expect_client's: what a client reports
 _AREAS = re.compile(r"Requirement areas:(.*?)\.\s*\n\s*\n", re.S)
-_REGISTRY = re.compile(r"^\| code \| name \|[^\n]*\n((?:\|[^\n]*\n)+)", re.M)
-_CODE_ROW = re.compile(r"^\| (0x[0-9a-fA-F]+) \| ([A-Z][A-Z0-9_]*) \|", re.M)
+_REGISTRY = re.compile(r"^\|\s*code\s*\|\s*name\s*\|[^\n]*\n((?:\|[^\n]*\n)+)", re.M | re.I)
+_CODE_ROW = re.compile(r"\|\s*(0x[0-9a-fA-F]+)\s*\|\s*([A-Z][A-Z0-9_]*)\s*\|")
+_RULE_ROW = re.compile(r"\|[\s:|-]*")
 
 
 class CoverageError(Exception):
@@ -128,68 +129,77 @@ def catalogue(directory: Path, spec: Mapping[str, Requirement],
 
 def scenario_documents(directory: Path, spec: Mapping[str, Requirement],
                        root: Path = ROOT) -> list[Scenario]:
-    """The scenarios under ``directory``, one per document (its first parametrisation)."""
-    found: dict[str, Scenario] = {}
+    """The scenarios under ``directory``, each parametrisation of a document."""
+    found: list[Scenario] = []
     problems: list[str] = []
     for path in sorted(directory.rglob("*.yaml")):
         if "scenarios" not in path.resolve().parent.parts:
             continue
         try:
-            for scenario in load_file(path, _shown(path, root), spec):
-                found.setdefault(scenario.id, scenario)
+            found.extend(load_file(path, _shown(path, root), spec))
         except ScenarioFileError as exc:
             problems.extend(exc.errors)
     if problems:
         raise CoverageError("\n".join(problems))
-    return list(found.values())
+    return found
 
 
-def error_registry(path: Path = SPEC_FILE) -> dict[str, int]:
-    """The spec's error codes, name -> value, in the registry's order (none when the spec
-    has no registry table)."""
-    text = path.read_text(encoding="utf-8")
-    table = _REGISTRY.search(text)
-    return {} if table is None else {
-        name: int(value, 16) for value, name in _CODE_ROW.findall(table[1])}
+def error_registry(path: Path = SPEC_FILE) -> dict[str, tuple[int, bool]]:
+    """The spec's error codes (the table headed ``| code | name |``), name -> (value,
+    whether an endpoint sends it: a row marked *(not sent...)* is a code an endpoint raises
+    without anything carrying it), in the registry's order; none when the spec has no such
+    table. Raises CoverageError for a row that does not read as a code and a name."""
+    table = _REGISTRY.search(path.read_text(encoding="utf-8"))
+    if table is None:
+        return {}
+    codes: dict[str, tuple[int, bool]] = {}
+    for row in table[1].splitlines():
+        found = _CODE_ROW.match(row)
+        if found is not None:
+            codes[found[2]] = (int(found[1], 16), "*(not sent" not in row)
+        elif _RULE_ROW.fullmatch(row) is None:
+            raise CoverageError(f"{path}: an error registry row that is not '| 0x.. | NAME |"
+                                f" ...': {row.strip()}")
+    return codes
 
 
-def provoking(registry: Mapping[str, int],
+def provoking(registry: Mapping[str, tuple[int, bool]],
               scenarios: Sequence[Scenario]) -> dict[str, tuple[str, ...]]:
-    """Code name -> the ids of the scenarios that provoke it, for every code of
-    ``registry``."""
-    by_value = {value: name for name, value in registry.items()}
-    found: dict[str, list[str]] = {name: [] for name in registry}
+    """Code name -> the ids of the scenarios that provoke it (any parametrisation), for
+    every code of ``registry``."""
+    by_value = {value: name for name, (value, _) in registry.items()}
+    found: dict[str, dict[str, None]] = {name: {} for name in registry}
     for scenario in sorted(scenarios, key=lambda s: s.id):
-        named: set[str] = set()
         for step in scenario.steps:
-            _codes_in(step.options, "", registry, by_value, named)
-        for name in sorted(named):
-            found[name].append(scenario.id)
+            for code in _provoked(step.kind, step.options):
+                name = code if isinstance(code, str) else by_value.get(code)
+                if name in found:
+                    found[name][scenario.id] = None
     return {name: tuple(ids) for name, ids in found.items()}
 
 
-def _codes_in(value: Any, key: str, registry: Mapping[str, int], by_value: Mapping[int, str],
-              named: set[str]) -> None:
-    """The codes a step's options name: a code's name, a number under ``codes`` or an
-    ``error_code`` key, or a pattern for the client's report that accepts a code's name
-    (and not every code's)."""
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _codes_in(v, str(k), registry, by_value, named)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _codes_in(item, key, registry, by_value, named)
-    elif hasattr(value, "options"):  # a nested step (finally)
-        _codes_in(value.options, "", registry, by_value, named)
-    elif isinstance(value, str):
-        if key in REPORT_PATTERNS:  # one that accepts every code names none
-            accepted = {n for n in registry if re.search(value, n)}
-            named.update(accepted if len(accepted) < len(registry) else ())
-        elif value in registry:
-            named.add(value)
-    elif isinstance(value, int) and not isinstance(value, bool) and (
-            key == "codes" or key.endswith("error_code")) and value in by_value:
-        named.add(by_value[value])
+def _provoked(kind: str, options: Any) -> Iterator[str | int]:
+    """The codes a step expects the target to send or report: ``expect_close`` codes, an
+    ``error_code`` matched by an ``expect`` of at least one event, ``expect_client``
+    ``reports``; through ``expect_any`` branches and ``finally``."""
+    if kind == "finally":
+        for step in options:
+            yield from _provoked(step.kind, step.options)
+        return
+    if not isinstance(options, Mapping):
+        return
+    if kind == "expect_close":
+        yield from options.get("codes", ())
+    elif kind == "expect_client":
+        yield from options.get("reports", ())
+    elif kind == "expect" and options.get("count", 1) != 0:
+        for key, value in (options.get("where") or {}).items():
+            if str(key).split(".")[-1].split("[")[0] == "error_code":
+                yield from value if isinstance(value, list) else (value,)
+    elif kind == "expect_any":
+        for branch in (options.get("branches") or {}).values():
+            for sub, sub_options in branch.items():
+                yield from _provoked(BRANCH_STEPS[sub], sub_options or {})
 
 
 def unit_marks(directory: Path, root: Path = ROOT) -> dict[str, list[str]]:
@@ -277,18 +287,32 @@ def markdown(table: Coverage) -> str:
     return "\n".join([*lines, "", *(f"- {line}" for line in summary_lines(table))]) + "\n"
 
 
-def code_lines(codes: Mapping[str, Sequence[str]]) -> Iterator[str]:
+def unprovoked(registry: Mapping[str, tuple[int, bool]],
+               codes: Mapping[str, Sequence[str]]) -> list[str]:
+    """The codes an endpoint sends that no scenario provokes."""
+    return [name for name, ids in codes.items() if not ids and registry[name][1]]
+
+
+def code_lines(registry: Mapping[str, tuple[int, bool]],
+               codes: Mapping[str, Sequence[str]]) -> Iterator[str]:
     """The error-code table as text, then its count."""
     for name, ids in codes.items():
-        yield f"{name:<26} {_listed(ids) if ids else 'NOT PROVOKED: needs a scenario'}"
+        detail = _listed(ids) if ids else (
+            "NOT PROVOKED: needs a scenario" if registry[name][1] else "not sent (the spec "
+            "says an endpoint raises it and sends nothing)")
+        yield f"{name:<26} {detail}"
     provoked = sum(1 for ids in codes.values() if ids)
-    yield f"error codes: {len(codes)} in the registry, {provoked} provoked by a scenario"
+    silent = sum(1 for _, sent in registry.values() if not sent)
+    yield (f"error codes: {len(codes)} in the registry, {provoked} provoked by a scenario, "
+           f"{silent} not sent")
 
 
-def code_markdown(codes: Mapping[str, Sequence[str]]) -> str:
+def code_markdown(registry: Mapping[str, tuple[int, bool]],
+                  codes: Mapping[str, Sequence[str]]) -> str:
     lines = ["", "| error code | provoked by |", "|---|---|"]
-    lines += [f"| {name} | {', '.join(f'`{i}`' for i in ids) or 'not provoked'} |"
-              for name, ids in codes.items()]
+    for name, ids in codes.items():
+        none = "not provoked" if registry[name][1] else "not sent"
+        lines.append(f"| {name} | {', '.join(f'`{i}`' for i in ids) or none} |")
     return "\n".join(lines) + "\n"
 
 
@@ -333,25 +357,30 @@ def main(check: bool, as_json: bool, as_markdown: bool, spec_file: Path, scenari
         table, documents = build(spec_file, scenarios, tests)
     except CoverageError as exc:
         raise Unreadable(str(exc)) from None
-    codes = provoking(error_registry(spec_file), documents)
+    try:
+        registry = error_registry(spec_file)
+    except CoverageError as exc:
+        raise Unreadable(str(exc)) from None
+    codes = provoking(registry, documents)
     if as_json:
         click.echo(json.dumps({**table.as_json(), "error_codes": [
-            {"code": name, "scenarios": list(ids)} for name, ids in codes.items()]}, indent=1))
+            {"code": name, "sent": registry[name][1], "scenarios": list(ids)}
+            for name, ids in codes.items()]}, indent=1))
     elif as_markdown:
-        click.echo(markdown(table) + code_markdown(codes), nl=False)
+        click.echo(markdown(table) + code_markdown(registry, codes), nl=False)
     else:
-        for line in (*text_lines(table), *code_lines(codes)):
+        for line in (*text_lines(table), *code_lines(registry, codes)):
             click.echo(line)
     missing = table.uncovered("MUST")
-    unprovoked = [name for name, ids in codes.items() if not ids]
-    if check and (missing or unprovoked):
+    silent = unprovoked(registry, codes)
+    if check and (missing or silent):
         if missing:
             click.echo(f"coverage check failed: {len(missing)} MUST requirements are "
                        "uncovered", err=True)
         for row in missing:
             click.echo(f"  {row.requirement.id}: needs {row.need}", err=True)
-        if unprovoked:
-            click.echo(f"coverage check failed: no scenario provokes {', '.join(unprovoked)}",
+        if silent:
+            click.echo(f"coverage check failed: no scenario provokes {', '.join(silent)}",
                        err=True)
         sys.exit(1)
 

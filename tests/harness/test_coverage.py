@@ -121,12 +121,13 @@ REGISTRY = """\
 
 ## Errors
 
-| code | name | raised when |
+| Code | Name | raised when |
 |---|---|---|
 | 0x00 | NO_ERROR | graceful close |
-| 0x0a | PROTOCOL_VIOLATION | any other violation |
-| 0x0109 | DOWNGRADE_DETECTED | a forged directive |
+|  0x0a  |  PROTOCOL_VIOLATION  | any other violation |
+| 0x0109 | DOWNGRADE_DETECTED | a forged directive *(not sent: the client is draining)* |
 | 0x0107 | BAD_FINISHED | FINISHED verification failed |
+| 0x0108 | NO_APPLICATION_PROTOCOL | no common ALPN |
 
 | code | name | not errors |
 |---|---|---|
@@ -137,9 +138,13 @@ id: demo/close
 title: t
 spec: [VEL-HS-001]
 role: client
+parametrize:
+  code: [NO_ERROR, PROTOCOL_VIOLATION]
 steps:
   - connect: {}
-  - expect_close: {codes: [PROTOCOL_VIOLATION, 0x00]}
+  - send: {frames: [{type: connection_close, error_code: 0x0107, frame_type: 0, reason: ""}]}
+  - expect: {event: quic:packet_received, where: {"data.frames[*].error_code": 0x0108}, count: 0}
+  - expect_close: {codes: ["{code}"]}
 ---
 id: demo/client
 title: t
@@ -147,35 +152,57 @@ spec: [VEL-HS-001]
 role: server
 steps:
   - connect: {}
-  - expect_client: {exit_code: nonzero, stderr_regex: "(?i)downgrade", stdout_regex: "(?s).*"}
+  - expect_client: {exit_code: nonzero, stderr_regex: "(?i)downgrade|finished"}
+---
+id: demo/branches
+title: t
+spec: [VEL-HS-001]
+role: client
+steps:
+  - connect: {}
+  - expect_any: {branches: {a: {close: {codes: [0x0108]}}, b: {silence: {}}}}
 """
 
 
 def test_each_error_code_lists_the_scenarios_that_provoke_it(tree: Path) -> None:
-    """A code named by a step, given by its value, or accepted by a pattern for the client's
-    report; a pattern that accepts anything names nothing; only the registry's table."""
+    """A code the target must send: expect_close codes (every parametrisation, through
+    expect_any) or an error_code an expect of at least one event matches. A frame the
+    harness sends, an expect of none and a pattern of a client's report provoke nothing; a
+    code the spec marks not sent needs no scenario."""
     (tree / "spec.md").write_text(SPEC + REGISTRY)
     (tree / "scenarios" / "demo" / "codes.yaml").write_text(PROVOKING)
     registry = error_registry(tree / "spec.md")
-    assert registry == {"NO_ERROR": 0, "PROTOCOL_VIOLATION": 10, "DOWNGRADE_DETECTED": 0x109,
-                        "BAD_FINISHED": 0x107}
+    assert registry == {"NO_ERROR": (0, True), "PROTOCOL_VIOLATION": (10, True),
+                        "DOWNGRADE_DETECTED": (0x109, False), "BAD_FINISHED": (0x107, True),
+                        "NO_APPLICATION_PROTOCOL": (0x108, True)}
     documents = scenario_documents(tree / "scenarios", requirements(tree / "spec.md"), tree)
     assert provoking(registry, documents) == {
         "NO_ERROR": ("demo/close",), "PROTOCOL_VIOLATION": ("demo/close",),
-        "DOWNGRADE_DETECTED": ("demo/client",), "BAD_FINISHED": ()}
+        "DOWNGRADE_DETECTED": (), "BAD_FINISHED": (),
+        "NO_APPLICATION_PROTOCOL": ("demo/branches",)}
     done = coverage_command("--check", "--spec", tree / "spec.md", "--scenarios",
                             tree / "scenarios", "--tests", tree / "tests")
     assert done.returncode == 1
     assert "coverage check failed: no scenario provokes BAD_FINISHED" in done.stderr
-    assert "error codes: 4 in the registry, 3 provoked by a scenario" in done.stdout
+    assert ("error codes: 5 in the registry, 3 provoked by a scenario, 1 not sent"
+            in done.stdout)
     assert "BAD_FINISHED               NOT PROVOKED: needs a scenario" in done.stdout
+    assert "DOWNGRADE_DETECTED         not sent" in done.stdout
+
+
+def test_a_registry_row_that_does_not_read_is_named(tree: Path) -> None:
+    (tree / "spec.md").write_text(SPEC + REGISTRY.replace("| 0x0107 |", "| 107 |"))
+    done = coverage_command("--spec", tree / "spec.md", "--scenarios", tree / "scenarios",
+                            "--tests", tree / "tests")
+    assert done.returncode == 2
+    assert "an error registry row that is not" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_every_code_of_the_spec_is_provoked_by_the_catalogue() -> None:
     table = json.loads(coverage_command("--json").stdout)
-    codes = {row["code"]: row["scenarios"] for row in table["error_codes"]}
+    codes = {row["code"]: row for row in table["error_codes"]}
     assert len(codes) == 29 and "APPLICATION_ERROR" in codes
-    assert [code for code, ids in codes.items() if not ids] == []
+    assert [c for c, row in codes.items() if row["sent"] and not row["scenarios"]] == []
 
 
 def coverage_command(*args: str | Path) -> subprocess.CompletedProcess[str]:
