@@ -296,7 +296,7 @@ async def test_a_server_shut_down_mid_handshake_must_not_send_an_application_clo
     try:
         result = await outcome(
             "connection/shutdown.yaml",
-            "connection/shutdown-during-a-handshake-closes-with-application-error", target)
+            "connection/shutdown-during-a-handshake-sends-no-application-close-there", target)
     finally:
         running.stop()
     assert result.verdict is (Verdict.FAIL if weaken else Verdict.PASS), result
