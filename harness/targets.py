@@ -75,7 +75,7 @@ CONSERVATIVE = frozenset({"server", "profile-balanced"})
 IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
                         "profile-secure", "publish-kem", "resumption", "early-data", "api",
                         "key-rotation", "failing-routes", "crypto-holes", "stream-holes",
-                        "follows-fallback",
+                        "follows-fallback", "follows-unauthenticated-fallback",
                         "aes-accelerated" if cpu_accelerates_aes() else "aes-in-software"})
 IN_PROCESS_LIMITS = {"crypto-holes": MAX_CRYPTO_RANGES, "stream-holes": MAX_STREAM_RANGES}
 SANITY_TIMEOUT = 5.0

@@ -26,8 +26,8 @@ SERVER_ROLE_STEPS = frozenset({"expect_client", "expect_no_contact", "expect_con
 CONNECTION_STEPS = frozenset({"expect", "expect_close", "expect_silence", "request", "send",
                               "hook", "impair", "key_update", "holes", "forge", "replay",
                               *SERVER_ROLE_STEPS})
-"""The steps that act on a connection: ``conn``, else ``main``, opened by an earlier connect
-(``expect_any`` through its branches)."""
+"""The steps that act on a connection: ``conn``, else ``main``, opened by an earlier
+connect."""
 CLIENT_CONNECT = frozenset({"key", "server_name", "early_data", "ticket_age", "binder",
                             "token"})
 SERVER_CONNECT = frozenset({"timeout", "publish_key", "fallback", "stale_key",
@@ -92,12 +92,8 @@ class StepChecker:
         if kind in SERVER_ROLE_STEPS and self.role == "client":
             self.report(path, f"{kind} is a step of role: server scenarios (the harness "
                               "plays the server to test a client)")
-        if kind in CONNECTION_STEPS:
+        if kind in CONNECTION_STEPS:  # (expect_any's branches are checked as their steps)
             self._connection(options, path)
-        elif kind == "expect_any" and isinstance(options, dict):
-            for name, branch in (options.get("branches") or {}).items():
-                for sub, sub_options in branch.items():
-                    self._connection(sub_options, (*path, "branches", name, sub))
         if isinstance(options, dict):
             for key in REGEX_KEYS:
                 if isinstance(options.get(key), str):
@@ -116,7 +112,7 @@ class StepChecker:
                                          f"step (a connect step with name: {conn})")
         elif conn is None and "main" not in self.connections:
             self.report(path, f"{path[-1]} acts on connection 'main', which no connect step "
-                              "opens before it (add a connect step, or give conn: NAME)")
+                              "opens before it (add a connect step before it)")
 
     def _regex(self, pattern: str, path: Path) -> None:
         try:

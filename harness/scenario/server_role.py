@@ -53,6 +53,7 @@ from velocity.http.static import StaticFiles
 CONNECT_WAIT = 5.0  # seconds connect waits for the client's first connection (timeout)
 COMMAND_START = 10.0  # seconds more for a command client, which starts a process first
 CLIENT_RUN = 10.0  # seconds a client run may take
+CLIENT_STOP = 2.0  # seconds a stopped command client has to exit before it is killed
 CONTACT_WAIT = 3.0  # seconds expect_contact waits for the decoy to hear the client
 TICKET_LIFETIME = 43200  # seconds, the reference server's (ServerConfig.ticket_lifetime)
 ClientResult = tuple[int, str, str]  # exit code, stdout, stderr
@@ -88,12 +89,22 @@ class Served:
     trust: str
     owner: bool = True
     closed: bool = False
+    contacts_before: int = 0  # what the decoy had heard when this client run began
 
-    async def stop(self) -> None:
-        """Stop the client run and the server; the files stay (a replacement uses them)."""
+    @property
+    def contacts(self) -> int:
+        """Datagrams on the fallback port since this client run began."""
+        return self.decoy.received - self.contacts_before
+
+    async def stop_client(self) -> None:
+        """Stop the client run (a command gets SIGTERM, then SIGKILL after CLIENT_STOP)."""
         self.client.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.client
+
+    async def stop(self) -> None:
+        """Stop the client run and the server; the files stay (a replacement uses them)."""
+        await self.stop_client()
         if self.owner and not self.closed:
             self.closed = True
             await self.server.close(grace=0.2)
@@ -154,6 +165,11 @@ async def _decoy(port: int | None) -> tuple[Decoy, int]:
 
 async def connect(run: Run, step: Step) -> Conn:
     options: dict[str, Any] = step.options or {}
+    command = run.target.client_command
+    if options.get("client_key") == "pinned" and command is not None and not any(
+            p in command for p in ("{kem_b64}", "{kem_file}")):
+        raise StepUnsupported("client_key: pinned gives a command client the server's key "
+                              "through {kem_b64} or {kem_file}, and this command has neither")
     name = options.get("name", "main")
     profiles = tuple(PROFILES_BY_NAME[p] for p in options.get("profiles", ["balanced"]))
     certificate = options.get("certificate", "valid")
@@ -252,11 +268,15 @@ async def run_client(run: Run, step: Step) -> None:
     method = step.get("method", "GET")
     if method != "GET" and run.target.client_command is not None:
         raise StepUnsupported(f"a command client fetches with GET, not {method}")
+    for earlier in run.served.values():  # one client run at a time: it ends, as a user's
+        if earlier.server is first.server and not earlier.client.done():
+            await earlier.stop_client()
     index = len(first.server.views)
     client = run.loop.create_task(_client(run, first.files, first.identity.profile, first.pinned,
                                           first.trust, early_data=step.get("early_data", False),
                                           method=method))
-    again = run.served[name] = dataclasses.replace(first, client=client, owner=False)
+    again = run.served[name] = dataclasses.replace(first, client=client, owner=False,
+                                                   contacts_before=first.decoy.received)
     await _first_connection(run, name, again, _connect_wait(run, step.options), index=index)
     run.note("run_client", {"conn": name, "of": step.get("conn", "main"), "method": method})
 
@@ -325,8 +345,13 @@ async def _command(argv: list[str]) -> ClientResult:
     try:
         out, err = await asyncio.wait_for(process.communicate(), CLIENT_RUN)
     except (TimeoutError, asyncio.CancelledError):
-        process.kill()
-        await process.wait()
+        # stopped as a user would stop it (it may write what it keeps), killed if it lingers
+        process.terminate()
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), CLIENT_STOP)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
         raise
     return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
@@ -387,22 +412,22 @@ async def expect_contact(run: Run, step: Step) -> None:
     found = _decoy_of(run, step)
     within, cut = run.within(step, CONTACT_WAIT)
     deadline = run.now() + within
-    while not found.decoy.received and run.now() < deadline:
+    while not found.contacts and run.now() < deadline:
         await run.sleep(min(0.05, max(deadline - run.now(), 0.0)))
-    if not found.decoy.received:
+    if not found.contacts:
         raise StepFailed(f"the client did not contact the fallback port {found.fallback_port} "
                          f"within {within:g} s"
                          + (" (cut short by the run's time budget)" if cut else ""),
                          expected="the directive followed", actual="no datagram")
     run.note("check", {"check": "expect_contact", "passed": True,
-                       "message": f"{found.decoy.received} datagram(s) on the fallback port"})
+                       "message": f"{found.contacts} datagram(s) on the fallback port"})
 
 
 async def expect_no_contact(run: Run, step: Step) -> None:
     """Nothing reaches the decoy on the directive's fallback port for ``for`` seconds."""
     found = _decoy_of(run, step)
     await run.sleep(float(step.get("for", 1.0)))
-    if found.decoy.received:
+    if found.contacts:
         raise StepFailed(f"the client contacted the fallback port {found.fallback_port} "
-                         f"({found.decoy.received} datagram(s))", expected="no contact",
-                         actual=f"{found.decoy.received} datagram(s)")
+                         f"({found.contacts} datagram(s))", expected="no contact",
+                         actual=f"{found.contacts} datagram(s)")

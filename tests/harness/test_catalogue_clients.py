@@ -185,21 +185,33 @@ LIFETIME = "scenarios/clients/directive-lifetime.yaml"
 
 
 @pytest.mark.spec("VEL-FB-012")
+@pytest.mark.parametrize("when", ["on-receipt", "at-exit"])
 @pytest.mark.parametrize("name", [
     "clients/an-unauthenticated-directive-is-not-kept-for-the-next-run",
     "clients/an-authenticated-directive-is-kept-no-longer-than-its-retry-after",
     "clients/a-directive-for-the-visit-ends-with-the-run"])
 async def test_a_client_that_keeps_every_directive_for_good_fails(
-        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, name: str, when: str) -> None:
     """VEL-FB-012 broken: every directive followed, authenticated or not, is kept for good and
-    for every later client (as if written to the key cache and read back by the next run):
-    the second run never contacts Velocity/1."""
+    for every later client (as if written to the key cache and read back by the next run),
+    as it arrives or only when the client closes (a cache written at exit, which the first
+    run reaches only because run_client ends it): the second run never contacts Velocity/1."""
     assert (await verdict(LIFETIME, name)).verdict is Verdict.PASS
     kept: list[FallbackDirected] = []
-    monkeypatch.setattr(easy.AsyncEasyClient, "_keep_directive",
-                        lambda self, directive: kept.append(directive))
+    pending: dict[int, list[FallbackDirected]] = {}
+    close = easy.AsyncEasyClient.close
+
+    def keep(self: easy.AsyncEasyClient, directive: FallbackDirected) -> None:
+        (kept if when == "on-receipt" else pending.setdefault(id(self), [])).append(directive)
+
+    async def close_and_keep(self: easy.AsyncEasyClient) -> None:
+        kept.extend(pending.pop(id(self), []))
+        await close(self)
+
+    monkeypatch.setattr(easy.AsyncEasyClient, "_keep_directive", keep)
     monkeypatch.setattr(easy.AsyncEasyClient, "_kept_directive",
                         lambda self: kept[-1] if kept else None)
+    monkeypatch.setattr(easy.AsyncEasyClient, "close", close_and_keep)
     outcome = await verdict(LIFETIME, name)
     assert outcome.verdict is Verdict.FAIL
     assert outcome.reason == "the target client did not connect within 3 s"

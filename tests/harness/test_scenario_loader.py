@@ -72,6 +72,10 @@ def problems(tmp_path: Path, text: str | bytes) -> list[str]:
      "before it"),
     (HEAD + "steps:\n  - connect: {name: a}\n  - expect_any: {branches: {x: {close: {}}}}\n",
      "s.yaml:7: $.steps[1].expect_any.branches.x.close: close acts on connection 'main'"),
+    (HEAD + "steps:\n  - connect: {name: a}\n  - request: {conn: a, path: /}\n"
+     "  - expect_any: {branches: {ok: {response: {status: [200]}}, x: {close: {conn: a}}}}\n"
+     "  - expect: {event: a:b}\n",
+     "s.yaml:9: $.steps[3].expect: expect acts on connection 'main'"),
     (HEAD + "steps:\n  - connect: {}\n  - connect: {}\n",
      "s.yaml:7: $.steps[1].connect: a connection 'main' is already opened"),
     (HEAD + "steps:\n  - fill: {limit: half-open-per-address, complete: true}\n",
@@ -226,3 +230,14 @@ def test_the_schema_names_what_the_harness_builds() -> None:
     hooks = schema["$defs"]["step"]["properties"]["hook"]["properties"]
     assert tuple(hooks["key_share"]["enum"]) == KEY_SHARES
     assert set(TRANSPORT_PARAMETERS) <= {f.name for f in dataclasses.fields(ConnectionConfig)}
+
+
+def test_an_expect_any_response_branch_needs_no_connection(tmp_path: Path) -> None:
+    """A response branch reads the request's answer, not a connection: only the expect that
+    really acts on the unopened main is reported."""
+    text = (HEAD + "steps:\n  - connect: {name: a}\n  - request: {conn: a, path: /}\n"
+            "  - expect_any: {branches: {ok: {response: {status: [200]}}, x: {close: "
+            "{conn: a}}}}\n  - expect: {event: a:b}\n")
+    assert problems(tmp_path, text) == [
+        "s.yaml:9: $.steps[3].expect: expect acts on connection 'main', which no connect "
+        "step opens before it (add a connect step before it)"]
