@@ -80,8 +80,8 @@ IN_PROCESS = frozenset({"server", "client", "profile-light", "profile-balanced",
 IN_PROCESS_LIMITS = {"crypto-holes": MAX_CRYPTO_RANGES, "stream-holes": MAX_STREAM_RANGES}
 SANITY_TIMEOUT = 5.0
 VN_PATIENCE = 3.0
-"""Seconds a --target-cmd server's start-up is probed with Version Negotiation alone before
-its sanity handshake is tried without that answer."""
+"""Seconds a --target-cmd server that listens (its port is not refused) but does not answer
+Version Negotiation is probed before its sanity handshake is tried without that answer."""
 START_TIMEOUT = 20.0
 LOOPBACK = "127.0.0.1"
 IN_PROCESS_HALF_OPEN = 1024
@@ -158,17 +158,21 @@ def _now() -> dt.datetime:
 ALL_PROFILES = (BALANCED, SECURE, LIGHT)
 
 
-def answers_version_negotiation(address: Address, timeout: float) -> bool:
+def answers_version_negotiation(address: Address, timeout: float) -> bool | None:
     """Whether the server at ``address`` answers an Initial of an unknown version within
-    ``timeout`` s: a liveness check that leaves no state on it (VEL-VN-001)."""
+    ``timeout`` s: a liveness check that leaves no state on it (VEL-VN-001). None when
+    nothing listens there yet (the port is refused), False when the probe goes unanswered."""
     probe = datagram({"template": "version_negotiation_probe"}, random.Random())
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.sendto(probe, address)
+            sock.connect(address)  # so that a refusal (ICMP) is reported to this socket
+            sock.send(probe)
             sock.recv(65536)
-        except OSError:  # no answer in time, or nothing listening (ICMP)
+        except ConnectionRefusedError:
+            return None
+        except OSError:  # no answer in time
             return False
     return True
 
@@ -392,8 +396,8 @@ class CommandServer:
             except OSError as exc:
                 raise TargetError(f"--target-cmd: cannot run {argv[0]!r}: "
                                   f"{exc.strerror or exc}") from None
-        started = time.monotonic()
-        deadline = started + timeout
+        deadline = time.monotonic() + timeout
+        silent_since: float | None = None  # the first probe that went unanswered, not refused
         while True:
             code = self._process.poll()
             if code is not None:
@@ -402,12 +406,14 @@ class CommandServer:
             # a handshake abandoned while the target starts would hold one of the address's
             # half-open slots until the target's handshake timeout (VEL-CONN-010), and a
             # scenario that fills them would find one fewer: a stateless probe first, and
-            # the handshake alone for a target still silent to it (VEL-VN-001 broken: its
-            # Version Negotiation scenarios fail, the others run)
-            probing = time.monotonic() - started < VN_PATIENCE
-            reason = ("no Version Negotiation answer"
-                      if probing and not answers_version_negotiation(address, 0.5)
-                      else asyncio.run(sanity_check(target)))
+            # the handshake alone for a target that listens and stays silent to it
+            # (VEL-VN-001 broken: its Version Negotiation scenarios fail, the others run)
+            answered = answers_version_negotiation(address, 0.5)
+            if answered is False and silent_since is None:
+                silent_since = time.monotonic()
+            patient = silent_since is None or time.monotonic() - silent_since < VN_PATIENCE
+            reason = (asyncio.run(sanity_check(target)) if answered or not patient
+                      else "no Version Negotiation answer")
             if reason is None:
                 return target
             if time.monotonic() > deadline:

@@ -6,13 +6,14 @@ a key kept private (no --publish-kem), a Retry token reused by another connectio
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness.targets import InProcessServer
+from harness.targets import LOOPBACK, InProcessServer, answers_version_negotiation, free_udp_port
 from tests.harness.sessions import quiet_inner_sessions
 from tests.harness.test_catalogue_handshake_serve import VELOCITY, copy, serve_options
 
@@ -126,3 +127,13 @@ def test_a_server_that_never_answers_version_negotiation_fails_those_scenarios_o
                                 "probe-is-answered or ping-is-acknowledged")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*FAIL version/probe-is-answered*"])
+
+
+def test_the_start_up_probe_tells_a_refused_port_from_a_silent_one() -> None:
+    """Nothing listening is refused (keep probing: the command is still starting); a socket
+    that reads and never answers is silent (after VN_PATIENCE, a handshake is tried)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((LOOPBACK, 0))
+        assert answers_version_negotiation(silent.getsockname(), 0.2) is False
+        free = free_udp_port()
+    assert answers_version_negotiation((LOOPBACK, free), 0.5) is None
