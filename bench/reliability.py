@@ -46,7 +46,6 @@ from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 
 import click
-from matplotlib.figure import Figure
 
 from bench.report import print_table
 from harness.netsim import Impairment, RelayStats, UdpRelay
@@ -727,6 +726,9 @@ SOAK_OPS = ["discovery", "pdk", "resume", "resume", "several", "noise"]
 def soak(short: bool, minutes: float, workers: int, every: float, settle: float, warm: int,
          markdown: bool, plot: Path | None) -> None:
     """Mixed handshakes, resumption with 0-RTT, several requests, API and garbage."""
+    if plot is not None and not plot.parent.is_dir():
+        raise click.BadParameter(f"no folder {plot.parent} to write the plot in",
+                                 param_hint="--plot")
     handshake_timeout = 5.0
     if short:
         minutes, settle, every, workers, warm, handshake_timeout = 4 / 60, 0.5, 1.0, 2, 10, 1.0
@@ -787,6 +789,8 @@ def soak_plot(points: list[tuple[float, int, int]], baseline: int, after: int,
               settle: float) -> str:
     """RSS (MB) and the connection table over the soak's minutes, and RSS ``settle`` s after
     the table drained, as SVG text."""
+    from matplotlib.figure import Figure  # noqa: PLC0415  (only when a plot is asked for)
+
     began = points[0][0]
     minutes = [(t - began) / 60 for t, _, _ in points]
     figure = Figure(figsize=(7.0, 3.2), layout="constrained")
