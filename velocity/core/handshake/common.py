@@ -263,7 +263,8 @@ class ReplayFilter:
             self._high = len(self._seen)
 
     def accept(self, binder: bytes, now_ms: int, expires_ms: int) -> bool:
-        self.expire(now_ms)
+        if self._expiry and self._expiry[0][0] < now_ms:
+            self.expire(now_ms)
         if binder in self._seen or len(self._seen) >= self.capacity:
             return False
         self._seen[binder] = expires_ms
