@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from velocity.aio.heap import HeapReturn, _malloc_trim
+from harness.pair import PairSpec, make_configs
+from tests.aio.test_faults import echo
+from velocity.aio.heap import SETTLE_TRIMS, HeapReturn, _malloc_trim
+from velocity.aio.server import serve
+from velocity.core.connection import ConnectionConfig
+from velocity.core.endpoint import EndpointConfig
+from velocity.core.handshake.common import ReplayFilter
+
+_, SERVER_HS = make_configs(PairSpec(mode="pdk"))
 
 
 def rss_kb() -> int:
@@ -31,6 +40,21 @@ def test_it_trims_once_the_table_fell_to_a_quarter_of_its_peak() -> None:
     assert heap.trims == 2
 
 
+def test_the_owner_shrinks_first_and_settle_trims_again_after_a_trim() -> None:
+    """What the drained connections held is partly freed later: the SETTLE_TRIMS settle
+    calls after a trim each trim again, then settle does nothing until the next trim."""
+    shrunk: list[int] = []
+    heap = HeapReturn(trim_after=64, before_trim=lambda: shrunk.append(heap.trims))
+    heap.settle()
+    assert heap.trims == 0
+    heap.table(1000)
+    heap.table(100)
+    for _ in range(SETTLE_TRIMS + 2):
+        heap.settle()
+    assert heap.trims == 1 + SETTLE_TRIMS
+    assert shrunk == list(range(1 + SETTLE_TRIMS))  # before every trim
+
+
 @pytest.mark.skipif(_malloc_trim() is None, reason="needs glibc's malloc_trim")
 def test_a_drained_table_gives_its_heap_back_to_the_os() -> None:
     """80 MB of 2 KB blocks (malloc's heap, not pymalloc's arenas), every 64th kept so that
@@ -46,3 +70,19 @@ def test_a_drained_table_gives_its_heap_back_to_the_os() -> None:
     assert heap.trims == 1
     assert before - after > 40_000, (before, after)
     assert len(kept) == 625
+
+
+async def test_a_server_shrinks_its_maps_and_expires_old_binders_before_a_trim() -> None:
+    """The server's own trims (its table fell to a quarter): the anti-replay filter's expired
+    binders, made during the flood and otherwise kept until the next 0-RTT hello, go first."""
+    replay = ReplayFilter()
+    assert replay.accept(bytes(32), 0, 1)  # expired long ago on the loop's clock
+    config = EndpointConfig(ConnectionConfig(replace(SERVER_HS, replay_filter=replay)))
+    server = await serve("127.0.0.1", 0, config, echo)
+    try:
+        server.heap.table(1000)
+        server.heap.table(0)
+        assert server.heap.trims == 1
+        assert not replay._seen  # forgotten without waiting for a hello
+    finally:
+        await server.close()

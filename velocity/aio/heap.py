@@ -2,8 +2,12 @@
 reuse (glibc's malloc keeps free pages inside its heap), so after a flood of connections a
 server's RSS would stay at its peak long after the table drained. ``HeapReturn`` watches
 the table's size: once it has fallen to a quarter of its high-water mark, with at least
-``TRIM_AFTER`` connections gone, it runs a garbage collection and glibc's ``malloc_trim``,
-which returns the free pages to the OS (elsewhere only the collection runs)."""
+``TRIM_AFTER`` connections gone, it lets the owner shrink what it keeps (``before_trim``),
+runs a garbage collection and glibc's ``malloc_trim``, which returns the free pages to the
+OS (elsewhere only the collection runs). Some of what the drained connections held is freed
+later (entries made during the flood that expire after it, a connection's last references
+going with the next events), so the owner calls ``settle`` every ``SETTLE_EVERY`` seconds
+and the ``SETTLE_TRIMS`` calls after a trim run one more each."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import gc
 from collections.abc import Callable
 
 TRIM_AFTER = 64  # connections gone since the high-water mark before a trim is worth it
+SETTLE_EVERY = 10.0  # seconds between the owner's calls to settle
+SETTLE_TRIMS = 3  # trims by settle after each trim on the table's fall
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -25,18 +31,33 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class HeapReturn:
-    def __init__(self, trim_after: int = TRIM_AFTER) -> None:
+    def __init__(self, trim_after: int = TRIM_AFTER,
+                 before_trim: Callable[[], None] | None = None) -> None:
         self.trim_after = trim_after
         self.trims = 0
+        self._before_trim = before_trim
         self._high = 0
+        self._settling = 0  # settle calls that still trim
         self._trim = _malloc_trim()
 
     def table(self, size: int) -> None:
         """The connection table now holds ``size`` connections."""
         self._high = max(self._high, size)
         if self._high - size >= self.trim_after and size <= self._high // 4:
-            gc.collect()
-            if self._trim is not None:
-                self._trim(0)
+            self._give_back()
             self._high = size
-            self.trims += 1
+            self._settling = SETTLE_TRIMS
+
+    def settle(self) -> None:
+        """Called every SETTLE_EVERY seconds: trims again while a trim is recent."""
+        if self._settling:
+            self._settling -= 1
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self._before_trim is not None:
+            self._before_trim()
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
+        self.trims += 1

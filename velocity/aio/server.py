@@ -17,7 +17,7 @@ from typing import Protocol
 from velocity import __version__
 from velocity.aio.base import DatagramDriver, StreamRouter, udp_socket
 from velocity.aio.entropy import OsEntropy
-from velocity.aio.heap import HeapReturn
+from velocity.aio.heap import SETTLE_EVERY, HeapReturn
 from velocity.aio.streams import VelocityStream
 from velocity.core.connection import Address, Connection
 from velocity.core.endpoint import EndpointConfig, ServerEndpoint, TokenSealer
@@ -25,6 +25,7 @@ from velocity.core.entropy import Entropy
 from velocity.core.errors import ErrorCode, UsageError
 from velocity.core.events import ConnectionTerminated, Event, InternalErrorRaised
 from velocity.core.handshake.common import FallbackDirected, HandshakeCompleted
+from velocity.core.handshake.server import ServerConfig
 from velocity.core.trace import Transcript
 from velocity.logs import fields, raised_at
 from velocity.metrics import ServerMetrics
@@ -103,7 +104,21 @@ class VelocityServer(DatagramDriver):
         self._routers: dict[Connection, StreamRouter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.datagrams_received = 0
-        self.heap = HeapReturn()
+        self.heap = HeapReturn(before_trim=self._compact)
+        self._settle = self._loop.call_later(SETTLE_EVERY, self._settle_heap)
+
+    def _compact(self) -> None:
+        """Before a trim: shrink what outgrew a drained table (the endpoint's maps, the
+        stream routers' map, the anti-replay filter's expired binders)."""
+        self.endpoint.compact()
+        self._routers = dict(self._routers)
+        handshake = self.endpoint.config.connection.handshake
+        if isinstance(handshake, ServerConfig) and handshake.replay_filter is not None:
+            handshake.replay_filter.expire(int(self._loop.time() * 1000))
+
+    def _settle_heap(self) -> None:
+        self.heap.settle()
+        self._settle = self._loop.call_later(SETTLE_EVERY, self._settle_heap)
 
     def datagram_received(self, data: bytes, address: Address, now: float,
                           arrived: float) -> None:
@@ -190,6 +205,7 @@ class VelocityServer(DatagramDriver):
             for connection in [*self.endpoint.finished, *self.endpoint.connections]:
                 self.transcripts.write(connection, self.address, self._loop.time())
             self.endpoint.finished.clear()
+        self._settle.cancel()
         self._stop()
 
 

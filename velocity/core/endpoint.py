@@ -350,6 +350,14 @@ class ServerEndpoint:
             if cid is not None and self._by_cid.get(cid) is connection:
                 del self._by_cid[cid]
 
+    def compact(self) -> None:
+        """Rebuild the per-connection maps at their present size: a dict keeps the room it
+        grew to, so a table that held thousands of connections and drained would go on
+        holding theirs (a driver calls this once its table has drained)."""
+        self._by_cid = dict(self._by_cid)
+        self._deadline = dict(self._deadline)
+        self._half_open = dict(self._half_open)  # the order is kept: oldest first
+
     def next_event(self) -> tuple[Connection, Event] | None:
         return self._events.popleft() if self._events else None
 

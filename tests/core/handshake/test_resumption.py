@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import replace
 
 import pytest
@@ -87,6 +88,21 @@ def test_full_filter_rejects_rather_than_forgets() -> None:
     assert not replay.accept(b"b", 1, 10_001)
     assert not replay.accept(b"a", 2, 10_002)
     assert replay.accept(b"b", 10_001, 20_001)
+
+
+def test_expire_forgets_stale_binders_and_gives_back_the_room_they_took() -> None:
+    """A burst of binders that all expired: ``expire`` (a server's periodic call, no hello
+    needed) forgets them and rebuilds the dict, which would keep the size it grew to; one
+    still fresh is still refused."""
+    replay = ReplayFilter()
+    for index in range(1000):
+        assert replay.accept(index.to_bytes(32, "big"), 0, 10_000)
+    assert replay.accept(b"fresh", 0, 30_000)
+    grown = sys.getsizeof(replay._seen)
+    replay.expire(10_001)
+    assert sys.getsizeof(replay._seen) * 50 < grown
+    assert replay.accept((1).to_bytes(32, "big"), 10_002, 20_000)
+    assert not replay.accept(b"fresh", 10_003, 40_000)
 
 
 @pytest.mark.spec("VEL-RES-007")

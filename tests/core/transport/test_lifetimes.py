@@ -4,6 +4,8 @@ connection from a full table, and a cap on half-open connections per address."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from harness.loopback import perfect
@@ -184,3 +186,21 @@ def test_a_junk_token_does_not_excuse_a_short_dcid(retry: str) -> None:
         room.endpoint.receive_datagram(datagram, LEGIT, now=room.now)
     assert room.endpoint.connections == [] and room.endpoint.retries_sent == 0
     assert room.endpoint.datagrams_to_send(now=room.now) == []
+
+
+def test_compact_gives_back_the_room_a_drained_table_grew_to() -> None:
+    """The per-connection maps grow with the table and, being dicts, keep their size when it
+    drains; ``compact`` rebuilds them at what they hold, and the endpoint serves on."""
+    room = make_crowd(never_finishing, max_sessions=100, max_half_open_per_address=100)
+    endpoint = room.endpoint
+    for index in range(100):
+        room.join(hostile(index), make_client(f"hostile-{index}"))
+    assert room.run(lambda: len(endpoint.connections) == 100, max_time=2)
+    assert room.run(lambda: not endpoint.connections, max_time=4 * HANDSHAKE_TIMEOUT)
+    maps = ("_by_cid", "_deadline", "_half_open")
+    grown = {name: sys.getsizeof(getattr(endpoint, name)) for name in maps}
+    endpoint.compact()
+    for name in maps:
+        assert sys.getsizeof(getattr(endpoint, name)) * 4 < grown[name], name
+    room.join(LEGIT, make_client("legit"))
+    assert room.run(lambda: completed(room.client_events[LEGIT]))

@@ -241,20 +241,34 @@ class ReplayFilter:
     """Bounded anti-replay filter of PSK binders (VEL-RES-007): each binder is kept until the
     last moment at which its CLIENT_HELLO would still pass the freshness check
     (``expires_ms``, VEL-RES-005), so a replay is refused for as long as it could otherwise be
-    accepted; when full, everything is refused until entries expire."""
+    accepted; when full, everything is refused until entries expire. Expired entries go at
+    the next ``accept`` or ``expire``; a server calls ``expire`` now and then, so that entries
+    made during a burst do not stay (each would pin the allocator's memory around it)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._seen: dict[bytes, int] = {}
         self._expiry: list[tuple[int, bytes]] = []  # heap of (expires_ms, binder)
+        self._high = 0  # entries held at most since the dict was last rebuilt
 
-    def accept(self, binder: bytes, now_ms: int, expires_ms: int) -> bool:
+    def expire(self, now_ms: int) -> None:
+        """Forget the binders whose CLIENT_HELLOs are no longer fresh at ``now_ms``; once
+        at most a quarter of the high-water mark is left, the dict is rebuilt (a dict keeps
+        the size it grew to)."""
         while self._expiry and self._expiry[0][0] < now_ms:
             _, old = heapq.heappop(self._expiry)
             self._seen.pop(old, None)
+        if self._high and len(self._seen) <= self._high // 4:
+            self._seen = dict(self._seen)
+            self._high = len(self._seen)
+
+    def accept(self, binder: bytes, now_ms: int, expires_ms: int) -> bool:
+        if self._expiry and self._expiry[0][0] < now_ms:
+            self.expire(now_ms)
         if binder in self._seen or len(self._seen) >= self.capacity:
             return False
         self._seen[binder] = expires_ms
+        self._high = max(self._high, len(self._seen))
         heapq.heappush(self._expiry, (expires_ms, binder))
         return True
 
