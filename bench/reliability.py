@@ -70,7 +70,8 @@ class Server:
     """``velocity serve`` in a subprocess with its metrics endpoint; ``root`` holds
     ``index.html``, ``1k.bin`` and, when asked, ``big.bin``."""
 
-    def __init__(self, work: Path, *args: str, big_mb: float = 0) -> None:
+    def __init__(self, work: Path, *args: str, big_mb: float = 0,
+                 allocator: str = "pymalloc") -> None:
         self.root = work / "public"
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "index.html").write_text("velocity reliability\n")
@@ -83,7 +84,8 @@ class Server:
                    "--self-signed", "--publish-kem", "--api", "--listen", "127.0.0.1:0",
                    "--metrics-listen", "127.0.0.1:0", *args]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL,
+                                        env={**os.environ, "PYTHONMALLOC": allocator})
         self.stderr: list[str] = []
         self._banner = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -521,6 +523,15 @@ def main() -> None:
     """Reliability runs against a real velocity serve."""
 
 
+def allocator_option(command: Callable[..., None]) -> Callable[..., None]:
+    """``--allocator``: the server's PYTHONMALLOC (deploy/velocity.service sets malloc)."""
+    return click.option(
+        "--allocator", type=click.Choice(["pymalloc", "malloc"]), default="pymalloc",
+        show_default=True,
+        help="The server's PYTHONMALLOC: CPython's pymalloc, or malloc (glibc's, which "
+             "gives freed memory back; deploy/velocity.service sets it).")(command)
+
+
 @main.command()
 @click.option("--short", is_flag=True, help="The CI form: 300 Initials, --retry under-load.")
 @click.option("--initials", type=click.IntRange(1), default=10_000, show_default=True)
@@ -539,10 +550,11 @@ def main() -> None:
               help="Legitimate fetches before the baseline RSS is read.")
 @click.option("--shed-after", type=float, default=None,
               help="The server's --shed-after (default: its own default).")
+@allocator_option
 @click.option("--markdown", is_flag=True)
 def flood(short: bool, initials: int, policies: str, rate: float, sources: int,
           garbage: float, replays: float, workers: int, settle: float,
-          handshake_timeout: float, warm: int, shed_after: float | None,
+          handshake_timeout: float, warm: int, shed_after: float | None, allocator: str,
           markdown: bool) -> None:
     """Initials (valid, garbage, replays) under each --retry policy while clients fetch."""
     if short:
@@ -552,7 +564,8 @@ def flood(short: bool, initials: int, policies: str, rate: float, sources: int,
     for policy in policies.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             server = Server(Path(tmp), "--retry", policy, "--handshake-timeout",
-                            str(handshake_timeout), *_shed_option(shed_after))
+                            str(handshake_timeout), *_shed_option(shed_after),
+                            allocator=allocator)
             try:
                 attack = ChildAttack(_flood, server.address, initials, (garbage, replays),
                                      sources, rate)
@@ -612,10 +625,11 @@ def _attack_row(policy: str, attack: str, got: dict[str, object], verdict: Verdi
               help="The runs to make, by the server's --retry policy.")
 @click.option("--shed-after", type=float, default=None,
               help="The server's --shed-after (default: its own default).")
+@allocator_option
 @click.option("--markdown", is_flag=True)
 def halfopen(short: bool, attackers: int, rate: float, sources: int, max_sessions: int,
              workers: int, settle: float, handshake_timeout: float, warm: int, policies: str,
-             shed_after: float | None, markdown: bool) -> None:
+             shed_after: float | None, allocator: str, markdown: bool) -> None:
     """Half-open exhaustion: clients that never finish (--retry never, under-load), and
     clients that answer Retry and stop (--retry always, under-load)."""
     runs = [(policy, answer) for policy, answer in (
@@ -629,7 +643,7 @@ def halfopen(short: bool, attackers: int, rate: float, sources: int, max_session
         with tempfile.TemporaryDirectory() as tmp:
             server = Server(Path(tmp), "--retry", policy, "--handshake-timeout",
                             str(handshake_timeout), "--max-sessions", str(max_sessions),
-                            *_shed_option(shed_after))
+                            *_shed_option(shed_after), allocator=allocator)
             try:
                 attack = ChildAttack(_halfopen, server.address, attackers, sources, rate,
                                      answer_retry)
@@ -720,11 +734,12 @@ SOAK_OPS = ["discovery", "pdk", "resume", "resume", "several", "noise"]
 @click.option("--settle", type=float, default=60.0, show_default=True)
 @click.option("--warm-up", "warm", type=click.IntRange(1), default=100, show_default=True,
               help="Legitimate fetches before the baseline RSS is read.")
+@allocator_option
 @click.option("--markdown", is_flag=True)
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write the RSS and table over time as an SVG plot to this file.")
 def soak(short: bool, minutes: float, workers: int, every: float, settle: float, warm: int,
-         markdown: bool, plot: Path | None) -> None:
+         allocator: str, markdown: bool, plot: Path | None) -> None:
     """Mixed handshakes, resumption with 0-RTT, several requests, API and garbage."""
     if plot is not None and not plot.parent.is_dir():
         raise click.BadParameter(f"no folder {plot.parent} to write the plot in",
@@ -734,7 +749,8 @@ def soak(short: bool, minutes: float, workers: int, every: float, settle: float,
         minutes, settle, every, workers, warm, handshake_timeout = 4 / 60, 0.5, 1.0, 2, 10, 1.0
     verdict = Verdict()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp), "--handshake-timeout", str(handshake_timeout))
+        server = Server(Path(tmp), "--handshake-timeout", str(handshake_timeout),
+                        allocator=allocator)
         try:
             asyncio.run(warm_up(Legit(server, Path(tmp)), warm))
             samples = Samples(server, every=every)

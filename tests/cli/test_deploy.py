@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -22,3 +25,15 @@ def test_systemd_unit_uses_real_serve_options() -> None:
     assert set(re.findall(r"\$\{(\w+)\}", unit)) == set(settings)
     assert settings["VELOCITY_PROFILE"] in ("light", "balanced", "secure")
     assert settings["VELOCITY_RETRY"] in ("never", "always", "under-load")
+
+
+def test_systemd_unit_sets_an_allocator_python_accepts() -> None:
+    unit = (DEPLOY / "velocity.service").read_text()
+    settings = dict(line.removeprefix("Environment=").split("=", 1)
+                    for line in unit.splitlines() if line.startswith("Environment="))
+    assert settings == {"PYTHONMALLOC": "malloc"}
+    # an unknown PYTHONMALLOC is a fatal error at start-up; this one runs the server's code
+    got = subprocess.run([sys.executable, "-c", "import velocity.cli"], timeout=60,
+                         env={**os.environ, **settings}, capture_output=True, text=True,
+                         check=False)
+    assert got.returncode == 0, got.stderr
