@@ -1,7 +1,7 @@
 """The seams of velocity.core.seams, each used the way the scripted peer uses it, on the
 in-memory pair (virtual clock, exact counts): frames in any space, the packet mutator, the
 CRYPTO policy, the handshake-message hook, the key-share factories, the endpoint's
-new-connection hook. And off, they change nothing."""
+new-connection hook, the payload observer. And off, they change nothing."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from velocity.core.handshake.messages import ClientHello, Fallback, Message, Ser
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import ClientKeyShare, HybridSecret, Profile, server_key_share
 from velocity.core.kem import KemBackend
-from velocity.core.packet import Epoch
+from velocity.core.packet import Epoch, PacketType
 from velocity.core.seams import HeaderEdits, KeyShare, PlannedPacket
 
 
@@ -287,6 +287,50 @@ def test_the_key_share_factories() -> None:
     assert _client_closes(server_side) == [ErrorCode.ILLEGAL_PARAMETER]
 
 
+def test_the_payload_observer_sees_every_packet_opened_as_it_was_sent() -> None:
+    """Without a tracer (the 1-RTT bulk path would be taken): each packet the client opened,
+    its payload byte for byte as the server's packet mutator saw it planned (then padded with
+    zeros; the mutator sees the bulk path's packets too), once; a datagram the network
+    delivered twice after the handshake is not shown again."""
+    pair = make()
+    planned: dict[tuple[PacketType, int], bytes] = {}
+
+    def mutator(packets: list[PlannedPacket]) -> list[PlannedPacket]:
+        for packet in packets:
+            planned[packet.packet_type, packet.packet_number] = packet.payload
+        return packets
+
+    pair.endpoint.on_connection = lambda c: setattr(c.seams, "packet_mutator", mutator)
+    seen: list[tuple[PacketType, int, bytes]] = []
+    pair.client.seams.payload_observer = lambda *packet: seen.append(packet)
+    doubled: list[bytes] = []
+    network = pair.network
+
+    def twice(direction: str, datagram: bytes, now: float) -> list[tuple[float, bytes]]:
+        delivered = network(direction, datagram, now)
+        if direction == "s2c" and pair.client.handshake_confirmed and not doubled:
+            doubled.append(datagram)
+            return delivered + delivered
+        return delivered
+
+    pair.network = twice
+    pair.connect()
+    assert pair.run(lambda: both_completed(pair) and pair.client.handshake_confirmed)
+    pair.client.send_stream_data(0, b"request", end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("server", 0))
+    assert pair.server is not None
+    pair.server.send_stream_data(0, bytes(range(256)) * 40, end_stream=True)
+    assert pair.run(lambda: pair.finished_stream("client", 0))
+    assert doubled
+    kinds = {kind for kind, _, _ in seen}
+    assert {PacketType.INITIAL, PacketType.HANDSHAKE, PacketType.ONE_RTT} <= kinds
+    assert len({(kind, number) for kind, number, _ in seen}) == len(seen)  # each once
+    for kind, number, payload in seen:
+        sent = planned[kind, number]
+        assert payload[:len(sent)] == sent and not payload[len(sent):].strip(b"\0")
+    assert pair.received("client", 0) == (bytes(range(256)) * 40, True)
+
+
 def test_unused_seams_are_off_and_change_no_byte() -> None:
     """Two seeded pairs (kyber-py, deterministic), one with a pass-through mutator, message
     hook and endpoint hook set: the same bytes on the wire."""
@@ -305,9 +349,11 @@ def test_unused_seams_are_off_and_change_no_byte() -> None:
     seeded = PairSpec(client_backend="kyber-py", server_backend="kyber-py")  # deterministic
     plain = make(spec=seeded)
     assert plain.client.seams.packet_mutator is None and plain.client.seams.crypto_policy is None
+    assert plain.client.seams.payload_observer is None
     assert plain.client.handshake.message_hook is None
     seamed = make(spec=seeded)
     seamed.client.seams.packet_mutator = lambda packets: packets
+    seamed.client.seams.payload_observer = lambda kind, number, payload: None
     seamed.client.handshake.message_hook = lambda message: message
     seamed.endpoint.on_connection = lambda c: None
     assert record(plain) == record(seamed)

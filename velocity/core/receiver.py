@@ -92,7 +92,8 @@ def read_datagram(conn: Connection, data: bytes, now: float) -> None:
     """Every packet of one datagram (coalesced packets in order; a short header is last)."""
     offset = 0
     while offset < len(data):
-        if not data[offset] & 0x80 and conn.tracer is None:
+        if not data[offset] & 0x80 and conn.tracer is None and (
+                conn.seams.payload_observer is None):
             _receive_short(conn, data, offset, now)
             return
         offset = _receive_packet(conn, data, offset, now)
@@ -133,6 +134,8 @@ def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> i
     if not conn.is_client and epoch == Epoch.HANDSHAKE:
         conn.address_validated = True
         handshaking.discard_space(conn, Epoch.INITIAL)
+    if (observer := conn.seams.payload_observer) is not None:
+        observer(header.packet_type, packet_number, payload)
     frames = decode_frames(payload, header.packet_type)
     if conn.tracer is not None:
         conn._trace("quic:packet_received",
@@ -146,7 +149,8 @@ def _receive_packet(conn: Connection, data: bytes, offset: int, now: float) -> i
 def _receive_short(conn: Connection, data: bytes, offset: int, now: float) -> None:
     """A 1-RTT packet: it runs to the end of the datagram. Everything ``_receive_packet``
     does for one, without building a header or, for the STREAM frames that lead a bulk
-    payload, frame objects (a tracer, which records frames, takes the general path)."""
+    payload, frame objects (a tracer, which records frames, and a payload observer take the
+    general path)."""
     packet = data[offset:] if offset else data
     if not packet[0] & FIXED_BIT:
         _trace_dropped(conn, None, len(packet), "header_parse_error")

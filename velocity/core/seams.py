@@ -1,10 +1,11 @@
 """The designed seams through which the conformance harness's scripted peer sends what a
-normal peer never would: frames in any packet-number space (``Connection.send_frames``), a
-packet mutator between planning and sealing, a CRYPTO policy for the first transmission of
-handshake bytes, a hook on every handshake message before it is encoded and hashed, and
-factories for the hybrid key shares. This module owns their types. Each seam is off (None)
-by default, the reference endpoint never sets one, and an unused seam costs one attribute
-test on its path."""
+normal peer never would, and sees what a normal peer never shows: frames in any
+packet-number space (``Connection.send_frames``), a packet mutator between planning and
+sealing, a CRYPTO policy for the first transmission of handshake bytes, a hook on every
+handshake message before it is encoded and hashed, factories for the hybrid key shares,
+and an observer of every packet payload as it was opened, byte for byte. This module owns
+their types. Each seam is off (None) by default, the reference endpoint never sets one,
+and an unused seam costs one attribute test on its path."""
 
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ produced them -> packets, each a list of CRYPTO ``(offset, data)`` pieces (any s
 overlaps and repeats, pieces of one packet in one CRYPTO frame each). Every packet goes in a
 datagram of its own. Loss recovery retransmits the data as usual."""
 
+PayloadObserver = Callable[[PacketType, int, bytes], None]
+"""Every packet this endpoint opened and did not drop as a duplicate: its type, its packet
+number and its decrypted payload, as received, before its frames are decoded (the frames
+keep no trace of how their fields were encoded)."""
+
 MessageHook = Callable[[Message], "Message | None"]
 """Every handshake message this endpoint sends, before it is encoded and added to the
 transcript: return it changed (any field; another message type), or None to send nothing.
@@ -96,4 +102,5 @@ class ConnectionSeams:
 
     packet_mutator: PacketMutator | None = None
     crypto_policy: CryptoPolicy | None = None
+    payload_observer: PayloadObserver | None = None
     injecting: bool = False  # send_frames was used: the sender looks for injected packets

@@ -479,15 +479,16 @@ def _nothing_to_send(conn: Connection, now: float) -> bool:
 def _bulk_stream(conn: Connection, limit: int, now: float) -> StreamState | None:
     """The stream whose next packet is one full STREAM frame and nothing else, when that is
     all the general planner would put in it: one space left, no close, control frame,
-    flow-control update, ACK, probe or CRYPTO data due, no tracer, the congestion window and
-    pacer open, and data and credit for more than the whole packet (``limit`` bytes).
-    ``_bulk_packets`` then builds the same bytes with less bookkeeping; anything else goes
-    through ``_plan_packets``."""
+    flow-control update, ACK, probe or CRYPTO data due, no tracer or packet mutator, the
+    congestion window and pacer open, and data and credit for more than the whole packet
+    (``limit`` bytes). ``_bulk_packets`` then builds the same bytes with less bookkeeping;
+    anything else goes through ``_plan_packets``."""
     space = conn.spaces[Epoch.APPLICATION]
     if (conn._close is not None or conn._control or conn._handshake_done_pending
             or conn.tracer is not None or conn.seams.injecting
-            or not conn.handshake_confirmed or space.ack_needed
-            or space.ack_eliciting_since_ack or space.probes or space.send_keys is None
+            or conn.seams.packet_mutator is not None or not conn.handshake_confirmed
+            or space.ack_needed or space.ack_eliciting_since_ack or space.probes
+            or space.send_keys is None
             or space.crypto_send.has_data() or True in conn._max_streams_pending.values()
             or not (conn.spaces[Epoch.INITIAL].discarded
                     and conn.spaces[Epoch.HANDSHAKE].discarded)):
