@@ -1,5 +1,7 @@
 """One scapy layer per Velocity/1 frame (spec section 4). Field names match the frame
-dataclasses of the reference codec; ``dissect_frames`` splits a payload into layers."""
+dataclasses of the reference codec; ``dissect_frames`` splits a payload into layers, and
+``longer_than_minimal`` names the frames of a payload written with a longer varint than
+their values need (VEL-VAR-004)."""
 
 from __future__ import annotations
 
@@ -147,3 +149,20 @@ def dissect_frames(payload: bytes) -> list[Packet]:
     if isinstance(layer, Raw):
         layers.append(layer)
     return layers
+
+
+def _rebuilt(layer: Packet) -> Packet:
+    """``layer`` built again from its field values, each varint written minimally (its ACK
+    ranges too)."""
+    values: dict[str, Any] = {}
+    for name, value in layer.fields.items():
+        nested = isinstance(value, list) and value and isinstance(value[0], Packet)
+        values[name] = [_rebuilt(item) for item in value] if nested else value
+    return type(layer)(**values)
+
+
+def longer_than_minimal(payload: bytes) -> list[str]:
+    """The frames of ``payload`` (by name, in order) whose bytes are longer than the same
+    values encoded with minimal varints; frames from an unknown type on are not judged."""
+    return [type(layer).__name__ for layer in dissect_frames(payload)
+            if not isinstance(layer, Raw) and len(bytes(layer)) > len(bytes(_rebuilt(layer)))]

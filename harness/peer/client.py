@@ -38,7 +38,9 @@ class ClientPeer(VelocityClient):
     @staticmethod
     def make_connection(config: ConnectionConfig, *, entropy: Entropy,
                         view: View) -> Connection:
-        return Connection(config, entropy=entropy, tracer=view.transcript)
+        connection = Connection(config, entropy=entropy, tracer=view.transcript)
+        connection.seams.payload_observer = view.opened
+        return connection
 
     @classmethod
     async def start(cls, connection: Connection, target: Address, *, view: View,

@@ -51,6 +51,7 @@ class ServerPeer(VelocityServer):
         return cls(endpoint, handler, host, views, port)
 
     def _on_connection(self, connection: Connection) -> None:
+        connection.seams.payload_observer = self.views[-1].opened  # its tracer's, just made
         if self.configure is not None:
             self.configure(connection)
         self._connected.set()

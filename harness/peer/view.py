@@ -1,8 +1,8 @@
 """What the scripted peer saw: one transcript (velocity.core.trace.Transcript) per
 connection, with every datagram it sent or received (``quic:datagrams_sent`` /
-``quic:datagrams_received``, the raw view beside the connection's own packet events), and a
-way to wait for an event. This module owns the recording and the waiting; the engine decides
-what to wait for."""
+``quic:datagrams_received``, the raw view beside the connection's own packet events), every
+packet payload it opened as received, and a way to wait for an event. This module owns the
+recording and the waiting; the engine decides what to wait for."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from velocity.core.errors import ProtocolError
-from velocity.core.packet import decode_version_negotiation, parse_header
+from velocity.core.packet import PacketType, decode_version_negotiation, parse_header
 from velocity.core.trace import QLOG_PACKET_TYPES, Transcript
 
 Event = dict[str, Any]
@@ -46,6 +46,8 @@ class View:
         self.bytes_sent = self.bytes_received = 0
         self.inbox: list[tuple[int, bytes]] = []  # (event index, datagram) as received
         self.outbox: list[tuple[int, bytes]] = []  # (event index, datagram) as sent
+        # (packet type, packet number, payload) of each packet the connection opened
+        self.payloads: list[tuple[PacketType, int, bytes]] = []
 
     @property
     def events(self) -> list[Event]:
@@ -81,6 +83,10 @@ class View:
                 data["versions"] = [f"0x{v:08x}"
                                     for v in decode_version_negotiation(datagram).versions]
         self.note("quic:datagrams_received", data)
+
+    def opened(self, packet_type: PacketType, packet_number: int, payload: bytes) -> None:
+        """The connection's payload observer (velocity.core.seams.PayloadObserver)."""
+        self.payloads.append((packet_type, packet_number, payload))
 
     def received_since(self, start: int) -> list[bytes]:
         """The datagrams received from event index ``start`` on (raw bytes)."""

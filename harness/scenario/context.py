@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.fuzz.runner import FuzzSettings
+from harness.layers.frames import longer_than_minimal
 from harness.netsim import UdpRelay
 from harness.peer import ClientPeer, RawPeer, View
 from harness.scenario.budget import BudgetMeter
@@ -23,7 +25,7 @@ from velocity.core.connection import Address
 from velocity.core.entropy import SeededEntropy
 from velocity.core.events import TicketReceived
 from velocity.core.handshake.client import PinnedServerKey
-from velocity.core.trace import Transcript
+from velocity.core.trace import QLOG_PACKET_TYPES, Transcript
 from velocity.http.h1 import Response
 
 if TYPE_CHECKING:
@@ -129,10 +131,14 @@ class Run:
     def check_budget(self) -> None:
         self.budget.check_sent(sum(c.view.datagrams_sent for c in self.connections.values()))
 
-    def namespace(self) -> dict[str, Any]:
-        """What an ``assert`` reads: the aggregates of ``main``, then the saved values."""
+    def namespace(self, names: Collection[str] = ()) -> dict[str, Any]:
+        """What an ``assert`` reads: the aggregates of ``main``, then the saved values;
+        ``non_minimal_varints``, which dissects every payload, only when ``names`` has it."""
         main = self.connections.get("main")
-        return {**aggregates(main.view if main else None), **self.saved}
+        values = aggregates(main.view if main else None)
+        if "non_minimal_varints" in names:
+            values["non_minimal_varints"] = non_minimal_varints(main.view if main else None)
+        return {**values, **self.saved}
 
     def documents(self) -> list[tuple[str, Document]]:
         """One transcript per connection (``main`` first, with the harness's events), or
@@ -169,6 +175,14 @@ class Run:
             await served.close()
         if self.linger and not self.target.owned:
             await asyncio.sleep(self.linger)  # the target lets go of what the run filled
+
+
+def non_minimal_varints(view: View | None) -> list[str]:
+    """The frames the target wrote with a longer varint than their values need, as
+    ``<packet type> #<number>: <FRAME>`` (harness.layers, not the reference's codec)."""
+    return [f"{QLOG_PACKET_TYPES[packet_type]} #{number}: {frame}"
+            for packet_type, number, payload in (view.payloads if view else [])
+            for frame in longer_than_minimal(payload)]
 
 
 def aggregates(view: View | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 Path = tuple[str | int, ...]  # a JSON path into a document: keys and list indexes
 AGGREGATES = ("amplification_ratio", "bytes_per_flight", "flights", "packets_per_space",
               "datagrams_sent", "datagrams_received", "handshake_ms", "close_code",
-              "packets_dropped", "padding_not_last")
+              "packets_dropped", "padding_not_last", "non_minimal_varints")
 """The transcript aggregates an ``assert`` may read, besides the values earlier steps saved."""
 BRANCH_STEPS = {"expect": "expect", "close": "expect_close", "silence": "expect_silence",
                 "response": "expect_response"}

@@ -24,11 +24,11 @@ from tests.harness.test_catalogue_transport_weakened import (
     fails_only_weakened,
     outcome,
 )
-from velocity.core import handshaking, receiver, sender, streams
-from velocity.core.buffer import Reader
+from velocity.core import frames, handshaking, receiver, sender, streams
+from velocity.core.buffer import Reader, Writer, varint_at
 from velocity.core.connection import Connection
 from velocity.core.endpoint import ServerEndpoint
-from velocity.core.frames import ApplicationClose
+from velocity.core.frames import Ack, ApplicationClose, Frame
 from velocity.core.handshake import server as handshake_server
 from velocity.core.handshake.server import ServerConfig, StaticKey
 from velocity.core.packet import Epoch
@@ -336,3 +336,36 @@ async def test_an_endpoint_that_pads_in_front_of_its_frames_fails(
     failed = await outcome("frames/padding.yaml", name, reference)
     assert failed.verdict is Verdict.FAIL, failed
     assert "padding_not_last == 0" in failed.reason, failed
+
+
+def widens_ack_largest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ACK frame's Largest Acknowledged is written as an 8-byte varint (VEL-VAR-004
+    broken; the frame type itself must stay minimal)."""
+    ack = frames._ENCODERS[Ack]
+
+    def widened(writer: Writer, frame: Frame) -> None:
+        inner = Writer()
+        ack(inner, frame)
+        data = inner.data()
+        largest, end = varint_at(data, 1)
+        writer.push_bytes(data[:1])
+        writer.push_varint(largest, 8)
+        writer.push_bytes(data[end:])
+
+    monkeypatch.setitem(frames._ENCODERS, Ack, widened)
+
+
+@pytest.mark.spec("VEL-VAR-004")
+@pytest.mark.parametrize("name", ["encoding/server-frames-use-minimal-varints",
+                                  "encoding/client-frames-use-minimal-varints"])
+async def test_an_endpoint_that_widens_a_varint_fails(
+        name: str, reference: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process endpoint (server and client) writing its ACK frames' largest
+    acknowledged in 8 bytes fails the minimal-varints scenario of its role, naming the
+    packet and the frame; the reference passes it."""
+    assert (await outcome("encoding/varints.yaml", name, reference)).verdict is Verdict.PASS
+    widens_ack_largest(monkeypatch)
+    failed = await outcome("encoding/varints.yaml", name, reference)
+    assert failed.verdict is Verdict.FAIL, failed
+    assert "non_minimal_varints == []" in failed.reason, failed
+    assert failed.actual is not None and ": ACK" in failed.actual, failed

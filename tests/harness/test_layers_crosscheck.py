@@ -62,6 +62,29 @@ def test_frame_layers_agree_with_the_codec(cls: type[f.Frame]) -> None:
     check()
 
 
+@pytest.mark.parametrize("cls", f.FRAME_CLASSES, ids=lambda c: c.NAME)
+def test_longer_than_minimal_names_a_frame_only_with_a_widened_varint(
+        cls: type[f.Frame]) -> None:
+    """The codec writes minimal varints: nothing is named; the same frame with its type
+    written in 2 bytes is."""
+    @given(st_v.FRAME_STRATEGIES[cls])
+    def check(frame: f.Frame) -> None:
+        wire = f.encode_frames([frame])
+        assert layers.longer_than_minimal(wire) == []
+        assert wire[0] < 0x40
+        assert layers.longer_than_minimal(bytes([0x40, wire[0]]) + wire[1:]) == [frame.NAME]
+
+    check()
+
+
+def test_longer_than_minimal_reads_fields_and_ack_ranges() -> None:
+    stream = bytes([0x0E, 0x40, 0x00, 0x00, 0x01]) + b"x"  # stream ID 0 in 2 bytes
+    ack = bytes([0x02, 0x0A, 0x00, 0x01, 0x00, 0x40, 0x01, 0x00])  # a range's gap in 2
+    minimal = f.encode_frames([f.Ping(), f.MaxData(1 << 40)])
+    assert layers.longer_than_minimal(minimal + stream + ack) == ["STREAM", "ACK"]
+    assert layers.longer_than_minimal(minimal + bytes([0x1F, 0x40, 0x00])) == []  # unknown
+
+
 @given(st_v.long_headers())
 def test_long_header_layer_agrees(header: LongHeader) -> None:
     writer = Writer()
