@@ -9,7 +9,7 @@ import pytest
 
 from harness.pair import PairSpec, make_configs
 from tests.aio.test_faults import echo
-from velocity.aio.heap import SETTLE_TRIMS, HeapReturn, _malloc_trim
+from velocity.aio.heap import BURST, SETTLE_TRIMS, HeapReturn, _malloc_trim
 from velocity.aio.server import serve
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
@@ -45,14 +45,35 @@ def test_the_owner_shrinks_first_and_settle_trims_again_after_a_trim() -> None:
     calls after a trim each trim again, then settle does nothing until the next trim."""
     shrunk: list[int] = []
     heap = HeapReturn(trim_after=64, before_trim=lambda: shrunk.append(heap.trims))
-    heap.settle()
+    heap.settle(0)
     assert heap.trims == 0
     heap.table(1000)
     heap.table(100)
     for _ in range(SETTLE_TRIMS + 2):
-        heap.settle()
+        heap.settle(0)
     assert heap.trims == 1 + SETTLE_TRIMS
     assert shrunk == list(range(1 + SETTLE_TRIMS))  # before every trim
+
+
+def test_it_trims_once_the_traffic_fell_to_a_quarter_of_its_busiest_period() -> None:
+    """A flood that opens no connection (answered with Retry) leaves heap behind too: the
+    datagrams of each settle period count, and a fall after a busy period trims."""
+    heap = HeapReturn()
+    received = 0
+    for period in (BURST, 4 * BURST, BURST + 1):  # busy, busier, not a quarter of it
+        received += period
+        heap.settle(received)
+    assert heap.trims == 0
+    received += BURST
+    heap.settle(received)  # a quarter of the busiest period
+    assert heap.trims == 1
+    for _ in range(SETTLE_TRIMS + 2):  # quiet: the settle trims, then nothing
+        heap.settle(received)
+    assert heap.trims == 1 + SETTLE_TRIMS
+    for period in (BURST - 1, 0):  # never busy enough to be worth a trim
+        received += period
+        heap.settle(received)
+    assert heap.trims == 1 + SETTLE_TRIMS
 
 
 @pytest.mark.skipif(_malloc_trim() is None, reason="needs glibc's malloc_trim")
@@ -84,5 +105,21 @@ async def test_a_server_shrinks_its_maps_and_expires_old_binders_before_a_trim()
         server.heap.table(0)
         assert server.heap.trims == 1
         assert not replay._seen  # forgotten without waiting for a hello
+    finally:
+        await server.close()
+
+
+async def test_a_server_trims_after_a_flood_that_opened_no_connection() -> None:
+    """A server whose table never grew (a flood answered with Retry) counts its datagrams:
+    its settle calls trim once their number falls after a busy period."""
+    config = EndpointConfig(ConnectionConfig(SERVER_HS))
+    server = await serve("127.0.0.1", 0, config, echo)
+    try:
+        server._settle.cancel()  # its timer's calls, made here
+        server.datagrams_received += 4 * BURST  # the flood's period
+        server._settle_heap()
+        assert server.heap.trims == 0
+        server._settle_heap()  # the next period: quiet
+        assert server.heap.trims == 1
     finally:
         await server.close()

@@ -1,13 +1,15 @@
-"""Giving back the memory a connection table left behind. CPython keeps what it frees for
-reuse (glibc's malloc keeps free pages inside its heap), so after a flood of connections a
-server's RSS would stay at its peak long after the table drained. ``HeapReturn`` watches
-the table's size: once it has fallen to a quarter of its high-water mark, with at least
-``TRIM_AFTER`` connections gone, it lets the owner shrink what it keeps (``before_trim``),
-runs a garbage collection and glibc's ``malloc_trim``, which returns the free pages to the
-OS (elsewhere only the collection runs). Some of what the drained connections held is freed
-later (entries made during the flood that expire after it, a connection's last references
-going with the next events), so the owner calls ``settle`` every ``SETTLE_EVERY`` seconds
-and the ``SETTLE_TRIMS`` calls after a trim run one more each."""
+"""Giving back the memory a burst left behind. CPython keeps what it frees for reuse (glibc's
+malloc keeps free pages inside its heap), so after a flood a server's RSS would stay at its
+peak long after the flood ended. ``HeapReturn`` watches two things: the connection table's
+size, and the datagrams received in each ``SETTLE_EVERY`` seconds (a flood that opens no
+connection, answered with Retry, grows the heap as well). Once either has fallen to a
+quarter of its high-water mark (with at least ``TRIM_AFTER`` connections gone, or after a
+period of at least ``BURST`` datagrams), it lets the owner shrink what it keeps
+(``before_trim``), runs a garbage collection and glibc's ``malloc_trim``, which returns the
+free pages to the OS (elsewhere only the collection runs). Some of what a burst held is
+freed later (entries made during the flood that expire after it, a connection's last
+references going with the next events), so the ``SETTLE_TRIMS`` settle calls after a trim
+run one more each."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from collections.abc import Callable
 
 TRIM_AFTER = 64  # connections gone since the high-water mark before a trim is worth it
 SETTLE_EVERY = 10.0  # seconds between the owner's calls to settle
-SETTLE_TRIMS = 3  # trims by settle after each trim on the table's fall
+SETTLE_TRIMS = 3  # trims by settle after each trim on a fall
+BURST = 1000  # datagrams in a settle period that make the traffic's fall worth a trim
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -37,6 +40,8 @@ class HeapReturn:
         self.trims = 0
         self._before_trim = before_trim
         self._high = 0
+        self._received = 0  # datagrams received by the last settle call
+        self._busiest = 0  # most datagrams in a settle period since the last traffic trim
         self._settling = 0  # settle calls that still trim
         self._trim = _malloc_trim()
 
@@ -48,9 +53,17 @@ class HeapReturn:
             self._high = size
             self._settling = SETTLE_TRIMS
 
-    def settle(self) -> None:
-        """Called every SETTLE_EVERY seconds: trims again while a trim is recent."""
-        if self._settling:
+    def settle(self, received: int) -> None:
+        """Called every SETTLE_EVERY seconds with the datagrams received so far: trims when
+        a period's traffic fell to a quarter of the busiest's (of at least BURST), and again
+        while a trim is recent."""
+        period, self._received = received - self._received, received
+        self._busiest = max(self._busiest, period)
+        if self._busiest >= BURST and period <= self._busiest // 4:
+            self._busiest = 0
+            self._settling = SETTLE_TRIMS
+            self._give_back()
+        elif self._settling:
             self._settling -= 1
             self._give_back()
 

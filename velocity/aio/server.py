@@ -117,7 +117,7 @@ class VelocityServer(DatagramDriver):
             handshake.replay_filter.expire(int(self._loop.time() * 1000))
 
     def _settle_heap(self) -> None:
-        self.heap.settle()
+        self.heap.settle(self.datagrams_received)
         self._settle = self._loop.call_later(SETTLE_EVERY, self._settle_heap)
 
     def datagram_received(self, data: bytes, address: Address, now: float,
