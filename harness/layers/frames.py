@@ -5,6 +5,7 @@ their values need (VEL-VAR-004)."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from scapy.fields import (
@@ -138,9 +139,13 @@ LAYERS_BY_NAME: dict[str, type[VFrame]] = {layer.__name__: layer for layer in FR
 
 
 def dissect_frames(payload: bytes) -> list[Packet]:
-    """Split a decrypted payload into frame layers (an unknown type ends as ``Raw``)."""
+    """Split a decrypted payload into frame layers (an unknown type, or a frame cut short,
+    ends as ``Raw``: scapy does that after the first layer, and here for the first)."""
     layers: list[Packet] = []
-    layer: Packet | None = VFrame(payload) if payload else None
+    try:
+        layer: Packet | None = VFrame(payload) if payload else None
+    except (struct.error, IndexError, ValueError):
+        return [Raw(payload)]
     while layer is not None and not isinstance(layer, Raw):
         current = layer.copy()
         current.remove_payload()

@@ -36,10 +36,13 @@ class ClientPeer(VelocityClient):
         self.view = view
 
     @staticmethod
-    def make_connection(config: ConnectionConfig, *, entropy: Entropy,
-                        view: View) -> Connection:
+    def make_connection(config: ConnectionConfig, *, entropy: Entropy, view: View,
+                        payloads: bool = False) -> Connection:
+        """The connection, its transcript in ``view`` (and, with ``payloads``, every packet
+        payload it opens)."""
         connection = Connection(config, entropy=entropy, tracer=view.transcript)
-        connection.seams.payload_observer = view.opened
+        if payloads:
+            connection.seams.payload_observer = view.opened
         return connection
 
     @classmethod

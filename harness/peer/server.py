@@ -30,6 +30,7 @@ class ServerPeer(VelocityServer):
         loop = asyncio.get_running_loop()
         self.wire = View(loop)
         self.configure: Callable[[Connection], None] | None = None
+        self.keep_payloads = False  # each new connection's View keeps the payloads it opens
         # sees each datagram first; False keeps it from the endpoint
         self.answer: Callable[[bytes, Address], bool] | None = None
         self._connected = asyncio.Event()
@@ -51,7 +52,8 @@ class ServerPeer(VelocityServer):
         return cls(endpoint, handler, host, views, port)
 
     def _on_connection(self, connection: Connection) -> None:
-        connection.seams.payload_observer = self.views[-1].opened  # its tracer's, just made
+        if self.keep_payloads:  # the View of its tracer, just made
+            connection.seams.payload_observer = self.views[-1].opened
         if self.configure is not None:
             self.configure(connection)
         self._connected.set()

@@ -1,8 +1,8 @@
 """What the scripted peer saw: one transcript (velocity.core.trace.Transcript) per
 connection, with every datagram it sent or received (``quic:datagrams_sent`` /
-``quic:datagrams_received``, the raw view beside the connection's own packet events), every
-packet payload it opened as received, and a way to wait for an event. This module owns the
-recording and the waiting; the engine decides what to wait for."""
+``quic:datagrams_received``, the raw view beside the connection's own packet events), when
+asked every packet payload it opened as received, and a way to wait for an event. This
+module owns the recording and the waiting; the engine decides what to wait for."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ class View:
         self.bytes_sent = self.bytes_received = 0
         self.inbox: list[tuple[int, bytes]] = []  # (event index, datagram) as received
         self.outbox: list[tuple[int, bytes]] = []  # (event index, datagram) as sent
-        # (packet type, packet number, payload) of each packet the connection opened
+        # (packet type, packet number, payload) of each packet the connection opened, when
+        # it was given ``opened`` as its payload observer
         self.payloads: list[tuple[PacketType, int, bytes]] = []
 
     @property

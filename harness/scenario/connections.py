@@ -141,7 +141,8 @@ async def connect(run: Run, step: Step, address: Address) -> Conn:
     handshake, config = client_config(run, options)
     view = View(run.loop)
     view.transcript.start = run.harness.start  # one time origin for the run's transcripts
-    connection = ClientPeer.make_connection(config, entropy=run.entropy(name), view=view)
+    connection = ClientPeer.make_connection(config, entropy=run.entropy(name), view=view,
+                                            payloads=run.keeps_payloads)
     try:
         install_hooks(connection, options.get("hooks", {}))
     except ValueError as exc:

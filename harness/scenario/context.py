@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from harness.layers.frames import longer_than_minimal
 from harness.netsim import UdpRelay
 from harness.peer import ClientPeer, RawPeer, View
 from harness.scenario.budget import BudgetMeter
+from harness.scenario.expr import compile_expression
 from harness.scenario.model import Scenario, Step
 from harness.scenario.verdict import ScenarioError
 from harness.targets import Target
@@ -97,6 +99,17 @@ class Run:
     def now(self) -> float:
         return self.loop.time()
 
+    @functools.cached_property
+    def keeps_payloads(self) -> bool:
+        """Whether an ``assert`` reads ``non_minimal_varints``: only then do the run's
+        connections keep every payload they open."""
+        steps = [*self.scenario.steps, *(s for f in self.scenario.steps
+                                         if f.kind == "finally" for s in f.options)]
+        return any("non_minimal_varints" in compile_expression(source).names
+                   for step in steps if step.kind == "assert"
+                   for source in ([step.options] if isinstance(step.options, str)
+                                  else step.options))
+
     def next_step(self) -> int:
         """The index of the step starting now, in the order the run takes them."""
         self.steps_taken += 1
@@ -136,7 +149,7 @@ class Run:
         ``non_minimal_varints``, which dissects every payload, only when ``names`` has it."""
         main = self.connections.get("main")
         values = aggregates(main.view if main else None)
-        if "non_minimal_varints" in names:
+        if "non_minimal_varints" in names:  # (so keeps_payloads holds)
             values["non_minimal_varints"] = non_minimal_varints(main.view if main else None)
         return {**values, **self.saved}
 
@@ -177,11 +190,14 @@ class Run:
             await asyncio.sleep(self.linger)  # the target lets go of what the run filled
 
 
-def non_minimal_varints(view: View | None) -> list[str]:
+def non_minimal_varints(view: View | None) -> list[str] | None:
     """The frames the target wrote with a longer varint than their values need, as
-    ``<packet type> #<number>: <FRAME>`` (harness.layers, not the reference's codec)."""
+    ``<packet type> #<number>: <FRAME>`` (harness.layers, not the reference's codec); None
+    when the harness opened no packet of the target (nothing was judged)."""
+    if view is None or not view.payloads:
+        return None
     return [f"{QLOG_PACKET_TYPES[packet_type]} #{number}: {frame}"
-            for packet_type, number, payload in (view.payloads if view else [])
+            for packet_type, number, payload in view.payloads
             for frame in longer_than_minimal(payload)]
 
 

@@ -232,6 +232,7 @@ def _listen(run: Run, name: str, options: dict[str, Any], identity: ServerIdenti
         EndpointConfig(ConnectionConfig(config), retry="always" if always else "never"), app,
         host=LOOPBACK, port=port, entropy=run.entropy(name),
         tokens=RetryTokens(run.entropy(f"{name}/retry").random(16)) if always else None)
+    server.keep_payloads = run.keeps_payloads
     hello_retry = options.get("hello_retry")
     retried = hello_retry_hook(
         PROFILES_BY_NAME[hello_retry.get("profile", identity.profile.name)].code,

@@ -83,6 +83,14 @@ def test_longer_than_minimal_reads_fields_and_ack_ranges() -> None:
     minimal = f.encode_frames([f.Ping(), f.MaxData(1 << 40)])
     assert layers.longer_than_minimal(minimal + stream + ack) == ["STREAM", "ACK"]
     assert layers.longer_than_minimal(minimal + bytes([0x1F, 0x40, 0x00])) == []  # unknown
+    assert layers.longer_than_minimal(b"\x02\x40") == []  # an ACK cut short
+
+
+@given(st.binary(max_size=64))
+def test_longer_than_minimal_judges_any_bytes_without_failing(payload: bytes) -> None:
+    """A target's payload may be anything (a frame cut short first included): what cannot
+    be dissected is not judged."""
+    assert set(layers.longer_than_minimal(payload)) <= set(layers.LAYERS_BY_NAME)
 
 
 @given(st_v.long_headers())
