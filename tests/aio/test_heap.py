@@ -9,7 +9,7 @@ import pytest
 
 from harness.pair import PairSpec, make_configs
 from tests.aio.test_faults import echo
-from velocity.aio.heap import BURST, SETTLE_TRIMS, HeapReturn, _malloc_trim
+from velocity.aio.heap import BURST, SETTLE_TRIMS, TRAFFIC_GAP, HeapReturn, _malloc_trim
 from velocity.aio.server import serve
 from velocity.core.connection import ConnectionConfig
 from velocity.core.endpoint import EndpointConfig
@@ -57,7 +57,7 @@ def test_the_owner_shrinks_first_and_settle_trims_again_after_a_trim() -> None:
 
 def test_it_trims_once_the_traffic_fell_to_a_quarter_of_its_busiest_period() -> None:
     """A flood that opens no connection (answered with Retry) leaves heap behind too: the
-    datagrams of each settle period count, and a fall after a busy period trims."""
+    datagrams of each settle period count, and a fall after a busy period trims, once."""
     heap = HeapReturn()
     received = 0
     for period in (BURST, 4 * BURST, BURST + 1):  # busy, busier, not a quarter of it
@@ -67,13 +67,26 @@ def test_it_trims_once_the_traffic_fell_to_a_quarter_of_its_busiest_period() -> 
     received += BURST
     heap.settle(received)  # a quarter of the busiest period
     assert heap.trims == 1
-    for _ in range(SETTLE_TRIMS + 2):  # quiet: the settle trims, then nothing
+    for _ in range(2 * TRAFFIC_GAP):  # quiet: nothing more to give back
         heap.settle(received)
-    assert heap.trims == 1 + SETTLE_TRIMS
+    assert heap.trims == 1
     for period in (BURST - 1, 0):  # never busy enough to be worth a trim
         received += period
         heap.settle(received)
-    assert heap.trims == 1 + SETTLE_TRIMS
+    assert heap.trims == 1
+
+
+@pytest.mark.parametrize("pattern", [(BURST, BURST // 4), (BURST, 0, 0, 0), (BURST, 0)])
+def test_traffic_that_comes_and_goes_trims_at_most_once_every_gap(
+        pattern: tuple[int, ...]) -> None:
+    """Bursts anyone can send (junk datagrams count) make at most one trim every
+    TRAFFIC_GAP settle calls, however they alternate."""
+    heap = HeapReturn()
+    received, calls = 0, 60
+    for call in range(calls):
+        received += pattern[call % len(pattern)]
+        heap.settle(received)
+    assert 1 <= heap.trims <= calls // TRAFFIC_GAP + 1
 
 
 @pytest.mark.skipif(_malloc_trim() is None, reason="needs glibc's malloc_trim")
@@ -115,11 +128,10 @@ async def test_a_server_trims_after_a_flood_that_opened_no_connection() -> None:
     config = EndpointConfig(ConnectionConfig(SERVER_HS))
     server = await serve("127.0.0.1", 0, config, echo)
     try:
-        server._settle.cancel()  # its timer's calls, made here
         server.datagrams_received += 4 * BURST  # the flood's period
-        server._settle_heap()
-        assert server.heap.trims == 0
-        server._settle_heap()  # the next period: quiet
-        assert server.heap.trims == 1
+        for trims in (0, 1):  # then the next period: quiet
+            server._settle.cancel()  # the timer's call, made here (it sets the next)
+            server._settle_heap()
+            assert server.heap.trims == trims
     finally:
         await server.close()
