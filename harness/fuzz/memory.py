@@ -24,6 +24,7 @@ import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from harness.fuzz.case import Case
@@ -47,19 +48,20 @@ USE = 0.1  # virtual seconds a connection a case opened is used for
 
 class Snapshot:
     """A target pickled once and unpickled as often as needed (a fifth of a millisecond, a
-    handshake's several): values (configs, frozen dataclasses, functions) and cipher
-    contexts (stateless once keyed) are shared with the original, hash objects copied,
-    everything else new."""
+    handshake's several): values (configs, frozen dataclasses, enum members, functions) and
+    cipher contexts (stateless once keyed) are shared with the original, hash objects
+    copied (each restore calls the original's ``copy``), everything else new."""
 
     def __init__(self, target: MemoryTarget) -> None:
         self.shared: dict[int, Any] = {}
-        self.copied: dict[int, Any] = {}
         buffer = io.BytesIO()
-        _Pickler(buffer, self).dump(target)
+        _Pickler(buffer, self.shared).dump(target)
         self._data = buffer.getvalue()
 
     def restore(self) -> MemoryTarget:
-        target = _Unpickler(io.BytesIO(self._data), self).load()
+        unpickler = pickle.Unpickler(io.BytesIO(self._data))
+        unpickler.persistent_load = self.shared.__getitem__  # type: ignore[method-assign]
+        target = unpickler.load()
         assert isinstance(target, MemoryTarget)
         return target
 
@@ -68,33 +70,24 @@ HASH = type(hashlib.sha256())
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
+    def __init__(self, file: io.BytesIO, shared: dict[int, Any]) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
-        self.snapshot = snapshot
+        self.shared = shared
 
-    def persistent_id(self, obj: Any) -> tuple[str, int] | None:
+    def persistent_id(self, obj: Any) -> int | None:
         kind = type(obj)
-        if isinstance(obj, (ConnectionConfig, EndpointConfig, types.FunctionType)) or (
+        if isinstance(obj, (ConnectionConfig, EndpointConfig, types.FunctionType, Enum)) or (
                 kind.__module__.startswith("cryptography")) or getattr(
-                getattr(kind, "__dataclass_params__", None), "frozen", False):
-            self.snapshot.shared[id(obj)] = obj
-            return ("shared", id(obj))
-        if isinstance(obj, HASH):
-            self.snapshot.copied[id(obj)] = obj
-            return ("copied", id(obj))
+                getattr(kind, "__dataclass_params__", None), "frozen", False) or (
+                isinstance(obj, types.BuiltinMethodType) and isinstance(obj.__self__, HASH)):
+            self.shared[id(obj)] = obj
+            return id(obj)
         return None
 
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
-        super().__init__(file)
-        self.snapshot = snapshot
-
-    def persistent_load(self, pid: Any) -> Any:
-        kind, at = pid
-        if kind == "shared":
-            return self.snapshot.shared[at]
-        return self.snapshot.copied[at].copy()
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, HASH):
+            return obj.copy, ()  # the bound method is shared: a restore calls it
+        return NotImplemented
 
 
 def rss_mb() -> float:
