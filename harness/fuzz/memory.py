@@ -47,15 +47,19 @@ USE = 0.1  # virtual seconds a connection a case opened is used for
 
 
 class Snapshot:
-    """A target pickled once and unpickled as often as needed (a fifth of a millisecond, a
+    """A target pickled once and unpickled as often as needed (a tenth of a millisecond, a
     handshake's several): values (configs, frozen dataclasses, enum members, functions) and
     cipher contexts (stateless once keyed) are shared with the original, hash objects
-    copied (each restore calls the original's ``copy``), everything else new."""
+    copied (each restore calls the original's ``copy``), everything else new. So are the
+    records of each packet-number space its connection discarded (Initial and Handshake,
+    in both directions; nothing reads their packets or sends in them again): ``verify``
+    tells whether they are still as they were."""
 
     def __init__(self, target: MemoryTarget) -> None:
         self.shared: dict[int, Any] = {}
+        self._dead = {id(record): pickle.dumps(record) for record in _discarded(target)}
         buffer = io.BytesIO()
-        _Pickler(buffer, self.shared).dump(target)
+        _Pickler(buffer, self.shared, self._dead).dump(target)
         self._data = buffer.getvalue()
 
     def restore(self) -> MemoryTarget:
@@ -65,18 +69,35 @@ class Snapshot:
         assert isinstance(target, MemoryTarget)
         return target
 
+    def verify(self) -> None:
+        """Raise if a restored target changed a discarded space's record it shares."""
+        for at, data in self._dead.items():
+            if pickle.dumps(self.shared[at]) != data:
+                raise RuntimeError(f"a discarded space's record changed: "
+                                   f"{self.shared[at]!r}")
+
+
+def _discarded(target: MemoryTarget) -> list[object]:
+    """The records of every space a connection of ``target`` discarded: its SpaceState
+    and its loss recovery's."""
+    return [record for conn in (*target.clients.values(), *target.endpoint.connections)
+            for epoch, space in conn.spaces.items() if space.discarded
+            for record in (space, conn.recovery.spaces[epoch])]
+
 
 HASH = type(hashlib.sha256())
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, shared: dict[int, Any]) -> None:
+    def __init__(self, file: io.BytesIO, shared: dict[int, Any],
+                 dead: dict[int, bytes]) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
-        self.shared = shared
+        self.shared, self.dead = shared, dead
 
     def persistent_id(self, obj: Any) -> int | None:
         kind = type(obj)
-        if isinstance(obj, (ConnectionConfig, EndpointConfig, types.FunctionType, Enum)) or (
+        if id(obj) in self.dead or isinstance(
+                obj, (ConnectionConfig, EndpointConfig, types.FunctionType, Enum)) or (
                 kind.__module__.startswith("cryptography")) or getattr(
                 getattr(kind, "__dataclass_params__", None), "frozen", False) or (
                 isinstance(obj, types.BuiltinMethodType) and isinstance(obj.__self__, HASH)):
@@ -312,7 +333,7 @@ class MemoryTarget:
     async def check(self) -> Finding | None:
         """The sanity handshake (when the batch called into the endpoint at all: a batch of
         1-RTT cases goes to the pair's, which gets its own), amplification, then the
-        pair's."""
+        pair's (once the snapshot's shared records are verified unchanged)."""
         if self.called:
             sane = self.client()
             if self.faults:
@@ -331,6 +352,8 @@ class MemoryTarget:
                                f"to {address[0]}:{address[1]}, which sent {received} and never "
                                f"validated (the limit is {self.oracles.amplification:g}x)")
         self.attacker = (ATTACKER, next(self._ports))
+        if self._snapshot is not None:
+            self._snapshot.verify()
         return await self.pair.check() if self.pair is not None else None
 
     async def settle(self) -> Finding | None:
