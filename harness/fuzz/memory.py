@@ -13,6 +13,7 @@ to the first."""
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import io
 import itertools
@@ -86,6 +87,8 @@ def _discarded(target: MemoryTarget) -> list[object]:
 
 
 HASH = type(hashlib.sha256())
+# pickled as NEWOBJ: cls.__new__(cls), no __init__
+NEW = copyreg.__newobj__  # type: ignore[attr-defined]
 
 
 class _Pickler(pickle.Pickler):
@@ -108,6 +111,8 @@ class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, HASH):
             return obj.copy, ()  # the bound method is shared: a restore calls it
+        if type(obj) is Counter:  # its items set on a bare one: no Counter.__init__ to run
+            return NEW, (Counter,), None, None, iter(obj.items())
         return NotImplemented
 
 
