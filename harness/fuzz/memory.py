@@ -51,10 +51,10 @@ class Snapshot:
     """A target pickled once and unpickled as often as needed (a tenth of a millisecond, a
     handshake's several): values (configs, frozen dataclasses, enum members, functions) and
     cipher contexts (stateless once keyed) are shared with the original, hash objects
-    copied (each restore calls the original's ``copy``), everything else new. So are the
-    records of each packet-number space its connection discarded (Initial and Handshake,
-    in both directions; nothing reads their packets or sends in them again): ``verify``
-    tells whether they are still as they were."""
+    copied (each restore calls the original's ``copy``), everything else new, except the
+    records of each packet-number space a connection discarded (Initial and Handshake, at
+    both ends), shared too: nothing opens their packets or sends in them again, and
+    ``verify`` tells whether they are still as they were."""
 
     def __init__(self, target: MemoryTarget) -> None:
         self.shared: dict[int, Any] = {}
