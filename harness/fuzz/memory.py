@@ -13,6 +13,7 @@ to the first."""
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import io
 import itertools
@@ -24,6 +25,7 @@ import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from harness.fuzz.case import Case
@@ -46,55 +48,72 @@ USE = 0.1  # virtual seconds a connection a case opened is used for
 
 
 class Snapshot:
-    """A target pickled once and unpickled as often as needed (a fifth of a millisecond, a
-    handshake's several): values (configs, frozen dataclasses, functions) and cipher
-    contexts (stateless once keyed) are shared with the original, hash objects copied,
-    everything else new."""
+    """A target pickled once and unpickled as often as needed (a tenth of a millisecond, a
+    handshake's several): values (configs, frozen dataclasses, enum members, functions) and
+    cipher contexts (stateless once keyed) are shared with the original, hash objects
+    copied (each restore calls the original's ``copy``), everything else new, except the
+    records of each packet-number space a connection discarded (Initial and Handshake, at
+    both ends), shared too: nothing opens their packets or sends in them again, and
+    ``verify`` tells whether they are still as they were."""
 
     def __init__(self, target: MemoryTarget) -> None:
         self.shared: dict[int, Any] = {}
-        self.copied: dict[int, Any] = {}
+        self._dead = {id(record): pickle.dumps(record) for record in _discarded(target)}
         buffer = io.BytesIO()
-        _Pickler(buffer, self).dump(target)
+        _Pickler(buffer, self.shared, self._dead).dump(target)
         self._data = buffer.getvalue()
 
     def restore(self) -> MemoryTarget:
-        target = _Unpickler(io.BytesIO(self._data), self).load()
+        unpickler = pickle.Unpickler(io.BytesIO(self._data))
+        unpickler.persistent_load = self.shared.__getitem__  # type: ignore[method-assign]
+        target = unpickler.load()
         assert isinstance(target, MemoryTarget)
         return target
 
+    def verify(self) -> None:
+        """Raise if a restored target changed a discarded space's record it shares."""
+        for at, data in self._dead.items():
+            if pickle.dumps(self.shared[at]) != data:
+                raise RuntimeError(f"a discarded space's record changed: "
+                                   f"{self.shared[at]!r}")
+
+
+def _discarded(target: MemoryTarget) -> list[object]:
+    """The records of every space a connection of ``target`` discarded: its SpaceState
+    and its loss recovery's."""
+    return [record for conn in (*target.clients.values(), *target.endpoint.connections)
+            for epoch, space in conn.spaces.items() if space.discarded
+            for record in (space, conn.recovery.spaces[epoch])]
+
 
 HASH = type(hashlib.sha256())
+# pickled as NEWOBJ: cls.__new__(cls), no __init__
+NEW = copyreg.__newobj__  # type: ignore[attr-defined]
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
+    def __init__(self, file: io.BytesIO, shared: dict[int, Any],
+                 dead: dict[int, bytes]) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
-        self.snapshot = snapshot
+        self.shared, self.dead = shared, dead
 
-    def persistent_id(self, obj: Any) -> tuple[str, int] | None:
+    def persistent_id(self, obj: Any) -> int | None:
         kind = type(obj)
-        if isinstance(obj, (ConnectionConfig, EndpointConfig, types.FunctionType)) or (
+        if id(obj) in self.dead or isinstance(
+                obj, (ConnectionConfig, EndpointConfig, types.FunctionType, Enum)) or (
                 kind.__module__.startswith("cryptography")) or getattr(
-                getattr(kind, "__dataclass_params__", None), "frozen", False):
-            self.snapshot.shared[id(obj)] = obj
-            return ("shared", id(obj))
-        if isinstance(obj, HASH):
-            self.snapshot.copied[id(obj)] = obj
-            return ("copied", id(obj))
+                getattr(kind, "__dataclass_params__", None), "frozen", False) or (
+                isinstance(obj, types.BuiltinMethodType) and isinstance(obj.__self__, HASH)):
+            self.shared[id(obj)] = obj
+            return id(obj)
         return None
 
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, snapshot: Snapshot) -> None:
-        super().__init__(file)
-        self.snapshot = snapshot
-
-    def persistent_load(self, pid: Any) -> Any:
-        kind, at = pid
-        if kind == "shared":
-            return self.snapshot.shared[at]
-        return self.snapshot.copied[at].copy()
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, HASH):
+            return obj.copy, ()  # the bound method is shared: a restore calls it
+        if type(obj) is Counter:  # its items set on a bare one: no Counter.__init__ to run
+            return NEW, (Counter,), None, None, iter(obj.items())
+        return NotImplemented
 
 
 def rss_mb() -> float:
@@ -319,7 +338,7 @@ class MemoryTarget:
     async def check(self) -> Finding | None:
         """The sanity handshake (when the batch called into the endpoint at all: a batch of
         1-RTT cases goes to the pair's, which gets its own), amplification, then the
-        pair's."""
+        pair's (once the snapshot's shared records are verified unchanged)."""
         if self.called:
             sane = self.client()
             if self.faults:
@@ -338,6 +357,8 @@ class MemoryTarget:
                                f"to {address[0]}:{address[1]}, which sent {received} and never "
                                f"validated (the limit is {self.oracles.amplification:g}x)")
         self.attacker = (ATTACKER, next(self._ports))
+        if self._snapshot is not None:
+            self._snapshot.verify()
         return await self.pair.check() if self.pair is not None else None
 
     async def settle(self) -> Finding | None:

@@ -108,8 +108,8 @@ def arm(connection: Connection, case: Case) -> None:
         wanted = encode_frames([marker])
 
         def rewrite(packets: list[PlannedPacket]) -> list[PlannedPacket]:
-            return [dataclasses.replace(p, payload=case.data) if p.payload == wanted else p
-                    for p in packets]
+            return [PlannedPacket(p.epoch, p.packet_type, p.packet_number, case.data, p.header)
+                    if p.payload == wanted else p for p in packets]
 
         connection.seams.packet_mutator = rewrite
         epoch = EPOCHS[case.space]

@@ -3,7 +3,9 @@ ranges; a seed gives the same cases again; against a reference weakened with a p
 defect (a MAX_STREAM_DATA handler that raises IndexError on a stream id of 2^30 or more)
 the fuzzer finds it, in memory and through the ``fuzz`` step over UDP, shrinks it, and
 writes a scenario that fails against the weakened server and passes against the real one;
-and the reference itself passes a run of every generator in memory."""
+the reference itself passes a run of every generator in memory; and the in-memory pair's
+restores share its discarded spaces' records, which the batch check finds changed if a
+case changed them."""
 
 from __future__ import annotations
 
@@ -157,6 +159,25 @@ def test_in_memory_a_case_after_a_close_reaches_a_connection_that_reads_it(
     result = run_memory([CLOSE, CLOSE, DEFECT], batch=10)
     assert result.finding is not None and result.finding.oracle == "internal_error"
     assert result.index == 2
+
+
+def test_in_memory_the_pair_shares_its_discarded_spaces_and_a_change_to_them_is_caught(
+        ) -> None:
+    target = MemoryTarget(seed="shared")
+    assert asyncio.run(target.run(CLOSE)) is None
+    assert asyncio.run(target.run(CLOSE)) is None  # on a restored pair
+    pair, snapshot = target.pair, target._snapshot
+    assert pair is not None and pair.main is not None and snapshot is not None
+    again = snapshot.restore()
+    assert again.main is not None
+    for epoch in (Epoch.INITIAL, Epoch.HANDSHAKE):
+        assert again.main.spaces[epoch] is pair.main.spaces[epoch]
+        assert again.main.recovery.spaces[epoch] is pair.main.recovery.spaces[epoch]
+    assert again.main.spaces[Epoch.APPLICATION] is not pair.main.spaces[Epoch.APPLICATION]
+    assert asyncio.run(target.check()) is None
+    pair.main.spaces[Epoch.INITIAL].probes = 1
+    with pytest.raises(RuntimeError, match="discarded space"):
+        asyncio.run(target.check())
 
 
 @pytest.mark.parametrize("source", [

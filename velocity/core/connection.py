@@ -13,8 +13,7 @@ records in ``velocity.core.state``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -400,7 +399,7 @@ class Connection:
             self._trace("quic:packet_dropped", {"header": {}, "raw": {"length": len(data)},
                                                 "trigger": "invalid"})
             return
-        with self._boundary():
+        try:
             try:
                 read_datagram(self, data, now)
             except ProtocolError as exc:
@@ -408,6 +407,8 @@ class Connection:
                 # what the handshake produced before it failed; an error it raises again
                 # (the peer's transport parameters, applied once more) finds us closing
                 handshaking.pump(self, now)
+        except Exception as exc:
+            self._boundary(exc)
 
     def _rotate_send_keys(self, trigger: str) -> None:
         space = self.spaces[Epoch.APPLICATION]
@@ -464,24 +465,22 @@ class Connection:
 
     # --- failure, closing, timers ----------------------------------------------------------
 
-    @contextmanager
-    def _boundary(self) -> Iterator[None]:
-        """The one boundary of this connection (architecture habit 6), around each entry
-        point that runs on the peer's bytes or the clock: a protocol error closes the
-        connection with its code; any other exception is a fault of ours, reported once
-        (InternalErrorRaised) and closed with INTERNAL_ERROR, or ended at once if building
-        the close is what failed. Nothing escapes: an endpoint serves its other connections
-        on (VEL-ERR-006)."""
-        try:
-            yield
-        except ProtocolError as exc:
+    def _boundary(self, exc: Exception) -> None:
+        """The one boundary of this connection (architecture habit 6), where each entry
+        point that runs on the peer's bytes or the clock sends what it raised (a plain
+        try/except at each: a context manager would cost each call more): a protocol error
+        closes the connection with its code; any other exception is a fault of ours,
+        reported once (InternalErrorRaised) and closed with INTERNAL_ERROR, or ended at once
+        if building the close is what failed. Nothing escapes: an endpoint serves its other
+        connections on (VEL-ERR-006)."""
+        if isinstance(exc, ProtocolError):
             self._fail(exc)
-        except Exception as exc:
-            self._events.append(InternalErrorRaised(exc))
-            if self.state == State.CLOSING:
-                self.state = State.TERMINATED
-            else:
-                self.close(ErrorCode.INTERNAL_ERROR, "internal error", application=False)
+            return
+        self._events.append(InternalErrorRaised(exc))
+        if self.state == State.CLOSING:
+            self.state = State.TERMINATED
+        else:
+            self.close(ErrorCode.INTERNAL_ERROR, "internal error", application=False)
 
     def _fail(self, exc: ProtocolError) -> None:
         """The one place a peer's misbehaviour becomes CONNECTION_CLOSE."""
@@ -540,8 +539,10 @@ class Connection:
 
     def handle_timer(self, *, now: float) -> None:
         self._now = now
-        with self._boundary():
+        try:
             self._run_timers(now)
+        except Exception as exc:
+            self._boundary(exc)
 
     def _run_timers(self, now: float) -> None:
         if self.paced_until is not None and now >= self.paced_until:
@@ -590,8 +591,10 @@ class Connection:
         for _ in range(2):  # a failure closes the connection: the second pass sends the close
             if self.state in (State.DRAINING, State.TERMINATED) or self.peer_address is None:
                 return []
-            with self._boundary():
+            try:
                 return self._datagrams(now, self.peer_address)
+            except Exception as exc:
+                self._boundary(exc)
         return []
 
     def _datagrams(self, now: float, address: Address) -> list[tuple[bytes, Address]]:
