@@ -207,8 +207,8 @@ def main(cases: int, udp_cases: int, mixed_cases: int | None, round_size: int,
         target = server.start()
         try:
             for name, (step, source) in SOURCES.items():
-                many = cases // 10 if name in NEW_CONNECTION else cases
-                udp = udp_cases // 10 if name in NEW_CONNECTION else udp_cases
+                many = max(1, cases // 10) if name in NEW_CONNECTION else cases
+                udp = max(1, udp_cases // 10) if name in NEW_CONNECTION else udp_cases
                 run, end_to_end = in_memory(source, many)
                 rows.append([name, f"{drawn(source, many):.0f}", f"{run:.0f}",
                              f"{end_to_end:.0f}",
