@@ -5,12 +5,15 @@ transcript schema. Waits are bounded; nothing counts datagrams exactly."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.scenario.budget import BudgetMeter
+from harness.scenario.context import Run
 from harness.scenario.engine import RunResult, run_scenario
 from harness.scenario.loader import load_file
 from harness.scenario.spec import requirements
@@ -145,3 +148,21 @@ async def test_each_connection_leaves_a_transcript_of_the_schema(tmp_path: Path,
     main = [e["name"] for e in result.documents[0][1]["events"]]
     assert "harness:step" in main and main[-1] == "harness:verdict"
     assert "harness:step" not in [e["name"] for e in result.documents[1][1]["events"]]
+
+
+@pytest.mark.parametrize(("steps", "keeps"), [
+    ("  - connect: {}\n  - assert: non_minimal_varints == []\n", True),
+    ("  - connect: {}\n  - finally:\n      - assert: [\"len(non_minimal_varints) == 0\"]\n",
+     True),
+    ("  - connect: {}\n  - assert: padding_not_last == 0\n", False),
+])
+async def test_a_run_keeps_payloads_only_when_an_assert_reads_them(
+        tmp_path: Path, target: Target, steps: str, keeps: bool) -> None:
+    """Every opened payload costs memory (a transfer's whole body): only a scenario whose
+    asserts read ``non_minimal_varints`` has its connections keep them."""
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + "steps:\n" + steps)
+    (scenario,) = load_file(path, "s.yaml", requirements())
+    loop = asyncio.get_running_loop()
+    run = Run(scenario, target, 1, False, BudgetMeter(scenario.budget, loop.time()), loop)
+    assert run.keeps_payloads is keeps
