@@ -5,7 +5,9 @@ options, the markers scenario tags become, and collection of ``*.yaml`` files un
 the hooks so a run that collects no scenario pays nothing for them. ``-p no:velocity``
 turns it all off. ``--strict`` is pytest's own strict mode (the ``strict`` ini option),
 which the scenarios obey too: SHOULD-level checks fail, expect_any takes only ``preferred``.
-``--report``, ``--coverage`` and ``--repeat`` are served by ``harness.report``."""
+``--report``, ``--coverage`` and ``--repeat`` are served by ``harness.report``. A run with
+an INCONCLUSIVE scenario exits 1 (``Inconclusive``): a gate never passes a target it could
+not judge."""
 
 from __future__ import annotations
 
@@ -90,6 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("repeat") < 1:
         raise pytest.UsageError("--repeat takes a number of runs, at least 1")
     _session_seed(config)
+    if not hasattr(config, "workerinput"):  # the session's own process sees every report
+        config.pluginmanager.register(Inconclusive(), "velocity-inconclusive")
     if _reporting(config):
         from harness.report import session  # noqa: PLC0415  (only when asked)
 
@@ -165,3 +169,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for conformance in session.config.stash.get(CONFORMANCE, {}).values():
         conformance.close()
+
+
+class Inconclusive:
+    """Counts the INCONCLUSIVE verdicts (skips, not verdicts on the target: it could not be
+    reached, started or kept healthy around a run); a session with any that would exit 0
+    exits 1, and says why."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped and isinstance(report.longrepr, tuple) and str(
+                report.longrepr[2]).startswith("Skipped: INCONCLUSIVE: "):
+            self.count += 1
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.count and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.count:
+            terminalreporter.write_line(
+                f"velocity: {self.count} scenario(s) INCONCLUSIVE, the target could not be "
+                "judged (see the skips: -rs): exit status 1", red=True)

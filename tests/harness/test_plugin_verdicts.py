@@ -113,6 +113,10 @@ def test_an_unreachable_target_is_inconclusive(pytester: pytest.Pytester) -> Non
             f"handshake and answer to GET / from 127.0.0.1:{port} within 3 s"
             ) in result.stdout.str()
     assert "Traceback" not in result.stdout.str()
+    # a gate must not pass a node it could not reach: the run fails, saying why
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "velocity: 1 scenario(s) INCONCLUSIVE, the target could not be judged" in (
+        result.stdout.str())
 
 
 def test_a_target_command_that_exits_is_inconclusive_with_its_output(
@@ -121,5 +125,6 @@ def test_a_target_command_that_exits_is_inconclusive_with_its_output(
     command = f"{sys.executable} -c \"import sys; print('no such key'); sys.exit(3)\" {{port}}"
     result = pytester.runpytest("-rs", "scenarios", "--target-cmd", command)
     result.assert_outcomes(skipped=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert ("INCONCLUSIVE: verdicts/silent: --target-cmd exited with status 3 before "
             "answering; its output ends: no such key") in result.stdout.str()
