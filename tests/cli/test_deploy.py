@@ -23,6 +23,7 @@ def test_systemd_unit_uses_real_serve_options() -> None:
     settings = dict(line.split("=", 1) for line in (DEPLOY / "velocity.env").read_text()
                     .splitlines() if line and not line.startswith("#"))
     assert set(re.findall(r"\$\{(\w+)\}", unit)) == set(settings)
+    assert "EnvironmentFile=/etc/velocity/velocity.env" in unit  # required: ExecStart needs it
     assert settings["VELOCITY_PROFILE"] in ("light", "balanced", "secure")
     assert settings["VELOCITY_RETRY"] in ("never", "always", "under-load")
 
