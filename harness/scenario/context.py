@@ -106,9 +106,7 @@ class Run:
         steps = [*self.scenario.steps, *(s for f in self.scenario.steps
                                          if f.kind == "finally" for s in f.options)]
         return any("non_minimal_varints" in compile_expression(source).names
-                   for step in steps if step.kind == "assert"
-                   for source in ([step.options] if isinstance(step.options, str)
-                                  else step.options))
+                   for step in steps if step.kind == "assert" for source in step.sources)
 
     def next_step(self) -> int:
         """The index of the step starting now, in the order the run takes them."""

@@ -78,6 +78,11 @@ class Step:
         value = options.get(key, default)
         return default if value is None else value
 
+    @property
+    def sources(self) -> list[str]:
+        """An ``assert`` step's expressions, one or a list as written, as a list."""
+        return [self.options] if isinstance(self.options, str) else list(self.options)
+
 
 @dataclass(frozen=True)
 class Scenario:

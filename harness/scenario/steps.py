@@ -449,7 +449,7 @@ async def shutdown(run: Run, step: Step) -> None:
 
 async def check(run: Run, step: Step) -> None:
     """``assert``: every expression holds over the saved values and the aggregates."""
-    sources = [step.options] if isinstance(step.options, str) else list(step.options)
+    sources = step.sources
     expressions = [compile_expression(source) for source in sources]
     namespace = run.namespace({name for e in expressions for name in e.names})
     for source, expression in zip(sources, expressions, strict=True):

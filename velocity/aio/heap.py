@@ -8,8 +8,8 @@ only the collection runs); some of what the drained connections held is freed la
 (entries made during the flood that expire after it, a connection's last references going
 with the next events), so the ``SETTLE_TRIMS`` settle calls after such a trim run one more
 each. And the datagrams received in each ``SETTLE_EVERY`` seconds (a flood that opens no
-connection, answered with Retry, grows the heap as well): once a period's fell to a quarter
-of the busiest period's, of at least ``BURST``, it trims once, at most once every
+connection, answered with Retry, grows the heap as well): once a period's count fell to a
+quarter of the busiest period's, of at least ``BURST``, it trims once, at most once every
 ``TRAFFIC_GAP`` settle calls (traffic anyone can send cannot make it trim more often).
 """
 
