@@ -11,6 +11,7 @@ from typing import Any
 from scapy.fields import (
     ConditionalField,
     FieldLenField,
+    MaximumItemsCount,
     PacketListField,
     StrFixedLenField,
     StrLenField,
@@ -81,7 +82,8 @@ ACK = _frame("ACK", 0x02, [
     VarIntField("largest", 0), VarIntField("delay", 0),
     VarLenField("range_count", None, count_of="ranges"),
     VarIntField("first_range", 0),
-    PacketListField("ranges", [], VAckRange, count_from=lambda p: p.range_count),
+    PacketListField("ranges", [], VAckRange, count_from=lambda p: p.range_count,
+                    max_count=1 << 16),  # any count a payload holds (scapy's default: 100)
     ConditionalField(VarIntField("ect0", 0), _has_ecn),
     ConditionalField(VarIntField("ect1", 0), _has_ecn),
     ConditionalField(VarIntField("ce", 0), _has_ecn),
@@ -139,20 +141,24 @@ LAYERS_BY_NAME: dict[str, type[VFrame]] = {layer.__name__: layer for layer in FR
 
 
 def dissect_frames(payload: bytes) -> list[Packet]:
-    """Split a decrypted payload into frame layers (an unknown type, or a frame cut short,
-    ends as ``Raw``: scapy does that after the first layer, and here for the first)."""
+    """Split a decrypted payload into frame layers, one frame at a time (scapy's own chaining
+    of payloads recurses once a frame and gives up near its recursion limit); an unknown
+    type, or a frame cut short, ends the list as ``Raw``."""
     layers: list[Packet] = []
-    try:
-        layer: Packet | None = VFrame(payload) if payload else None
-    except (struct.error, IndexError, ValueError):
-        return [Raw(payload)]
-    while layer is not None and not isinstance(layer, Raw):
-        current = layer.copy()
-        current.remove_payload()
-        layers.append(current)
-        layer = layer.payload if layer.payload else None
-    if isinstance(layer, Raw):
+    rest = payload
+    while rest:
+        layer_class = FRAME_LAYERS.get(_varint_at(rest))
+        if layer_class is None:
+            layers.append(Raw(rest))
+            break
+        layer = layer_class()
+        try:
+            after = layer.do_dissect(rest)
+        except (struct.error, IndexError, ValueError, MaximumItemsCount):
+            layers.append(Raw(rest))
+            break
         layers.append(layer)
+        rest = after
     return layers
 
 

@@ -16,6 +16,9 @@ from velocity.core.packet import PacketType, decode_version_negotiation, parse_h
 from velocity.core.trace import QLOG_PACKET_TYPES, Transcript
 
 Event = dict[str, Any]
+PAYLOAD_BYTES = 128 * 1024
+"""The payload bytes a View keeps at most (the first packets': a handshake and a response
+several times over); judging them costs CPU in proportion, and a target sends what it likes."""
 Predicate = Callable[[Event], bool]
 
 
@@ -49,6 +52,7 @@ class View:
         # (packet type, packet number, payload) of each packet the connection opened, when
         # it was given ``opened`` as its payload observer
         self.payloads: list[tuple[PacketType, int, bytes]] = []
+        self._payload_bytes = 0
 
     @property
     def events(self) -> list[Event]:
@@ -86,8 +90,11 @@ class View:
         self.note("quic:datagrams_received", data)
 
     def opened(self, packet_type: PacketType, packet_number: int, payload: bytes) -> None:
-        """The connection's payload observer (velocity.core.seams.PayloadObserver)."""
-        self.payloads.append((packet_type, packet_number, payload))
+        """The connection's payload observer (velocity.core.seams.PayloadObserver): keeps
+        payloads up to PAYLOAD_BYTES in all."""
+        if self._payload_bytes + len(payload) <= PAYLOAD_BYTES:
+            self._payload_bytes += len(payload)
+            self.payloads.append((packet_type, packet_number, payload))
 
     def received_since(self, start: int) -> list[bytes]:
         """The datagrams received from event index ``start`` on (raw bytes)."""

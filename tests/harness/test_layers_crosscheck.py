@@ -86,6 +86,16 @@ def test_longer_than_minimal_reads_fields_and_ack_ranges() -> None:
     assert layers.longer_than_minimal(b"\x02\x40") == []  # an ACK cut short
 
 
+def test_longer_than_minimal_judges_long_payloads_to_their_end() -> None:
+    """A packet of 600 frames (scapy's recursive chaining gave up near 200) and an ACK of
+    more ranges than scapy's default list bound (100), first or later in its payload."""
+    assert layers.longer_than_minimal(bytes([0x40, 0x01]) * 600) == ["PING"] * 600
+    ranges = bytes([0x00, 0x00]) * 150
+    ack = bytes([0x02, 0x01, 0x00, 0x40, 150, 0x40, 0x00]) + ranges  # first range 0 in 2
+    assert layers.longer_than_minimal(ack) == ["ACK"]
+    assert layers.longer_than_minimal(b"\x01" + ack + bytes([0x40, 0x01])) == ["ACK", "PING"]
+
+
 @given(st.binary(max_size=64))
 def test_longer_than_minimal_judges_any_bytes_without_failing(payload: bytes) -> None:
     """A target's payload may be anything (a frame cut short first included): what cannot

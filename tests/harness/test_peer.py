@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from harness.pair import PairSpec, make_configs, server_identity
 from harness.peer import ClientPeer, ServerPeer, View
 from harness.peer.hostile import crypto_chunks, key_share, packet_mutator
+from harness.peer.view import PAYLOAD_BYTES
 from velocity.aio.entropy import OsEntropy
 from velocity.aio.server import VelocityServer, serve
 from velocity.core.connection import ConnectionConfig
@@ -28,7 +29,7 @@ from velocity.core.handshake.client import PinnedServerKey
 from velocity.core.handshake.messages import Fallback
 from velocity.core.handshake.server import FallbackPolicy
 from velocity.core.hybrid import BALANCED, SECURE
-from velocity.core.packet import Epoch
+from velocity.core.packet import Epoch, PacketType
 from velocity.easy import AsyncEasyClient, EasyClientConfig
 from velocity.http.app import Application
 from velocity.http.static import StaticFiles
@@ -205,3 +206,14 @@ async def test_the_peer_as_server_forges_a_directive_for_the_reference_client(
         assert sent[0]["message_type"] == "fallback" and sent[0]["mac_length"] == 0
     finally:
         await peer.close()
+
+
+async def test_a_view_keeps_payloads_up_to_its_bound() -> None:
+    """A target sends what it likes: a View keeps the first PAYLOAD_BYTES of payloads it
+    opened, whole packets only, and judging them is bounded with them."""
+    view = View(asyncio.get_running_loop())
+    packet = bytes(1000)
+    for number in range(PAYLOAD_BYTES // 1000 + 50):
+        view.opened(PacketType.ONE_RTT, number, packet)
+    assert len(view.payloads) == PAYLOAD_BYTES // 1000
+    assert [n for _, n, _ in view.payloads] == list(range(PAYLOAD_BYTES // 1000))
