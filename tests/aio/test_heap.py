@@ -34,6 +34,9 @@ def test_it_trims_once_the_table_fell_to_a_quarter_of_its_peak() -> None:
     assert heap.trims == 1
     heap.table(200)  # the high-water mark starts again from 250: not enough gone
     heap.table(0)
+    assert heap.trims == 1  # a trim a settle period at most
+    heap.settle(0)  # the next period: its first trim is the table's (no settle trim due)
+    heap.table(0)
     assert heap.trims == 2
     heap.table(40)
     heap.table(0)  # fewer than trim_after connections came and went
@@ -90,6 +93,18 @@ def test_traffic_that_comes_and_goes_trims_at_most_once_every_gap(
 
 
 @pytest.mark.skipif(_malloc_trim() is None, reason="needs glibc's malloc_trim")
+def test_a_table_filled_and_drained_again_and_again_trims_once_a_period() -> None:
+    """Anyone can open connections and let them go: however fast the table fills and
+    drains, the trims (a collection on the loop each) come once a settle period at most."""
+    heap = HeapReturn(trim_after=64)
+    for period in range(6):
+        for _ in range(20):  # 20 fills and drains within one period
+            heap.table(100)
+            heap.table(0)
+        assert heap.trims == period + 1
+        heap.settle(0)
+
+
 def test_a_drained_table_gives_its_heap_back_to_the_os() -> None:
     """80 MB of 2 KB blocks (malloc's heap, not pymalloc's arenas), every 64th kept so that
     free() alone cannot shrink the heap: the trim returns most of the rest."""

@@ -11,7 +11,8 @@ each. And the datagrams received in each ``SETTLE_EVERY`` seconds (a flood that 
 connection, answered with Retry, grows the heap as well): once a period's count fell to a
 quarter of the busiest period's, of at least ``BURST``, it trims once, at most once every
 ``TRAFFIC_GAP`` settle calls (traffic anyone can send cannot make it trim more often).
-"""
+Either way a trim (a collection on the owner's loop) runs at most once a settle period: a
+table that falls again within it trims after the next settle call."""
 
 from __future__ import annotations
 
@@ -47,12 +48,14 @@ class HeapReturn:
         self._busiest = 0  # most datagrams in a settle period since the last traffic trim
         self._since_traffic_trim = TRAFFIC_GAP  # settle calls since it
         self._settling = 0  # settle calls that still trim
+        self._trimmed = False  # whether this settle period had its trim
         self._trim = _malloc_trim()
 
     def table(self, size: int) -> None:
         """The connection table now holds ``size`` connections."""
         self._high = max(self._high, size)
-        if self._high - size >= self.trim_after and size <= self._high // 4:
+        if (self._high - size >= self.trim_after and size <= self._high // 4
+                and not self._trimmed):
             self._give_back()
             self._high = size
             self._settling = SETTLE_TRIMS
@@ -61,6 +64,7 @@ class HeapReturn:
         """Called every SETTLE_EVERY seconds with the datagrams received so far: trims when
         a period's traffic fell to a quarter of the busiest's (of at least BURST) and the
         last such trim is TRAFFIC_GAP calls old, or while a table trim is recent."""
+        self._trimmed = False
         period, self._received = received - self._received, received
         self._busiest = max(self._busiest, period)
         self._since_traffic_trim += 1
@@ -73,6 +77,7 @@ class HeapReturn:
             self._give_back()
 
     def _give_back(self) -> None:
+        self._trimmed = True
         if self._before_trim is not None:
             self._before_trim()
         gc.collect()
